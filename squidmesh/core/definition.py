@@ -1,0 +1,414 @@
+"""``@step`` and ``@workflow``: definitions, triggers and the options they carry."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any, Generic, Literal, TypeVar, overload
+
+import pydantic
+from typing_extensions import ParamSpec
+
+from squidmesh.core import contracts
+from squidmesh.core.retry import Retry
+from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError
+
+__all__ = [
+    "CronTrigger",
+    "ManualTrigger",
+    "StepCall",
+    "StepDefinition",
+    "Trigger",
+    "WorkflowDefinition",
+    "callable_ref",
+    "cron",
+    "manual",
+    "step",
+    "workflow",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_STEP_OPTIONS = frozenset(
+    {"name", "retry", "timeout", "compensate", "irreversible", "compensatable", "transaction"}
+)
+
+
+def callable_ref(fn: Callable[..., Any]) -> str:
+    """``module:qualname`` of a function: how a worker finds it again."""
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+class StepDefinition(Generic[P, R]):
+    """A function wrapped by ``@sm.step``. Calling it returns a ``StepCall``; nothing runs."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        compensate: Callable[..., Any] | None = None,
+        irreversible: bool = False,
+        compensatable: bool = True,
+        transaction: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise DefinitionError(f"@sm.step needs a function, got {fn!r}")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise DefinitionError(
+                f"step {fn.__qualname__} is a generator: steps are plain functions; "
+                "use @sm.workflow for generators"
+            )
+        self.fn = fn
+        self.name = name if name is not None else fn.__name__
+        if not isinstance(self.name, str) or not self.name:
+            raise DefinitionError(f"step name must be a non-empty string, got {self.name!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise DefinitionError(f"step {self.name}: retry must be sm.Retry(...), got {retry!r}")
+        self.retry = retry or Retry()
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise DefinitionError(f"step {self.name}: timeout must be > 0 seconds, got {timeout!r}")
+        self.timeout = float(timeout) if timeout is not None else None
+        if compensate is not None and not callable(compensate):
+            raise DefinitionError(f"step {self.name}: compensate must be callable")
+        if compensate is not None and (irreversible or not compensatable):
+            raise DefinitionError(
+                f"step {self.name} declares compensate= but is irreversible/non-compensatable: "
+                "drop one of the two"
+            )
+        self.compensate = compensate
+        self.irreversible = bool(irreversible)
+        self.compensatable = bool(compensatable)
+        self.transaction = bool(transaction)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.ref = callable_ref(fn)
+        self._signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"step {self.name}: {exc}") from None
+        return StepCall(self, dict(bound.arguments))
+
+    def __repr__(self) -> str:
+        return f"<step {self.name} ({self.ref})>"
+
+    def options(self, **overrides: Any) -> StepDefinition[P, R]:
+        """A copy with per-call overrides of the step options."""
+        unknown = set(overrides) - _STEP_OPTIONS
+        if unknown:
+            raise DefinitionError(f"step {self.name}: unknown option(s) {sorted(unknown)}")
+        current: dict[str, Any] = {
+            "name": self.name,
+            "retry": self.retry,
+            "timeout": self.timeout,
+            "compensate": self.compensate,
+            "irreversible": self.irreversible,
+            "compensatable": self.compensatable,
+            "transaction": self.transaction,
+        }
+        current.update(overrides)
+        return StepDefinition(self.fn, **current)
+
+    @functools.cached_property
+    def return_annotation(self) -> Any:
+        """The declared return type, used to rebuild recorded results."""
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:  # unresolvable forward refs: fall back to plain JSON
+            return Any
+        return hints.get("return", Any)
+
+    @functools.cached_property
+    def parameter_annotations(self) -> dict[str, Any]:
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:
+            hints = {}
+        return {name: hints.get(name, Any) for name in self._signature.parameters}
+
+    def decode_arguments(self, stored: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Rebuild typed call arguments from a stored input dict."""
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        hints = self.parameter_annotations
+        for name, param in self._signature.parameters.items():
+            if name not in stored:
+                continue
+            value = contracts.decode(stored[name], hints.get(name, Any))
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(value)
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(value)
+            elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                args.append(value)
+            else:
+                kwargs[name] = value
+        return args, kwargs
+
+    def policy(self) -> dict[str, Any]:
+        """The options that govern execution, stored with each scheduled call."""
+        comp = self.compensate
+        return {
+            "ref": self.ref,
+            "retry": self.retry.to_json(),
+            "timeout": self.timeout,
+            "compensate": callable_ref(comp.fn if isinstance(comp, StepDefinition) else comp)
+            if comp is not None
+            else None,
+            "irreversible": self.irreversible,
+            "compensatable": self.compensatable,
+            "transaction": self.transaction,
+        }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepCall(Generic[R]):
+    """The command a workflow yields to run a step: ``result = yield my_step(...)``."""
+
+    step: StepDefinition[Any, R]
+    arguments: dict[str, Any]
+    kind: typing.ClassVar[str] = "step"
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    def __repr__(self) -> str:
+        return f"StepCall({self.step.name})"
+
+
+@overload
+def step(fn: Callable[P, R], /) -> StepDefinition[P, R]: ...
+
+
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    compensate: Callable[..., Any] | None = None,
+    irreversible: bool = False,
+    compensatable: bool = True,
+    transaction: bool = False,
+) -> Callable[[Callable[P, R]], StepDefinition[P, R]]: ...
+
+
+def step(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    compensate: Callable[..., Any] | None = None,
+    irreversible: bool = False,
+    compensatable: bool = True,
+    transaction: bool = False,
+) -> StepDefinition[P, R] | Callable[[Callable[P, R]], StepDefinition[P, R]]:
+    """Declare a step: ``@sm.step`` or ``@sm.step(retry=..., timeout=...)``."""
+
+    def wrap(f: Callable[P, R]) -> StepDefinition[P, R]:
+        return StepDefinition(
+            f,
+            name=name,
+            retry=retry,
+            timeout=timeout,
+            compensate=compensate,
+            irreversible=irreversible,
+            compensatable=compensatable,
+            transaction=transaction,
+        )
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def _check_model(model: Any, where: str) -> type[pydantic.BaseModel] | None:
+    if model is None:
+        return None
+    if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+        return model
+    raise DefinitionError(f"{where}: payload must be a pydantic BaseModel class or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManualTrigger:
+    """Started by ``start_run``."""
+
+    name: str = "manual"
+    payload: type[pydantic.BaseModel] | None = None
+    kind: typing.ClassVar[str] = "manual"
+
+
+@dataclasses.dataclass(frozen=True)
+class CronTrigger:
+    """Started by the scheduler at each fire time of ``expr`` in ``timezone``."""
+
+    expr: str
+    name: str = "cron"
+    timezone: str = "UTC"
+    payload: type[pydantic.BaseModel] | None = None
+    catchup: Literal["latest", "all", "none"] = "latest"
+    kind: typing.ClassVar[str] = "cron"
+
+
+Trigger = ManualTrigger | CronTrigger
+
+
+def manual(name: str = "manual", payload: type[pydantic.BaseModel] | None = None) -> ManualTrigger:
+    """A trigger for runs started through the API, with an optional payload model."""
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(f"manual trigger name must be a non-empty string, got {name!r}")
+    return ManualTrigger(name=name, payload=_check_model(payload, f"trigger {name}"))
+
+
+def cron(
+    expr: str,
+    name: str | None = None,
+    timezone: str = "UTC",
+    payload: type[pydantic.BaseModel] | None = None,
+    catchup: Literal["latest", "all", "none"] = "latest",
+) -> CronTrigger:
+    """A trigger fired on a cron schedule (``"0 21 * * *"``) in ``timezone``."""
+    if not isinstance(expr, str) or len(expr.split()) not in (5, 6):
+        raise DefinitionError(f"cron expression must have 5 or 6 fields, got {expr!r}")
+    if catchup not in ("latest", "all", "none"):
+        raise DefinitionError(f"cron catchup must be latest, all or none, got {catchup!r}")
+    trigger_name = name or "cron"
+    return CronTrigger(
+        expr=expr,
+        name=trigger_name,
+        timezone=timezone,
+        payload=_check_model(payload, f"trigger {trigger_name}"),
+        catchup=catchup,
+    )
+
+
+# --------------------------------------------------------------------------- workflows
+
+WorkflowFn = Callable[..., Generator[Any, Any, Any]]
+
+
+class WorkflowDefinition:
+    """A generator function wrapped by ``@sm.workflow``."""
+
+    def __init__(
+        self,
+        fn: WorkflowFn,
+        *,
+        name: str | None = None,
+        triggers: Sequence[Trigger] = (),
+        version: str | None = None,
+        on_error: Literal["suspend", "fail"] = "suspend",
+    ) -> None:
+        if not inspect.isgeneratorfunction(fn):
+            raise DefinitionError(
+                f"workflow {getattr(fn, '__qualname__', fn)!r} must be a generator function "
+                "(a def that yields commands); async generators are not supported"
+            )
+        self.fn = fn
+        self.name = name if name is not None else fn.__name__
+        if not isinstance(self.name, str) or not self.name:
+            raise DefinitionError(f"workflow name must be a non-empty string, got {self.name!r}")
+        trigger_list = list(triggers) or [manual()]
+        seen: set[str] = set()
+        for trig in trigger_list:
+            if not isinstance(trig, (ManualTrigger, CronTrigger)):
+                raise DefinitionError(
+                    f"workflow {self.name}: triggers must be sm.manual(...) or sm.cron(...), "
+                    f"got {trig!r}"
+                )
+            if trig.name in seen:
+                raise DefinitionError(
+                    f"workflow {self.name}: two triggers are named {trig.name!r}; name them apart"
+                )
+            seen.add(trig.name)
+        self.triggers: tuple[Trigger, ...] = tuple(trigger_list)
+        if on_error not in ("suspend", "fail"):
+            raise DefinitionError(f"workflow {self.name}: on_error must be 'suspend' or 'fail'")
+        self.on_error = on_error
+        self.version = version
+        self.ref = callable_ref(fn)
+        self._takes_payload = len(inspect.signature(fn).parameters) > 0
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name}>"
+
+    def __call__(self, payload: Any = None) -> Generator[Any, Any, Any]:
+        return self.fn(payload) if self._takes_payload else self.fn()
+
+    @property
+    def default_trigger(self) -> Trigger:
+        return self.triggers[0]
+
+    def trigger(self, name: str | None = None) -> Trigger:
+        if name is None:
+            return self.triggers[0]
+        for trig in self.triggers:
+            if trig.name == name:
+                return trig
+        known = ", ".join(t.name for t in self.triggers)
+        raise UnknownTriggerError(f"workflow {self.name} has no trigger {name!r} (known: {known})")
+
+    def validate_payload(self, payload: Any, trigger: str | None = None) -> dict[str, Any]:
+        """Validate a payload for a trigger and resolve its defaults, once."""
+        trig = self.trigger(trigger)
+        try:
+            return contracts.validate_payload(trig.payload, payload)
+        except PayloadError as exc:
+            exc.args = (f"workflow {self.name}, trigger {trig.name}: {exc.message}",)
+            exc.message = exc.args[0]
+            raise
+
+    def load_payload(self, stored: Mapping[str, Any], trigger: str | None = None) -> Any:
+        return contracts.load_payload(self.trigger(trigger).payload, stored)
+
+
+@overload
+def workflow(fn: WorkflowFn, /) -> WorkflowDefinition: ...
+
+
+@overload
+def workflow(
+    *,
+    name: str | None = None,
+    triggers: Sequence[Trigger] = (),
+    version: str | None = None,
+    on_error: Literal["suspend", "fail"] = "suspend",
+) -> Callable[[WorkflowFn], WorkflowDefinition]: ...
+
+
+def workflow(
+    fn: WorkflowFn | None = None,
+    /,
+    *,
+    name: str | None = None,
+    triggers: Sequence[Trigger] = (),
+    version: str | None = None,
+    on_error: Literal["suspend", "fail"] = "suspend",
+) -> WorkflowDefinition | Callable[[WorkflowFn], WorkflowDefinition]:
+    """Declare a workflow: a generator function that yields commands."""
+
+    def wrap(f: WorkflowFn) -> WorkflowDefinition:
+        return WorkflowDefinition(
+            f, name=name, triggers=triggers, version=version, on_error=on_error
+        )
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap

@@ -1,0 +1,180 @@
+"""Pure state transitions on a history: the facts a runtime records between activations.
+
+The engine (with a database) and the in-memory test interpreter both record outcomes
+through these functions, so retries, timers, reviews, events and compensations mean the
+same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import Any
+
+from squidmesh.core import contracts
+from squidmesh.core.commands import Decision
+from squidmesh.core.failures import error_info, timeout_error
+from squidmesh.core.history import Entry, History
+from squidmesh.core.retry import Retry, RetryDecision
+from squidmesh.errors import NonRetryable, RetryLater
+from squidmesh.types import EntryStatus, RunStatus
+
+__all__ = [
+    "Attempt",
+    "begin_attempt",
+    "complete_attempt",
+    "deliver_decision",
+    "deliver_event",
+    "deliver_unblock",
+    "due_entries",
+    "fail_attempt",
+    "fire_due",
+    "record_compensation",
+    "waiting_status",
+]
+
+_PENDING = EntryStatus.PENDING.value
+_RUNNING = EntryStatus.RUNNING.value
+_DONE = EntryStatus.COMPLETED.value
+_FAILED = EntryStatus.FAILED.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One execution attempt of a step."""
+
+    number: int
+    status: str  # running | completed | failed
+    error: dict[str, Any] | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def begin_attempt(entry: Entry, now: datetime) -> int:
+    """Mark a pending step running and return the new attempt number."""
+    if entry.kind != "step" or entry.status != _PENDING:
+        raise ValueError(f"entry {entry.seq} ({entry.label()}) is {entry.status}, not pending")
+    entry.status = _RUNNING
+    entry.attempts += 1
+    entry.wake_at = None
+    if entry.started_at is None:
+        entry.started_at = _iso(now)
+    return entry.attempts
+
+
+def complete_attempt(history: History, seq: int, value: Any, now: datetime) -> Entry:
+    """Record a step's return value; an unencodable value must go to ``fail_attempt``."""
+    result = contracts.encode(value, what=f"the result of step {history[seq].name}")
+    return history.resolve(seq, _DONE, result=result, at=_iso(now))
+
+
+def fail_attempt(
+    history: History, seq: int, exc: BaseException, policy: Retry, now: datetime
+) -> tuple[RetryDecision, dict[str, Any]]:
+    """Record a failed attempt: schedule the next one per policy, or fail the entry."""
+    entry = history[seq]
+    retryable = not (
+        isinstance(exc, (NonRetryable, contracts.EncodeError)) or policy.is_non_retryable(exc)
+    )
+    requested = exc.after if isinstance(exc, RetryLater) else None
+    decision = policy.decide(entry.attempts, retryable=retryable, requested_delay=requested)
+    error = error_info(exc, retryable=retryable)
+    if decision.retry:
+        entry.status = _PENDING
+        entry.error = error
+        entry.wake_at = _iso(now + timedelta(seconds=decision.delay))
+    else:
+        history.resolve(seq, _FAILED, error=error, at=_iso(now))
+    return decision, error
+
+
+def due_entries(history: History, now: datetime) -> list[Entry]:
+    """Entries whose ``wake_at`` has passed: timers, wait timeouts and retries."""
+    stamp = _iso(now)
+    due = [
+        e
+        for e in history.entries
+        if e.wake_at is not None and e.status in (_PENDING, _RUNNING) and e.wake_at <= stamp
+    ]
+    due.sort(key=lambda e: (e.wake_at or "", e.seq))
+    return due
+
+
+def fire_due(history: History, entry: Entry, now: datetime) -> None:
+    """Resolve a waiting entry whose time has come (a pending retry only loses its timer)."""
+    if entry.kind == "sleep":
+        history.resolve(entry.seq, _DONE, at=_iso(now))
+    elif entry.kind in ("approval", "event"):
+        history.resolve(entry.seq, _FAILED, error=timeout_error(entry), at=_iso(now))
+    else:
+        entry.wake_at = None
+
+
+def deliver_unblock(history: History, seq: int, data: Any, now: datetime) -> Entry:
+    return history.resolve(
+        seq, _DONE, result=contracts.encode(data, what="unblock data"), at=_iso(now)
+    )
+
+
+def deliver_decision(
+    history: History,
+    seq: int,
+    *,
+    approved: bool,
+    actor: str,
+    comment: str | None,
+    metadata: dict[str, Any] | None,
+    now: datetime,
+) -> Entry:
+    decision = Decision(
+        approved=approved,
+        decision="approved" if approved else "rejected",
+        actor=actor,
+        comment=comment,
+        metadata=contracts.encode(metadata, what="decision metadata") if metadata else None,
+        decided_at=_iso(now),
+    )
+    return history.resolve(seq, _DONE, result=decision.to_json(), at=_iso(now))
+
+
+def deliver_event(history: History, name: str, data: Any, now: datetime) -> Entry | None:
+    """Resolve the oldest wait for event ``name``; None means the caller must buffer it."""
+    for entry in history.entries:
+        if entry.kind == "event" and entry.name == name and entry.status == _RUNNING:
+            return history.resolve(
+                entry.seq, _DONE, result=contracts.encode(data, what="event data"), at=_iso(now)
+            )
+    return None
+
+
+def record_compensation(
+    history: History,
+    seq: int,
+    *,
+    status: str,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+    now: datetime,
+) -> Entry:
+    entry = history[seq]
+    entry.compensation = {
+        "status": status,
+        "output": output,
+        "error": error,
+        "completed_at": _iso(now),
+    }
+    return entry
+
+
+def waiting_status(history: History, waiting_on: tuple[int, ...]) -> RunStatus:
+    """The run status while the workflow waits on these entries (SPEC section 4)."""
+    entries = [history[s] for s in waiting_on]
+    if any(e.kind in ("pause", "approval") for e in entries):
+        return RunStatus.PAUSED
+    if any(e.kind == "step" and e.status == _PENDING and e.attempts > 0 for e in entries):
+        return RunStatus.RETRYING
+    return RunStatus.RUNNING

@@ -1,0 +1,279 @@
+"""Every exception squidmesh raises, in one tree.
+
+::
+
+    SquidmeshError(Exception)
+    ├── PayloadError              payload failed its trigger's contract; nothing persisted
+    ├── DefinitionError           bad @workflow/@step, or a workflow yielded a non-command
+    ├── UnknownWorkflowError
+    ├── UnknownTriggerError
+    ├── RunNotFoundError          also for ids that are not UUIDs
+    ├── InvalidTransitionError    .status, .action
+    ├── UnsafeReplayError         .steps
+    ├── ReviewError               approve/reject without a valid actor
+    ├── DispatchError             the executor refused the jobs; the change was rolled back
+    ├── NondeterminismError       .run_id, .seq, .expected, .recorded
+    ├── StorageError              driver error kept as __cause__
+    │   └── SchemaOutOfDateError
+    └── WorkflowSignal            exceptions thrown *into* workflow code
+        ├── StepFailed            a step failed after its retries (carries the original error)
+        ├── TimedOut              an approval or event wait passed its timeout
+        └── Fail                  raised by workflow code to fail the run on purpose
+
+    Step-side signals (raised by step functions):
+        RetryLater(Exception)     retry after a given delay
+        NonRetryable(Exception)   stop retrying now
+
+    RunCancelled(BaseException)   delivered into a cancelled workflow; ``except Exception``
+                                  in user code cannot swallow it
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DefinitionError",
+    "DispatchError",
+    "Fail",
+    "InvalidTransitionError",
+    "NonRetryable",
+    "NondeterminismError",
+    "PayloadError",
+    "RetryLater",
+    "ReviewError",
+    "RunCancelled",
+    "RunNotFoundError",
+    "SchemaOutOfDateError",
+    "SquidmeshError",
+    "StepFailed",
+    "StorageError",
+    "TimedOut",
+    "UnknownTriggerError",
+    "UnknownWorkflowError",
+    "UnsafeReplayError",
+    "WorkflowSignal",
+]
+
+
+class SquidmeshError(Exception):
+    """A squidmesh operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (type(self).__doc__ or "").strip()
+        super().__init__(self.message)
+
+
+class PayloadError(SquidmeshError):
+    """The payload does not match the trigger's contract; nothing was persisted."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        missing_fields: list[str] | None = None,
+        unknown_fields: list[str] | None = None,
+        invalid_types: dict[str, str] | None = None,
+    ) -> None:
+        self.missing_fields = list(missing_fields or [])
+        self.unknown_fields = sorted(unknown_fields or [])
+        self.invalid_types = dict(invalid_types or {})
+        if message is None:
+            parts = []
+            if self.missing_fields:
+                parts.append("missing " + ", ".join(self.missing_fields))
+            if self.unknown_fields:
+                parts.append("unknown " + ", ".join(self.unknown_fields))
+            if self.invalid_types:
+                parts.append(
+                    "invalid "
+                    + ", ".join(f"{k} (expected {v})" for k, v in self.invalid_types.items())
+                )
+            message = "invalid payload: " + ("; ".join(parts) or "rejected")
+        super().__init__(message)
+
+
+class DefinitionError(SquidmeshError):
+    """A workflow or step definition is invalid."""
+
+
+class UnknownWorkflowError(SquidmeshError):
+    """No workflow with that name is registered."""
+
+
+class UnknownTriggerError(SquidmeshError):
+    """The workflow has no trigger with that name."""
+
+
+class RunNotFoundError(SquidmeshError):
+    """No run with that id exists."""
+
+
+class InvalidTransitionError(SquidmeshError):
+    """The run's status does not allow this action."""
+
+    def __init__(self, message: str | None = None, *, status: str, action: str) -> None:
+        self.status = status
+        self.action = action
+        super().__init__(message or f"cannot {action} a run that is {status}")
+
+
+class UnsafeReplayError(SquidmeshError):
+    """Replay needs allow_irreversible=True after irreversible or non-compensatable steps."""
+
+    def __init__(self, message: str | None = None, *, steps: list[str]) -> None:
+        self.steps = list(steps)
+        super().__init__(
+            message
+            or (
+                "replay requires allow_irreversible=True: the run completed irreversible "
+                "or non-compensatable steps " + ", ".join(self.steps)
+            )
+        )
+
+
+class ReviewError(SquidmeshError):
+    """A review decision needs a non-empty actor."""
+
+
+class DispatchError(SquidmeshError):
+    """The executor could not accept the jobs; nothing was changed."""
+
+
+class NondeterminismError(SquidmeshError):
+    """The workflow code no longer matches the run's recorded history."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        run_id: str | None = None,
+        seq: int,
+        expected: str,
+        recorded: str,
+    ) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.expected = expected
+        self.recorded = recorded
+        where = f"run {run_id} " if run_id else ""
+        super().__init__(
+            message
+            or (
+                f"{where}diverged from its history at seq {seq}: the code now yields "
+                f"{expected}, but the history recorded {recorded}. Restore the old code "
+                "path or guard the change with sm.patched(...), then resume the run."
+            )
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_nde, (self.message, self.run_id, self.seq, self.expected, self.recorded))
+
+
+def _rebuild_nde(
+    message: str, run_id: str | None, seq: int, expected: str, recorded: str
+) -> NondeterminismError:
+    return NondeterminismError(
+        message, run_id=run_id, seq=seq, expected=expected, recorded=recorded
+    )
+
+
+class StorageError(SquidmeshError):
+    """The database operation failed; the driver's error is the __cause__."""
+
+
+class SchemaOutOfDateError(StorageError):
+    """The database schema is older than this code expects: run `squidmesh migrate`."""
+
+
+class WorkflowSignal(SquidmeshError):
+    """An outcome delivered into workflow code."""
+
+
+class StepFailed(WorkflowSignal):
+    """A step failed after exhausting its retries."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        step: str = "",
+        seq: int = -1,
+        error_type: str = "Exception",
+        error_types: tuple[str, ...] = (),
+        error_message: str = "",
+        details: Any = None,
+        attempts: int = 0,
+        traceback: str | None = None,
+        retryable: bool = True,
+    ) -> None:
+        self.step = step
+        self.seq = seq
+        #: qualified name of the original exception class, e.g. "builtins.ValueError"
+        self.error_type = error_type
+        #: qualified names of the original class and its bases (for ``is_a``)
+        self.error_types = error_types or (error_type,)
+        self.error_message = error_message
+        self.details = details
+        self.attempts = attempts
+        self.traceback = traceback
+        self.retryable = retryable
+        short = error_type.rsplit(".", 1)[-1]
+        super().__init__(
+            message
+            or f"step {step!r} (seq {seq}) failed after {attempts} attempt(s): "
+            f"{short}: {error_message}"
+        )
+
+    @property
+    def type_name(self) -> str:
+        """The original exception's class name without its module."""
+        return self.error_type.rsplit(".", 1)[-1]
+
+    def is_a(self, exc_type: type[BaseException]) -> bool:
+        """True when the original error was an instance of ``exc_type``.
+
+        Works on replay without importing the original class: the class's MRO
+        was recorded when the step failed.
+        """
+        qual = f"{exc_type.__module__}.{exc_type.__qualname__}"
+        return qual in self.error_types
+
+
+class TimedOut(WorkflowSignal):
+    """An approval or event wait passed its timeout."""
+
+    def __init__(self, message: str | None = None, *, name: str = "", seq: int = -1) -> None:
+        self.name = name
+        self.seq = seq
+        super().__init__(message or f"{name!r} (seq {seq}) timed out")
+
+
+class Fail(WorkflowSignal):
+    """The workflow failed the run on purpose."""
+
+    def __init__(self, message: str = "workflow failed", details: Any = None) -> None:
+        self.details = details
+        super().__init__(message)
+
+
+class RetryLater(Exception):
+    """Raised by a step: retry this attempt after ``after`` seconds."""
+
+    def __init__(self, after: float, message: str = "") -> None:
+        self.after = float(after)
+        super().__init__(message or f"retry requested in {after}s")
+
+
+class NonRetryable(Exception):
+    """Raised by a step: fail now and do not retry."""
+
+    def __init__(self, message: str = "", details: Any = None) -> None:
+        self.details = details
+        super().__init__(message)
+
+
+class RunCancelled(BaseException):
+    """The run was cancelled; delivered into workflow code so ``finally`` blocks run."""
