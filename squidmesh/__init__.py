@@ -34,6 +34,7 @@ from squidmesh.core.definition import (
     workflow,
 )
 from squidmesh.core.history import Entry, History
+from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.retry import Backoff, Retry
 from squidmesh.errors import (
     DefinitionError,
@@ -56,28 +57,41 @@ from squidmesh.errors import (
     UnknownWorkflowError,
     UnsafeReplayError,
 )
+from squidmesh.mesh import Mesh
+from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
+from squidmesh.runtime.views import DeclaredStep, Explanation, Run, StepRun
 from squidmesh.types import RunStatus
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attempt",
+    "AuditEvent",
     "Backoff",
     "CronTrigger",
     "CurrentRun",
+    "DatabaseExecutor",
     "Decision",
+    "DeclaredStep",
     "DefinitionError",
     "DispatchError",
     "Entry",
+    "Executor",
+    "Explanation",
     "Fail",
     "History",
+    "InlineExecutor",
     "InvalidTransitionError",
+    "Job",
     "ManualTrigger",
+    "Mesh",
     "NonRetryable",
     "NondeterminismError",
     "PayloadError",
     "Retry",
     "RetryLater",
     "ReviewError",
+    "Run",
     "RunCancelled",
     "RunNotFoundError",
     "RunStatus",
@@ -87,6 +101,7 @@ __all__ = [
     "StepContext",
     "StepDefinition",
     "StepFailed",
+    "StepRun",
     "StorageError",
     "TimedOut",
     "UnknownTriggerError",

@@ -99,6 +99,7 @@ class TestRun:
         self._inbox: list[BufferedEvent] = []
         self._interpreter: Interpreter | None = None
         self._steps: dict[str, StepDefinition[Any, Any]] = {}
+        self._step_calls: dict[int, StepDefinition[Any, Any]] = {}  # by seq, with options
 
     def __repr__(self) -> str:
         return f"<TestRun {self.id} {self.status.value}>"
@@ -337,6 +338,7 @@ class WorkflowTester:
                 run._interpreter = self._interpreter(run)
             act = run._interpreter.advance(run.history, now=self._now, inbox=run._inbox)
             run._steps.update(run._interpreter.step_definitions)
+            run._step_calls.update(run._interpreter.step_calls)
             for entry in act.logs:
                 fields = (entry.input or {}).get("fields") or {}
                 run.logs.append({**(entry.input or {}), "seq": entry.seq})
@@ -429,7 +431,7 @@ class WorkflowTester:
         return definition
 
     def _execute(self, run: TestRun, entry: Entry) -> None:
-        definition = self._definition(run, entry.name)
+        definition = run._step_calls.get(entry.seq) or self._definition(run, entry.name)
         number = state.begin_attempt(entry, self._now)
         started = self._now.isoformat()
         token = set_step_context(
@@ -480,7 +482,7 @@ class WorkflowTester:
         failures: list[dict[str, Any]] = []
         for seq in plan:
             entry = run.history[seq]
-            definition = run._steps.get(entry.name)
+            definition = run._step_calls.get(seq) or run._steps.get(entry.name)
             comp = definition.compensate if definition is not None else None
             if comp is None:  # pragma: no cover - the plan only lists compensatable steps
                 continue
@@ -496,15 +498,12 @@ class WorkflowTester:
                         stub.calls += 1
                         if stub.times is None or stub.calls <= stub.times:
                             raise _fresh(stub.exc)
-                    output = (
-                        _invoke(fn, [], kwargs)
-                        if not (
-                            stub is not _REAL
-                            and not isinstance(stub, raises)
-                            and not callable(stub)
-                        )
-                        else stub
-                    )
+                    if stub is _REAL or isinstance(stub, raises):
+                        output = _invoke(fn, [], kwargs)
+                    elif callable(stub):  # a callable stub replaces the compensation
+                        output = _invoke(stub, [], kwargs)
+                    else:  # a stub by value
+                        output = stub
                     error = None
                     break
                 except Exception as exc:

@@ -184,6 +184,8 @@ class Interpreter:
         self._finished = False
         #: step definitions by step name, learned from the step calls the code yielded
         self.step_definitions: dict[str, Any] = {}
+        #: the step definition of each step call by seq, with its per-call ``options``
+        self.step_calls: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -285,7 +287,8 @@ class Interpreter:
         self._horizon = len(history)
         self._cursor = 0
         self._blocked = None
-        token = self._enter(history, replaying=self._horizon > 0)
+        # A run that already ended (its history has an outcome) replays to its very end.
+        token = self._enter(history, replaying=self._horizon > 0 or history.outcome is not None)
         try:
             self._gen = self.workflow(payload)
         except Exception as exc:
@@ -319,7 +322,10 @@ class Interpreter:
         assert gen is not None
         next_feed: _Feed | None = feed
         while next_feed is not None:
-            token = self._enter(history, replaying=self._cursor < self._horizon)
+            token = self._enter(
+                history,
+                replaying=self._cursor < self._horizon or history.outcome is not None,
+            )
             try:
                 if next_feed.throw:
                     command = gen.throw(next_feed.value)
@@ -413,10 +419,15 @@ class Interpreter:
         gen = self._gen
         if gen is None:
             return
-        try:
-            gen.close()
-        except BaseException:
-            pass
+        # ``gen.close()`` leaves a generator whose ``finally`` yields a command suspended
+        # (RuntimeError: generator ignored GeneratorExit), and its finalizer then fails
+        # again when it is collected. Keep interrupting it, dropping whatever it yields,
+        # until it has really ended.
+        for _ in range(100):
+            try:
+                gen.throw(GeneratorExit)
+            except BaseException:
+                return
 
     # ------------------------------------------------------------------ matching
 
@@ -456,6 +467,12 @@ class Interpreter:
                 if isinstance(branch, StepCall):
                     self.step_definitions[branch.name] = branch.step
         seq = self._skip_markers(history)
+        if isinstance(command, StepCall):
+            self.step_calls[seq] = command.step
+        elif isinstance(command, (cmds.Join, cmds.First)):
+            for offset, branch in enumerate(command.commands, start=seq + 1):
+                if isinstance(branch, StepCall):
+                    self.step_calls[offset] = branch.step
         if seq < len(history):
             recorded = history[seq]
             self._check(command, recorded, gen)
@@ -511,6 +528,9 @@ class Interpreter:
                 probe += 1
             # Recorded before the change: old code never asked here, so take the old path
             # and consume no position.
+            return _Feed(False, False)
+        if history.outcome is not None:
+            # The run already ended on code that never asked here: replay the old path.
             return _Feed(False, False)
         if not record:
             raise _StopReplay()

@@ -7,7 +7,6 @@ same thing everywhere.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +14,7 @@ from squidmesh.core import contracts
 from squidmesh.core.commands import Decision
 from squidmesh.core.failures import error_info, timeout_error
 from squidmesh.core.history import Entry, History
+from squidmesh.core.records import Attempt
 from squidmesh.core.retry import Retry, RetryDecision
 from squidmesh.errors import NonRetryable, RetryLater
 from squidmesh.types import EntryStatus, RunStatus
@@ -37,17 +37,6 @@ _PENDING = EntryStatus.PENDING.value
 _RUNNING = EntryStatus.RUNNING.value
 _DONE = EntryStatus.COMPLETED.value
 _FAILED = EntryStatus.FAILED.value
-
-
-@dataclasses.dataclass(frozen=True)
-class Attempt:
-    """One execution attempt of a step."""
-
-    number: int
-    status: str  # running | completed | failed
-    error: dict[str, Any] | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
 
 
 def _iso(moment: datetime) -> str:

@@ -1,0 +1,638 @@
+"""``sm.Mesh``: the runtime API a host application holds (no module-level singleton)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from squidmesh.core import state
+from squidmesh.core.definition import CronTrigger, WorkflowDefinition
+from squidmesh.core.history import History
+from squidmesh.core.records import Job
+from squidmesh.errors import (
+    DefinitionError,
+    InvalidTransitionError,
+    ReviewError,
+    RunNotFoundError,
+    SchemaOutOfDateError,
+    UnknownWorkflowError,
+    UnsafeReplayError,
+)
+from squidmesh.runtime.engine import Engine, _TransactionalStepFailed
+from squidmesh.runtime.executors import DatabaseExecutor, Executor
+from squidmesh.runtime.explain import explain, replay_blockers
+from squidmesh.runtime.views import Explanation, Run, build_run
+from squidmesh.storage.base import RunRecord, Store
+from squidmesh.types import RunStatus
+
+__all__ = ["Mesh"]
+
+_TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _run_id(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, TypeError, AttributeError):
+        raise RunNotFoundError(f"run {value!r} not found: run ids are UUIDs") from None
+
+
+class Mesh:
+    """Durable workflows in the host's database.
+
+    ``Mesh("postgresql+psycopg://app@localhost/app", workflows=[...])``, or
+    ``Mesh(engine=host_engine, schema="squidmesh", ...)`` to share the host's engine, or
+    ``Mesh()`` for the embedded default, a SQLite file ``./squidmesh.db``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        engine: Any = None,
+        schema: str = "squidmesh",
+        workflows: Iterable[WorkflowDefinition] = (),
+        executor: Executor | None = None,
+        store: Store | None = None,
+        clock: Callable[[], datetime] | None = None,
+        auto_migrate: bool | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        if store is None:
+            from squidmesh.storage import open_store
+
+            store = open_store(url, engine=engine, schema=schema)
+        self.store: Store = store
+        self.workflows: dict[str, WorkflowDefinition] = {}
+        for wf in workflows:
+            self.register(wf)
+        self.executor: Executor = executor if executor is not None else DatabaseExecutor()
+        bind = getattr(self.executor, "bind", None)
+        if bind is not None:
+            bind(self)
+        self.clock = clock or _utcnow
+        self._engine = Engine(
+            self.store, self.workflows, self.executor, self.clock, cache_size=cache_size
+        )
+        # Embedded stores migrate themselves; on PostgreSQL the operator decides when.
+        self._auto_migrate = (
+            auto_migrate if auto_migrate is not None else self.store.dialect != "postgresql"
+        )
+        self._schema_ok = False
+
+    def __repr__(self) -> str:
+        return f"<Mesh {self.store.dialect} workflows={sorted(self.workflows)}>"
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ setup
+
+    def register(self, workflow: WorkflowDefinition) -> None:
+        """Make a workflow runnable by this Mesh."""
+        if not isinstance(workflow, WorkflowDefinition):
+            raise DefinitionError(
+                f"Mesh(workflows=...) takes @sm.workflow objects, got {workflow!r}"
+            )
+        existing = self.workflows.get(workflow.name)
+        if existing is not None and existing is not workflow:
+            raise DefinitionError(f"two different workflows are named {workflow.name!r}")
+        for trigger in workflow.triggers:
+            if isinstance(trigger, CronTrigger):
+                _validate_cron(workflow, trigger)
+        self.workflows[workflow.name] = workflow
+
+    def migrate(self) -> None:
+        """Create or upgrade squidmesh's tables; idempotent and safe to call concurrently."""
+        self.store.migrate()
+        self._schema_ok = True
+
+    def _ready(self) -> None:
+        if self._schema_ok:
+            return
+        try:
+            self.store.check_schema()
+        except SchemaOutOfDateError:
+            if not self._auto_migrate:
+                raise
+            self.store.migrate()
+        self._schema_ok = True
+
+    def close(self) -> None:
+        """Release connections and cached interpreters."""
+        self._engine.close()
+        self.store.close()
+
+    def _workflow(self, workflow: str | WorkflowDefinition) -> WorkflowDefinition:
+        name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+        found = self.workflows.get(str(name))
+        if found is None:
+            known = ", ".join(sorted(self.workflows)) or "none"
+            raise UnknownWorkflowError(
+                f"workflow {name!r} is not registered with this Mesh (registered: {known}); "
+                "pass it in Mesh(workflows=[...])"
+            )
+        return found
+
+    # ------------------------------------------------------------------ starting runs
+
+    def start_run(
+        self,
+        workflow: str | WorkflowDefinition,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        trigger: str | None = None,
+        idempotency_key: str | None = None,
+        schedule: dict[str, Any] | None = None,
+    ) -> Run:
+        """Validate, persist and dispatch a new run (or return the run with this key)."""
+        wf = self._workflow(workflow)
+        trig = wf.trigger(trigger)
+        stored = wf.validate_payload(payload, trig.name)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
+            raise ValueError("idempotency_key must be a non-empty string")
+        self._ready()
+        return self._create_run(
+            wf.name, trig.name, stored, idempotency_key=idempotency_key, schedule=schedule
+        )
+
+    def _create_run(
+        self,
+        workflow: str,
+        trigger: str,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        schedule: dict[str, Any] | None = None,
+        replayed_from: str | None = None,
+        forked_from: str | None = None,
+        prefix: list[Any] | None = None,
+        source_audit: tuple[str, str] | None = None,
+    ) -> Run:
+        with self._engine.change() as ch:
+            if idempotency_key is not None:
+                existing = ch.tx.find_run_by_key(workflow, idempotency_key)
+                if existing is not None:
+                    return build_run(existing)
+            run = RunRecord(
+                id=str(uuid.uuid4()),
+                workflow=workflow,
+                trigger=trigger,
+                status=RunStatus.PENDING.value,
+                payload=payload,
+                created_at=ch.now,
+                updated_at=ch.now,
+                idempotency_key=idempotency_key,
+                schedule=schedule,
+                replayed_from_run_id=replayed_from,
+                forked_from_run_id=forked_from,
+            )
+            ch.tx.insert_run(run)
+            if prefix:
+                ch.tx.insert_entries(run.id, prefix)
+            ch.audit(run.id, "run_started", metadata={"trigger": trigger})
+            if source_audit is not None:
+                kind, source = source_audit
+                ch.audit(run.id, kind, metadata={"source_run_id": source})
+                ch.audit(source, kind, metadata={"new_run_id": run.id})
+            ch.jobs.append(Job("activate", run.id, run_at=ch.now))
+        return build_run(run)
+
+    # ------------------------------------------------------------------ reading
+
+    def _record(self, run_id: Any) -> RunRecord:
+        rid = _run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            run = tx.get_run(rid)
+        if run is None:
+            raise RunNotFoundError(f"run {rid} not found")
+        return run
+
+    def inspect_run(self, run_id: Any, *, include_history: bool = False) -> Run:
+        """The run's persisted facts; with history also steps, step runs and audit events."""
+        rid = _run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            run = tx.get_run(rid)
+            if run is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            if not include_history:
+                return build_run(run)
+            return build_run(
+                run,
+                entries=tx.load_entries(rid),
+                attempts=tx.load_attempts(rid),
+                audit=tx.load_audit(rid),
+            )
+
+    def explain_run(self, run_id: Any) -> Explanation:
+        """Why the run is where it is, and what can be done next."""
+        rid = _run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            run = tx.get_run(rid)
+            if run is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            entries = tx.load_entries(rid)
+            attempts = tx.load_attempts(rid)
+            events = len(tx.load_events(rid))
+        return explain(
+            run,
+            entries,
+            attempts,
+            workflow_available=run.workflow in self.workflows,
+            events_waiting=events,
+        )
+
+    def list_runs(
+        self,
+        *,
+        status: str | RunStatus | None = None,
+        workflow: str | WorkflowDefinition | None = None,
+        limit: int = 50,
+        before: datetime | Run | None = None,
+    ) -> list[Run]:
+        """Runs newest first, optionally filtered by status and workflow."""
+        if status is not None:
+            try:
+                status = RunStatus(status).value
+            except ValueError:
+                valid = ", ".join(s.value for s in RunStatus)
+                raise ValueError(f"unknown run status {status!r} (valid: {valid})") from None
+        name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        cursor = before.created_at if isinstance(before, Run) else before
+        self._ready()
+        with self.store.transaction() as tx:
+            records = tx.list_runs(status=status, workflow=name, limit=limit, before=cursor)
+        return [build_run(r) for r in records]
+
+    def export_history(self, run_id: Any) -> dict[str, Any]:
+        """The run's history as JSON, for ``squidmesh.testing.replay``."""
+        rid = _run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            run = tx.get_run(rid)
+            if run is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            entries = tx.load_entries(rid)
+        outcome = run.status if run.status in _TERMINAL else None
+        return History(
+            entries,
+            run_id=run.id,
+            workflow=run.workflow,
+            trigger=run.trigger,
+            payload=run.payload,
+            schedule=run.schedule,
+            outcome=outcome,
+            result=run.result,
+        ).to_json()
+
+    # ------------------------------------------------------------------ operator actions
+
+    def _locked(self, ch: Any, run_id: Any) -> RunRecord:
+        rid = _run_id(run_id)
+        run = self._engine.lock(ch, rid)
+        if run is None:
+            raise RunNotFoundError(f"run {rid} not found")
+        return run
+
+    def _waiting_entry(self, ch: Any, run: RunRecord, kind: str, action: str) -> Any:
+        live = self._engine.live(ch, run)
+        if live is None:
+            raise UnknownWorkflowError(
+                f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does not "
+                "have: register it before acting on the run"
+            )
+        for seq in run.waiting_on:
+            entry = live.history[seq]
+            if entry.kind == kind and entry.status == "running":
+                return live, entry
+        where = ", ".join(
+            f"{live.history[s].kind} {live.history[s].name!r}" for s in run.waiting_on
+        )
+        raise InvalidTransitionError(
+            f"cannot {action} run {run.id}: it is {run.status}"
+            + (f" and waiting on {where}" if where else "")
+            + f", not at {'an approval' if kind == 'approval' else 'a ' + kind}",
+            status=run.status,
+            action=action,
+        )
+
+    def approve_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Approve the approval the run is paused at; the workflow continues."""
+        return self._decide(run_id, True, actor, comment, metadata)
+
+    def reject_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Reject the approval the run is paused at; a decision, not a failure."""
+        return self._decide(run_id, False, actor, comment, metadata)
+
+    def _decide(
+        self,
+        run_id: Any,
+        approved: bool,
+        actor: Any,
+        comment: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> Run:
+        action = "approve_run" if approved else "reject_run"
+        if not isinstance(actor, str) or not actor.strip():
+            raise ReviewError(f"{action} needs actor= as a non-empty string (who decided)")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ReviewError(f"{action}: metadata must be a dict")
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            live, entry = self._waiting_entry(ch, run, "approval", action)
+            state.deliver_decision(
+                live.history,
+                entry.seq,
+                approved=approved,
+                actor=actor,
+                comment=comment,
+                metadata=metadata,
+                now=ch.now,
+            )
+            ch.touched(run.id, entry)
+            ch.audit(
+                run.id,
+                "approved" if approved else "rejected",
+                step=entry.name,
+                actor=actor,
+                comment=comment,
+                metadata=metadata,
+            )
+            run.status = RunStatus.RUNNING.value
+            self._engine.advance(ch, run, live)
+        return build_run(run)
+
+    def unblock_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        data: Any = None,
+    ) -> Run:
+        """Resume a run paused at ``sm.pause``; the yield returns ``data``."""
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            live, entry = self._waiting_entry(ch, run, "pause", "unblock_run")
+            state.deliver_unblock(live.history, entry.seq, data, ch.now)
+            ch.touched(run.id, entry)
+            ch.audit(
+                run.id,
+                "unblocked",
+                step=entry.name,
+                actor=actor,
+                comment=comment,
+                metadata=metadata,
+            )
+            run.status = RunStatus.RUNNING.value
+            self._engine.advance(ch, run, live)
+        return build_run(run)
+
+    def send_event(self, run_id: Any, name: str, data: Any = None) -> Run:
+        """Deliver an event to ``wait_for_event(name)``; buffered if the run is not waiting yet."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("send_event needs a non-empty event name")
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            if run.status in _TERMINAL:
+                raise InvalidTransitionError(
+                    f"cannot send event {name!r} to run {run.id}: it is {run.status}",
+                    status=run.status,
+                    action="send_event",
+                )
+            live = self._engine.live(ch, run)
+            entry = None
+            if live is not None and run.status != "suspended":
+                entry = state.deliver_event(live.history, name, data, ch.now)
+            if entry is None:
+                from squidmesh.core.contracts import encode
+
+                ch.tx.add_event(run.id, name, encode(data, what="event data"), ch.now)
+                ch.audit(run.id, "event_received", step=name, metadata={"buffered": True})
+                ch.runs.pop(run.id)  # nothing about the run itself changed
+                ch.lives.pop(run.id, None)
+            else:
+                assert live is not None
+                ch.touched(run.id, entry)
+                ch.audit(run.id, "event_received", step=name)
+                self._engine.advance(ch, run, live)
+        return build_run(run)
+
+    def cancel_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        compensate: bool = False,
+    ) -> Run:
+        """Cancel a run; a step in flight finishes first (status ``cancelling``)."""
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            if run.status in _TERMINAL or run.status == "cancelling":
+                raise InvalidTransitionError(
+                    f"cannot cancel run {run.id}: it is already {run.status}",
+                    status=run.status,
+                    action="cancel_run",
+                )
+            ch.audit(
+                run.id,
+                "cancel_requested",
+                actor=actor,
+                comment=reason,
+                metadata={"compensate": compensate},
+            )
+            run.cancel_request = {"actor": actor, "reason": reason, "compensate": compensate}
+            live = self._engine.live(ch, run) if run.status != "suspended" else None
+            if live is not None and self._engine.in_flight(live):
+                run.status = RunStatus.CANCELLING.value
+            else:
+                if run.status == "suspended":
+                    self._engine.evict(run.id)
+                    live = None
+                self._engine.finish_cancel(ch, run, live)
+        return build_run(run)
+
+    def resume_run(self, run_id: Any) -> Run:
+        """Re-activate a suspended run (after the workflow code was fixed)."""
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            if run.status != "suspended":
+                raise InvalidTransitionError(
+                    f"cannot resume run {run.id}: it is {run.status}, not suspended",
+                    status=run.status,
+                    action="resume_run",
+                )
+            self._engine.evict(run.id)
+            ch.audit(run.id, "resumed")
+            run.status = RunStatus.RUNNING.value
+            run.error = None
+            run.reason = None
+            live = self._engine.live(ch, run)
+            if live is None:
+                raise UnknownWorkflowError(
+                    f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does "
+                    "not have"
+                )
+            self._engine.advance(ch, run, live)
+        return build_run(run)
+
+    def replay_run(self, run_id: Any, *, allow_irreversible: bool = False) -> Run:
+        """Start a new run of the same workflow, trigger and stored payload."""
+        rid = _run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            source = tx.get_run(rid)
+            if source is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            entries = tx.load_entries(rid)
+        self._workflow(source.workflow)
+        blocked = replay_blockers(entries)
+        if blocked and allow_irreversible is not True:
+            raise UnsafeReplayError(
+                f"run {rid} completed irreversible or non-compensatable steps "
+                f"({', '.join(blocked)}): review their effects, then call "
+                "replay_run(..., allow_irreversible=True)",
+                steps=blocked,
+            )
+        return self._create_run(
+            source.workflow,
+            source.trigger,
+            source.payload,
+            schedule=source.schedule,
+            replayed_from=source.id,
+            source_audit=("replayed", source.id),
+        )
+
+    def fork_run(self, run_id: Any, *, at_seq: int) -> Run:
+        """A new run that reuses the source's recorded results before ``at_seq``."""
+        rid = _run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            source = tx.get_run(rid)
+            if source is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            entries = tx.load_entries(rid)
+        self._workflow(source.workflow)
+        if not isinstance(at_seq, int) or not 0 <= at_seq <= len(entries):
+            raise ValueError(
+                f"fork_run at_seq must be between 0 and {len(entries)}, got {at_seq!r}"
+            )
+        if at_seq < len(entries) and entries[at_seq].parent is not None:
+            raise ValueError(
+                f"fork_run at_seq={at_seq} falls inside the join/first at seq "
+                f"{entries[at_seq].parent}: fork at that seq instead"
+            )
+        prefix = []
+        for entry in entries[:at_seq]:
+            if not entry.resolved and entry.kind not in ("join", "first"):
+                raise ValueError(
+                    f"fork_run at_seq={at_seq}: seq {entry.seq} ({entry.label()}) has no recorded "
+                    f"result yet; fork at or before seq {entry.seq}"
+                )
+            copy = entry.copy()
+            copy.compensation = None
+            prefix.append(copy)
+        return self._create_run(
+            source.workflow,
+            source.trigger,
+            source.payload,
+            schedule=source.schedule,
+            forked_from=source.id,
+            prefix=prefix,
+            source_audit=("forked", source.id),
+        )
+
+    # ------------------------------------------------------------------ work
+
+    def perform(self, job: Job | Mapping[str, Any]) -> None:
+        """Execute one delivered job; duplicate, late or stale deliveries change nothing."""
+        the_job = job if isinstance(job, Job) else Job.from_json(dict(job))
+        self._ready()
+        try:
+            self._engine.perform(the_job)
+        except _TransactionalStepFailed as failed:
+            self._engine.retry_transactional_failure(the_job, failed.error)
+
+    def drain(self, *, limit: int | None = None) -> int:
+        """Run every due job in this thread until none is left; returns how many ran."""
+        self._ready()
+        done = 0
+        worker = f"drain-{uuid.uuid4().hex[:8]}"
+        while limit is None or done < limit:
+            now = self.clock()
+            from datetime import timedelta
+
+            with self.store.transaction() as tx:
+                jobs = tx.claim_jobs(
+                    now=now, limit=1, worker=worker, lease_until=now + timedelta(minutes=5)
+                )
+            if not jobs:
+                break
+            for job in jobs:
+                self.perform(job)
+                with self.store.transaction() as tx:
+                    tx.delete_job(int(job.id or 0))
+                done += 1
+        return done
+
+    def worker(self, **options: Any) -> Any:
+        """A background worker thread (see docs/executors.md)."""
+        raise NotImplementedError(
+            "mesh.worker() arrives with the worker issue; use mesh.drain() or InlineExecutor"
+        )
+
+
+def _validate_cron(workflow: WorkflowDefinition, trigger: CronTrigger) -> None:
+    import zoneinfo
+
+    from croniter import croniter
+
+    if not croniter.is_valid(trigger.expr):
+        raise DefinitionError(
+            f"workflow {workflow.name}, trigger {trigger.name}: invalid cron expression "
+            f"{trigger.expr!r}"
+        )
+    try:
+        zoneinfo.ZoneInfo(trigger.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise DefinitionError(
+            f"workflow {workflow.name}, trigger {trigger.name}: unknown timezone "
+            f"{trigger.timezone!r}"
+        ) from None

@@ -1,0 +1,1 @@
+"""The runtime: the engine that applies state changes, executors and step invocation."""

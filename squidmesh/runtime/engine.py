@@ -1,0 +1,677 @@
+"""The engine: load history, replay, persist the decision, all in one transaction.
+
+Every state change of a run happens inside ``Engine.change()``: one store transaction
+that locks the run, applies facts to its history, advances the interpreter, writes the
+entries, the run row, the audit events and the jobs the change produced, and commits
+them together. Live interpreters are cached per run and reused while the run row's
+``version`` proves nobody else changed the run since (the hot path needs no history
+read); any rollback evicts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from squidmesh.core import state
+from squidmesh.core.definition import StepDefinition, WorkflowDefinition
+from squidmesh.core.history import Entry, History
+from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.core.replay import Activation, Interpreter
+from squidmesh.errors import DispatchError, SquidmeshError, StorageError
+from squidmesh.runtime import invoke
+from squidmesh.runtime.executors import Executor
+from squidmesh.storage.base import RunRecord, Store, Transaction
+from squidmesh.types import RunStatus
+
+__all__ = ["Change", "Engine", "Live"]
+
+log = logging.getLogger("squidmesh")
+workflow_log = logging.getLogger("squidmesh.workflow")
+
+ACTIVE = frozenset({"pending", "running", "retrying", "paused", "cancelling"})
+# A step may run while the run is paused: a join can wait on an approval and a step at once.
+STEP_RUNNABLE = frozenset({"running", "retrying", "paused", "cancelling"})
+
+
+@dataclasses.dataclass
+class Live:
+    """A run's interpreter and the history it has consumed."""
+
+    interpreter: Interpreter
+    history: History
+
+
+@dataclasses.dataclass
+class Change:
+    """What one transaction touches; flushed just before commit."""
+
+    tx: Transaction
+    now: datetime
+    jobs: list[Job] = dataclasses.field(default_factory=list)
+    new: dict[str, dict[int, Entry]] = dataclasses.field(default_factory=dict)
+    changed: dict[str, dict[int, Entry]] = dataclasses.field(default_factory=dict)
+    runs: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
+    lives: dict[str, Live] = dataclasses.field(default_factory=dict)
+    logs: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
+
+    def inserted(self, run_id: str, entries: list[Entry]) -> None:
+        bucket = self.new.setdefault(run_id, {})
+        for entry in entries:
+            bucket[entry.seq] = entry
+
+    def touched(self, run_id: str, *entries: Entry) -> None:
+        bucket = self.changed.setdefault(run_id, {})
+        for entry in entries:
+            bucket[entry.seq] = entry
+
+    def audit(self, run_id: str, type_: str, **fields: Any) -> None:
+        self.tx.add_audit(run_id, AuditEvent(type=type_, at=self.now.isoformat(), **fields))
+
+
+class Engine:
+    """Executes the state changes of runs against a ``Store``."""
+
+    def __init__(
+        self,
+        store: Store,
+        workflows: Mapping[str, WorkflowDefinition],
+        executor: Executor,
+        clock: Callable[[], datetime],
+        *,
+        cache_size: int = 1024,
+    ) -> None:
+        self.store = store
+        self.workflows = workflows
+        self.executor = executor
+        self.clock = clock
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[int, Live]] = OrderedDict()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def change(self) -> Iterator[Change]:
+        """One transaction; jobs are enqueued inside it, logs emitted after commit."""
+        ch: Change | None = None
+        try:
+            with self.store.transaction() as tx:
+                ch = Change(tx=tx, now=self.clock())
+                yield ch
+                self._flush(ch)
+                if ch.jobs:
+                    try:
+                        self.executor.enqueue(ch.jobs, connection=tx)
+                    except (SquidmeshError, StorageError):
+                        raise
+                    except Exception as exc:
+                        raise DispatchError(
+                            f"the executor refused {len(ch.jobs)} job(s) for run(s) "
+                            f"{', '.join(sorted({j.run_id or '-' for j in ch.jobs}))}: {exc}; "
+                            "nothing was changed"
+                        ) from exc
+        except BaseException:
+            if ch is not None:
+                for run_id in ch.runs:
+                    self.evict(run_id)
+            raise
+        for run_id, run in ch.runs.items():
+            live = ch.lives.get(run_id)
+            if live is not None and live.interpreter.is_live and run.status in ACTIVE:
+                self._cache[run_id] = (run.version, live)
+                self._cache.move_to_end(run_id)
+                while len(self._cache) > self.cache_size:
+                    _, (_, old) = self._cache.popitem(last=False)
+                    old.interpreter.close()
+            else:
+                self.evict(run_id)
+        for run_id, entry in ch.logs:
+            _emit(run_id, entry)
+        after = getattr(self.executor, "after_commit", None)
+        if ch.jobs and after is not None:
+            after()
+
+    def _flush(self, ch: Change) -> None:
+        for run_id, bucket in ch.new.items():
+            ch.tx.insert_entries(run_id, [bucket[s] for s in sorted(bucket)])
+        for run_id, bucket in ch.changed.items():
+            fresh = ch.new.get(run_id, {})
+            rest = [bucket[s] for s in sorted(bucket) if s not in fresh]
+            if rest:
+                ch.tx.update_entries(run_id, rest)
+        for run in ch.runs.values():
+            run.version += 1
+            run.updated_at = ch.now
+            ch.tx.update_run(run)
+
+    def evict(self, run_id: str) -> None:
+        cached = self._cache.pop(run_id, None)
+        if cached is not None:
+            cached[1].interpreter.close()
+
+    def close(self) -> None:
+        for run_id in list(self._cache):
+            self.evict(run_id)
+
+    # ------------------------------------------------------------------ loading
+
+    def workflow_for(self, run: RunRecord) -> WorkflowDefinition | None:
+        return self.workflows.get(run.workflow)
+
+    def lock(self, ch: Change, run_id: str) -> RunRecord | None:
+        run = ch.tx.lock_run(run_id)
+        if run is not None:
+            ch.runs[run.id] = run
+        return run
+
+    def live(self, ch: Change, run: RunRecord) -> Live | None:
+        """The run's interpreter: from the cache when current, else a fresh replay."""
+        if run.id in ch.lives:
+            return ch.lives[run.id]
+        cached = self._cache.get(run.id)
+        if cached is not None and cached[0] == run.version and cached[1].interpreter.is_live:
+            live = cached[1]
+        else:
+            self.evict(run.id)
+            workflow = self.workflow_for(run)
+            if workflow is None:
+                return None
+            history = History(
+                ch.tx.load_entries(run.id),
+                run_id=run.id,
+                workflow=run.workflow,
+                trigger=run.trigger,
+                payload=run.payload,
+                schedule=run.schedule,
+            )
+            interpreter = Interpreter(
+                workflow,
+                run_id=run.id,
+                trigger=run.trigger,
+                payload=run.payload,
+                schedule=run.schedule,
+            )
+            live = Live(interpreter, history)
+        ch.lives[run.id] = live
+        return live
+
+    def step_definition(self, live: Live, entry: Entry) -> StepDefinition[Any, Any] | None:
+        """The definition of the call at ``entry`` (with its per-call options)."""
+        found = live.interpreter.step_calls.get(entry.seq)
+        if found is None:
+            obj = invoke.resolve_ref(str(entry.meta.get("ref", "")))
+            found = obj if isinstance(obj, StepDefinition) else None
+        return found
+
+    def compensation_for(self, live: Live, entry: Entry) -> Any:
+        """The compensation callable of the step at ``entry``, if it can be found."""
+        definition = live.interpreter.step_calls.get(entry.seq)
+        if definition is not None:
+            return definition.compensate
+        return invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
+
+    def warm(self, ch: Change, run: RunRecord, live: Live) -> None:
+        """Replay a cold interpreter once so it knows each step call and its options."""
+        if not live.interpreter.is_live and run.status in STEP_RUNNABLE:
+            self.advance(ch, run, live)
+
+    # ------------------------------------------------------------------ advancing
+
+    def advance(self, ch: Change, run: RunRecord, live: Live) -> None:
+        """Run the workflow as far as it can go and record what it decided."""
+        act = live.interpreter.advance(live.history, now=ch.now)
+        self.apply(ch, run, live, act)
+
+    def apply(self, ch: Change, run: RunRecord, live: Live, act: Activation) -> None:
+        history = live.history
+        ch.inserted(run.id, act.new_entries)
+        ch.touched(run.id, *act.updates)
+        ch.logs.extend((run.id, e) for e in act.logs)
+        if act.outcome == "waiting":
+            if self._deliver_buffered_events(ch, run, live, act):
+                self.advance(ch, run, live)
+                return
+            for entry in act.new_entries:
+                if entry.kind == "step" and entry.status == "pending":
+                    ch.jobs.append(
+                        Job("step", run.id, entry.seq, entry.attempts + 1, run_at=ch.now)
+                    )
+                elif entry.wake_at is not None and entry.status == "running":
+                    ch.jobs.append(
+                        Job("activate", run.id, run_at=datetime.fromisoformat(entry.wake_at))
+                    )
+                if entry.kind in ("pause", "approval") and entry.status == "running":
+                    ch.audit(run.id, "paused", step=entry.name)
+            run.waiting_on = list(act.waiting_on)
+            run.current_steps = [history[s].name for s in act.waiting_on]
+            if act.compensate:
+                ch.audit(run.id, "undo", step="undo")
+                self._start_compensation(ch, run, act.compensate)
+                run.status = RunStatus.RUNNING.value
+                run.reason = "compensating"
+            else:
+                if run.status != RunStatus.CANCELLING.value:
+                    run.status = state.waiting_status(history, act.waiting_on).value
+                run.reason = None
+            return
+        run.waiting_on = []
+        if act.outcome == "completed":
+            run.status = RunStatus.COMPLETED.value
+            run.result = act.result
+            run.error = None
+            run.reason = "completed"
+            run.current_steps = []
+        elif act.outcome == "failed":
+            if act.compensate:
+                run.pending_outcome = {
+                    "status": RunStatus.FAILED.value,
+                    "error": act.error,
+                    "reason": act.reason,
+                }
+                run.reason = "compensating"
+                run.error = act.error
+                self._start_compensation(ch, run, act.compensate)
+            else:
+                self._end(ch, run, RunStatus.FAILED, error=act.error, reason=act.reason)
+        elif act.outcome == "suspended":
+            run.status = RunStatus.SUSPENDED.value
+            run.error = act.error
+            run.reason = act.reason
+            ch.audit(
+                run.id,
+                "suspended",
+                comment=(act.error or {}).get("message"),
+                metadata={"reason": act.reason},
+            )
+        elif act.outcome == "cancelled":
+            if act.compensate:
+                run.pending_outcome = {"status": RunStatus.CANCELLED.value, "reason": "cancelled"}
+                run.status = RunStatus.CANCELLING.value
+                self._start_compensation(ch, run, act.compensate)
+            else:
+                self._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
+
+    def _end(
+        self,
+        ch: Change,
+        run: RunRecord,
+        status: RunStatus,
+        *,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        run.status = status.value
+        run.reason = reason
+        run.pending_outcome = None
+        run.current_steps = []
+        run.waiting_on = []
+        if error is not None:
+            run.error = error
+        if status is RunStatus.CANCELLED:
+            request = run.cancel_request or {}
+            ch.audit(run.id, "cancelled", actor=request.get("actor"), comment=request.get("reason"))
+
+    def _deliver_buffered_events(
+        self, ch: Change, run: RunRecord, live: Live, act: Activation
+    ) -> bool:
+        if not any(e.kind == "event" and e.status == "running" for e in act.new_entries):
+            return False
+        delivered = False
+        for event in ch.tx.load_events(run.id):
+            entry = state.deliver_event(live.history, event.name, event.data, ch.now)
+            if entry is not None:
+                ch.tx.delete_events(run.id, [event.id])
+                ch.touched(run.id, entry)
+                ch.audit(run.id, "event_received", step=event.name)
+                delivered = True
+        return delivered
+
+    def _start_compensation(self, ch: Change, run: RunRecord, plan: tuple[int, ...]) -> None:
+        first = plan[0]
+        ch.audit(run.id, "compensation_started", step=None, metadata={"plan": list(plan)})
+        ch.jobs.append(Job("compensate", run.id, first, run_at=ch.now))
+
+    def in_flight(self, live: Live) -> list[Entry]:
+        return [e for e in live.history.entries if e.kind == "step" and e.status == "running"]
+
+    def finish_cancel(self, ch: Change, run: RunRecord, live: Live | None) -> None:
+        """Deliver cancellation into the workflow and end (or compensate) the run."""
+        compensate = bool((run.cancel_request or {}).get("compensate"))
+        if live is None:
+            self._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
+            return
+        act = live.interpreter.cancel(live.history, now=ch.now, compensate=compensate)
+        self.apply(ch, run, live, act)
+
+    # ------------------------------------------------------------------ jobs
+
+    def perform(self, job: Job) -> None:
+        """Execute one delivered job. Duplicate, late or stale deliveries change nothing."""
+        if job.kind == "activate":
+            self._perform_activate(job)
+        elif job.kind == "step":
+            self._perform_step(job)
+        elif job.kind == "compensate":
+            self._perform_compensate(job)
+        else:
+            raise ValueError(f"job kind {job.kind!r} is not handled by the engine")
+
+    def _perform_activate(self, job: Job) -> None:
+        with self.change() as ch:
+            run = self.lock(ch, str(job.run_id))
+            if run is None or run.status not in ("pending", "running", "retrying", "paused"):
+                return
+            live = self.live(ch, run)
+            if live is None:
+                return
+            for entry in state.due_entries(live.history, ch.now):
+                if entry.kind == "step":
+                    continue
+                state.fire_due(live.history, entry, ch.now)
+                ch.touched(run.id, entry)
+                if entry.kind in ("approval", "event"):
+                    ch.audit(run.id, "timed_out", step=entry.name)
+            if run.status == "pending":
+                run.status = RunStatus.RUNNING.value
+            self.advance(ch, run, live)
+
+    def _perform_step(self, job: Job) -> None:
+        seq = int(job.seq if job.seq is not None else -1)
+        with self.change() as ch:
+            run = self.lock(ch, str(job.run_id))
+            if run is None or run.status not in STEP_RUNNABLE:
+                return
+            live = self.live(ch, run)
+            if live is None or not 0 <= seq < len(live.history):
+                return
+            entry = live.history[seq]
+            if entry.kind != "step" or entry.status != "pending":
+                return
+            if job.attempt is not None and entry.attempts + 1 != job.attempt:
+                return
+            if run.status == RunStatus.CANCELLING.value:
+                if not self.in_flight(live):
+                    self.finish_cancel(ch, run, live)
+                return
+            self.warm(ch, run, live)
+            if entry.status != "pending":  # the replay moved on (a cancelled branch)
+                return
+            definition = self.step_definition(live, entry)
+            number = state.begin_attempt(entry, ch.now)
+            ch.touched(run.id, entry)
+            started = ch.now.isoformat()
+            if run.status == RunStatus.RETRYING.value:
+                run.status = RunStatus.RUNNING.value
+            if definition is not None and definition.transaction:
+                # Host writes and the step's completion share this transaction: a failure
+                # rolls both back, and the failure is then recorded in a new transaction.
+                context = self._context(run, entry, number, ch.tx)
+                try:
+                    result = invoke.call_step(definition, entry.input or {}, context)
+                except Exception as exc:
+                    raise _TransactionalStepFailed(exc) from exc
+                ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
+                self.land(ch, run, live, entry, number, started, value=result, error=None)
+                return
+            ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
+        # The attempt runs outside any transaction: its outcome is recorded afterwards.
+        value: Any = None
+        failure: BaseException | None = None
+        if definition is None:
+            failure = SquidmeshError(
+                f"step {entry.name} of run {run.id} cannot be found in this process "
+                f"({entry.meta.get('ref')}): import the module that defines it in the worker"
+            )
+        else:
+            try:
+                value = invoke.call_step(
+                    definition, entry.input or {}, self._context(run, entry, number, None)
+                )
+            except Exception as exc:
+                failure = exc
+        with self.change() as ch:
+            run2 = self.lock(ch, run.id)
+            if run2 is None:
+                return
+            live = self.live(ch, run2)
+            if live is None:
+                return
+            entry = live.history[seq]
+            self.land(ch, run2, live, entry, number, started, value=value, error=failure)
+
+    def retry_transactional_failure(self, job: Job, exc: BaseException) -> None:
+        """Record the failure of a ``transaction=True`` step whose transaction rolled back."""
+        seq = int(job.seq if job.seq is not None else -1)
+        with self.change() as ch:
+            run = self.lock(ch, str(job.run_id))
+            if run is None or run.status not in STEP_RUNNABLE:
+                return
+            live = self.live(ch, run)
+            if live is None or not 0 <= seq < len(live.history):
+                return
+            entry = live.history[seq]
+            if entry.status != "pending":
+                return
+            number = state.begin_attempt(entry, ch.now)
+            ch.touched(run.id, entry)
+            self.land(ch, run, live, entry, number, ch.now.isoformat(), value=None, error=exc)
+
+    def land(
+        self,
+        ch: Change,
+        run: RunRecord,
+        live: Live,
+        entry: Entry,
+        number: int,
+        started: str,
+        *,
+        value: Any,
+        error: BaseException | None,
+    ) -> None:
+        """Record the outcome of attempt ``number`` and move the run on."""
+        history = live.history
+        finished = ch.now.isoformat()
+        if entry.status != "running" or entry.attempts != number:
+            # Stale: the branch was cancelled (a first() loser) or the run moved on.
+            status = "failed" if error is not None else "completed"
+            ch.tx.save_attempt(run.id, entry.seq, Attempt(number, status, None, started, finished))
+            if run.status == RunStatus.CANCELLING.value and not self.in_flight(live):
+                self.finish_cancel(ch, run, live)
+            return
+        if error is None:
+            try:
+                state.complete_attempt(history, entry.seq, value, ch.now)
+            except Exception as exc:  # the value cannot be stored as JSON
+                error = exc
+        definition = self.step_definition(live, entry)
+        if error is not None:
+            policy = definition.retry if definition is not None else _NO_RETRY
+            decision, info = state.fail_attempt(history, entry.seq, error, policy, ch.now)
+            ch.tx.save_attempt(
+                run.id, entry.seq, Attempt(number, "failed", info, started, finished)
+            )
+            ch.touched(run.id, entry)
+            if decision.retry:
+                ch.jobs.append(
+                    Job(
+                        "step",
+                        run.id,
+                        entry.seq,
+                        number + 1,
+                        run_at=ch.now + timedelta(seconds=decision.delay),
+                    )
+                )
+                if run.status != RunStatus.CANCELLING.value:
+                    run.status = state.waiting_status(history, tuple(run.waiting_on)).value
+                    run.error = info
+                return
+        else:
+            ch.tx.save_attempt(
+                run.id, entry.seq, Attempt(number, "completed", None, started, finished)
+            )
+            ch.touched(run.id, entry)
+        if run.status == RunStatus.CANCELLING.value:
+            if not self.in_flight(live):
+                self.finish_cancel(ch, run, live)
+            return
+        self.advance(ch, run, live)
+
+    def _perform_compensate(self, job: Job) -> None:
+        seq = int(job.seq if job.seq is not None else -1)
+        with self.change() as ch:
+            run = self.lock(ch, str(job.run_id))
+            if run is None or run.status in ("completed", "failed", "cancelled", "suspended"):
+                return
+            live = self.live(ch, run)
+            if live is None or not 0 <= seq < len(live.history):
+                return
+            entry = live.history[seq]
+            if (entry.compensation or {}).get("status") != "pending":
+                return
+            compensate = self.compensation_for(live, entry)
+            entry.compensation = {"status": "running"}
+            ch.touched(run.id, entry)
+            failure = (run.pending_outcome or {}).get("error")
+        output: Any = None
+        error: dict[str, Any] | None = None
+        if compensate is None:
+            error = {
+                "type": "squidmesh.errors.DefinitionError",
+                "message": f"compensation of step {entry.name} cannot be found in this process",
+            }
+        else:
+            attempts = (
+                compensate.retry.max_attempts if isinstance(compensate, StepDefinition) else 1
+            )
+            for number in range(1, attempts + 1):
+                try:
+                    output = invoke.call_compensation(
+                        compensate,
+                        input=entry.input,
+                        output=entry.result,
+                        failure=failure,
+                        context=self._context(run, entry, number, None),
+                    )
+                    error = None
+                    break
+                except Exception as exc:
+                    from squidmesh.core.failures import error_info
+
+                    error = error_info(exc)
+        with self.change() as ch:
+            locked = self.lock(ch, run.id)
+            if locked is None:
+                return
+            run = locked
+            live = self.live(ch, run)
+            if live is None:
+                return
+            entry = live.history[seq]
+            try:
+                from squidmesh.core.contracts import encode
+
+                stored = encode(output, what="compensation output") if error is None else None
+            except Exception as exc:
+                from squidmesh.core.failures import error_info
+
+                error, stored = error_info(exc), None
+            state.record_compensation(
+                live.history,
+                seq,
+                status="failed" if error else "completed",
+                output=stored,
+                error=error,
+                now=ch.now,
+            )
+            ch.touched(run.id, entry)
+            ch.audit(
+                run.id,
+                "compensation_failed" if error else "compensated",
+                step=entry.name,
+                comment=(error or {}).get("message"),
+            )
+            self._after_compensation(ch, run, live)
+
+    def _after_compensation(self, ch: Change, run: RunRecord, live: Live) -> None:
+        pending = [
+            e for e in live.history.entries if (e.compensation or {}).get("status") == "pending"
+        ]
+        if pending:
+            pending.sort(key=lambda e: e.order if e.order is not None else -1, reverse=True)
+            ch.jobs.append(Job("compensate", run.id, pending[0].seq, run_at=ch.now))
+            return
+        outcome = run.pending_outcome
+        if outcome is None:  # an sm.undo(): the workflow goes on
+            self.advance(ch, run, live)
+            return
+        failures = [
+            {"step": e.name, "seq": e.seq, "error": (e.compensation or {}).get("error")}
+            for e in live.history.entries
+            if (e.compensation or {}).get("status") == "failed"
+        ]
+        if outcome["status"] == RunStatus.FAILED.value:
+            error = dict(outcome.get("error") or {})
+            if failures:
+                error["compensation_failures"] = failures
+            self._end(
+                ch,
+                run,
+                RunStatus.FAILED,
+                error=error,
+                reason="compensation_failed" if failures else outcome.get("reason"),
+            )
+        else:
+            if failures:
+                run.error = {
+                    "type": "squidmesh.errors.CompensationFailed",
+                    "message": "compensation failed while cancelling",
+                    "compensation_failures": failures,
+                }
+            self._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
+
+    def _context(self, run: RunRecord, entry: Entry, attempt: int, tx: Transaction | None) -> Any:
+        from squidmesh.core.context import StepContext
+
+        connection = tx.connection if tx is not None else None
+        factory = None
+        if connection is not None:
+
+            def factory() -> Any:
+                from sqlalchemy.orm import Session
+
+                return Session(bind=connection)
+
+        return StepContext(
+            run_id=run.id,
+            step=entry.name,
+            seq=entry.seq,
+            attempt=attempt,
+            connection=connection,
+            _session_factory=factory,
+        )
+
+
+class _TransactionalStepFailed(Exception):
+    """Carries a ``transaction=True`` step's exception out of its rolled-back transaction."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+_NO_RETRY = __import__("squidmesh.core.retry", fromlist=["Retry"]).Retry()
+
+
+def _emit(run_id: str, entry: Entry) -> None:
+    data = entry.input or {}
+    level = logging.getLevelName(str(data.get("level", "info")).upper())
+    workflow_log.log(
+        level if isinstance(level, int) else logging.INFO,
+        data.get("message"),
+        extra={"squidmesh": {"run_id": run_id, "seq": entry.seq, **(data.get("fields") or {})}},
+    )

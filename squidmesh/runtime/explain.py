@@ -1,0 +1,209 @@
+"""``explain_run``: turn a run's persisted facts into a reason and the valid next actions."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from squidmesh.core.history import Entry
+from squidmesh.core.records import Attempt
+from squidmesh.runtime.views import Explanation, build_step_runs
+from squidmesh.storage.base import RunRecord
+from squidmesh.types import RunStatus
+
+__all__ = ["explain", "replay_blockers"]
+
+
+def replay_blockers(entries: list[Entry]) -> list[str]:
+    """Completed steps that cannot be honestly undone: replay needs an explicit override."""
+    return [
+        e.name
+        for e in entries
+        if e.kind == "step"
+        and e.status == "completed"
+        and (e.meta.get("irreversible") or e.meta.get("compensatable") is False)
+    ]
+
+
+def _replay_details(entries: list[Entry]) -> dict[str, Any]:
+    blocked = replay_blockers(entries)
+    if blocked:
+        return {
+            "allowed": False,
+            "blocked_by": blocked,
+            "required_override": "allow_irreversible",
+        }
+    return {"allowed": True, "blocked_by": [], "required_override": None}
+
+
+def _evidence(
+    run: RunRecord, entry: Entry | None, attempts: dict[int, list[Attempt]]
+) -> dict[str, Any]:
+    evidence: dict[str, Any] = {
+        "run": {
+            "id": run.id,
+            "workflow": run.workflow,
+            "trigger": run.trigger,
+            "status": run.status,
+            "error": run.error,
+            "current_steps": list(run.current_steps),
+            "schedule": run.schedule,
+            "created_at": run.created_at.isoformat(),
+            "updated_at": run.updated_at.isoformat(),
+        },
+        "step_run": None,
+        "attempt": None,
+    }
+    if entry is not None:
+        step_run = build_step_runs([entry], attempts)[0]
+        evidence["step_run"] = dataclasses.asdict(step_run)
+        tries = attempts.get(entry.seq) or []
+        evidence["attempt"] = dataclasses.asdict(tries[-1]) if tries else None
+    return evidence
+
+
+def _failed_reason(
+    run: RunRecord, entries: list[Entry]
+) -> tuple[str, Entry | None, dict[str, Any]]:
+    error = run.error or {}
+    if run.reason == "compensation_failed":
+        return "compensation_failed", None, {"failures": error.get("compensation_failures", [])}
+    seq = error.get("seq")
+    if isinstance(seq, int) and 0 <= seq < len(entries):
+        entry = entries[seq]
+        max_attempts = int((entry.meta.get("retry") or {}).get("max_attempts", 1))
+        facts = {
+            "error": {k: error.get(k) for k in ("type", "message", "details")},
+            "max_attempts": max_attempts,
+            "latest_attempt_number": entry.attempts,
+        }
+        if entry.attempts >= max_attempts and error.get("retryable", True):
+            return "retry_exhausted", entry, facts
+        return "step_failed", entry, facts
+    return (
+        "workflow_failed",
+        None,
+        {"error": {k: error.get(k) for k in ("type", "message", "details")}},
+    )
+
+
+def explain(
+    run: RunRecord,
+    entries: list[Entry],
+    attempts: dict[int, list[Attempt]],
+    *,
+    workflow_available: bool,
+    events_waiting: int = 0,
+) -> Explanation:
+    status = RunStatus(run.status)
+    waiting = [entries[s] for s in run.waiting_on if 0 <= s < len(entries)]
+    entry: Entry | None = waiting[0] if waiting else None
+    details: dict[str, Any] = {}
+    actions: list[str] = []
+
+    if status in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED):
+        replay = _replay_details(entries)
+        if status is RunStatus.FAILED:
+            reason, entry, details = _failed_reason(run, entries)
+        else:
+            reason, entry = status.value, None
+        if status is RunStatus.COMPLETED:
+            details["result"] = run.result
+        if not workflow_available:
+            replay = {**replay, "allowed": False, "workflow_definition": "unavailable"}
+        details["replay"] = replay
+        actions = ["replay_run", "fork_run"] if replay["allowed"] else []
+        if workflow_available and not replay["allowed"] and entries:
+            actions = ["fork_run"]
+    elif not workflow_available:
+        reason = "workflow_unavailable"
+        details = {"workflow": run.workflow, "hint": "register the workflow with this Mesh"}
+        actions = ["cancel_run"]
+    elif status is RunStatus.SUSPENDED:
+        reason = (
+            run.reason if run.reason in ("nondeterminism", "workflow_error") else "workflow_error"
+        )
+        error = run.error or {}
+        details = {
+            "error": {k: error.get(k) for k in ("type", "message", "traceback")},
+            **(error.get("details") or {} if reason == "nondeterminism" else {}),
+        }
+        actions = ["resume_run", "cancel_run"]
+    elif status is RunStatus.CANCELLING:
+        reason = "compensating" if run.pending_outcome else "waiting_for_cancellation"
+        in_flight = [e.name for e in entries if e.kind == "step" and e.status == "running"]
+        details = {"in_flight": in_flight, "request": run.cancel_request}
+        actions = ["wait_for_cancellation"]
+    elif run.reason == "compensating":
+        reason = "compensating"
+        details = {
+            "pending": [
+                e.name
+                for e in entries
+                if (e.compensation or {}).get("status") in ("pending", "running")
+            ]
+        }
+        actions = ["wait_for_step"]
+    elif status is RunStatus.PENDING:
+        reason = "pending_dispatch"
+        actions = ["wait_for_step", "cancel_run"]
+    elif status is RunStatus.PAUSED and entry is not None:
+        if entry.kind == "approval":
+            reason = "paused_for_approval"
+            actions = ["approve_run", "reject_run", "cancel_run"]
+            details = {"approval": entry.name, "timeout_at": entry.wake_at}
+        else:
+            reason = "paused_for_manual_action"
+            actions = ["unblock_run", "cancel_run"]
+            details = {"pause": entry.name, "reason": (entry.input or {}).get("reason")}
+    elif status is RunStatus.RETRYING and entry is not None:
+        reason = "waiting_for_retry"
+        actions = ["wait_for_retry", "cancel_run"]
+        details = {
+            "next_attempt_number": entry.attempts + 1,
+            "next_attempt_at": entry.wake_at,
+            "max_attempts": int((entry.meta.get("retry") or {}).get("max_attempts", 1)),
+            "last_error": entry.error,
+        }
+    elif len(waiting) > 1 or (entry is not None and entry.parent is not None):
+        reason = "waiting_for_join"
+        parent = entry.parent if entry is not None and entry.parent is not None else None
+        branches = [e for e in entries if parent is not None and e.parent == parent]
+        details = {
+            "branches": [
+                {"seq": b.seq, "kind": b.kind, "name": b.name, "status": b.status} for b in branches
+            ]
+        }
+        actions = ["wait_for_step", "cancel_run"]
+    elif entry is None:
+        reason = "pending_dispatch"
+        actions = ["wait_for_step", "cancel_run"]
+    elif entry.kind == "sleep":
+        reason = "waiting_for_timer"
+        details = {"wake_at": entry.wake_at}
+        actions = ["wait_for_timer", "cancel_run"]
+    elif entry.kind == "event":
+        reason = "waiting_for_event"
+        details = {
+            "event": entry.name,
+            "timeout_at": entry.wake_at,
+            "buffered_events": events_waiting,
+        }
+        actions = ["send_event", "wait_for_event", "cancel_run"]
+    elif entry.status == "running":
+        reason = "step_running"
+        details = {"attempt": entry.attempts}
+        actions = ["wait_for_step", "cancel_run"]
+    else:
+        reason = "step_scheduled"
+        details = {"attempt": entry.attempts + 1}
+        actions = ["wait_for_step", "cancel_run"]
+
+    return Explanation(
+        status=status,
+        reason=reason,
+        step=entry.name if entry is not None else None,
+        details=details,
+        next_actions=tuple(actions),
+        evidence=_evidence(run, entry, attempts),
+    )

@@ -1,0 +1,159 @@
+"""The ``Store`` port: everything the runtime persists, behind one interface.
+
+Three implementations share one contract test suite: ``InMemoryStore`` (tests, no
+durability), ``SqlStore`` on SQLite (the embedded default) and on PostgreSQL.
+
+All work happens inside ``Store.transaction()``: one transaction per state change. Inside
+it, ``lock_run`` serializes changes to one run (``SELECT ... FOR UPDATE`` on PostgreSQL; a
+database-wide write lock on SQLite; a mutex in memory). Leaving the block commits; an
+exception rolls everything back, including the jobs written through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from squidmesh.core.history import Entry
+from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.core.replay import BufferedEvent
+
+__all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "Transaction"]
+
+#: The schema version this code expects; migrations bring a database up to it.
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One row of the runs table."""
+
+    id: str
+    workflow: str
+    trigger: str
+    status: str
+    payload: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    current_steps: list[str] = dataclasses.field(default_factory=list)
+    waiting_on: list[int] = dataclasses.field(default_factory=list)
+    replayed_from_run_id: str | None = None
+    forked_from_run_id: str | None = None
+    idempotency_key: str | None = None
+    schedule: dict[str, Any] | None = None
+    #: set by cancel_run while a step is in flight: {"actor", "reason", "compensate"}
+    cancel_request: dict[str, Any] | None = None
+    #: the ending that waits for compensations to finish: {"status", "error", "reason",
+    #: "plan": [seqs], "failure": {...}}
+    pending_outcome: dict[str, Any] | None = None
+    #: bumped on every state change; a cached interpreter is valid only at this version
+    version: int = 0
+
+
+class Transaction(Protocol):
+    """Operations available inside one database transaction."""
+
+    @property
+    def connection(self) -> Any:
+        """The SQLAlchemy ``Connection`` of this transaction (None in memory)."""
+
+    # runs ------------------------------------------------------------------
+    def insert_run(self, run: RunRecord) -> None: ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def lock_run(self, run_id: str) -> RunRecord | None:
+        """Read a run and hold its lock until the transaction ends."""
+
+    def update_run(self, run: RunRecord) -> None:
+        """Write every field of ``run`` (matched by id)."""
+
+    def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None: ...
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+    ) -> list[RunRecord]:
+        """Newest first (created_at, then id, descending); ``before`` excludes later runs."""
+
+    # history ---------------------------------------------------------------
+    def load_entries(self, run_id: str) -> list[Entry]:
+        """Every history entry of a run, ordered by seq, in one read."""
+
+    def insert_entries(self, run_id: str, entries: Sequence[Entry]) -> None: ...
+
+    def update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
+        """Overwrite the mutable fields of existing entries (matched by run_id, seq)."""
+
+    # attempts --------------------------------------------------------------
+    def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
+        """Insert or replace attempt ``attempt.number`` of the entry at ``seq``."""
+
+    def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
+        """Attempts by seq, each list ordered by attempt number."""
+
+    # audit -----------------------------------------------------------------
+    def add_audit(self, run_id: str, event: AuditEvent) -> None: ...
+
+    def load_audit(self, run_id: str) -> list[AuditEvent]:
+        """Oldest first, in insertion order."""
+
+    # events sent before the run waited for them ----------------------------
+    def add_event(self, run_id: str, name: str, data: Any, at: datetime) -> int: ...
+
+    def load_events(self, run_id: str) -> list[BufferedEvent]:
+        """Oldest first."""
+
+    def delete_events(self, run_id: str, ids: Sequence[int]) -> None: ...
+
+    # jobs (the database executor's queue) ----------------------------------
+    def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """Store jobs; returns them with their ids."""
+
+    def claim_jobs(
+        self, *, now: datetime, limit: int, worker: str, lease_until: datetime
+    ) -> list[Job]:
+        """Take up to ``limit`` due jobs (run_at <= now, not leased or lease expired),
+        leasing them to ``worker``; concurrent claimers never get the same job."""
+
+    def renew_lease(self, job_ids: Sequence[int], worker: str, lease_until: datetime) -> None: ...
+
+    def delete_job(self, job_id: int) -> None: ...
+
+    def next_job_time(self) -> datetime | None:
+        """The earliest run_at among unclaimed jobs (None when there are none)."""
+
+    # retention -------------------------------------------------------------
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete runs and everything recorded for them; returns how many runs went."""
+
+
+class Store(Protocol):
+    """A durable home for runs. ``dialect`` is "memory", "sqlite" or "postgresql"."""
+
+    dialect: str
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; idempotent and safe when called concurrently."""
+
+    def check_schema(self) -> None:
+        """Raise ``SchemaOutOfDateError`` when the database is older than this code."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def close(self) -> None: ...
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

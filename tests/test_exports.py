@@ -1,0 +1,101 @@
+"""Pins the public API surface.
+
+Changing either list below is a deliberate API change: update it together with the
+docs and the changelog, never just to make this test pass.
+"""
+
+from __future__ import annotations
+
+import squidmesh
+import squidmesh.testing
+
+PUBLIC_API = [
+    "Attempt",
+    "AuditEvent",
+    "Backoff",
+    "CronTrigger",
+    "CurrentRun",
+    "DatabaseExecutor",
+    "Decision",
+    "DeclaredStep",
+    "DefinitionError",
+    "DispatchError",
+    "Entry",
+    "Executor",
+    "Explanation",
+    "Fail",
+    "History",
+    "InlineExecutor",
+    "InvalidTransitionError",
+    "Job",
+    "ManualTrigger",
+    "Mesh",
+    "NonRetryable",
+    "NondeterminismError",
+    "PayloadError",
+    "Retry",
+    "RetryLater",
+    "ReviewError",
+    "Run",
+    "RunCancelled",
+    "RunNotFoundError",
+    "RunStatus",
+    "SchemaOutOfDateError",
+    "SquidmeshError",
+    "StepCall",
+    "StepContext",
+    "StepDefinition",
+    "StepFailed",
+    "StepRun",
+    "StorageError",
+    "TimedOut",
+    "UnknownTriggerError",
+    "UnknownWorkflowError",
+    "UnsafeReplayError",
+    "WorkflowDefinition",
+    "__version__",
+    "approval",
+    "cron",
+    "current_run",
+    "first",
+    "join",
+    "log",
+    "manual",
+    "now",
+    "patched",
+    "pause",
+    "random",
+    "sleep",
+    "sleep_until",
+    "step",
+    "step_context",
+    "undo",
+    "uuid4",
+    "wait_for_event",
+    "workflow",
+]
+
+TESTING_API = [
+    "TestRun",
+    "Wait",
+    "WorkflowTester",
+    "assert_golden_histories",
+    "raises",
+    "replay",
+]
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(squidmesh.__all__) == sorted(PUBLIC_API)
+    assert len(set(squidmesh.__all__)) == len(squidmesh.__all__)
+
+
+def test_every_public_name_exists() -> None:
+    missing = [name for name in squidmesh.__all__ if not hasattr(squidmesh, name)]
+    assert missing == []
+
+
+def test_testing_api_is_pinned() -> None:
+    assert sorted(squidmesh.testing.__all__) == sorted(TESTING_API)
+    missing = [name for name in squidmesh.testing.__all__ if not hasattr(squidmesh.testing, name)]
+    assert missing == []
