@@ -109,7 +109,7 @@ def walk_home(bearer: str) -> str:
         sm.cron("0 21 * * *", name="nightly", timezone="Etc/UTC", payload=Errand),
     ]
 )
-def ring_errand(payload: Errand):  # type: ignore[no-untyped-def]
+def ring_errand(payload: Errand):
     provisions = yield pack_lembas(payload.bearer, snack_count=payload.snack_count)
     yield sm.log("Leaving the Shire", bearer=payload.bearer, lembas=provisions.lembas)
     yield sm.sleep(seconds=5)  # wait for Gandalf
