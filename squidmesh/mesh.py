@@ -17,13 +17,17 @@ from squidmesh.errors import (
     ReviewError,
     RunNotFoundError,
     SchemaOutOfDateError,
+    StorageError,
+    UnknownTriggerError,
     UnknownWorkflowError,
     UnsafeReplayError,
 )
+from squidmesh.runtime import cron
 from squidmesh.runtime.engine import Engine, _TransactionalStepFailed
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
 from squidmesh.runtime.explain import explain, replay_blockers
 from squidmesh.runtime.views import Explanation, Run, build_run
+from squidmesh.runtime.worker import Worker
 from squidmesh.storage.base import RunRecord, Store
 from squidmesh.types import RunStatus
 
@@ -85,6 +89,14 @@ class Mesh:
             auto_migrate if auto_migrate is not None else self.store.dialect != "postgresql"
         )
         self._schema_ok = False
+        self._workers: list[Worker] = []
+
+    def _fresh(self, run: Run) -> Run:
+        """An executor that works right after commit (inline) may already have moved
+        the run on: return what is stored now, not what the call committed."""
+        if getattr(self.executor, "after_commit", None) is None:
+            return run
+        return self.inspect_run(run.id)
 
     def __repr__(self) -> str:
         return f"<Mesh {self.store.dialect} workflows={sorted(self.workflows)}>"
@@ -128,7 +140,10 @@ class Mesh:
         self._schema_ok = True
 
     def close(self) -> None:
-        """Release connections and cached interpreters."""
+        """Stop this Mesh's workers (gracefully), release connections and caches."""
+        for worker in self._workers:
+            worker.stop()
+        self._workers.clear()
         self._engine.close()
         self.store.close()
 
@@ -163,9 +178,21 @@ class Mesh:
         ):
             raise ValueError("idempotency_key must be a non-empty string")
         self._ready()
-        return self._create_run(
-            wf.name, trig.name, stored, idempotency_key=idempotency_key, schedule=schedule
-        )
+        try:
+            created = self._create_run(
+                wf.name, trig.name, stored, idempotency_key=idempotency_key, schedule=schedule
+            )
+        except StorageError:
+            if idempotency_key is None:
+                raise
+            # A concurrent caller inserted the run with this key first (unique index):
+            # that run is the answer, as it would have been a moment later.
+            with self.store.transaction() as tx:
+                existing = tx.find_run_by_key(wf.name, idempotency_key)
+            if existing is None:
+                raise
+            created = build_run(existing)
+        return self._fresh(created)
 
     def _create_run(
         self,
@@ -179,6 +206,7 @@ class Mesh:
         forked_from: str | None = None,
         prefix: list[Any] | None = None,
         source_audit: tuple[str, str] | None = None,
+        cron_tick: datetime | None = None,
     ) -> Run:
         with self._engine.change() as ch:
             if idempotency_key is not None:
@@ -199,6 +227,8 @@ class Mesh:
                 forked_from_run_id=forked_from,
             )
             ch.tx.insert_run(run)
+            if cron_tick is not None:
+                ch.tx.add_cron_tick(workflow, trigger, cron_tick, run.id)
             if prefix:
                 ch.tx.insert_entries(run.id, prefix)
             ch.audit(run.id, "run_started", metadata={"trigger": trigger})
@@ -207,7 +237,7 @@ class Mesh:
                 ch.audit(run.id, kind, metadata={"source_run_id": source})
                 ch.audit(source, kind, metadata={"new_run_id": run.id})
             ch.jobs.append(Job("activate", run.id, run_at=ch.now))
-        return build_run(run)
+        return self._fresh(build_run(run))
 
     # ------------------------------------------------------------------ reading
 
@@ -391,7 +421,7 @@ class Mesh:
             )
             run.status = RunStatus.RUNNING.value
             self._engine.advance(ch, run, live)
-        return build_run(run)
+        return self._fresh(build_run(run))
 
     def unblock_run(
         self,
@@ -419,7 +449,7 @@ class Mesh:
             )
             run.status = RunStatus.RUNNING.value
             self._engine.advance(ch, run, live)
-        return build_run(run)
+        return self._fresh(build_run(run))
 
     def send_event(self, run_id: Any, name: str, data: Any = None) -> Run:
         """Deliver an event to ``wait_for_event(name)``; buffered if the run is not waiting yet."""
@@ -450,7 +480,7 @@ class Mesh:
                 ch.touched(run.id, entry)
                 ch.audit(run.id, "event_received", step=name)
                 self._engine.advance(ch, run, live)
-        return build_run(run)
+        return self._fresh(build_run(run))
 
     def cancel_run(
         self,
@@ -486,7 +516,7 @@ class Mesh:
                     self._engine.evict(run.id)
                     live = None
                 self._engine.finish_cancel(ch, run, live)
-        return build_run(run)
+        return self._fresh(build_run(run))
 
     def resume_run(self, run_id: Any) -> Run:
         """Re-activate a suspended run (after the workflow code was fixed)."""
@@ -511,7 +541,7 @@ class Mesh:
                     "not have"
                 )
             self._engine.advance(ch, run, live)
-        return build_run(run)
+        return self._fresh(build_run(run))
 
     def replay_run(self, run_id: Any, *, allow_irreversible: bool = False) -> Run:
         """Start a new run of the same workflow, trigger and stored payload."""
@@ -585,6 +615,14 @@ class Mesh:
         """Execute one delivered job; duplicate, late or stale deliveries change nothing."""
         the_job = job if isinstance(job, Job) else Job.from_json(dict(job))
         self._ready()
+        if the_job.kind == "cron":
+            data = the_job.data or {}
+            self.fire_cron(
+                str(data.get("workflow")),
+                str(data.get("trigger")),
+                datetime.fromisoformat(str(data.get("fire_time"))),
+            )
+            return
         try:
             self._engine.perform(the_job)
         except _TransactionalStepFailed as failed:
@@ -612,10 +650,65 @@ class Mesh:
                 done += 1
         return done
 
-    def worker(self, **options: Any) -> Any:
-        """A background worker thread (see docs/executors.md)."""
-        raise NotImplementedError(
-            "mesh.worker() arrives with the worker issue; use mesh.drain() or InlineExecutor"
+    def worker(
+        self,
+        *,
+        concurrency: int = 4,
+        poll_interval: float = 2.0,
+        lease_seconds: float = 30.0,
+        scheduler: bool = True,
+        name: str | None = None,
+    ) -> Worker:
+        """Start a worker thread in this process; ``close()`` stops it (gracefully)."""
+        self._ready()
+        worker = Worker(
+            self,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            lease_seconds=lease_seconds,
+            scheduler=scheduler,
+            name=name,
+        )
+        self._workers.append(worker)
+        return worker.start()
+
+    def _add_waker(self, wake: Callable[[], None]) -> None:
+        self._engine.wakers.append(wake)
+
+    def _remove_waker(self, wake: Callable[[], None]) -> None:
+        if wake in self._engine.wakers:
+            self._engine.wakers.remove(wake)
+
+    def _run_scheduler(self, stop: Any) -> None:
+        cron.Scheduler(self).run(stop)
+
+    def fire_cron(
+        self,
+        workflow: str | WorkflowDefinition,
+        trigger: str,
+        fire_time: datetime,
+        *,
+        payload: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """Start the run of one cron tick; the same tick always yields the same run."""
+        wf = self._workflow(workflow)
+        trig = wf.trigger(trigger)
+        if not isinstance(trig, CronTrigger):
+            raise UnknownTriggerError(
+                f"workflow {wf.name}: trigger {trig.name!r} is not a cron trigger"
+            )
+        if fire_time.tzinfo is None:
+            raise ValueError("fire_cron needs a timezone-aware fire_time")
+        stored = wf.validate_payload(payload, trig.name)
+        self._ready()
+        facts = cron.schedule_facts(wf, trig, fire_time)
+        return self._create_run(
+            wf.name,
+            trig.name,
+            stored,
+            idempotency_key=facts["signal_id"],
+            schedule=facts,
+            cron_tick=fire_time,
         )
 
 

@@ -10,6 +10,7 @@ read); any rollback evicts them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -18,11 +19,11 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from squidmesh.core import state
+from squidmesh.core import contracts, state
 from squidmesh.core.definition import StepDefinition, WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
-from squidmesh.core.replay import Activation, Interpreter
+from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import invoke
 from squidmesh.runtime.executors import Executor
@@ -36,6 +37,8 @@ workflow_log = logging.getLogger("squidmesh.workflow")
 
 ACTIVE = frozenset({"pending", "running", "retrying", "paused", "cancelling"})
 # A step may run while the run is paused: a join can wait on an approval and a step at once.
+#: a step whose worker died this many times in a row fails instead of running again
+LOST_LIMIT = 5
 STEP_RUNNABLE = frozenset({"running", "retrying", "paused", "cancelling"})
 
 
@@ -59,6 +62,8 @@ class Change:
     runs: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
     lives: dict[str, Live] = dataclasses.field(default_factory=dict)
     logs: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
+    #: each locked run as it was read, so a change that decided nothing writes nothing
+    read: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
 
     def inserted(self, run_id: str, entries: list[Entry]) -> None:
         bucket = self.new.setdefault(run_id, {})
@@ -92,6 +97,8 @@ class Engine:
         self.clock = clock
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, Live]] = OrderedDict()
+        #: called after a commit that produced jobs (wakes this process's workers)
+        self.wakers: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ transactions
 
@@ -132,9 +139,12 @@ class Engine:
                 self.evict(run_id)
         for run_id, entry in ch.logs:
             _emit(run_id, entry)
-        after = getattr(self.executor, "after_commit", None)
-        if ch.jobs and after is not None:
-            after()
+        if ch.jobs:
+            for wake in list(self.wakers):
+                wake()
+            after = getattr(self.executor, "after_commit", None)
+            if after is not None:
+                after()
 
     def _flush(self, ch: Change) -> None:
         for run_id, bucket in ch.new.items():
@@ -145,6 +155,8 @@ class Engine:
             if rest:
                 ch.tx.update_entries(run_id, rest)
         for run in ch.runs.values():
+            if not ch.new.get(run.id) and not ch.changed.get(run.id) and ch.read.get(run.id) == run:
+                continue  # a duplicate, late or stale delivery: nothing to write
             run.version += 1
             run.updated_at = ch.now
             ch.tx.update_run(run)
@@ -167,6 +179,7 @@ class Engine:
         run = ch.tx.lock_run(run_id)
         if run is not None:
             ch.runs[run.id] = run
+            ch.read[run.id] = copy.deepcopy(run)
         return run
 
     def live(self, ch: Change, run: RunRecord) -> Live | None:
@@ -343,6 +356,18 @@ class Engine:
         """Deliver cancellation into the workflow and end (or compensate) the run."""
         compensate = bool((run.cancel_request or {}).get("compensate"))
         if live is None:
+            # No interpreter to unwind (suspended run, or workflow not registered): the
+            # compensation plan still comes from the recorded history.
+            entries = ch.tx.load_entries(run.id) if compensate else []
+            plan = compensation_plan(History(entries))
+            if plan:
+                for seq in plan:
+                    entries[seq].compensation = {"status": "pending"}
+                    ch.touched(run.id, entries[seq])
+                run.pending_outcome = {"status": RunStatus.CANCELLED.value, "reason": "cancelled"}
+                run.status = RunStatus.CANCELLING.value
+                self._start_compensation(ch, run, tuple(plan))
+                return
             self._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
             return
         act = live.interpreter.cancel(live.history, now=ch.now, compensate=compensate)
@@ -390,9 +415,18 @@ class Engine:
             if live is None or not 0 <= seq < len(live.history):
                 return
             entry = live.history[seq]
-            if entry.kind != "step" or entry.status != "pending":
+            if entry.kind != "step":
                 return
-            if job.attempt is not None and entry.attempts + 1 != job.attempt:
+            recovered = False
+            if entry.status == "running" and entry.attempts == job.attempt:
+                # The job came back while its attempt is still marked running: a job is
+                # only redelivered once its lease expired, so the worker that ran it died.
+                if not self._recover_lost_attempt(ch, run, live, entry):
+                    return
+                recovered = True
+            if entry.status != "pending":
+                return
+            if not recovered and job.attempt is not None and entry.attempts + 1 != job.attempt:
                 return
             if run.status == RunStatus.CANCELLING.value:
                 if not self.in_flight(live):
@@ -413,6 +447,8 @@ class Engine:
                 context = self._context(run, entry, number, ch.tx)
                 try:
                     result = invoke.call_step(definition, entry.input or {}, context)
+                    # A result that cannot be stored fails the attempt: roll its writes back.
+                    contracts.encode(result, what=f"the result of step {entry.name}")
                 except Exception as exc:
                     raise _TransactionalStepFailed(exc) from exc
                 ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
@@ -443,6 +479,39 @@ class Engine:
                 return
             entry = live.history[seq]
             self.land(ch, run2, live, entry, number, started, value=value, error=failure)
+
+    def _recover_lost_attempt(self, ch: Change, run: RunRecord, live: Live, entry: Entry) -> bool:
+        """Record the attempt of a dead worker as failed; True when the step may run again.
+
+        A lost attempt does not wait for backoff (the step did not fail, its worker did),
+        but it counts as an attempt; after ``LOST_LIMIT`` losses in a row the step fails,
+        so a step that kills its worker every time cannot loop forever.
+        """
+        lost = int(entry.meta.get("lost", 0)) + 1
+        entry.meta["lost"] = lost
+        info = {
+            "type": "squidmesh.WorkerLost",
+            "types": ["squidmesh.WorkerLost"],
+            "message": f"the worker running attempt {entry.attempts} of step {entry.name} "
+            "stopped before recording its outcome (lease expired)",
+            "details": {"lost_attempts": lost},
+            "traceback": None,
+            "retryable": lost < LOST_LIMIT,
+        }
+        ch.tx.save_attempt(
+            run.id,
+            entry.seq,
+            Attempt(entry.attempts, "failed", info, entry.started_at, ch.now.isoformat()),
+        )
+        ch.touched(run.id, entry)
+        log.warning("run %s: %s", run.id, info["message"])
+        if lost >= LOST_LIMIT:
+            entry.status = "running"
+            live.history.resolve(entry.seq, "failed", error=info, at=ch.now.isoformat())
+            self.advance(ch, run, live)
+            return False
+        entry.status = "pending"
+        return True
 
     def retry_transactional_failure(self, job: Job, exc: BaseException) -> None:
         """Record the failure of a ``transaction=True`` step whose transaction rolled back."""
@@ -496,6 +565,11 @@ class Engine:
                 run.id, entry.seq, Attempt(number, "failed", info, started, finished)
             )
             ch.touched(run.id, entry)
+            if decision.retry and run.status == RunStatus.CANCELLING.value:
+                # Being cancelled: no next attempt; the run ends once nothing is in flight.
+                if not self.in_flight(live):
+                    self.finish_cancel(ch, run, live)
+                return
             if decision.retry:
                 ch.jobs.append(
                     Job(
@@ -531,7 +605,7 @@ class Engine:
             if live is None or not 0 <= seq < len(live.history):
                 return
             entry = live.history[seq]
-            if (entry.compensation or {}).get("status") != "pending":
+            if (entry.compensation or {}).get("status") not in ("pending", "running"):
                 return
             compensate = self.compensation_for(live, entry)
             entry.compensation = {"status": "running"}

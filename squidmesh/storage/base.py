@@ -133,6 +133,14 @@ class Transaction(Protocol):
     def next_job_time(self) -> datetime | None:
         """The earliest run_at among unclaimed jobs (None when there are none)."""
 
+    # cron ------------------------------------------------------------------
+    def add_cron_tick(self, workflow: str, trigger: str, fire_time: datetime, run_id: str) -> None:
+        """Record that the tick started ``run_id``; a second record of the same
+        (workflow, trigger, fire_time) violates a unique constraint."""
+
+    def last_cron_tick(self, workflow: str, trigger: str) -> datetime | None:
+        """The latest recorded fire time of a trigger (None if it never fired)."""
+
     # retention -------------------------------------------------------------
     def delete_runs(self, run_ids: Sequence[str]) -> int:
         """Delete runs and everything recorded for them; returns how many runs went."""

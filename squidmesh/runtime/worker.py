@@ -1,0 +1,263 @@
+"""The database worker: claims jobs from squidmesh's jobs table and performs them.
+
+Any number of workers may share one database. A claim leases a job to one worker
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL); a heartbeat renews the leases of jobs in
+flight, so a job is redelivered only when its worker stopped renewing (it was killed).
+Workers sleep until ``LISTEN/NOTIFY`` (PostgreSQL), an in-process nudge, the next due
+job or the polling interval wakes them, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from squidmesh.core.records import Job
+from squidmesh.errors import StorageError
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("squidmesh.worker")
+
+MAX_BACKOFF = 30.0
+
+
+class Worker:
+    """Performs due jobs with ``concurrency`` threads until stopped.
+
+    Use ``mesh.worker(...)`` to run one as a thread of the host process, or
+    ``squidmesh worker`` to run one as a process.
+    """
+
+    def __init__(
+        self,
+        mesh: Any,
+        *,
+        concurrency: int = 4,
+        poll_interval: float = 2.0,
+        lease_seconds: float = 30.0,
+        name: str | None = None,
+        scheduler: bool = True,
+        listen: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"worker concurrency must be >= 1, got {concurrency}")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ValueError("worker lease_seconds and poll_interval must be > 0")
+        self.mesh = mesh
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.scheduler = scheduler
+        self.listen = listen
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, Job] = {}
+        self._threads: list[threading.Thread] = []
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.performed = 0
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} concurrency={self.concurrency}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Worker:
+        """Run in background threads of this process; returns at once."""
+        thread = threading.Thread(
+            target=self.run, name=f"squidmesh-worker-{self.name}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def wake(self) -> None:
+        """Look for work now (new jobs were committed by this process)."""
+        self._wake.set()
+
+    def stop(self, *, timeout: float | None = 30.0) -> None:
+        """Stop claiming, let jobs in flight finish, then return (graceful drain)."""
+        self._stopping.set()
+        self._wake.set()
+        self._stopped.wait(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def run(self) -> None:
+        """The claim loop; blocks until ``stop()``."""
+        log.info("worker %s starting (concurrency %d)", self.name, self.concurrency)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="squidmesh-job"
+        )
+        helpers = [
+            threading.Thread(target=self._heartbeat, name="squidmesh-heartbeat", daemon=True)
+        ]
+        if self.listen and getattr(self.mesh.store, "dialect", "") == "postgresql":
+            helpers.append(
+                threading.Thread(target=self._listen, name="squidmesh-listen", daemon=True)
+            )
+        if self.scheduler:
+            helpers.append(
+                threading.Thread(target=self._schedule, name="squidmesh-cron", daemon=True)
+            )
+        for thread in helpers:
+            thread.start()
+        self.mesh._add_waker(self.wake)
+        backoff = 0.5
+        try:
+            while not self._stopping.is_set():
+                try:
+                    claimed = self._claim_some()
+                    backoff = 0.5
+                except StorageError as exc:
+                    log.warning(
+                        "worker %s cannot reach the database (%s); retrying in %.1fs",
+                        self.name,
+                        exc,
+                        backoff,
+                    )
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+                if claimed and self.in_flight < self.concurrency:
+                    continue  # there may be more due work: claim again at once
+                self._wait_for_work()
+        finally:
+            self.mesh._remove_waker(self.wake)
+            log.info("worker %s draining %d job(s) in flight", self.name, self.in_flight)
+            self._pool.shutdown(wait=True)
+            self._stopped.set()
+            log.info("worker %s stopped after %d job(s)", self.name, self.performed)
+
+    # ------------------------------------------------------------------ claiming
+
+    def _claim_some(self) -> int:
+        free = self.concurrency - self.in_flight
+        if free <= 0:
+            return 0
+        now = self.mesh.clock()
+        with self.mesh.store.transaction() as tx:
+            jobs = tx.claim_jobs(
+                now=now,
+                limit=free,
+                worker=self.name,
+                lease_until=now + timedelta(seconds=self.lease_seconds),
+            )
+        assert self._pool is not None
+        for job in jobs:
+            with self._lock:
+                self._in_flight[int(job.id or 0)] = job
+            self._pool.submit(self._perform, job)
+        return len(jobs)
+
+    def _perform(self, job: Job) -> None:
+        try:
+            self.mesh.perform(job)
+            with self.mesh.store.transaction() as tx:
+                tx.delete_job(int(job.id or 0))
+            self.performed += 1
+        except Exception:
+            # The job keeps its lease; once the lease expires another worker (or this
+            # one) gets it again. Nothing the job changed was committed.
+            self.failures += 1
+            log.exception(
+                "worker %s: job %s failed; it will be redelivered", self.name, job.to_json()
+            )
+        finally:
+            with self._lock:
+                self._in_flight.pop(int(job.id or 0), None)
+            self._wake.set()
+
+    def _wait_for_work(self) -> None:
+        timeout = self.poll_interval
+        if self.in_flight < self.concurrency:
+            try:
+                with self.mesh.store.transaction() as tx:
+                    next_at = tx.next_job_time()
+            except StorageError:
+                next_at = None
+            if next_at is not None:
+                until = (next_at - self.mesh.clock()).total_seconds()
+                timeout = max(0.0, min(timeout, until))
+        if timeout > 0:
+            self._wake.wait(timeout)
+        self._wake.clear()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _heartbeat(self) -> None:
+        interval = max(self.lease_seconds / 3, 0.05)
+        while not self._stopped.wait(interval):
+            with self._lock:
+                ids = list(self._in_flight)
+            if not ids:
+                continue
+            now = self.mesh.clock()
+            try:
+                with self.mesh.store.transaction() as tx:
+                    tx.renew_lease(ids, self.name, now + timedelta(seconds=self.lease_seconds))
+            except StorageError as exc:
+                log.warning("worker %s could not renew leases: %s", self.name, exc)
+
+    def _listen(self) -> None:
+        """Turn NOTIFYs on the jobs channel into wake-ups; reconnect with backoff."""
+        import psycopg
+
+        store = self.mesh.store
+        channel = store.notify_channel
+        conninfo = _libpq_url(store.engine)
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f'LISTEN "{channel}"')
+                    backoff = 0.5
+                    self._wake.set()  # catch anything committed while we were away
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._wake.set()
+            except psycopg.Error as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("worker %s lost its LISTEN connection (%s); retrying", self.name, exc)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _schedule(self) -> None:
+        run_scheduler: Callable[[threading.Event], None] | None = getattr(
+            self.mesh, "_run_scheduler", None
+        )
+        if run_scheduler is not None:
+            run_scheduler(self._stopping)
+
+
+def _libpq_url(engine: Any) -> str:
+    url = engine.url.set(drivername="postgresql")
+    return str(url.render_as_string(hide_password=False))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (for scripts and tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

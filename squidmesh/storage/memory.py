@@ -1,0 +1,474 @@
+"""``InMemoryStore``: the whole ``Store`` port in dicts, for tests and the fake runtime.
+
+It behaves like the SQL stores where the engine could notice a difference: stored values
+go through JSON (a tuple comes back as a list, a non-JSON value is a ``StorageError``),
+duplicate keys and rows for unknown runs fail like constraint violations, ids are never
+reused, and a transaction that raises leaves nothing behind. One re-entrant lock held for
+the whole transaction serializes transactions, which is also how ``lock_run`` holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from squidmesh.core.history import Entry
+from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.core.replay import BufferedEvent
+from squidmesh.errors import StorageError
+from squidmesh.storage.base import RunRecord, Store
+
+__all__ = ["InMemoryStore", "InMemoryTransaction"]
+
+_T = TypeVar("_T")
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC; a naive datetime is taken to be UTC already (as the SQL stores do)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _encode(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"cannot store {what}: value is not JSON ({exc})") from exc
+
+
+class _Codec(Generic[_T]):
+    """Packs a record into a row (JSON fields as text) and back into a fresh record.
+
+    Rows are never mutated in place, only replaced, so a shallow copy of a table is a
+    faithful snapshot; unpacking decodes the JSON again, so callers get their own objects.
+    """
+
+    def __init__(self, cls: type[_T], json_fields: Sequence[str], time_fields: Sequence[str] = ()):
+        self.cls = cls
+        self.names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        self.json_fields = frozenset(json_fields)
+        self.time_fields = frozenset(time_fields)
+
+    def pack(self, record: _T) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for name in self.names:
+            value = getattr(record, name)
+            if name in self.json_fields:
+                value = _encode(value, f"{self.cls.__name__}.{name}")
+            elif name in self.time_fields and value is not None:
+                value = utc(value)
+            row[name] = value
+        return row
+
+    def unpack(self, row: dict[str, Any]) -> _T:
+        values = {
+            name: json.loads(value) if name in self.json_fields else value
+            for name, value in row.items()
+        }
+        return self.cls(**values)
+
+
+_RUNS = _Codec(
+    RunRecord,
+    (
+        "payload",
+        "result",
+        "error",
+        "current_steps",
+        "waiting_on",
+        "schedule",
+        "cancel_request",
+        "pending_outcome",
+    ),
+    ("created_at", "updated_at"),
+)
+_ENTRIES = _Codec(Entry, ("input", "result", "error", "meta", "compensation"))
+_ATTEMPTS = _Codec(Attempt, ("error",))
+_AUDIT = _Codec(AuditEvent, ("metadata",))
+
+
+@dataclasses.dataclass
+class _JobRow:
+    id: int
+    kind: str
+    run_id: str | None
+    seq: int | None
+    attempt: int | None
+    run_at: datetime
+    data: str
+    created_at: datetime
+    worker: str | None = None
+    lease_until: datetime | None = None
+
+    def job(self) -> Job:
+        return Job(
+            kind=self.kind,
+            run_id=self.run_id,
+            seq=self.seq,
+            attempt=self.attempt,
+            run_at=self.run_at,
+            data=json.loads(self.data),
+            id=self.id,
+        )
+
+
+@dataclasses.dataclass
+class _Data:
+    runs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # (workflow, idempotency_key) -> run_id: the unique index
+    keys: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    # run_id -> seq -> row
+    entries: dict[str, dict[int, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    # run_id -> (seq, number) -> row
+    attempts: dict[str, dict[tuple[int, int], dict[str, Any]]] = dataclasses.field(
+        default_factory=dict
+    )
+    audit: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    # id -> (run_id, name, data as JSON text, created_at)
+    events: dict[int, tuple[str, str, str, datetime]] = dataclasses.field(default_factory=dict)
+    jobs: dict[int, _JobRow] = dataclasses.field(default_factory=dict)
+    # (workflow, trigger, fire_time) -> run_id
+    cron_ticks: dict[tuple[str, str, datetime], str] = dataclasses.field(default_factory=dict)
+
+    def clone(self) -> _Data:
+        # Rows are replaced, never mutated (job rows are the exception: copied here).
+        return _Data(
+            runs=dict(self.runs),
+            keys=dict(self.keys),
+            entries={k: dict(v) for k, v in self.entries.items()},
+            attempts={k: dict(v) for k, v in self.attempts.items()},
+            audit={k: list(v) for k, v in self.audit.items()},
+            events=dict(self.events),
+            jobs={k: dataclasses.replace(v) for k, v in self.jobs.items()},
+            cron_ticks=dict(self.cron_ticks),
+        )
+
+
+class InMemoryTransaction:
+    """One transaction on an ``InMemoryStore``; valid only inside its ``with`` block."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+        self._snapshot: _Data | None = None
+        self._closed = False
+
+    @property
+    def connection(self) -> Any:
+        return None
+
+    # plumbing --------------------------------------------------------------
+    def _read(self, method: str) -> _Data:
+        if self._closed:
+            raise StorageError(f"{method}: the transaction has already ended")
+        self._store.calls.append(method)
+        return self._store._data
+
+    def _write(self, method: str) -> _Data:
+        data = self._read(method)
+        if self._snapshot is None:
+            # Taken lazily so read-only transactions cost nothing.
+            self._snapshot = data.clone()
+        return data
+
+    def _rollback(self) -> None:
+        if self._snapshot is not None:
+            self._store._data = self._snapshot
+            self._snapshot = None
+
+    @staticmethod
+    def _require_run(data: _Data, run_id: str, what: str) -> None:
+        if run_id not in data.runs:
+            raise StorageError(f"cannot {what}: run {run_id} does not exist")
+
+    # runs ------------------------------------------------------------------
+    def insert_run(self, run: RunRecord) -> None:
+        data = self._write("insert_run")
+        if run.id in data.runs:
+            raise StorageError(f"cannot insert run {run.id}: a run with that id exists")
+        row = _RUNS.pack(run)
+        self._claim_key(data, run, "insert")
+        data.runs[run.id] = row
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._read("get_run").runs.get(run_id)
+        return None if row is None else _RUNS.unpack(row)
+
+    def lock_run(self, run_id: str) -> RunRecord | None:
+        # The store lock is already held for the whole transaction.
+        row = self._read("lock_run").runs.get(run_id)
+        return None if row is None else _RUNS.unpack(row)
+
+    def update_run(self, run: RunRecord) -> None:
+        data = self._write("update_run")
+        old = data.runs.get(run.id)
+        if old is None:
+            raise StorageError(f"cannot update run {run.id}: it does not exist")
+        row = _RUNS.pack(run)
+        self._claim_key(data, run, "update")
+        if old["idempotency_key"] is not None and (
+            (old["workflow"], old["idempotency_key"]) != (run.workflow, run.idempotency_key)
+        ):
+            del data.keys[(old["workflow"], old["idempotency_key"])]
+        data.runs[run.id] = row
+
+    @staticmethod
+    def _claim_key(data: _Data, run: RunRecord, action: str) -> None:
+        if run.idempotency_key is None:
+            return
+        key = (run.workflow, run.idempotency_key)
+        holder = data.keys.get(key)
+        if holder is not None and holder != run.id:
+            raise StorageError(
+                f"cannot {action} run {run.id}: workflow {run.workflow!r} already has a run "
+                f"with idempotency key {run.idempotency_key!r}"
+            )
+        data.keys[key] = run.id
+
+    def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None:
+        data = self._read("find_run_by_key")
+        run_id = data.keys.get((workflow, idempotency_key))
+        return None if run_id is None else _RUNS.unpack(data.runs[run_id])
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+    ) -> list[RunRecord]:
+        rows = self._read("list_runs").runs.values()
+        cutoff = utc(before) if before is not None else None
+        picked = [
+            row
+            for row in rows
+            if (status is None or row["status"] == status)
+            and (workflow is None or row["workflow"] == workflow)
+            and (cutoff is None or row["created_at"] < cutoff)
+        ]
+        picked.sort(key=lambda row: (row["created_at"], row["id"]), reverse=True)
+        return [_RUNS.unpack(row) for row in picked[: max(limit, 0)]]
+
+    # history ---------------------------------------------------------------
+    def load_entries(self, run_id: str) -> list[Entry]:
+        rows = self._read("load_entries").entries.get(run_id, {})
+        return [_ENTRIES.unpack(rows[seq]) for seq in sorted(rows)]
+
+    def insert_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
+        data = self._write("insert_entries")
+        if not entries:
+            return
+        self._require_run(data, run_id, "insert history entries")
+        rows = data.entries.setdefault(run_id, {})
+        packed = [_ENTRIES.pack(entry) for entry in entries]
+        fresh: dict[int, dict[str, Any]] = {}
+        for row in packed:
+            if row["seq"] in rows or row["seq"] in fresh:
+                raise StorageError(
+                    f"cannot insert history of run {run_id}: seq {row['seq']} exists"
+                )
+            fresh[row["seq"]] = row
+        rows.update(fresh)
+
+    def update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
+        data = self._write("update_entries")
+        if not entries:
+            return
+        rows = data.entries.get(run_id, {})
+        missing = [entry.seq for entry in entries if entry.seq not in rows]
+        if missing:
+            raise StorageError(f"cannot update history of run {run_id}: no entries {missing}")
+        for entry in entries:
+            rows[entry.seq] = _ENTRIES.pack(entry)
+
+    # attempts --------------------------------------------------------------
+    def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
+        data = self._write("save_attempt")
+        self._require_run(data, run_id, "save an attempt")
+        data.attempts.setdefault(run_id, {})[(seq, attempt.number)] = _ATTEMPTS.pack(attempt)
+
+    def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
+        rows = self._read("load_attempts").attempts.get(run_id, {})
+        found: dict[int, list[Attempt]] = {}
+        for seq, number in sorted(rows):
+            found.setdefault(seq, []).append(_ATTEMPTS.unpack(rows[(seq, number)]))
+        return found
+
+    # audit -----------------------------------------------------------------
+    def add_audit(self, run_id: str, event: AuditEvent) -> None:
+        data = self._write("add_audit")
+        self._require_run(data, run_id, "add an audit event")
+        data.audit.setdefault(run_id, []).append(_AUDIT.pack(event))
+
+    def load_audit(self, run_id: str) -> list[AuditEvent]:
+        return [_AUDIT.unpack(row) for row in self._read("load_audit").audit.get(run_id, [])]
+
+    # buffered events -------------------------------------------------------
+    def add_event(self, run_id: str, name: str, data: Any, at: datetime) -> int:
+        state = self._write("add_event")
+        self._require_run(state, run_id, "buffer an event")
+        event_id = next(self._store._event_ids)
+        state.events[event_id] = (run_id, name, _encode(data, f"event {name!r}"), utc(at))
+        return event_id
+
+    def load_events(self, run_id: str) -> list[BufferedEvent]:
+        events = self._read("load_events").events
+        return [
+            BufferedEvent(id=event_id, name=name, data=json.loads(data))
+            for event_id, (owner, name, data, _at) in sorted(events.items())
+            if owner == run_id
+        ]
+
+    def delete_events(self, run_id: str, ids: Sequence[int]) -> None:
+        events = self._write("delete_events").events
+        for event_id in ids:
+            if event_id in events and events[event_id][0] == run_id:
+                del events[event_id]
+
+    # jobs ------------------------------------------------------------------
+    def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        data = self._write("insert_jobs")
+        now = datetime.now(timezone.utc)
+        stored: list[Job] = []
+        for job in jobs:
+            row = _JobRow(
+                id=next(self._store._job_ids),
+                kind=job.kind,
+                run_id=job.run_id,
+                seq=job.seq,
+                attempt=job.attempt,
+                run_at=utc(job.run_at) if job.run_at is not None else now,
+                data=_encode(job.data, f"{job.kind} job data"),
+                created_at=now,
+            )
+            data.jobs[row.id] = row
+            stored.append(row.job())
+        return stored
+
+    def claim_jobs(
+        self, *, now: datetime, limit: int, worker: str, lease_until: datetime
+    ) -> list[Job]:
+        data = self._write("claim_jobs")
+        now = utc(now)
+        due = sorted(
+            (
+                row
+                for row in data.jobs.values()
+                if row.run_at <= now and (row.lease_until is None or row.lease_until <= now)
+            ),
+            key=lambda row: (row.run_at, row.id),
+        )[: max(limit, 0)]
+        for row in due:
+            row.worker = worker
+            row.lease_until = utc(lease_until)
+        return [row.job() for row in due]
+
+    def renew_lease(self, job_ids: Sequence[int], worker: str, lease_until: datetime) -> None:
+        jobs = self._write("renew_lease").jobs
+        for job_id in job_ids:
+            row = jobs.get(job_id)
+            if row is not None and row.worker == worker:
+                row.lease_until = utc(lease_until)
+
+    def delete_job(self, job_id: int) -> None:
+        self._write("delete_job").jobs.pop(job_id, None)
+
+    def next_job_time(self) -> datetime | None:
+        # A leased job becomes claimable again when its lease runs out.
+        times = [
+            row.run_at if row.lease_until is None else max(row.run_at, row.lease_until)
+            for row in self._read("next_job_time").jobs.values()
+        ]
+        return min(times, default=None)
+
+    # cron ------------------------------------------------------------------
+    def add_cron_tick(self, workflow: str, trigger: str, fire_time: datetime, run_id: str) -> None:
+        ticks = self._write("add_cron_tick").cron_ticks
+        key = (workflow, trigger, utc(fire_time))
+        if key in ticks:
+            raise StorageError(
+                f"cannot record cron tick {workflow}/{trigger} at {key[2].isoformat()}: "
+                "it was recorded already"
+            )
+        ticks[key] = run_id
+
+    def last_cron_tick(self, workflow: str, trigger: str) -> datetime | None:
+        ticks = self._read("last_cron_tick").cron_ticks
+        return max((t for w, g, t in ticks if (w, g) == (workflow, trigger)), default=None)
+
+    # retention -------------------------------------------------------------
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        data = self._write("delete_runs")
+        gone: set[str] = set()
+        for run_id in run_ids:
+            row = data.runs.pop(run_id, None)
+            if row is None:
+                continue
+            gone.add(run_id)
+            if row["idempotency_key"] is not None:
+                data.keys.pop((row["workflow"], row["idempotency_key"]), None)
+        for run_id in gone:
+            data.entries.pop(run_id, None)
+            data.attempts.pop(run_id, None)
+            data.audit.pop(run_id, None)
+        for event_id in [k for k, v in data.events.items() if v[0] in gone]:
+            del data.events[event_id]
+        # Jobs are deleted by id whether or not their run still existed (as in SQL).
+        wanted = set(run_ids)
+        for job_id in [k for k, v in data.jobs.items() if v.run_id in wanted]:
+            del data.jobs[job_id]
+        return len(gone)
+
+
+class InMemoryStore:
+    """A ``Store`` that keeps everything in memory; ``calls`` logs every method used."""
+
+    dialect = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._data = _Data()
+        # Outside the snapshot, like database sequences: ids are never handed out twice.
+        self._event_ids = itertools.count(1)
+        self._job_ids = itertools.count(1)
+        #: names of the port methods called, in order ("transaction" for each one opened)
+        self.calls: list[str] = []
+
+    def reset(self) -> None:
+        """Forget every run, job and recorded call."""
+        with self._lock:
+            self._data = _Data()
+            self.calls.clear()
+
+    def migrate(self) -> None:
+        self.calls.append("migrate")
+
+    def check_schema(self) -> None:
+        self.calls.append("check_schema")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[InMemoryTransaction]:
+        with self._lock:
+            self.calls.append("transaction")
+            txn = InMemoryTransaction(self)
+            try:
+                yield txn
+            except BaseException:
+                txn._rollback()
+                raise
+            finally:
+                txn._closed = True
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+if TYPE_CHECKING:
+    _check: Store = InMemoryStore()

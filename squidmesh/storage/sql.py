@@ -1,0 +1,401 @@
+"""``SqlStore``: the ``Store`` port on SQLite and PostgreSQL (psycopg 3), via SQLAlchemy Core.
+
+Every transaction is one pooled connection and one database transaction. Errors raised
+by the database or the driver become ``StorageError`` (the driver's error kept as
+``__cause__``) at the edge of each store method, so an exception raised by the caller's
+own code inside ``with store.transaction()`` propagates unchanged.
+
+Locking: on PostgreSQL ``lock_run`` is a row lock (``FOR NO KEY UPDATE``) and job claims
+use ``FOR UPDATE SKIP LOCKED``. On SQLite every transaction starts with ``BEGIN
+IMMEDIATE``, so transactions that may write serialize on the database lock (waiting up to
+``busy_timeout``, 30 s) and ``lock_run`` needs no lock of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from squidmesh.core.history import Entry
+from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.core.replay import BufferedEvent
+from squidmesh.errors import StorageError
+from squidmesh.storage import sql_migrate
+from squidmesh.storage import tables as t
+from squidmesh.storage.base import RunRecord, Store, iter_chunks
+from squidmesh.storage.sql_errors import driver_error, storage_error, translated
+from squidmesh.storage.sql_queries import (
+    CHUNK,
+    attempt_params,
+    audit_params,
+    entry_params,
+    entry_update_params,
+    job_from_row,
+    queries_for,
+    run_from_row,
+    run_params,
+)
+
+__all__ = ["SqlStore", "SqlTransaction", "create_engine"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_CONFIGURED = "squidmesh_sqlite_configured"
+
+
+def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine for a squidmesh URL; ``postgres(ql)://`` means psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix) :]
+            break
+    return sa.create_engine(url, **kwargs)
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # pysqlite would otherwise open transactions itself, lazily and DEFERRED: a read
+    # followed by a write could then fail with "database is locked" instead of waiting.
+    proxied = conn.connection
+    if not proxied.info.get(_CONFIGURED):
+        dbapi = cast(Any, proxied.dbapi_connection)
+        dbapi.isolation_level = None
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+        proxied.info[_CONFIGURED] = True
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    # Configured lazily in "begin" (not "connect"), so connections a host's engine opened
+    # before the store existed are set up too.
+    if not event.contains(engine, "begin", _sqlite_begin):
+        event.listen(engine, "begin", _sqlite_begin)
+
+
+class SqlStore:
+    """A ``Store`` on a SQLAlchemy engine (SQLite or PostgreSQL via psycopg 3).
+
+    ``schema`` is the PostgreSQL schema holding the tables (ignored on SQLite). A store
+    built on a host's engine does not dispose it on ``close()`` unless ``owns_engine``.
+    """
+
+    def __init__(
+        self, engine: sa.Engine, *, schema: str = "squidmesh", owns_engine: bool = False
+    ) -> None:
+        dialect = engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"squidmesh supports SQLite and PostgreSQL, not {dialect}")
+        self.dialect = dialect
+        self.schema = t.check_schema_name(schema)
+        self._owns_engine = owns_engine
+        self._raw_engine = engine
+        if dialect == "sqlite":
+            _configure_sqlite(engine)
+        self.engine = engine.execution_options(
+            schema_translate_map=t.translate_map(dialect, self.schema)
+        )
+        self.queries = queries_for(dialect)
+        #: the LISTEN/NOTIFY channel announcing new jobs (PostgreSQL)
+        self.notify_channel = f"{self.schema}_jobs"
+        self._notify_sql = f'NOTIFY "{self.notify_channel}"' if dialect == "postgresql" else None
+
+    def __repr__(self) -> str:
+        return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
+
+    def migrate(self) -> None:
+        sql_migrate.migrate(self.engine, self.dialect, self.schema)
+
+    def check_schema(self) -> None:
+        sql_migrate.check_schema(self.engine, self.dialect, self.schema)
+
+    def transaction(self) -> SqlTransaction:
+        return SqlTransaction(self)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self._raw_engine.dispose()
+
+
+class SqlTransaction:
+    """One connection and one database transaction; use as ``with store.transaction()``."""
+
+    __slots__ = ("_conn", "_notify_sql", "_q", "_store")
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._q = store.queries
+        self._notify_sql = store._notify_sql
+        self._conn: sa.Connection | None = None
+
+    # the context manager ---------------------------------------------------
+    def __enter__(self) -> SqlTransaction:
+        try:
+            conn = self._store.engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise storage_error("connect to the database", exc) from driver_error(exc)
+        try:
+            conn.begin()
+        except sa.exc.SQLAlchemyError as exc:
+            conn.close()
+            raise storage_error("begin a transaction", exc) from driver_error(exc)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if exc_type is None:
+                try:
+                    conn.commit()
+                except sa.exc.SQLAlchemyError as error:
+                    raise storage_error("commit", error) from driver_error(error)
+            else:
+                try:
+                    conn.rollback()
+                except sa.exc.SQLAlchemyError:
+                    pass  # the caller's exception matters more; the connection is dropped
+        finally:
+            try:
+                conn.close()
+            except sa.exc.SQLAlchemyError:
+                pass  # already committed or rolled back; the pool discards a bad connection
+
+    @property
+    def connection(self) -> sa.Connection:
+        if self._conn is None:
+            raise StorageError("the transaction is not open")
+        return self._conn
+
+    # runs ------------------------------------------------------------------
+    @translated("insert a run")
+    def insert_run(self, run: RunRecord) -> None:
+        self.connection.execute(self._q.insert_run, run_params(run))
+
+    @translated("read a run")
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self.connection.execute(self._q.get_run, {"id": run_id}).first()
+        return None if row is None else run_from_row(row)
+
+    @translated("lock a run")
+    def lock_run(self, run_id: str) -> RunRecord | None:
+        row = self.connection.execute(self._q.lock_run, {"id": run_id}).first()
+        return None if row is None else run_from_row(row)
+
+    @translated("update a run")
+    def update_run(self, run: RunRecord) -> None:
+        params = run_params(run)
+        params["b_id"] = params.pop("id")
+        if self.connection.execute(self._q.update_run, params).rowcount != 1:
+            raise StorageError(f"cannot update run {run.id}: it does not exist")
+
+    @translated("find a run by idempotency key")
+    def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None:
+        row = self.connection.execute(
+            self._q.find_run_by_key, {"workflow": workflow, "key": idempotency_key}
+        ).first()
+        return None if row is None else run_from_row(row)
+
+    @translated("list runs")
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+    ) -> list[RunRecord]:
+        query = self._q.list_runs(status is not None, workflow is not None, before is not None)
+        params = {
+            "status": status,
+            "workflow": workflow,
+            "before": before,
+            "limit": max(limit, 0),
+        }
+        return [run_from_row(row) for row in self.connection.execute(query, params)]
+
+    # history ---------------------------------------------------------------
+    @translated("load the history")
+    def load_entries(self, run_id: str) -> list[Entry]:
+        rows = self.connection.execute(self._q.load_entries, {"run_id": run_id})
+        return [Entry(*row) for row in rows]
+
+    @translated("insert history entries")
+    def insert_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
+        if entries:
+            params = [entry_params(run_id, entry) for entry in entries]
+            self.connection.execute(self._q.insert_entries, params)
+
+    @translated("update history entries")
+    def update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        params = [entry_update_params(run_id, entry) for entry in entries]
+        updated = self.connection.execute(self._q.update_entries, params).rowcount
+        if updated != len(params):
+            raise StorageError(
+                f"cannot update history of run {run_id}: "
+                f"{len(params) - updated} of the entries do not exist"
+            )
+
+    # attempts --------------------------------------------------------------
+    @translated("save an attempt")
+    def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
+        self.connection.execute(self._q.save_attempt, attempt_params(run_id, seq, attempt))
+
+    @translated("load attempts")
+    def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
+        found: dict[int, list[Attempt]] = {}
+        for row in self.connection.execute(self._q.load_attempts, {"run_id": run_id}):
+            found.setdefault(row[0], []).append(Attempt(*row[1:]))
+        return found
+
+    # audit -----------------------------------------------------------------
+    @translated("add an audit event")
+    def add_audit(self, run_id: str, event: AuditEvent) -> None:
+        self.connection.execute(self._q.add_audit, audit_params(run_id, event))
+
+    @translated("load audit events")
+    def load_audit(self, run_id: str) -> list[AuditEvent]:
+        rows = self.connection.execute(self._q.load_audit, {"run_id": run_id})
+        return [AuditEvent(*row) for row in rows]
+
+    # buffered events -------------------------------------------------------
+    @translated("buffer an event")
+    def add_event(self, run_id: str, name: str, data: Any, at: datetime) -> int:
+        params = {"run_id": run_id, "name": name, "data": data, "created_at": at}
+        event_id: int = self.connection.execute(self._q.add_event, params).scalar_one()
+        return event_id
+
+    @translated("load buffered events")
+    def load_events(self, run_id: str) -> list[BufferedEvent]:
+        rows = self.connection.execute(self._q.load_events, {"run_id": run_id})
+        return [BufferedEvent(id=row[0], name=row[1], data=row[2]) for row in rows]
+
+    @translated("delete buffered events")
+    def delete_events(self, run_id: str, ids: Sequence[int]) -> None:
+        for chunk in iter_chunks(list(ids), CHUNK):
+            self.connection.execute(self._q.delete_events, {"run_id": run_id, "ids": chunk})
+
+    # jobs ------------------------------------------------------------------
+    @translated("insert jobs")
+    def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        if not jobs:
+            return []
+        now = datetime.now(timezone.utc)
+        params = [
+            {
+                "kind": job.kind,
+                "run_id": job.run_id,
+                "seq": job.seq,
+                "attempt": job.attempt,
+                "run_at": job.run_at or now,
+                "data": job.data,
+                "created_at": now,
+            }
+            for job in jobs
+        ]
+        conn = self.connection
+        if len(params) == 1:
+            ids = [conn.execute(self._q.insert_job, params[0]).scalar_one()]
+        else:
+            ids = list(conn.execute(self._q.insert_jobs, params).scalars())
+        if self._notify_sql is not None:
+            # Delivered at commit, so a woken worker finds the jobs.
+            conn.exec_driver_sql(self._notify_sql)
+        return [
+            Job(
+                kind=job.kind,
+                run_id=job.run_id,
+                seq=job.seq,
+                attempt=job.attempt,
+                run_at=t.utc(job.run_at or now),
+                data=job.data,
+                id=job_id,
+            )
+            for job, job_id in zip(jobs, ids, strict=True)
+        ]
+
+    @translated("claim jobs")
+    def claim_jobs(
+        self, *, now: datetime, limit: int, worker: str, lease_until: datetime
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
+        conn, q = self.connection, self._q
+        params = {"now": now, "n": limit, "w": worker, "until": lease_until}
+        rows = list(conn.execute(q.claim_jobs, params))
+        if rows and q.dialect == "sqlite":
+            lease = {"ids": [row[0] for row in rows], "w": worker, "until": lease_until}
+            conn.execute(q.lease_jobs, lease)
+        # RETURNING gives no order; claim order is (run_at, id).
+        return sorted((job_from_row(row) for row in rows), key=_job_order)
+
+    @translated("renew job leases")
+    def renew_lease(self, job_ids: Sequence[int], worker: str, lease_until: datetime) -> None:
+        for chunk in iter_chunks(list(job_ids), CHUNK):
+            params = {"ids": chunk, "w": worker, "until": lease_until}
+            self.connection.execute(self._q.renew_lease, params)
+
+    @translated("delete a job")
+    def delete_job(self, job_id: int) -> None:
+        self.connection.execute(self._q.delete_job, {"id": job_id})
+
+    @translated("find the next job time")
+    def next_job_time(self) -> datetime | None:
+        found: datetime | None = self.connection.execute(self._q.next_job_time).scalar()
+        return found
+
+    # cron ------------------------------------------------------------------
+    @translated("record a cron tick")
+    def add_cron_tick(self, workflow: str, trigger: str, fire_time: datetime, run_id: str) -> None:
+        params = {
+            "workflow": workflow,
+            "trigger": trigger,
+            "fire_time": fire_time,
+            "run_id": run_id,
+        }
+        self.connection.execute(self._q.add_cron_tick, params)
+
+    @translated("read the last cron tick")
+    def last_cron_tick(self, workflow: str, trigger: str) -> datetime | None:
+        params = {"workflow": workflow, "trigger": trigger}
+        found: datetime | None = self.connection.execute(self._q.last_cron_tick, params).scalar()
+        return found
+
+    # retention -------------------------------------------------------------
+    @translated("delete runs")
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        conn, deleted = self.connection, 0
+        for chunk in iter_chunks(list(dict.fromkeys(run_ids)), CHUNK):
+            for statement in self._q.delete_runs:
+                conn.execute(statement, {"ids": chunk})
+            deleted += conn.execute(self._q.delete_run_rows, {"ids": chunk}).rowcount
+        return deleted
+
+
+def _job_order(job: Job) -> tuple[datetime, int]:
+    assert job.run_at is not None and job.id is not None
+    return (job.run_at, job.id)
+
+
+if TYPE_CHECKING:
+    _check: Store = SqlStore(sa.create_engine("sqlite://"))

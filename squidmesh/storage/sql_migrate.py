@@ -1,0 +1,128 @@
+"""Apply the versioned SQL files in ``squidmesh/migrations/<dialect>/`` and check the version.
+
+``migrate`` runs in one transaction that first takes a database-wide lock (a transaction
+advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so processes migrating at the
+same time apply each file exactly once: the later one waits, then finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from datetime import datetime, timezone
+from importlib import resources
+from importlib.abc import Traversable
+
+import sqlalchemy as sa
+
+from squidmesh.errors import SchemaOutOfDateError, StorageError
+from squidmesh.storage import tables as t
+from squidmesh.storage.base import SCHEMA_VERSION
+from squidmesh.storage.sql_errors import driver_error, storage_error
+
+__all__ = ["ADVISORY_LOCK_KEY", "Migration", "check_schema", "migrate", "migrations", "statements"]
+
+#: pg_advisory_xact_lock key held while migrating ("SQMMIGRA" as a signed 64-bit int).
+ADVISORY_LOCK_KEY = 0x53514D4D49475241
+
+_NUMBERED = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+_BOOTSTRAP = "schema_version.sql"
+# A statement ends with ";" at the end of a line (see squidmesh/migrations/README.md).
+_STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def _folder(dialect: str) -> Traversable:
+    return resources.files("squidmesh").joinpath("migrations").joinpath(dialect)
+
+
+@functools.cache
+def migrations(dialect: str) -> tuple[Migration, ...]:
+    """The numbered migrations of a dialect, oldest first."""
+    found = []
+    for item in _folder(dialect).iterdir():
+        match = _NUMBERED.fullmatch(item.name)
+        if match:
+            found.append(Migration(int(match.group(1)), item.name, item.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise StorageError(f"squidmesh {dialect} migrations are not numbered 1..n: {found}")
+    return tuple(found)
+
+
+@functools.cache
+def _bootstrap(dialect: str) -> str:
+    text: str = _folder(dialect).joinpath(_BOOTSTRAP).read_text("utf-8")
+    return text
+
+
+def statements(sql: str, schema: str | None) -> list[str]:
+    """The statements of a migration file, with ``{schema}`` filled in (PostgreSQL)."""
+    if schema is not None:
+        # str.replace, not str.format: SQL may contain braces ('{}' JSON literals).
+        sql = sql.replace("{schema}", t.check_schema_name(schema))
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    parts = _STATEMENT_END.split("\n".join(lines))
+    return [part.strip() for part in parts if part.strip()]
+
+
+def migrate(engine: sa.Engine, dialect: str, schema: str) -> None:
+    """Create or upgrade the schema; idempotent and safe to run concurrently."""
+    pg = dialect == "postgresql"
+    target = schema if pg else None
+    try:
+        with engine.connect() as conn, conn.begin():
+            if pg:
+                # Held until commit: concurrent migrators queue here, before any DDL.
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                )
+                conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {t.check_schema_name(schema)}")
+            for statement in statements(_bootstrap(dialect), target):
+                conn.exec_driver_sql(statement)
+            version_table = t.schema_version
+            current = conn.execute(sa.select(sa.func.max(version_table.c.version))).scalar()
+            for migration in migrations(dialect):
+                if migration.version <= (current or 0):
+                    continue
+                for statement in statements(migration.sql, target):
+                    conn.exec_driver_sql(statement)
+                conn.execute(
+                    sa.insert(version_table),
+                    {"version": migration.version, "applied_at": datetime.now(timezone.utc)},
+                )
+    except sa.exc.SQLAlchemyError as exc:
+        raise storage_error("migrate the squidmesh schema", exc) from driver_error(exc)
+
+
+def schema_version(engine: sa.Engine, dialect: str, schema: str) -> int:
+    """The version the database is at (0 when squidmesh was never migrated there)."""
+    try:
+        with engine.connect() as conn:
+            has_table = sa.inspect(conn).has_table(
+                t.schema_version.name, schema=schema if dialect == "postgresql" else None
+            )
+            if not has_table:
+                return 0
+            found = conn.execute(sa.select(sa.func.max(t.schema_version.c.version))).scalar()
+            return int(found or 0)
+    except sa.exc.SQLAlchemyError as exc:
+        raise storage_error("read the squidmesh schema version", exc) from driver_error(exc)
+
+
+def check_schema(engine: sa.Engine, dialect: str, schema: str) -> None:
+    """Raise ``SchemaOutOfDateError`` when the database is older than this code."""
+    version = schema_version(engine, dialect, schema)
+    if version < SCHEMA_VERSION:
+        where = f" (schema {schema!r})" if dialect == "postgresql" else ""
+        raise SchemaOutOfDateError(
+            f"the squidmesh database schema{where} is at version {version}, but this code "
+            f"expects version {SCHEMA_VERSION}: run `squidmesh migrate` or `mesh.migrate()`"
+        )

@@ -1,0 +1,245 @@
+"""Prebuilt SQLAlchemy Core statements and row conversions for ``SqlStore``.
+
+Everything here is built once per dialect, so the hot path only binds parameters and hits
+SQLAlchemy's compiled cache. Statements are written against the placeholder schema of
+``tables``; the engine's ``schema_translate_map`` places them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from squidmesh.core.history import Entry
+from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.storage import tables as t
+from squidmesh.storage.base import RunRecord
+
+__all__ = ["Queries", "queries_for"]
+
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
+# Entry fields in declaration order, so a selected row is Entry(*row).
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
+_ENTRY_COLUMNS = tuple("ord" if name == "order" else name for name in _ENTRY_FIELDS)
+_ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
+_AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
+
+# SQLite's default cap on bound variables is 999 in old builds; stay well below it.
+CHUNK = 500
+
+
+def run_params(run: RunRecord) -> dict[str, Any]:
+    return {name: getattr(run, name) for name in _RUN_FIELDS}
+
+
+def run_from_row(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(*row)
+
+
+def entry_params(run_id: str, entry: Entry) -> dict[str, Any]:
+    params = {
+        col: getattr(entry, name) for col, name in zip(_ENTRY_COLUMNS, _ENTRY_FIELDS, strict=True)
+    }
+    params["run_id"] = run_id
+    return params
+
+
+def entry_update_params(run_id: str, entry: Entry) -> dict[str, Any]:
+    params = {
+        col: getattr(entry, name) for col, name in zip(_ENTRY_COLUMNS, _ENTRY_FIELDS, strict=True)
+    }
+    # The key columns are matched through b_* parameters, not written.
+    params["b_run_id"] = run_id
+    params["b_seq"] = params.pop("seq")
+    return params
+
+
+def attempt_params(run_id: str, seq: int, attempt: Attempt) -> dict[str, Any]:
+    params = {name: getattr(attempt, name) for name in _ATTEMPT_FIELDS}
+    params["run_id"] = run_id
+    params["seq"] = seq
+    return params
+
+
+def audit_params(run_id: str, event: AuditEvent) -> dict[str, Any]:
+    params = {name: getattr(event, name) for name in _AUDIT_FIELDS}
+    params["run_id"] = run_id
+    return params
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    # Column order of Queries.job_columns.
+    return Job(
+        kind=row[1],
+        run_id=row[2],
+        seq=row[3],
+        attempt=row[4],
+        run_at=row[5],
+        data=row[6],
+        id=row[0],
+    )
+
+
+class Queries:
+    """The statements of one dialect ("sqlite" or "postgresql")."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        pg = dialect == "postgresql"
+        runs, entries, jobs = t.runs, t.entries, t.jobs
+        b = sa.bindparam
+
+        # Column order equals RunRecord's fields, so a row is RunRecord(*row).
+        run_columns = [runs.c[name] for name in _RUN_FIELDS]
+        select_run = sa.select(*run_columns)
+        self.insert_run = sa.insert(runs)
+        self.get_run = select_run.where(runs.c.id == b("id"))
+        # NO KEY UPDATE: serializes writers of the run without blocking the foreign-key
+        # checks of rows inserted for it (those take KEY SHARE locks on the run).
+        self.lock_run = self.get_run.with_for_update(key_share=True) if pg else self.get_run
+        self.update_run = sa.update(runs).where(runs.c.id == b("b_id"))
+        self.find_run_by_key = select_run.where(
+            runs.c.workflow == b("workflow"), runs.c.idempotency_key == b("key")
+        )
+        self._select_run = select_run
+
+        self.load_entries = (
+            sa.select(*[entries.c[col] for col in _ENTRY_COLUMNS])
+            .where(entries.c.run_id == b("run_id"))
+            .order_by(entries.c.seq)
+        )
+        self.insert_entries = sa.insert(entries)
+        self.update_entries = sa.update(entries).where(
+            entries.c.run_id == b("b_run_id"), entries.c.seq == b("b_seq")
+        )
+
+        attempts = t.attempts
+        insert = postgresql.insert if pg else sqlite.insert
+        upsert = insert(attempts)
+        self.save_attempt = upsert.on_conflict_do_update(
+            index_elements=[attempts.c.run_id, attempts.c.seq, attempts.c.number],
+            set_={
+                name: upsert.excluded[name]
+                for name in ("status", "error", "started_at", "finished_at")
+            },
+        )
+        self.load_attempts = (
+            sa.select(attempts.c.seq, *[attempts.c[name] for name in _ATTEMPT_FIELDS])
+            .where(attempts.c.run_id == b("run_id"))
+            .order_by(attempts.c.seq, attempts.c.number)
+        )
+
+        audit = t.audit_events
+        self.add_audit = sa.insert(audit)
+        self.load_audit = (
+            sa.select(*[audit.c[name] for name in _AUDIT_FIELDS])
+            .where(audit.c.run_id == b("run_id"))
+            .order_by(audit.c.id)
+        )
+
+        events = t.events
+        self.add_event = sa.insert(events).returning(events.c.id)
+        self.load_events = (
+            sa.select(events.c.id, events.c.name, events.c.data)
+            .where(events.c.run_id == b("run_id"))
+            .order_by(events.c.id)
+        )
+        self.delete_events = sa.delete(events).where(
+            events.c.run_id == b("run_id"), events.c.id.in_(b("ids", expanding=True))
+        )
+
+        job_columns = (
+            jobs.c.id,
+            jobs.c.kind,
+            jobs.c.run_id,
+            jobs.c.seq,
+            jobs.c.attempt,
+            jobs.c.run_at,
+            jobs.c.data,
+        )
+        self.insert_job = sa.insert(jobs).returning(jobs.c.id)
+        self.insert_jobs = sa.insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
+        now = b("now", type_=t.UtcDateTime())
+        due = (
+            sa.select(*job_columns)
+            .where(
+                jobs.c.run_at <= now,
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            )
+            .order_by(jobs.c.run_at, jobs.c.id)
+            .limit(b("n"))
+        )
+        lease = {"worker": b("w"), "lease_until": b("until", type_=t.UtcDateTime())}
+        self.claim_jobs: sa.Executable
+        if pg:
+            # One statement: concurrent claimers skip each other's rows instead of waiting.
+            picked = due.with_only_columns(jobs.c.id).with_for_update(skip_locked=True)
+            self.claim_jobs = (
+                sa.update(jobs).where(jobs.c.id.in_(picked)).values(lease).returning(*job_columns)
+            )
+        else:
+            # SQLite: the transaction already holds the database write lock.
+            self.claim_jobs = due
+            self.lease_jobs = (
+                sa.update(jobs).where(jobs.c.id.in_(b("ids", expanding=True))).values(lease)
+            )
+        self.renew_lease = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(b("ids", expanding=True)), jobs.c.worker == b("w"))
+            .values(lease_until=b("until", type_=t.UtcDateTime()))
+        )
+        self.delete_job = sa.delete(jobs).where(jobs.c.id == b("id"))
+        # A leased job becomes claimable again when its lease runs out.
+        claimable_at = sa.case(
+            (
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < jobs.c.run_at),
+                jobs.c.run_at,
+            ),
+            else_=jobs.c.lease_until,
+        )
+        self.next_job_time = sa.select(sa.func.min(claimable_at, type_=t.UtcDateTime()))
+
+        ticks = t.cron_ticks
+        # A plain insert: a second record of a tick must fail (and roll back its run).
+        self.add_cron_tick = sa.insert(ticks)
+        self.last_cron_tick = sa.select(
+            sa.func.max(ticks.c.fire_time, type_=t.UtcDateTime())
+        ).where(ticks.c.workflow == b("workflow"), ticks.c.trigger == b("trigger"))
+
+        # Child rows are deleted explicitly: SQLite cascades only with foreign_keys=ON,
+        # which a host's connection may not have.
+        ids: sa.BindParameter[Any] = b("ids", expanding=True)
+        self.delete_runs = [
+            sa.delete(table).where(table.c.run_id.in_(ids))
+            for table in (t.attempts, t.entries, t.audit_events, t.events, jobs)
+        ]
+        self.delete_run_rows = sa.delete(runs).where(runs.c.id.in_(ids))
+
+    @functools.cache  # noqa: B019 - one Queries per dialect, kept forever
+    def list_runs(self, status: bool, workflow: bool, before: bool) -> sa.Select[Any]:
+        """The list_runs query for one combination of filters (built once each)."""
+        runs, b = t.runs, sa.bindparam
+        query = self._select_run
+        if status:
+            query = query.where(runs.c.status == b("status"))
+        if workflow:
+            query = query.where(runs.c.workflow == b("workflow"))
+        if before:
+            query = query.where(runs.c.created_at < b("before", type_=t.UtcDateTime()))
+        return query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(b("limit"))
+
+
+_QUERIES: dict[str, Queries] = {}
+
+
+def queries_for(dialect: str) -> Queries:
+    """The (shared) statements of a dialect."""
+    found = _QUERIES.get(dialect)
+    if found is None:
+        found = _QUERIES[dialect] = Queries(dialect)
+    return found

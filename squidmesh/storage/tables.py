@@ -1,0 +1,237 @@
+"""The squidmesh tables, as SQLAlchemy Core metadata.
+
+Tables are declared on the placeholder schema :data:`SCHEMA`; :func:`translate_map` maps it
+to the host's schema at execution time (``schema_translate_map``), so one ``MetaData``
+serves every host and SQLite (which has no schemas). The hand-written migrations in
+``squidmesh/migrations/<dialect>/`` must create exactly these tables; a contract test
+reflects both and compares them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = [
+    "SCHEMA",
+    "UtcDateTime",
+    "attempts",
+    "audit_events",
+    "check_schema_name",
+    "cron_ticks",
+    "entries",
+    "events",
+    "jobs",
+    "metadata",
+    "runs",
+    "schema_version",
+    "translate_map",
+    "utc",
+]
+
+#: The placeholder schema every table is declared on.
+SCHEMA = "squidmesh"
+
+# Lower case only: an unquoted identifier folds to lower case in PostgreSQL, and the
+# NOTIFY channel "<schema>_jobs" must stay within the 63-byte identifier limit.
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,57}")
+
+
+def check_schema_name(name: str) -> str:
+    """``name`` if it is a plain lower-case SQL identifier (it is pasted into DDL)."""
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid schema name {name!r}: use 1-58 lower-case letters, digits and "
+            "underscores, not starting with a digit"
+        )
+    return name
+
+
+def translate_map(dialect: str, schema: str) -> dict[str | None, str | None]:
+    """The ``schema_translate_map`` placing the tables in ``schema`` (none on SQLite)."""
+    if dialect == "sqlite":
+        return {SCHEMA: None}
+    return {SCHEMA: check_schema_name(schema)}
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC; a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always aware UTC in Python.
+
+    SQLite stores no offset, so values are converted to UTC before they are written (a
+    naive value is taken to be UTC) and the naive values read back are marked UTC; this
+    also keeps SQLite's text comparisons (``run_at <= :now``) chronological.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else utc(value)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else utc(value)
+
+
+# SQL NULL for None, so "no error" is NULL rather than the JSON literal null.
+JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+# BIGSERIAL on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" is a rowid alias.
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+RUN_ID = sa.String(36)
+
+metadata = sa.MetaData()
+
+
+def _run_fk() -> sa.ForeignKey:
+    return sa.ForeignKey(f"{SCHEMA}.squidmesh_runs.id", ondelete="CASCADE")
+
+
+runs = sa.Table(
+    "squidmesh_runs",
+    metadata,
+    sa.Column("id", RUN_ID, primary_key=True),
+    sa.Column("workflow", sa.Text, nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("payload", JSON, nullable=False),
+    sa.Column("result", JSON),
+    sa.Column("error", JSON),
+    sa.Column("reason", sa.Text),
+    sa.Column("current_steps", JSON, nullable=False),
+    sa.Column("waiting_on", JSON, nullable=False),
+    sa.Column("replayed_from_run_id", RUN_ID),
+    sa.Column("forked_from_run_id", RUN_ID),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("schedule", JSON),
+    sa.Column("cancel_request", JSON),
+    sa.Column("pending_outcome", JSON),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("workflow", "idempotency_key", name="squidmesh_runs_idempotency_key"),
+    # list_runs: newest first, optionally filtered by status or by workflow.
+    sa.Index("squidmesh_runs_status_idx", "status", "created_at", "id"),
+    sa.Index("squidmesh_runs_workflow_idx", "workflow", "created_at", "id"),
+    sa.Index("squidmesh_runs_created_idx", "created_at", "id"),
+    schema=SCHEMA,
+)
+
+entries = sa.Table(
+    "squidmesh_entries",
+    metadata,
+    sa.Column("run_id", RUN_ID, _run_fk(), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("input", JSON),
+    sa.Column("result", JSON),
+    sa.Column("error", JSON),
+    sa.Column("parent", sa.Integer),
+    sa.Column("ord", sa.Integer),  # Entry.order (ORDER is reserved)
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("meta", JSON, nullable=False),
+    sa.Column("compensation", JSON),
+    sa.Column("loc", sa.Text),
+    # ISO strings, as the history holds them: they round-trip exactly.
+    sa.Column("wake_at", sa.Text),
+    sa.Column("created_at", sa.Text),
+    sa.Column("started_at", sa.Text),
+    sa.Column("completed_at", sa.Text),
+    schema=SCHEMA,
+)
+
+attempts = sa.Table(
+    "squidmesh_attempts",
+    metadata,
+    sa.Column("run_id", RUN_ID, _run_fk(), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("error", JSON),
+    sa.Column("started_at", sa.Text),
+    sa.Column("finished_at", sa.Text),
+    schema=SCHEMA,
+)
+
+audit_events = sa.Table(
+    "squidmesh_audit_events",
+    metadata,
+    sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("run_id", RUN_ID, _run_fk(), nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("step", sa.Text),
+    sa.Column("actor", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("metadata", JSON),
+    sa.Column("at", sa.Text),
+    sa.Index("squidmesh_audit_events_run_idx", "run_id", "id"),
+    schema=SCHEMA,
+    # Never reuse ids (SQLite would hand out max(id)+1 again after a delete).
+    sqlite_autoincrement=True,
+)
+
+events = sa.Table(
+    "squidmesh_events",
+    metadata,
+    sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("run_id", RUN_ID, _run_fk(), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("data", JSON),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("squidmesh_events_run_idx", "run_id", "id"),
+    schema=SCHEMA,
+    sqlite_autoincrement=True,
+)
+
+jobs = sa.Table(
+    "squidmesh_jobs",
+    metadata,
+    sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    # No foreign key: cron jobs have no run, and a job may outlive its run harmlessly.
+    sa.Column("run_id", RUN_ID),
+    sa.Column("seq", sa.Integer),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("run_at", UtcDateTime, nullable=False),
+    sa.Column("data", JSON),
+    sa.Column("worker", sa.Text),
+    sa.Column("lease_until", UtcDateTime),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    # claims take the due jobs in (run_at, id) order
+    sa.Index("squidmesh_jobs_run_at_idx", "run_at", "id"),
+    schema=SCHEMA,
+    # A stale worker deleting job N must never hit a newer job that reused id N.
+    sqlite_autoincrement=True,
+)
+
+cron_ticks = sa.Table(
+    "squidmesh_cron_ticks",
+    metadata,
+    sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("workflow", sa.Text, nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column("fire_time", UtcDateTime, nullable=False),
+    sa.Column("run_id", RUN_ID),
+    sa.UniqueConstraint("workflow", "trigger", "fire_time", name="squidmesh_cron_ticks_tick"),
+    schema=SCHEMA,
+    sqlite_autoincrement=True,
+)
+
+schema_version = sa.Table(
+    "squidmesh_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", UtcDateTime, nullable=False),
+    schema=SCHEMA,
+)

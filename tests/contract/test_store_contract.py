@@ -1,0 +1,969 @@
+"""The ``Store`` contract: one suite, run on memory, SQLite and PostgreSQL.
+
+The first part holds for every store (the ``store`` fixture is parametrized over all
+three); the last part covers what only a real database has: migrations, schema checks,
+driver errors, row locks and concurrent claims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from squidmesh.core.history import Entry
+from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.errors import SchemaOutOfDateError, StorageError
+from squidmesh.storage import open_store
+from squidmesh.storage import tables as t
+from squidmesh.storage.base import SCHEMA_VERSION, RunRecord, Store
+from squidmesh.storage.memory import InMemoryStore
+from squidmesh.storage.sql import SqlStore, create_engine
+from tests.contract.conftest import SQL_KINDS, pg_engine
+from tests.support import postgres
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+NESTED = {"a": {"b": [1, 2.5, None, True, {"c": "ünï©ødé ✓"}]}, "empty": {}, "n": None}
+
+
+class Boom(Exception):
+    """Raised by test code inside a transaction."""
+
+
+def run_record(run_id: str | None = None, **fields: Any) -> RunRecord:
+    values: dict[str, Any] = {
+        "id": run_id or str(uuid.uuid4()),
+        "workflow": "ring_errand",
+        "trigger": "manual",
+        "status": "pending",
+        "payload": {"to": "Ana", "nested": NESTED},
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    values.update(fields)
+    return RunRecord(**values)
+
+
+def full_run(run_id: str | None = None) -> RunRecord:
+    """A run with every field set to something other than its default."""
+    return run_record(
+        run_id,
+        status="running",
+        result={"ok": ["ü", 1]},
+        error={"type": "builtins.ValueError", "message": "nope", "details": NESTED},
+        reason="step_failed",
+        current_steps=["charge", "ship"],
+        waiting_on=[3, 4],
+        replayed_from_run_id=str(uuid.uuid4()),
+        forked_from_run_id=str(uuid.uuid4()),
+        idempotency_key="order-42",
+        schedule={"trigger": "nightly", "fire_time": "2024-05-01T00:00:00+00:00"},
+        cancel_request={"actor": "ops", "reason": None, "compensate": True},
+        pending_outcome={"status": "failed", "plan": [2, 1], "failure": {}},
+        version=7,
+        updated_at=T0 + timedelta(seconds=5),
+    )
+
+
+def full_entry(seq: int, **fields: Any) -> Entry:
+    values: dict[str, Any] = {
+        "seq": seq,
+        "kind": "step",
+        "name": f"step_{seq}",
+        "status": "completed",
+        "input": {"args": [seq, "x"], "kwargs": NESTED},
+        "result": "résultat",
+        "error": {"type": "E", "message": "m"},
+        "parent": 0,
+        "order": seq + 10,
+        "attempts": 2,
+        "meta": {"irreversible": True, "deep": NESTED},
+        "compensation": {"status": "completed", "output": [None]},
+        "loc": "flows.py:12",
+        "wake_at": "2024-05-01T12:00:05+00:00",
+        "created_at": "2024-05-01T12:00:00+00:00",
+        "started_at": "2024-05-01T12:00:01+00:00",
+        "completed_at": "2024-05-01T12:00:02+00:00",
+    }
+    values.update(fields)
+    return Entry(**values)
+
+
+def add_runs(store: Store, *runs: RunRecord) -> None:
+    with store.transaction() as tx:
+        for run in runs:
+            tx.insert_run(run)
+
+
+@pytest.fixture
+def run(store: Store) -> RunRecord:
+    record = run_record()
+    add_runs(store, record)
+    return record
+
+
+def dump(store: Store, cron_keys: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """Everything readable through the port (jobs via a claim that is rolled back)."""
+    state: dict[str, Any] = {}
+    try:
+        with store.transaction() as tx:
+            for rec in tx.list_runs(limit=10_000):
+                state[rec.id] = (
+                    rec,
+                    tx.load_entries(rec.id),
+                    tx.load_attempts(rec.id),
+                    tx.load_audit(rec.id),
+                    tx.load_events(rec.id),
+                )
+            state["next_job_time"] = tx.next_job_time()
+            state["cron"] = [tx.last_cron_tick(*key) for key in cron_keys]
+            far = datetime(9000, 1, 1, tzinfo=timezone.utc)
+            state["jobs"] = tx.claim_jobs(now=far, limit=10_000, worker="dump", lease_until=far)
+            raise Boom
+    except Boom:
+        pass
+    return state
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_dialect_names_the_store(store: Store) -> None:
+    assert store.dialect in ("memory", "sqlite", "postgresql")
+    store.check_schema()
+    store.migrate()  # idempotent on a migrated store
+
+
+def test_run_round_trips_every_field(store: Store) -> None:
+    plain, full = run_record(), full_run()
+    add_runs(store, plain, full)
+    with store.transaction() as tx:
+        assert tx.get_run(plain.id) == plain
+        assert tx.get_run(full.id) == full
+        assert tx.lock_run(full.id) == full
+        got = tx.get_run(full.id)
+    assert got is not None
+    assert got.created_at.tzinfo is not None and got.created_at.utcoffset() == timedelta(0)
+
+
+def test_timestamps_come_back_as_the_same_instant_in_utc(store: Store) -> None:
+    offset = timezone(timedelta(hours=-5))
+    rec = run_record(created_at=T0.astimezone(offset), updated_at=T0.replace(tzinfo=None))
+    add_runs(store, rec)
+    with store.transaction() as tx:
+        got = tx.get_run(rec.id)
+    assert got is not None
+    assert got.created_at == T0 and got.created_at.tzinfo == timezone.utc
+    # a naive datetime is taken to be UTC
+    assert got.updated_at == T0 and got.updated_at.tzinfo == timezone.utc
+
+
+def test_values_are_stored_as_json(store: Store) -> None:
+    rec = run_record(payload={"pair": (1, 2), "1": "one"}, result=[("a", "b")])
+    add_runs(store, rec)
+    with store.transaction() as tx:
+        got = tx.get_run(rec.id)
+    assert got is not None and got.payload == {"pair": [1, 2], "1": "one"}
+    assert got.result == [["a", "b"]]
+
+
+def test_non_json_values_are_a_storage_error(store: Store) -> None:
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.insert_run(run_record(payload={"x": object()}))
+    with store.transaction() as tx:
+        assert tx.list_runs() == []
+
+
+def test_missing_runs_read_as_none(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.get_run(str(uuid.uuid4())) is None
+        assert tx.lock_run(str(uuid.uuid4())) is None
+        assert tx.find_run_by_key("ring_errand", "nope") is None
+        assert tx.load_entries("nope") == []
+        assert tx.load_attempts("nope") == {}
+        assert tx.load_audit("nope") == []
+        assert tx.load_events("nope") == []
+
+
+def test_update_run_writes_every_field(store: Store, run: RunRecord) -> None:
+    changed = dataclasses.replace(full_run(run.id), created_at=run.created_at)
+    with store.transaction() as tx:
+        tx.update_run(changed)
+    with store.transaction() as tx:
+        assert tx.get_run(run.id) == changed
+        changed.status = "completed"
+        changed.result = None
+        changed.error = None
+        tx.update_run(changed)
+    with store.transaction() as tx:
+        assert tx.get_run(run.id) == changed
+
+
+def test_update_of_a_missing_run_is_a_storage_error(store: Store) -> None:
+    with pytest.raises(StorageError, match="does not exist"), store.transaction() as tx:
+        tx.update_run(run_record())
+
+
+def test_returned_records_are_copies(store: Store, run: RunRecord) -> None:
+    with store.transaction() as tx:
+        got = tx.get_run(run.id)
+        assert got is not None
+        got.payload["to"] = "changed"
+        got.current_steps.append("x")
+        entries = [full_entry(0)]
+        tx.insert_entries(run.id, entries)
+        entries[0].meta["x"] = 1
+        loaded = tx.load_entries(run.id)
+        loaded[0].meta["y"] = 2
+    with store.transaction() as tx:
+        assert tx.get_run(run.id) == run
+        assert tx.load_entries(run.id) == [full_entry(0)]
+
+
+def test_find_run_by_key(store: Store) -> None:
+    first = run_record(idempotency_key="k1")
+    other_workflow = run_record(workflow="other", idempotency_key="k1")
+    no_keys = [run_record(), run_record()]  # NULL keys never collide
+    add_runs(store, first, other_workflow, *no_keys)
+    with store.transaction() as tx:
+        assert tx.find_run_by_key("ring_errand", "k1") == first
+        assert tx.find_run_by_key("other", "k1") == other_workflow
+        assert tx.find_run_by_key("ring_errand", "k2") is None
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.insert_run(run_record(idempotency_key="k1"))
+
+
+def test_duplicate_run_id_is_a_storage_error(store: Store, run: RunRecord) -> None:
+    with pytest.raises(StorageError) as caught, store.transaction() as tx:
+        tx.insert_run(run_record(run.id))
+    assert "insert" in str(caught.value)
+
+
+def test_list_runs_newest_first_with_filters(store: Store) -> None:
+    tied = T0 + timedelta(minutes=5)
+    records = [
+        run_record(created_at=T0 + timedelta(minutes=1)),
+        run_record(created_at=T0 + timedelta(minutes=2), status="completed"),
+        run_record(created_at=T0 + timedelta(minutes=3), workflow="other"),
+        run_record(created_at=T0 + timedelta(minutes=4), workflow="other", status="completed"),
+        run_record("00000000-0000-4000-8000-000000000001", created_at=tied),
+        run_record("ffffffff-0000-4000-8000-000000000001", created_at=tied),
+    ]
+    add_runs(store, *records)
+    r1, r2, r3, r4, low, high = records
+
+    def ids(**filters: Any) -> list[str]:
+        with store.transaction() as tx:
+            return [r.id for r in tx.list_runs(**filters)]
+
+    assert ids() == [high.id, low.id, r4.id, r3.id, r2.id, r1.id]  # ties: id descending
+    assert ids(status="completed") == [r4.id, r2.id]
+    assert ids(workflow="other") == [r4.id, r3.id]
+    assert ids(workflow="other", status="pending") == [r3.id]
+    assert ids(limit=2) == [high.id, low.id]
+    assert ids(limit=0) == []
+    assert ids(before=r3.created_at) == [r2.id, r1.id]  # strictly before
+    assert ids(before=tied, status="pending") == [r3.id, r1.id]
+    assert ids(status="failed") == []
+    with store.transaction() as tx:
+        assert tx.list_runs(limit=1)[0] == high
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_entries_round_trip_in_seq_order(store: Store, run: RunRecord) -> None:
+    minimal = Entry(seq=1, kind="sleep", name="nap")
+    nulls = Entry(seq=2, kind="step", name="n", input=None, result=None, meta={})
+    with store.transaction() as tx:
+        tx.insert_entries(run.id, [full_entry(3), minimal])
+        tx.insert_entries(run.id, [full_entry(0), nulls])
+        tx.insert_entries(run.id, [])
+    with store.transaction() as tx:
+        assert tx.load_entries(run.id) == [full_entry(0), minimal, nulls, full_entry(3)]
+
+
+def test_entry_json_values_of_every_shape(store: Store, run: RunRecord) -> None:
+    values: list[Any] = [0, -1.5, "", "日本語", True, False, [], {}, [None], NESTED, 10**15]
+    entries = [Entry(seq=i, kind="step", name="v", result=v, input=v) for i, v in enumerate(values)]
+    with store.transaction() as tx:
+        tx.insert_entries(run.id, entries)
+    with store.transaction() as tx:
+        loaded = tx.load_entries(run.id)
+    assert [e.result for e in loaded] == values
+    assert [type(e.result) for e in loaded] == [type(v) for v in values]
+
+
+def test_update_entries_overwrites(store: Store, run: RunRecord) -> None:
+    with store.transaction() as tx:
+        tx.insert_entries(run.id, [Entry(seq=0, kind="step", name="a"), Entry(1, "step", "b")])
+    updated = [full_entry(0, name="a", parent=None), full_entry(1, name="b", error=None)]
+    with store.transaction() as tx:
+        tx.update_entries(run.id, updated)
+        tx.update_entries(run.id, [])
+    with store.transaction() as tx:
+        assert tx.load_entries(run.id) == updated
+
+
+def test_entry_key_violations_are_storage_errors(store: Store, run: RunRecord) -> None:
+    with store.transaction() as tx:
+        tx.insert_entries(run.id, [Entry(0, "step", "a")])
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.insert_entries(run.id, [Entry(1, "step", "b"), Entry(0, "step", "a")])
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.insert_entries(str(uuid.uuid4()), [Entry(0, "step", "a")])
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.update_entries(run.id, [Entry(0, "step", "a"), Entry(5, "step", "missing")])
+    with store.transaction() as tx:
+        assert tx.load_entries(run.id) == [Entry(0, "step", "a")]
+
+
+# --------------------------------------------------------------------------- attempts, audit
+
+
+def test_attempts_insert_replace_and_load(store: Store, run: RunRecord) -> None:
+    failed = Attempt(1, "failed", {"type": "E", "details": NESTED}, "2024-05-01T12:00:00", "x")
+    with store.transaction() as tx:
+        tx.save_attempt(run.id, 3, Attempt(2, "running", started_at="s2"))
+        tx.save_attempt(run.id, 3, Attempt(1, "running", started_at="s1"))
+        tx.save_attempt(run.id, 0, Attempt(1, "completed"))
+    with store.transaction() as tx:
+        tx.save_attempt(run.id, 3, failed)  # replaces attempt 1 of seq 3
+    with store.transaction() as tx:
+        assert tx.load_attempts(run.id) == {
+            0: [Attempt(1, "completed")],
+            3: [failed, Attempt(2, "running", started_at="s2")],
+        }
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.save_attempt(str(uuid.uuid4()), 0, Attempt(1, "running"))
+
+
+def test_audit_events_keep_insertion_order(store: Store, run: RunRecord) -> None:
+    events = [
+        AuditEvent("run_started", at="2024-05-01T12:00:00+00:00"),
+        AuditEvent("paused", step="review", actor="ana", comment="ünï", metadata=NESTED, at="b"),
+        AuditEvent("approved", step="review", actor="bob", metadata={}, at="a"),
+    ]
+    with store.transaction() as tx:
+        for event in events[:2]:
+            tx.add_audit(run.id, event)
+    with store.transaction() as tx:
+        tx.add_audit(run.id, events[2])
+        assert tx.load_audit(run.id) == events
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_buffered_events_add_load_delete(store: Store, run: RunRecord) -> None:
+    other = run_record()
+    add_runs(store, other)
+    with store.transaction() as tx:
+        first = tx.add_event(run.id, "paid", {"amount": 3, "nested": NESTED}, T0)
+        second = tx.add_event(run.id, "shipped", None, T0 + timedelta(seconds=1))
+        third = tx.add_event(run.id, "paid", [1, "ü"], T0)
+        foreign = tx.add_event(other.id, "paid", 1, T0)
+    assert first < second < third < foreign
+    with store.transaction() as tx:
+        loaded = tx.load_events(run.id)
+        assert [(e.id, e.name, e.data) for e in loaded] == [
+            (first, "paid", {"amount": 3, "nested": NESTED}),
+            (second, "shipped", None),
+            (third, "paid", [1, "ü"]),
+        ]
+        tx.delete_events(run.id, [first, third, foreign])  # foreign belongs to another run
+        tx.delete_events(run.id, [])
+    with store.transaction() as tx:
+        assert [e.id for e in tx.load_events(run.id)] == [second]
+        assert [e.id for e in tx.load_events(other.id)] == [foreign]
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.add_event(str(uuid.uuid4()), "x", None, T0)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_insert_jobs_returns_ids_and_defaults_run_at(store: Store, run: RunRecord) -> None:
+    before = datetime.now(timezone.utc)
+    with store.transaction() as tx:
+        assert tx.insert_jobs([]) == []
+        jobs = tx.insert_jobs(
+            [
+                Job("activate", run.id),
+                Job("step", run.id, seq=2, attempt=3, run_at=T0, data={"n": NESTED}),
+                Job("cron", data={"workflow": "w"}),
+            ]
+        )
+        (single,) = tx.insert_jobs([Job("compensate", run.id, seq=1)])
+    after = datetime.now(timezone.utc)
+    ids = [job.id for job in jobs]
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 3
+    assert single.id is not None and single.id > max(i for i in ids if i is not None)
+    assert jobs[0].run_at is not None and before <= jobs[0].run_at <= after
+    assert jobs[1] == Job(
+        "step", run.id, seq=2, attempt=3, run_at=T0, data={"n": NESTED}, id=ids[1]
+    )
+    assert jobs[2].run_id is None and jobs[2].data == {"workflow": "w"}
+
+
+def test_claim_takes_due_jobs_in_order_and_respects_leases(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.claim_jobs(now=T0, limit=10, worker="w1", lease_until=T0) == []
+        late, early, future, also_early = tx.insert_jobs(
+            [
+                Job("activate", "r1", run_at=T0 - timedelta(seconds=1)),
+                Job("activate", "r2", run_at=T0 - timedelta(seconds=9)),
+                Job("activate", "r3", run_at=T0 + timedelta(seconds=60)),
+                Job("activate", "r4", run_at=T0 - timedelta(seconds=9)),
+            ]
+        )
+    lease = T0 + timedelta(seconds=30)
+    with store.transaction() as tx:
+        claimed = tx.claim_jobs(now=T0, limit=2, worker="w1", lease_until=lease)
+        assert claimed == [early, also_early]  # (run_at, id) order, limit respected
+    with store.transaction() as tx:
+        assert tx.claim_jobs(now=T0, limit=10, worker="w2", lease_until=lease) == [late]
+        # leased jobs stay leased until their lease runs out
+        assert (
+            tx.claim_jobs(now=T0 + timedelta(seconds=29), limit=10, worker="w2", lease_until=lease)
+            == []
+        )
+    with store.transaction() as tx:
+        # at T0+60 the future job is due and every lease has expired
+        again = tx.claim_jobs(
+            now=T0 + timedelta(seconds=60),
+            limit=10,
+            worker="w3",
+            lease_until=T0 + timedelta(hours=1),
+        )
+        assert again == [early, also_early, late, future]
+
+
+def test_renew_lease_only_for_the_lease_holder(store: Store) -> None:
+    with store.transaction() as tx:
+        a, b = tx.insert_jobs([Job("activate", "r1", run_at=T0), Job("activate", "r2", run_at=T0)])
+        tx.claim_jobs(now=T0, limit=10, worker="w1", lease_until=T0 + timedelta(seconds=10))
+    assert a.id is not None and b.id is not None
+    with store.transaction() as tx:
+        tx.renew_lease([a.id, b.id], "w1", T0 + timedelta(seconds=100))
+        tx.renew_lease([a.id], "intruder", T0 + timedelta(seconds=11))
+        tx.renew_lease([], "w1", T0)
+    with store.transaction() as tx:
+        at = T0 + timedelta(seconds=50)
+        assert tx.claim_jobs(now=at, limit=10, worker="w2", lease_until=at) == []
+        assert tx.next_job_time() == T0 + timedelta(seconds=100)
+
+
+def test_delete_job_and_next_job_time(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.next_job_time() is None
+        a, b = tx.insert_jobs(
+            [
+                Job("activate", "r1", run_at=T0 + timedelta(seconds=5)),
+                Job("activate", "r2", run_at=T0),
+            ]
+        )
+        assert tx.next_job_time() == T0
+    assert a.id is not None and b.id is not None
+    with store.transaction() as tx:
+        tx.claim_jobs(now=T0, limit=1, worker="w", lease_until=T0 + timedelta(seconds=30))
+        # the leased job is claimable again at its lease end; the other one earlier
+        assert tx.next_job_time() == T0 + timedelta(seconds=5)
+        tx.delete_job(a.id)
+        assert tx.next_job_time() == T0 + timedelta(seconds=30)
+        tx.delete_job(b.id)
+        tx.delete_job(b.id)  # deleting twice is harmless
+        assert tx.next_job_time() is None
+
+
+def test_concurrent_claimers_never_share_a_job(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_jobs([Job("activate", f"r{i}", run_at=T0) for i in range(200)])
+    start = threading.Barrier(4)
+    taken: list[list[int]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def claimer(slot: int) -> None:
+        try:
+            start.wait()
+            while True:
+                with store.transaction() as tx:
+                    got = tx.claim_jobs(
+                        now=T0, limit=7, worker=f"w{slot}", lease_until=T0 + timedelta(hours=1)
+                    )
+                if not got:
+                    return
+                taken[slot].extend(job.id for job in got if job.id is not None)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    every = [job_id for slot in taken for job_id in slot]
+    assert len(every) == 200 and len(set(every)) == 200
+
+
+# --------------------------------------------------------------------------- cron, retention
+
+
+def test_cron_ticks_fire_once(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.last_cron_tick("w", "nightly") is None
+        tx.add_cron_tick("w", "nightly", T0, "r1")
+        tx.add_cron_tick("w", "nightly", T0 + timedelta(days=1), "r2")
+        tx.add_cron_tick("w", "hourly", T0 + timedelta(days=9), "r3")
+        tx.add_cron_tick("other", "nightly", T0 + timedelta(days=9), "r4")
+    # the same tick again violates the unique constraint (rolling back its run)
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.insert_run(run_record())
+        tx.add_cron_tick("w", "nightly", T0.astimezone(timezone(timedelta(hours=2))), "r5")
+    with store.transaction() as tx:
+        assert tx.last_cron_tick("w", "nightly") == T0 + timedelta(days=1)
+        assert tx.list_runs() == []
+
+
+def test_delete_runs_removes_everything_recorded_for_them(store: Store) -> None:
+    doomed, kept = run_record(idempotency_key="again"), run_record()
+    add_runs(store, doomed, kept)
+    for rec in (doomed, kept):
+        with store.transaction() as tx:
+            tx.insert_entries(rec.id, [full_entry(0), full_entry(1)])
+            tx.save_attempt(rec.id, 0, Attempt(1, "completed"))
+            tx.add_audit(rec.id, AuditEvent("run_started"))
+            tx.add_event(rec.id, "e", 1, T0)
+            tx.insert_jobs([Job("activate", rec.id, run_at=T0)])
+    kept_state = dump(store)[kept.id]
+    with store.transaction() as tx:
+        assert tx.delete_runs([doomed.id, doomed.id, str(uuid.uuid4())]) == 1
+        assert tx.delete_runs([]) == 0
+    after = dump(store)
+    assert doomed.id not in after and after[kept.id] == kept_state
+    assert [job.run_id for job in after["jobs"]] == [kept.id]
+    with store.transaction() as tx:
+        assert tx.load_entries(doomed.id) == [] and tx.load_attempts(doomed.id) == {}
+        assert tx.load_audit(doomed.id) == [] and tx.load_events(doomed.id) == []
+        tx.insert_run(run_record(idempotency_key="again"))  # the key is free again
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+def test_an_exception_rolls_everything_back(store: Store) -> None:
+    rec = run_record()
+    add_runs(store, rec)
+    with store.transaction() as tx:
+        tx.insert_entries(rec.id, [full_entry(0)])
+        tx.save_attempt(rec.id, 0, Attempt(1, "running"))
+        event_id = tx.add_event(rec.id, "e", {"x": 1}, T0)
+        (job,) = tx.insert_jobs([Job("activate", rec.id, run_at=T0)])
+        tx.add_cron_tick("w", "c", T0, rec.id)
+    keys = (("w", "c"), ("w", "d"))
+    before = dump(store, keys)
+    assert job.id is not None
+    with pytest.raises(Boom), store.transaction() as tx:
+        tx.insert_run(full_run())
+        locked = tx.lock_run(rec.id)
+        assert locked is not None
+        locked.status = "failed"
+        tx.update_run(locked)
+        tx.insert_entries(rec.id, [full_entry(1)])
+        tx.update_entries(rec.id, [full_entry(0, status="failed")])
+        tx.save_attempt(rec.id, 0, Attempt(1, "failed"))
+        tx.save_attempt(rec.id, 1, Attempt(1, "running"))
+        tx.add_audit(rec.id, AuditEvent("cancelled"))
+        tx.add_event(rec.id, "f", None, T0)
+        tx.delete_events(rec.id, [event_id])
+        tx.insert_jobs([Job("step", rec.id, seq=1, attempt=1, run_at=T0)])
+        tx.claim_jobs(now=T0, limit=5, worker="w", lease_until=T0 + timedelta(hours=1))
+        tx.renew_lease([job.id], "w", T0 + timedelta(hours=2))
+        tx.delete_job(job.id)
+        tx.add_cron_tick("w", "d", T0, "r")
+        tx.delete_runs([rec.id])
+        raise Boom("the caller's own error propagates unchanged")
+    assert dump(store, keys) == before
+
+
+def test_a_storage_error_inside_a_transaction_rolls_it_back(store: Store) -> None:
+    rec = run_record()
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.insert_run(rec)
+        tx.insert_run(rec)
+    with store.transaction() as tx:
+        assert tx.get_run(rec.id) is None
+
+
+def test_a_transaction_cannot_be_used_after_it_ended(store: Store) -> None:
+    with store.transaction() as tx:
+        pass
+    with pytest.raises(StorageError):
+        tx.get_run("x")
+
+
+def test_in_memory_store_logs_calls_and_resets() -> None:
+    store = InMemoryStore()
+    rec = run_record()
+    with store.transaction() as tx:
+        tx.insert_run(rec)
+        tx.get_run(rec.id)
+    assert store.calls == ["transaction", "insert_run", "get_run"]
+    assert store.transaction().__enter__().connection is None
+    store.reset()
+    assert store.calls == []
+    with store.transaction() as tx:
+        assert tx.get_run(rec.id) is None
+
+
+def test_open_store_picks_the_implementation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(open_store("memory://"), InMemoryStore)
+    monkeypatch.chdir(tmp_path)
+    default = open_store()
+    assert isinstance(default, SqlStore) and default.dialect == "sqlite"
+    assert default.engine.url.database == "squidmesh.db"
+    default.close()
+    pg = open_store("postgres://u@h/db")
+    assert isinstance(pg, SqlStore) and pg.engine.url.drivername == "postgresql+psycopg"
+    pg.close()
+    host = sa.create_engine(f"sqlite:///{tmp_path}/host.db")
+    shared = open_store(engine=host)
+    shared.migrate()
+    shared.close()  # must not dispose the host's engine
+    with host.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM squidmesh_runs").scalar() == 0
+    host.dispose()
+    with pytest.raises(ValueError, match="schema"):
+        open_store("postgresql://u@h/db", schema="Robert'); DROP TABLE x;--")
+
+
+# --------------------------------------------------------------------------- locking
+
+
+def _wait_until_blocked(store: Store, started: threading.Event) -> None:
+    """Return once the second locker is waiting for the lock."""
+    assert started.wait(10)
+    if store.dialect != "postgresql":
+        time.sleep(0.2)  # no lock table to look at: give it time to try
+        return
+    # Evidence, not a guess: PostgreSQL reports the backend as waiting on a lock.
+    assert isinstance(store, SqlStore)
+    deadline = time.monotonic() + 10
+    with store.engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%'"
+                )
+            ).scalar()
+            conn.rollback()
+            if waiting:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the second lock_run never blocked")
+
+
+def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> None:
+    holding, second_started = threading.Event(), threading.Event()
+    stamps: dict[str, float] = {}
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            assert holding.wait(10)
+            second_started.set()
+            with store.transaction() as tx:
+                locked = tx.lock_run(run.id)
+                stamps["second_locked"] = time.monotonic()
+                assert locked is not None
+                seen.append(locked.status)
+                locked.status = locked.status + "+second"
+                tx.update_run(locked)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    try:
+        with store.transaction() as tx:
+            locked = tx.lock_run(run.id)
+            assert locked is not None
+            holding.set()
+            _wait_until_blocked(store, second_started)
+            assert "second_locked" not in stamps
+            locked.status = "first"
+            tx.update_run(locked)
+            stamps["first_committing"] = time.monotonic()
+    finally:
+        holding.set()
+        thread.join(30)
+    assert not errors
+    assert stamps["second_locked"] >= stamps["first_committing"]
+    assert seen == ["first"]  # the second writer read the first one's committed change
+    with store.transaction() as tx:
+        final = tx.get_run(run.id)
+    assert final is not None and final.status == "first+second"
+
+
+# --------------------------------------------------------------------------- databases only
+
+
+@pytest.fixture(params=SQL_KINDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The SQLAlchemy URL of an empty database (never migrated)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/empty.db"
+    return postgres.sqlalchemy_url(request.getfixturevalue("pg_database_url"))
+
+
+def _versions(store: SqlStore) -> list[int]:
+    with store.engine.connect() as conn:
+        return list(conn.execute(sa.select(t.schema_version.c.version)).scalars())
+
+
+def test_check_schema_and_migrate(empty_url: str) -> None:
+    store = SqlStore(create_engine(empty_url), owns_engine=True)
+    try:
+        with pytest.raises(SchemaOutOfDateError, match=r"version 0.*expects version 1.*migrate"):
+            store.check_schema()
+        store.migrate()
+        store.migrate()  # idempotent
+        store.check_schema()
+        assert _versions(store) == list(range(1, SCHEMA_VERSION + 1))
+        with store.engine.begin() as conn:
+            conn.execute(sa.delete(t.schema_version))
+        with pytest.raises(SchemaOutOfDateError, match="version 0"):
+            store.check_schema()
+    finally:
+        store.close()
+
+
+def _reflect(engine: sa.Engine, schema: str | None) -> dict[str, Any]:
+    inspector = sa.inspect(engine)
+    found: dict[str, Any] = {}
+    for name in inspector.get_table_names(schema=schema):
+        found[name] = {
+            "columns": [
+                (c["name"], repr(c["type"]), c["nullable"], str(c.get("default")))
+                for c in inspector.get_columns(name, schema=schema)
+            ],
+            "primary_key": inspector.get_pk_constraint(name, schema=schema)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in inspector.get_indexes(name, schema=schema)
+            ),
+            "unique": sorted(
+                (u["name"], tuple(u["column_names"]))
+                for u in inspector.get_unique_constraints(name, schema=schema)
+            ),
+            "foreign_keys": sorted(
+                (
+                    tuple(f["constrained_columns"]),
+                    f["referred_table"],
+                    tuple(f["referred_columns"]),
+                    f.get("options", {}).get("ondelete"),
+                )
+                for f in inspector.get_foreign_keys(name, schema=schema)
+            ),
+        }
+    return found
+
+
+def _autoincrement_tables(engine: sa.Engine) -> set[str]:
+    # SQLAlchemy does not reflect AUTOINCREMENT, which keeps SQLite from reusing ids.
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%'"
+        )
+        return {row[0] for row in rows}
+
+
+def test_migrations_create_exactly_tables_py(
+    empty_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    sqlite_db = empty_url.startswith("sqlite")
+    if sqlite_db:
+        declared_url, drop = f"sqlite:///{tmp_path}/declared.db", None
+    else:
+        raw = postgres.create_database(request.getfixturevalue("pg_server_url"), "declared")
+        declared_url, drop = postgres.sqlalchemy_url(raw), raw
+    migrated = SqlStore(create_engine(empty_url), owns_engine=True)
+    declared = create_engine(declared_url)
+    schema = None if sqlite_db else "squidmesh"
+    try:
+        migrated.migrate()
+        with declared.begin() as conn:
+            if schema:
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+            mapped = conn.execution_options(
+                schema_translate_map=t.translate_map(declared.dialect.name, "squidmesh")
+            )
+            t.metadata.create_all(mapped)
+        from_migrations = _reflect(migrated.engine, schema)
+        from_tables = _reflect(declared, schema)
+        assert set(from_migrations) == {table.name for table in t.metadata.tables.values()}
+        assert from_migrations == from_tables
+        if sqlite_db:
+            expected = {
+                "squidmesh_audit_events",
+                "squidmesh_events",
+                "squidmesh_jobs",
+                "squidmesh_cron_ticks",
+            }
+            assert _autoincrement_tables(migrated.engine) == expected
+            assert _autoincrement_tables(declared) == expected
+    finally:
+        migrated.close()
+        declared.dispose()
+        if drop is not None:
+            postgres.drop_database(drop)
+
+
+def test_driver_errors_become_storage_errors_with_the_dbapi_cause(sql_store: SqlStore) -> None:
+    rec = run_record()
+    add_runs(sql_store, rec)
+    with pytest.raises(StorageError, match="could not insert a run") as caught:
+        with sql_store.transaction() as tx:
+            tx.insert_run(rec)
+    cause = caught.value.__cause__
+    if sql_store.dialect == "postgresql":
+        assert isinstance(cause, psycopg.errors.UniqueViolation)
+    else:
+        import sqlite3
+
+        assert isinstance(cause, sqlite3.IntegrityError)
+
+
+def test_host_writes_share_the_transaction(sql_store: SqlStore) -> None:
+    with sql_store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE host_orders (id INTEGER PRIMARY KEY)")
+    rec = run_record()
+    with pytest.raises(Boom), sql_store.transaction() as tx:
+        tx.insert_run(rec)
+        tx.connection.exec_driver_sql("INSERT INTO host_orders (id) VALUES (1)")
+        raise Boom
+    # the caller's own SQLAlchemy errors are not translated
+    with pytest.raises(sa.exc.DBAPIError), sql_store.transaction() as tx:
+        tx.connection.exec_driver_sql("SELECT * FROM no_such_table")
+    with sql_store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM host_orders").scalar() == 0
+    with sql_store.transaction() as tx:
+        assert tx.get_run(rec.id) is None
+
+
+_MIGRATE_SCRIPT = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    from squidmesh.storage.sql import SqlStore, create_engine
+
+    url, go, ready = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+    store = SqlStore(create_engine(url), owns_engine=True)
+    with store.engine.connect():
+        pass  # connected up front, so every process starts migrating at once
+    ready.touch()
+    deadline = time.monotonic() + 60
+    while not go.exists():
+        if time.monotonic() > deadline:
+            sys.exit("never told to go")
+        time.sleep(0.001)
+    store.migrate()
+    store.check_schema()
+    store.close()
+    """
+)
+
+
+@pytest.mark.postgres
+def test_concurrent_migrations_from_separate_processes(
+    pg_database_url: str, tmp_path: Path
+) -> None:
+    url = postgres.sqlalchemy_url(pg_database_url)
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE_SCRIPT, url, str(go), str(flag)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for flag in ready
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(flag.exists() for flag in ready):
+            assert time.monotonic() < deadline, "the migrating processes did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.01)
+        go.touch()
+        outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    store = SqlStore(pg_engine(pg_database_url), owns_engine=True)
+    try:
+        assert _versions(store) == [1]
+        store.check_schema()
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_custom_schema_holds_everything(pg_database_url: str) -> None:
+    engine = pg_engine(pg_database_url)
+    store = SqlStore(engine, schema="sm_custom")
+    listener = psycopg.connect(pg_database_url, autocommit=True)
+    try:
+        store.migrate()
+        store.check_schema()
+        with pytest.raises(SchemaOutOfDateError, match="'squidmesh'"):
+            SqlStore(engine).check_schema()
+        inspector = sa.inspect(engine)
+        assert set(inspector.get_table_names(schema="sm_custom")) == {
+            table.name for table in t.metadata.tables.values()
+        }
+        assert "squidmesh" not in inspector.get_schema_names()
+        assert store.notify_channel == "sm_custom_jobs"
+        listener.execute('LISTEN "sm_custom_jobs"')
+        rec = run_record()
+        with store.transaction() as tx:
+            tx.insert_run(rec)
+            tx.insert_entries(rec.id, [full_entry(0)])
+            tx.insert_jobs([Job("activate", rec.id)])
+            # NOTIFY is delivered at commit, not before
+            assert list(listener.notifies(timeout=0.2, stop_after=1)) == []
+        assert [n.channel for n in listener.notifies(timeout=10, stop_after=1)] == [
+            "sm_custom_jobs"
+        ]
+        with store.transaction() as tx:
+            assert tx.get_run(rec.id) == rec
+            assert tx.load_entries(rec.id) == [full_entry(0)]
+    finally:
+        listener.close()
+        store.close()
+        engine.dispose()
+
+
+def test_schema_names_are_plain_identifiers() -> None:
+    for bad in ("", "Upper", "1abc", "a-b", 'x"; drop', "a" * 59):
+        with pytest.raises(ValueError):
+            t.check_schema_name(bad)
+    assert t.check_schema_name("sm_custom") == "sm_custom"
