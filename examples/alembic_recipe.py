@@ -36,7 +36,7 @@ MIGRATION_FILE = "0001_initial.sql"
 
 def read_migration(name: str) -> str:
     """The text of a packaged PostgreSQL migration file, e.g. ``0001_initial.sql``."""
-    folder = resources.files("squidmesh").joinpath("migrations", "postgresql")
+    folder = resources.files("squidmesh").joinpath("migrations").joinpath("postgresql")
     return folder.joinpath(name).read_text(encoding="utf-8")
 
 
