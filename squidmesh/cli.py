@@ -40,7 +40,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", default=os.environ.get("SQUIDMESH_DATABASE_URL"))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="create or upgrade squidmesh's tables")
+    worker = commands.add_parser("worker", help="run jobs until SIGTERM/SIGINT (needs --app)")
+    worker.add_argument("--concurrency", type=int, default=4)
+    worker.add_argument("--poll-interval", type=float, default=2.0)
+    worker.add_argument("--lease-seconds", type=float, default=30.0)
+    worker.add_argument("--no-scheduler", action="store_true", help="never run cron triggers")
     return parser
+
+
+def run_worker(mesh: Mesh, args: argparse.Namespace) -> None:
+    """Run a worker in this process; SIGTERM and SIGINT drain it gracefully."""
+    import signal
+
+    from squidmesh.runtime.worker import Worker
+
+    if not mesh.workflows:
+        raise SquidmeshError(
+            "the worker has no workflows to run: pass --app module:mesh (or set SQUIDMESH_APP) "
+            "naming the Mesh your application builds"
+        )
+    mesh._ready()
+    worker = Worker(
+        mesh,
+        concurrency=args.concurrency,
+        poll_interval=args.poll_interval,
+        lease_seconds=args.lease_seconds,
+        scheduler=not args.no_scheduler,
+    )
+
+    def drain(signum: int, _frame: object) -> None:
+        print(f"squidmesh: {signal.Signals(signum).name} received, draining", file=sys.stderr)
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    print(f"squidmesh: worker {worker.name} running {sorted(mesh.workflows)}", file=sys.stderr)
+    worker.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "migrate":
                 mesh.migrate()
                 print(f"squidmesh: schema is up to date ({mesh.store.dialect})")
+            elif args.command == "worker":
+                run_worker(mesh, args)
         finally:
             mesh.close()
     except SquidmeshError as exc:

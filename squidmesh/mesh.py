@@ -23,7 +23,7 @@ from squidmesh.errors import (
     UnsafeReplayError,
 )
 from squidmesh.runtime import cron
-from squidmesh.runtime.engine import Engine, _TransactionalStepFailed
+from squidmesh.runtime.engine import Engine, Lease, _TransactionalStepFailed
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
 from squidmesh.runtime.explain import explain, replay_blockers
 from squidmesh.runtime.views import Explanation, Run, build_run
@@ -623,10 +623,15 @@ class Mesh:
                 datetime.fromisoformat(str(data.get("fire_time"))),
             )
             return
+        self._perform(the_job, None)
+
+    def _perform(self, job: Job, lease: Lease | None) -> Job | None:
+        """Perform a job; with a worker's lease, return the next job begun eagerly."""
         try:
-            self._engine.perform(the_job)
+            return self._engine.perform(job, lease)
         except _TransactionalStepFailed as failed:
-            self._engine.retry_transactional_failure(the_job, failed.error)
+            self._engine.retry_transactional_failure(job, failed.error, lease)
+            return None
 
     def drain(self, *, limit: int | None = None) -> int:
         """Run every due job in this thread until none is left; returns how many ran."""

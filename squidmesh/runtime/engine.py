@@ -30,7 +30,7 @@ from squidmesh.runtime.executors import Executor
 from squidmesh.storage.base import RunRecord, Store, Transaction
 from squidmesh.types import RunStatus
 
-__all__ = ["Change", "Engine", "Live"]
+__all__ = ["Change", "Engine", "Lease", "Live"]
 
 log = logging.getLogger("squidmesh")
 workflow_log = logging.getLogger("squidmesh.workflow")
@@ -40,6 +40,27 @@ ACTIVE = frozenset({"pending", "running", "retrying", "paused", "cancelling"})
 #: a step whose worker died this many times in a row fails instead of running again
 LOST_LIMIT = 5
 STEP_RUNNABLE = frozenset({"running", "retrying", "paused", "cancelling"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """The worker a job is leased to, and for how long each lease lasts."""
+
+    worker: str
+    seconds: float
+    #: begin the run's next step in the same transaction (off while a worker drains)
+    eager: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Landed:
+    """A transactional step that finished inside its own job's transaction."""
+
+    next_job: Job | None
+
+
+#: what an eagerly begun step needs to run: run, entry, definition, attempt, started at
+_Begun = tuple[RunRecord, Entry, Any, int, str]
 
 
 @dataclasses.dataclass
@@ -97,6 +118,8 @@ class Engine:
         self.clock = clock
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, Live]] = OrderedDict()
+        #: steps begun by eager continuation, by job id, until the worker runs them
+        self._begun: dict[int, _Begun] = {}
         #: called after a commit that produced jobs (wakes this process's workers)
         self.wakers: list[Callable[[], None]] = []
 
@@ -375,25 +398,37 @@ class Engine:
 
     # ------------------------------------------------------------------ jobs
 
-    def perform(self, job: Job) -> None:
-        """Execute one delivered job. Duplicate, late or stale deliveries change nothing."""
-        if job.kind == "activate":
-            self._perform_activate(job)
-        elif job.kind == "step":
-            self._perform_step(job)
-        elif job.kind == "compensate":
-            self._perform_compensate(job)
-        else:
-            raise ValueError(f"job kind {job.kind!r} is not handled by the engine")
+    def perform(self, job: Job, lease: Lease | None = None) -> Job | None:
+        """Execute one delivered job. Duplicate, late or stale deliveries change nothing.
 
-    def _perform_activate(self, job: Job) -> None:
+        A database worker passes its ``lease``: the job's row is then deleted in the
+        transaction that records the job's outcome, and when that outcome schedules the
+        run's next step right away, the step is begun in the same transaction and
+        returned, leased to the worker, to run at once (eager continuation: about one
+        commit per step of a sequential run).
+        """
+        if job.kind == "activate":
+            return self._perform_activate(job, lease)
+        if job.kind == "step":
+            return self._perform_step(job, lease)
+        if job.kind == "compensate":
+            self._perform_compensate(job, lease)
+            return None
+        raise ValueError(f"job kind {job.kind!r} is not handled by the engine")
+
+    def _finish_job(self, ch: Change, job: Job, lease: Lease | None) -> None:
+        if lease is not None and job.id is not None:
+            ch.tx.delete_job(job.id)
+
+    def _perform_activate(self, job: Job, lease: Lease | None) -> Job | None:
         with self.change() as ch:
+            self._finish_job(ch, job, lease)
             run = self.lock(ch, str(job.run_id))
             if run is None or run.status not in ("pending", "running", "retrying", "paused"):
-                return
+                return None
             live = self.live(ch, run)
             if live is None:
-                return
+                return None
             for entry in state.due_entries(live.history, ch.now):
                 if entry.kind == "step":
                     continue
@@ -404,57 +439,19 @@ class Engine:
             if run.status == "pending":
                 run.status = RunStatus.RUNNING.value
             self.advance(ch, run, live)
+            return self._continue(ch, run, live, lease)
 
-    def _perform_step(self, job: Job) -> None:
+    def _perform_step(self, job: Job, lease: Lease | None) -> Job | None:
         seq = int(job.seq if job.seq is not None else -1)
-        with self.change() as ch:
-            run = self.lock(ch, str(job.run_id))
-            if run is None or run.status not in STEP_RUNNABLE:
-                return
-            live = self.live(ch, run)
-            if live is None or not 0 <= seq < len(live.history):
-                return
-            entry = live.history[seq]
-            if entry.kind != "step":
-                return
-            recovered = False
-            if entry.status == "running" and entry.attempts == job.attempt:
-                # The job came back while its attempt is still marked running: a job is
-                # only redelivered once its lease expired, so the worker that ran it died.
-                if not self._recover_lost_attempt(ch, run, live, entry):
-                    return
-                recovered = True
-            if entry.status != "pending":
-                return
-            if not recovered and job.attempt is not None and entry.attempts + 1 != job.attempt:
-                return
-            if run.status == RunStatus.CANCELLING.value:
-                if not self.in_flight(live):
-                    self.finish_cancel(ch, run, live)
-                return
-            self.warm(ch, run, live)
-            if entry.status != "pending":  # the replay moved on (a cancelled branch)
-                return
-            definition = self.step_definition(live, entry)
-            number = state.begin_attempt(entry, ch.now)
-            ch.touched(run.id, entry)
-            started = ch.now.isoformat()
-            if run.status == RunStatus.RETRYING.value:
-                run.status = RunStatus.RUNNING.value
-            if definition is not None and definition.transaction:
-                # Host writes and the step's completion share this transaction: a failure
-                # rolls both back, and the failure is then recorded in a new transaction.
-                context = self._context(run, entry, number, ch.tx)
-                try:
-                    result = invoke.call_step(definition, entry.input or {}, context)
-                    # A result that cannot be stored fails the attempt: roll its writes back.
-                    contracts.encode(result, what=f"the result of step {entry.name}")
-                except Exception as exc:
-                    raise _TransactionalStepFailed(exc) from exc
-                ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
-                self.land(ch, run, live, entry, number, started, value=result, error=None)
-                return
-            ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
+        begun = self._begun.pop(int(job.id), None) if job.id is not None else None
+        if begun is not None:
+            run, entry, definition, number, started = begun
+        else:
+            with self.change() as ch:
+                prepared = self._begin_step(ch, job, lease, seq)
+                if prepared is None or isinstance(prepared, _Landed):
+                    return prepared.next_job if isinstance(prepared, _Landed) else None
+                run, entry, definition, number, started = prepared
         # The attempt runs outside any transaction: its outcome is recorded afterwards.
         value: Any = None
         failure: BaseException | None = None
@@ -471,14 +468,105 @@ class Engine:
             except Exception as exc:
                 failure = exc
         with self.change() as ch:
+            self._finish_job(ch, job, lease)
             run2 = self.lock(ch, run.id)
             if run2 is None:
-                return
+                return None
             live = self.live(ch, run2)
             if live is None:
-                return
+                return None
             entry = live.history[seq]
             self.land(ch, run2, live, entry, number, started, value=value, error=failure)
+            return self._continue(ch, run2, live, lease)
+
+    def _begin_step(
+        self, ch: Change, job: Job, lease: Lease | None, seq: int
+    ) -> _Begun | _Landed | None:
+        """Validate a step job and begin its attempt (or finish a transactional step)."""
+        run = self.lock(ch, str(job.run_id))
+        if run is None or run.status not in STEP_RUNNABLE:
+            self._finish_job(ch, job, lease)
+            return None
+        live = self.live(ch, run)
+        if live is None or not 0 <= seq < len(live.history):
+            self._finish_job(ch, job, lease)
+            return None
+        entry = live.history[seq]
+        if entry.kind != "step":
+            self._finish_job(ch, job, lease)
+            return None
+        recovered = False
+        if entry.status == "running" and entry.attempts == job.attempt:
+            # The job came back while its attempt is still marked running: a job is
+            # only redelivered once its lease expired, so the worker that ran it died.
+            if not self._recover_lost_attempt(ch, run, live, entry):
+                self._finish_job(ch, job, lease)
+                return None
+            recovered = True
+        stale = entry.status != "pending" or (
+            not recovered and job.attempt is not None and entry.attempts + 1 != job.attempt
+        )
+        if stale:
+            self._finish_job(ch, job, lease)
+            return None
+        if run.status == RunStatus.CANCELLING.value:
+            self._finish_job(ch, job, lease)
+            if not self.in_flight(live):
+                self.finish_cancel(ch, run, live)
+            return None
+        self.warm(ch, run, live)
+        if entry.status != "pending":  # the replay moved on (a cancelled branch)
+            self._finish_job(ch, job, lease)
+            return None
+        definition = self.step_definition(live, entry)
+        number = state.begin_attempt(entry, ch.now)
+        ch.touched(run.id, entry)
+        started = ch.now.isoformat()
+        if run.status == RunStatus.RETRYING.value:
+            run.status = RunStatus.RUNNING.value
+        if definition is not None and definition.transaction:
+            # Host writes and the step's completion share this transaction: a failure
+            # rolls both back, and the failure is then recorded in a new transaction.
+            context = self._context(run, entry, number, ch.tx)
+            try:
+                result = invoke.call_step(definition, entry.input or {}, context)
+                # A result that cannot be stored fails the attempt: roll its writes back.
+                contracts.encode(result, what=f"the result of step {entry.name}")
+            except Exception as exc:
+                raise _TransactionalStepFailed(exc) from exc
+            ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
+            self._finish_job(ch, job, lease)
+            self.land(ch, run, live, entry, number, started, value=result, error=None)
+            return _Landed(self._continue(ch, run, live, lease))
+        ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
+        return (run, entry, definition, number, started)
+
+    def _continue(self, ch: Change, run: RunRecord, live: Live, lease: Lease | None) -> Job | None:
+        """Begin the run's next due step in this transaction and hand it to the worker."""
+        if lease is None or not lease.eager or run.status != "running":
+            return None
+        for index, job in enumerate(ch.jobs):
+            if job.kind != "step" or job.run_id != run.id or job.seq is None:
+                continue
+            if job.run_at is not None and job.run_at > ch.now:
+                continue
+            entry = live.history[job.seq]
+            definition = self.step_definition(live, entry)
+            if definition is None or definition.transaction or entry.status != "pending":
+                return None
+            del ch.jobs[index]
+            number = state.begin_attempt(entry, ch.now)
+            ch.touched(run.id, entry)
+            started = ch.now.isoformat()
+            ch.tx.save_attempt(run.id, entry.seq, Attempt(number, "running", None, started))
+            stored = ch.tx.insert_jobs(
+                [Job("step", run.id, entry.seq, number, run_at=ch.now)],
+                worker=lease.worker,
+                lease_until=ch.now + timedelta(seconds=lease.seconds),
+            )[0]
+            self._begun[int(stored.id or 0)] = (run, entry, definition, number, started)
+            return stored
+        return None
 
     def _recover_lost_attempt(self, ch: Change, run: RunRecord, live: Live, entry: Entry) -> bool:
         """Record the attempt of a dead worker as failed; True when the step may run again.
@@ -513,10 +601,13 @@ class Engine:
         entry.status = "pending"
         return True
 
-    def retry_transactional_failure(self, job: Job, exc: BaseException) -> None:
+    def retry_transactional_failure(
+        self, job: Job, exc: BaseException, lease: Lease | None = None
+    ) -> None:
         """Record the failure of a ``transaction=True`` step whose transaction rolled back."""
         seq = int(job.seq if job.seq is not None else -1)
         with self.change() as ch:
+            self._finish_job(ch, job, lease)
             run = self.lock(ch, str(job.run_id))
             if run is None or run.status not in STEP_RUNNABLE:
                 return
@@ -595,17 +686,19 @@ class Engine:
             return
         self.advance(ch, run, live)
 
-    def _perform_compensate(self, job: Job) -> None:
+    def _perform_compensate(self, job: Job, lease: Lease | None = None) -> None:
         seq = int(job.seq if job.seq is not None else -1)
         with self.change() as ch:
             run = self.lock(ch, str(job.run_id))
             if run is None or run.status in ("completed", "failed", "cancelled", "suspended"):
+                self._finish_job(ch, job, lease)
                 return
             live = self.live(ch, run)
             if live is None or not 0 <= seq < len(live.history):
                 return
             entry = live.history[seq]
             if (entry.compensation or {}).get("status") not in ("pending", "running"):
+                self._finish_job(ch, job, lease)
                 return
             compensate = self.compensation_for(live, entry)
             entry.compensation = {"status": "running"}
@@ -638,6 +731,7 @@ class Engine:
 
                     error = error_info(exc)
         with self.change() as ch:
+            self._finish_job(ch, job, lease)
             locked = self.lock(ch, run.id)
             if locked is None:
                 return

@@ -22,6 +22,7 @@ from typing import Any
 
 from squidmesh.core.records import Job
 from squidmesh.errors import StorageError
+from squidmesh.runtime.engine import Lease
 
 __all__ = ["Worker"]
 
@@ -87,10 +88,14 @@ class Worker:
         """Look for work now (new jobs were committed by this process)."""
         self._wake.set()
 
-    def stop(self, *, timeout: float | None = 30.0) -> None:
-        """Stop claiming, let jobs in flight finish, then return (graceful drain)."""
+    def request_stop(self) -> None:
+        """Ask the loop to drain and stop; returns at once (safe in a signal handler)."""
         self._stopping.set()
         self._wake.set()
+
+    def stop(self, *, timeout: float | None = 30.0) -> None:
+        """Stop claiming, let jobs in flight finish, then return (graceful drain)."""
+        self.request_stop()
         self._stopped.wait(timeout)
         for thread in self._threads:
             thread.join(timeout)
@@ -168,22 +173,31 @@ class Worker:
         return len(jobs)
 
     def _perform(self, job: Job) -> None:
-        try:
-            self.mesh.perform(job)
-            with self.mesh.store.transaction() as tx:
-                tx.delete_job(int(job.id or 0))
-            self.performed += 1
-        except Exception:
-            # The job keeps its lease; once the lease expires another worker (or this
-            # one) gets it again. Nothing the job changed was committed.
-            self.failures += 1
-            log.exception(
-                "worker %s: job %s failed; it will be redelivered", self.name, job.to_json()
-            )
-        finally:
+        current: Job | None = job
+        while current is not None:
+            key = int(current.id or 0)
+            # While draining, an eagerly begun step still runs (its attempt is recorded as
+            # running) but begins nothing further.
+            lease = Lease(self.name, self.lease_seconds, eager=not self._stopping.is_set())
+            try:
+                # The engine deletes the job row when it records the outcome, and may hand
+                # back the run's next step, already begun and leased to this worker.
+                nxt = self.mesh._perform(current, lease)
+                self.performed += 1
+            except Exception:
+                # The job keeps its lease; once the lease expires another worker (or this
+                # one) gets it again. Nothing the failed transaction changed was committed.
+                self.failures += 1
+                log.exception(
+                    "worker %s: job %s failed; it will be redelivered", self.name, current.to_json()
+                )
+                nxt = None
             with self._lock:
-                self._in_flight.pop(int(job.id or 0), None)
-            self._wake.set()
+                self._in_flight.pop(key, None)
+                if nxt is not None:
+                    self._in_flight[int(nxt.id or 0)] = nxt
+            current = nxt
+        self._wake.set()
 
     def _wait_for_work(self) -> None:
         timeout = self.poll_interval

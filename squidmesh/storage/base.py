@@ -117,8 +117,15 @@ class Transaction(Protocol):
     def delete_events(self, run_id: str, ids: Sequence[int]) -> None: ...
 
     # jobs (the database executor's queue) ----------------------------------
-    def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
-        """Store jobs; returns them with their ids."""
+    def insert_jobs(
+        self,
+        jobs: Sequence[Job],
+        *,
+        worker: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[Job]:
+        """Store jobs; returns them with their ids. With ``worker`` the jobs are stored
+        already leased to it (and no other worker is woken)."""
 
     def claim_jobs(
         self, *, now: datetime, limit: int, worker: str, lease_until: datetime

@@ -333,7 +333,13 @@ class InMemoryTransaction:
                 del events[event_id]
 
     # jobs ------------------------------------------------------------------
-    def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+    def insert_jobs(
+        self,
+        jobs: Sequence[Job],
+        *,
+        worker: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[Job]:
         data = self._write("insert_jobs")
         now = datetime.now(timezone.utc)
         stored: list[Job] = []
@@ -348,6 +354,9 @@ class InMemoryTransaction:
                 data=_encode(job.data, f"{job.kind} job data"),
                 created_at=now,
             )
+            if worker is not None:
+                row.worker = worker
+                row.lease_until = utc(lease_until) if lease_until is not None else None
             data.jobs[row.id] = row
             stored.append(row.job())
         return stored

@@ -297,7 +297,13 @@ class SqlTransaction:
 
     # jobs ------------------------------------------------------------------
     @translated("insert jobs")
-    def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+    def insert_jobs(
+        self,
+        jobs: Sequence[Job],
+        *,
+        worker: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[Job]:
         if not jobs:
             return []
         now = datetime.now(timezone.utc)
@@ -310,6 +316,8 @@ class SqlTransaction:
                 "run_at": job.run_at or now,
                 "data": job.data,
                 "created_at": now,
+                "worker": worker,
+                "lease_until": lease_until,
             }
             for job in jobs
         ]
@@ -318,8 +326,9 @@ class SqlTransaction:
             ids = [conn.execute(self._q.insert_job, params[0]).scalar_one()]
         else:
             ids = list(conn.execute(self._q.insert_jobs, params).scalars())
-        if self._notify_sql is not None:
-            # Delivered at commit, so a woken worker finds the jobs.
+        if self._notify_sql is not None and worker is None:
+            # Delivered at commit, so a woken worker finds the jobs. Jobs leased at insert
+            # (eager continuation) are already someone's: waking others would be waste.
             conn.exec_driver_sql(self._notify_sql)
         return [
             Job(
