@@ -304,10 +304,15 @@ class Mesh:
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        # A Run is a keyset cursor (created_at, id): runs created in the same instant as
+        # the cursor are not skipped. A bare datetime keeps runs created before it.
         cursor = before.created_at if isinstance(before, Run) else before
+        cursor_id = str(before.id) if isinstance(before, Run) else None
         self._ready()
         with self.store.transaction() as tx:
-            records = tx.list_runs(status=status, workflow=name, limit=limit, before=cursor)
+            records = tx.list_runs(
+                status=status, workflow=name, limit=limit, before=cursor, before_id=cursor_id
+            )
         return [build_run(r) for r in records]
 
     def export_history(self, run_id: Any) -> dict[str, Any]:

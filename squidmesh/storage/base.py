@@ -83,8 +83,11 @@ class Transaction(Protocol):
         workflow: str | None = None,
         limit: int = 50,
         before: datetime | None = None,
+        before_id: str | None = None,
     ) -> list[RunRecord]:
-        """Newest first (created_at, then id, descending); ``before`` excludes later runs."""
+        """Newest first (created_at, then id, descending). ``before`` keeps runs created
+        earlier; with ``before_id`` too, it is a keyset cursor: runs that sort after
+        (before, before_id), so runs created in the same instant are not skipped."""
 
     # history ---------------------------------------------------------------
     def load_entries(self, run_id: str) -> list[Entry]:

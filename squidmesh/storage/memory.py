@@ -243,15 +243,24 @@ class InMemoryTransaction:
         workflow: str | None = None,
         limit: int = 50,
         before: datetime | None = None,
+        before_id: str | None = None,
     ) -> list[RunRecord]:
         rows = self._read("list_runs").runs.values()
         cutoff = utc(before) if before is not None else None
+
+        def earlier(row: dict[str, Any]) -> bool:
+            if cutoff is None:
+                return True
+            if before_id is None:
+                return bool(row["created_at"] < cutoff)
+            return bool((row["created_at"], row["id"]) < (cutoff, before_id))
+
         picked = [
             row
             for row in rows
             if (status is None or row["status"] == status)
             and (workflow is None or row["workflow"] == workflow)
-            and (cutoff is None or row["created_at"] < cutoff)
+            and earlier(row)
         ]
         picked.sort(key=lambda row: (row["created_at"], row["id"]), reverse=True)
         return [_RUNS.unpack(row) for row in picked[: max(limit, 0)]]

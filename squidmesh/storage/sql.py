@@ -222,12 +222,15 @@ class SqlTransaction:
         workflow: str | None = None,
         limit: int = 50,
         before: datetime | None = None,
+        before_id: str | None = None,
     ) -> list[RunRecord]:
-        query = self._q.list_runs(status is not None, workflow is not None, before is not None)
+        cursor = "keyset" if before is not None and before_id is not None else bool(before)
+        query = self._q.list_runs(status is not None, workflow is not None, cursor)
         params = {
             "status": status,
             "workflow": workflow,
             "before": before,
+            "before_id": before_id,
             "limit": max(limit, 0),
         }
         return [run_from_row(row) for row in self.connection.execute(query, params)]

@@ -221,7 +221,7 @@ class Queries:
         self.delete_run_rows = sa.delete(runs).where(runs.c.id.in_(ids))
 
     @functools.cache  # noqa: B019 - one Queries per dialect, kept forever
-    def list_runs(self, status: bool, workflow: bool, before: bool) -> sa.Select[Any]:
+    def list_runs(self, status: bool, workflow: bool, before: bool | str) -> sa.Select[Any]:
         """The list_runs query for one combination of filters (built once each)."""
         runs, b = t.runs, sa.bindparam
         query = self._select_run
@@ -229,7 +229,13 @@ class Queries:
             query = query.where(runs.c.status == b("status"))
         if workflow:
             query = query.where(runs.c.workflow == b("workflow"))
-        if before:
+        if before == "keyset":
+            # Row-value comparison keeps the (created_at, id) index usable.
+            query = query.where(
+                sa.tuple_(runs.c.created_at, runs.c.id)
+                < sa.tuple_(b("before", type_=t.UtcDateTime()), b("before_id"))
+            )
+        elif before:
             query = query.where(runs.c.created_at < b("before", type_=t.UtcDateTime()))
         return query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(b("limit"))
 
