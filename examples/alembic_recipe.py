@@ -16,8 +16,8 @@ against a fresh PostgreSQL database).
 from __future__ import annotations
 
 import re
-from importlib import resources
 
+from squidmesh.storage import sql_migrate
 from squidmesh.storage.tables import check_schema_name
 
 # Alembic revision identifiers: adjust down_revision to your own head.
@@ -29,59 +29,42 @@ depends_on: str | None = None
 #: The schema squidmesh's tables go into; pass the same name to ``Mesh(schema=...)``.
 SQUIDMESH_SCHEMA = "squidmesh"
 
-#: The squidmesh schema version this revision installs (``0001_initial.sql``).
-VERSION = 1
-MIGRATION_FILE = "0001_initial.sql"
+#: The squidmesh schema versions this revision installs (every file squidmesh ships).
+VERSIONS = [m.version for m in sql_migrate.migrations("postgresql")]
 
 
-def read_migration(name: str) -> str:
-    """The text of a packaged PostgreSQL migration file, e.g. ``0001_initial.sql``."""
-    folder = resources.files("squidmesh").joinpath("migrations").joinpath("postgresql")
-    return folder.joinpath(name).read_text(encoding="utf-8")
+def upgrade_sql(schema: str = SQUIDMESH_SCHEMA, *, after_version: int = 0) -> list[str]:
+    """Every statement this revision's ``upgrade()`` executes, in order.
 
-
-def split_statements(sql: str, schema: str) -> list[str]:
-    """The statements of a migration file with ``{schema}`` replaced.
-
-    squidmesh's files end every statement with ``;`` at the end of a line and use no
-    other ``;``; lines starting with ``--`` are comments.
+    It uses squidmesh's own reader and splitter, so it applies exactly what
+    ``mesh.migrate()`` would. A later revision passes ``after_version`` (the version the
+    previous revision installed) to apply only the files added since.
     """
-    statements: list[str] = []
-    current: list[str] = []
-    for line in sql.splitlines():
-        if line.lstrip().startswith("--"):
+    schema = check_schema_name(schema)
+    statements = [f"CREATE SCHEMA IF NOT EXISTS {schema}"]
+    statements += sql_migrate.statements(sql_migrate.bootstrap_sql("postgresql"), schema)
+    for migration in sql_migrate.migrations("postgresql"):
+        if migration.version <= after_version:
             continue
-        current.append(line.replace("{schema}", schema))
-        if line.rstrip().endswith(";"):
-            statement = "\n".join(current).strip().rstrip(";").strip()
-            if statement:
-                statements.append(statement)
-            current = []
-    if "\n".join(current).strip():
-        raise ValueError("migration file ends with a statement that has no ';'")
+        statements += sql_migrate.statements(migration.sql, schema)
+        statements.append(
+            f"INSERT INTO {schema}.squidmesh_schema_version (version, applied_at) "
+            f"VALUES ({migration.version}, now())"
+        )
     return statements
 
 
-def upgrade_sql(schema: str = SQUIDMESH_SCHEMA) -> list[str]:
-    """Every statement this revision's ``upgrade()`` executes, in order."""
-    schema = check_schema_name(schema)
-    return [
-        f"CREATE SCHEMA IF NOT EXISTS {schema}",
-        *split_statements(read_migration("schema_version.sql"), schema),
-        *split_statements(read_migration(MIGRATION_FILE), schema),
-        f"INSERT INTO {schema}.squidmesh_schema_version (version, applied_at) "
-        f"VALUES ({VERSION}, now())",
-    ]
-
-
 def downgrade_sql(schema: str = SQUIDMESH_SCHEMA) -> list[str]:
-    """Drop the tables ``upgrade_sql`` created (every run and its history goes with them)."""
+    """Drop what ``upgrade_sql`` created (every run and its history goes with them)."""
     schema = check_schema_name(schema)
-    created = re.findall(
-        r"CREATE TABLE (?:IF NOT EXISTS )?\{schema\}\.(\w+)",
-        read_migration("schema_version.sql") + read_migration(MIGRATION_FILE),
+    texts = sql_migrate.bootstrap_sql("postgresql") + "".join(
+        m.sql for m in sql_migrate.migrations("postgresql")
     )
-    return [f"DROP TABLE IF EXISTS {schema}.{table}" for table in reversed(created)]
+    tables = re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?\{schema\}\.(\w+)", texts)
+    functions = re.findall(r"CREATE (?:OR REPLACE )?FUNCTION \{schema\}\.(\w+)", texts)
+    return [f"DROP FUNCTION IF EXISTS {schema}.{name}" for name in functions] + [
+        f"DROP TABLE IF EXISTS {schema}.{table}" for table in reversed(tables)
+    ]
 
 
 def upgrade() -> None:

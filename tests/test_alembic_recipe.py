@@ -51,15 +51,21 @@ def versions(engine: sa.Engine, schema: str) -> list[int]:
         return [row[0] for row in rows]
 
 
-def test_the_recipe_splits_files_like_squidmesh_does() -> None:
-    for name in ("schema_version.sql", alembic_recipe.MIGRATION_FILE):
-        text = alembic_recipe.read_migration(name)
-        assert alembic_recipe.split_statements(text, "app_sm") == sql_migrate.statements(
-            text, "app_sm"
-        )
-    # The recipe installs every migration this squidmesh knows about.
-    assert [m.version for m in sql_migrate.migrations("postgresql")] == [alembic_recipe.VERSION]
-    assert alembic_recipe.VERSION == SCHEMA_VERSION
+def test_the_recipe_installs_every_migration_squidmesh_ships() -> None:
+    assert alembic_recipe.VERSIONS == list(range(1, SCHEMA_VERSION + 1))
+    statements = alembic_recipe.upgrade_sql("app_sm")
+    for migration in sql_migrate.migrations("postgresql"):
+        for statement in sql_migrate.statements(migration.sql, "app_sm"):
+            assert statement in statements
+    recorded = [s for s in statements if "squidmesh_schema_version (version" in s]
+    assert len(recorded) == SCHEMA_VERSION
+
+
+def test_a_later_revision_applies_only_newer_files() -> None:
+    later = alembic_recipe.upgrade_sql("app_sm", after_version=1)
+    first = sql_migrate.statements(sql_migrate.migrations("postgresql")[0].sql, "app_sm")
+    assert not any(statement in later for statement in first)
+    assert any("squidmesh_write_v1" in statement for statement in later)
 
 
 def test_upgrade_sql_fills_in_the_schema() -> None:
@@ -80,7 +86,7 @@ def test_alembic_statements_give_a_schema_mesh_accepts(engine: sa.Engine, schema
             mesh.start_run(census)
 
     run_upgrade(engine, schema)
-    assert versions(engine, schema) == [1]
+    assert versions(engine, schema) == list(range(1, SCHEMA_VERSION + 1))
 
     with sm.Mesh(
         engine=engine,
@@ -95,8 +101,8 @@ def test_alembic_statements_give_a_schema_mesh_accepts(engine: sa.Engine, schema
         assert done.result == 3
         assert done.step_runs is not None
         assert [s.name for s in done.step_runs] == ["count_rings", "log"]
-        mesh.migrate()  # nothing left to do: the recipe recorded version 1
-    assert versions(engine, schema) == [1]
+        mesh.migrate()  # nothing left to do: the recipe recorded every version
+    assert versions(engine, schema) == list(range(1, SCHEMA_VERSION + 1))
 
     # The tables really are in the requested schema, and the engine is still usable
     # (a Mesh on a host engine never disposes it).
@@ -112,7 +118,14 @@ def test_downgrade_sql_removes_the_tables(engine: sa.Engine) -> None:
             conn.execute(sa.text(statement))
     with engine.connect() as conn:
         left = sa.inspect(conn).get_table_names(schema="squidmesh")
+        functions = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = 'squidmesh'"
+            )
+        ).scalar()
     assert left == []
+    assert functions == 0
     with sm.Mesh(engine=engine, workflows=[census], auto_migrate=False) as mesh:
         with pytest.raises(sm.SchemaOutOfDateError):
             mesh.start_run(census)

@@ -26,8 +26,8 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import invoke
-from squidmesh.runtime.executors import Executor
-from squidmesh.storage.base import RunRecord, Store, Transaction
+from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
+from squidmesh.storage.base import RunRecord, Store, Transaction, WriteBatch
 from squidmesh.types import RunStatus
 
 __all__ = ["Change", "Engine", "Lease", "Live"]
@@ -50,13 +50,13 @@ class Lease:
     seconds: float
     #: begin the run's next step in the same transaction (off while a worker drains)
     eager: bool = True
+    #: the worker's stop event: once set (draining), begin nothing further, even for a
+    #: job that started before the worker was asked to stop
+    draining: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Landed:
-    """A transactional step that finished inside its own job's transaction."""
-
-    next_job: Job | None
+#: a transactional step that finished inside its own job's transaction
+_LANDED = object()
 
 
 #: what an eagerly begun step needs to run: run, entry, definition, attempt, started at
@@ -85,6 +85,14 @@ class Change:
     logs: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
     #: each locked run as it was read, so a change that decided nothing writes nothing
     read: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
+    #: every write of this change, applied in one ``tx.write`` just before commit
+    batch: WriteBatch = dataclasses.field(default_factory=WriteBatch)
+    #: an eagerly begun step: its index in batch.jobs_insert and what it needs to run
+    eager: tuple[int, _Begun] | None = None
+    #: that step's job once written (with its id), for the worker to run next
+    eager_job: Job | None = None
+    #: True once ``jobs`` went into the batch (the database executor)
+    jobs_written: bool = False
 
     def inserted(self, run_id: str, entries: list[Entry]) -> None:
         bucket = self.new.setdefault(run_id, {})
@@ -97,7 +105,18 @@ class Change:
             bucket[entry.seq] = entry
 
     def audit(self, run_id: str, type_: str, **fields: Any) -> None:
-        self.tx.add_audit(run_id, AuditEvent(type=type_, at=self.now.isoformat(), **fields))
+        self.batch.audits.append(
+            (run_id, AuditEvent(type=type_, at=self.now.isoformat(), **fields))
+        )
+
+    def attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
+        # One change may save an attempt twice (running, then finished): keep the last,
+        # since a batch may touch each attempt row only once.
+        for index, (rid, s, old) in enumerate(self.batch.attempts):
+            if rid == run_id and s == seq and old.number == attempt.number:
+                self.batch.attempts[index] = (run_id, seq, attempt)
+                return
+        self.batch.attempts.append((run_id, seq, attempt))
 
 
 class Engine:
@@ -134,7 +153,7 @@ class Engine:
                 ch = Change(tx=tx, now=self.clock())
                 yield ch
                 self._flush(ch)
-                if ch.jobs:
+                if ch.jobs and not ch.jobs_written:
                     try:
                         self.executor.enqueue(ch.jobs, connection=tx)
                     except (SquidmeshError, StorageError):
@@ -170,19 +189,32 @@ class Engine:
                 after()
 
     def _flush(self, ch: Change) -> None:
+        batch = ch.batch
         for run_id, bucket in ch.new.items():
-            ch.tx.insert_entries(run_id, [bucket[s] for s in sorted(bucket)])
+            batch.entries_insert.extend((run_id, bucket[s]) for s in sorted(bucket))
         for run_id, bucket in ch.changed.items():
             fresh = ch.new.get(run_id, {})
-            rest = [bucket[s] for s in sorted(bucket) if s not in fresh]
-            if rest:
-                ch.tx.update_entries(run_id, rest)
+            batch.entries_update.extend(
+                (run_id, bucket[s]) for s in sorted(bucket) if s not in fresh
+            )
         for run in ch.runs.values():
             if not ch.new.get(run.id) and not ch.changed.get(run.id) and ch.read.get(run.id) == run:
                 continue  # a duplicate, late or stale delivery: nothing to write
             run.version += 1
             run.updated_at = ch.now
-            ch.tx.update_run(run)
+            batch.runs.append(run)
+        if ch.jobs and type(self.executor) in (DatabaseExecutor, InlineExecutor):
+            # The default executor's jobs are rows of this very batch.
+            batch.jobs_insert.extend((job, None, None) for job in ch.jobs)
+            ch.jobs_written = True
+        if not batch:
+            return
+        inserted = ch.tx.write(batch)
+        if ch.eager is not None:
+            index, begun = ch.eager
+            stored = inserted[index]
+            self._begun[int(stored.id or 0)] = begun
+            ch.eager_job = stored
 
     def evict(self, run_id: str) -> None:
         cached = self._cache.pop(run_id, None)
@@ -418,7 +450,7 @@ class Engine:
 
     def _finish_job(self, ch: Change, job: Job, lease: Lease | None) -> None:
         if lease is not None and job.id is not None:
-            ch.tx.delete_job(job.id)
+            ch.batch.jobs_delete.append(job.id)
 
     def _perform_activate(self, job: Job, lease: Lease | None) -> Job | None:
         with self.change() as ch:
@@ -439,7 +471,8 @@ class Engine:
             if run.status == "pending":
                 run.status = RunStatus.RUNNING.value
             self.advance(ch, run, live)
-            return self._continue(ch, run, live, lease)
+            self._continue(ch, run, live, lease)
+        return ch.eager_job
 
     def _perform_step(self, job: Job, lease: Lease | None) -> Job | None:
         seq = int(job.seq if job.seq is not None else -1)
@@ -449,9 +482,12 @@ class Engine:
         else:
             with self.change() as ch:
                 prepared = self._begin_step(ch, job, lease, seq)
-                if prepared is None or isinstance(prepared, _Landed):
-                    return prepared.next_job if isinstance(prepared, _Landed) else None
-                run, entry, definition, number, started = prepared
+            if prepared is None:
+                return None
+            if prepared is _LANDED:  # a transactional step, finished in that transaction
+                return ch.eager_job
+            assert isinstance(prepared, tuple)
+            run, entry, definition, number, started = prepared
         # The attempt runs outside any transaction: its outcome is recorded afterwards.
         value: Any = None
         failure: BaseException | None = None
@@ -477,11 +513,12 @@ class Engine:
                 return None
             entry = live.history[seq]
             self.land(ch, run2, live, entry, number, started, value=value, error=failure)
-            return self._continue(ch, run2, live, lease)
+            self._continue(ch, run2, live, lease)
+        return ch.eager_job
 
     def _begin_step(
         self, ch: Change, job: Job, lease: Lease | None, seq: int
-    ) -> _Begun | _Landed | None:
+    ) -> _Begun | object | None:
         """Validate a step job and begin its attempt (or finish a transactional step)."""
         run = self.lock(ch, str(job.run_id))
         if run is None or run.status not in STEP_RUNNABLE:
@@ -534,17 +571,21 @@ class Engine:
                 contracts.encode(result, what=f"the result of step {entry.name}")
             except Exception as exc:
                 raise _TransactionalStepFailed(exc) from exc
-            ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
+            ch.attempt(run.id, seq, Attempt(number, "running", None, started))
             self._finish_job(ch, job, lease)
             self.land(ch, run, live, entry, number, started, value=result, error=None)
-            return _Landed(self._continue(ch, run, live, lease))
-        ch.tx.save_attempt(run.id, seq, Attempt(number, "running", None, started))
+            self._continue(ch, run, live, lease)
+            return _LANDED
+        ch.attempt(run.id, seq, Attempt(number, "running", None, started))
         return (run, entry, definition, number, started)
 
-    def _continue(self, ch: Change, run: RunRecord, live: Live, lease: Lease | None) -> Job | None:
-        """Begin the run's next due step in this transaction and hand it to the worker."""
+    def _continue(self, ch: Change, run: RunRecord, live: Live, lease: Lease | None) -> None:
+        """Begin the run's next due step in this transaction and hand it to the worker
+        (``ch.eager_job`` once committed)."""
         if lease is None or not lease.eager or run.status != "running":
-            return None
+            return
+        if lease.draining is not None and lease.draining.is_set():
+            return
         for index, job in enumerate(ch.jobs):
             if job.kind != "step" or job.run_id != run.id or job.seq is None:
                 continue
@@ -553,20 +594,24 @@ class Engine:
             entry = live.history[job.seq]
             definition = self.step_definition(live, entry)
             if definition is None or definition.transaction or entry.status != "pending":
-                return None
+                return
             del ch.jobs[index]
             number = state.begin_attempt(entry, ch.now)
             ch.touched(run.id, entry)
             started = ch.now.isoformat()
-            ch.tx.save_attempt(run.id, entry.seq, Attempt(number, "running", None, started))
-            stored = ch.tx.insert_jobs(
-                [Job("step", run.id, entry.seq, number, run_at=ch.now)],
-                worker=lease.worker,
-                lease_until=ch.now + timedelta(seconds=lease.seconds),
-            )[0]
-            self._begun[int(stored.id or 0)] = (run, entry, definition, number, started)
-            return stored
-        return None
+            ch.attempt(run.id, entry.seq, Attempt(number, "running", None, started))
+            ch.eager = (
+                len(ch.batch.jobs_insert),
+                (run, entry, definition, number, started),
+            )
+            ch.batch.jobs_insert.append(
+                (
+                    Job("step", run.id, entry.seq, number, run_at=ch.now),
+                    lease.worker,
+                    ch.now + timedelta(seconds=lease.seconds),
+                )
+            )
+            return
 
     def _recover_lost_attempt(self, ch: Change, run: RunRecord, live: Live, entry: Entry) -> bool:
         """Record the attempt of a dead worker as failed; True when the step may run again.
@@ -586,7 +631,7 @@ class Engine:
             "traceback": None,
             "retryable": lost < LOST_LIMIT,
         }
-        ch.tx.save_attempt(
+        ch.attempt(
             run.id,
             entry.seq,
             Attempt(entry.attempts, "failed", info, entry.started_at, ch.now.isoformat()),
@@ -639,7 +684,7 @@ class Engine:
         if entry.status != "running" or entry.attempts != number:
             # Stale: the branch was cancelled (a first() loser) or the run moved on.
             status = "failed" if error is not None else "completed"
-            ch.tx.save_attempt(run.id, entry.seq, Attempt(number, status, None, started, finished))
+            ch.attempt(run.id, entry.seq, Attempt(number, status, None, started, finished))
             if run.status == RunStatus.CANCELLING.value and not self.in_flight(live):
                 self.finish_cancel(ch, run, live)
             return
@@ -652,9 +697,7 @@ class Engine:
         if error is not None:
             policy = definition.retry if definition is not None else _NO_RETRY
             decision, info = state.fail_attempt(history, entry.seq, error, policy, ch.now)
-            ch.tx.save_attempt(
-                run.id, entry.seq, Attempt(number, "failed", info, started, finished)
-            )
+            ch.attempt(run.id, entry.seq, Attempt(number, "failed", info, started, finished))
             ch.touched(run.id, entry)
             if decision.retry and run.status == RunStatus.CANCELLING.value:
                 # Being cancelled: no next attempt; the run ends once nothing is in flight.
@@ -676,9 +719,7 @@ class Engine:
                     run.error = info
                 return
         else:
-            ch.tx.save_attempt(
-                run.id, entry.seq, Attempt(number, "completed", None, started, finished)
-            )
+            ch.attempt(run.id, entry.seq, Attempt(number, "completed", None, started, finished))
             ch.touched(run.id, entry)
         if run.status == RunStatus.CANCELLING.value:
             if not self.in_flight(live):

@@ -21,10 +21,10 @@ from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 
-__all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "Transaction"]
+__all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "Transaction", "WriteBatch", "write_batch"]
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -56,12 +56,47 @@ class RunRecord:
     version: int = 0
 
 
+@dataclasses.dataclass
+class WriteBatch:
+    """Every write of one state change, applied together by ``Transaction.write``.
+
+    Collecting them lets PostgreSQL apply a whole change in one round trip. Each run in
+    ``runs`` carries its NEW version; the write fails with ``StorageError`` unless the
+    stored version is the one before it (so it is also an optimistic concurrency check).
+    """
+
+    runs: list[RunRecord] = dataclasses.field(default_factory=list)
+    entries_insert: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
+    entries_update: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
+    attempts: list[tuple[str, int, Attempt]] = dataclasses.field(default_factory=list)
+    audits: list[tuple[str, AuditEvent]] = dataclasses.field(default_factory=list)
+    jobs_delete: list[int] = dataclasses.field(default_factory=list)
+    #: jobs to insert, each with the worker it is leased to (and until when), or None
+    jobs_insert: list[tuple[Job, str | None, datetime | None]] = dataclasses.field(
+        default_factory=list
+    )
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.runs
+            or self.entries_insert
+            or self.entries_update
+            or self.attempts
+            or self.audits
+            or self.jobs_delete
+            or self.jobs_insert
+        )
+
+
 class Transaction(Protocol):
     """Operations available inside one database transaction."""
 
     @property
     def connection(self) -> Any:
         """The SQLAlchemy ``Connection`` of this transaction (None in memory)."""
+
+    def write(self, batch: WriteBatch) -> list[Job]:
+        """Apply a batch; returns the inserted jobs with their ids, in batch order."""
 
     # runs ------------------------------------------------------------------
     def insert_run(self, run: RunRecord) -> None: ...
@@ -170,6 +205,38 @@ class Store(Protocol):
     def transaction(self) -> AbstractContextManager[Transaction]: ...
 
     def close(self) -> None: ...
+
+
+def write_batch(tx: Transaction, batch: WriteBatch) -> list[Job]:
+    """``Transaction.write`` from the finer-grained methods, for stores where a round
+    trip is cheap (memory, SQLite)."""
+    for run in batch.runs:
+        current = tx.get_run(run.id)
+        if current is None or current.version != run.version - 1:
+            from squidmesh.errors import StorageError
+
+            raise StorageError(f"run {run.id} was changed concurrently; retry the change")
+        tx.update_run(run)
+    by_run: dict[str, list[Entry]] = {}
+    for run_id, entry in batch.entries_insert:
+        by_run.setdefault(run_id, []).append(entry)
+    for run_id, entries in by_run.items():
+        tx.insert_entries(run_id, entries)
+    by_run = {}
+    for run_id, entry in batch.entries_update:
+        by_run.setdefault(run_id, []).append(entry)
+    for run_id, entries in by_run.items():
+        tx.update_entries(run_id, entries)
+    for run_id, seq, attempt in batch.attempts:
+        tx.save_attempt(run_id, seq, attempt)
+    for run_id, event in batch.audits:
+        tx.add_audit(run_id, event)
+    for job_id in batch.jobs_delete:
+        tx.delete_job(job_id)
+    inserted: list[Job] = []
+    for job, worker, lease_until in batch.jobs_insert:
+        inserted.extend(tx.insert_jobs([job], worker=worker, lease_until=lease_until))
+    return inserted
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

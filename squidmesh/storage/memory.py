@@ -22,7 +22,7 @@ from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
-from squidmesh.storage.base import RunRecord, Store
+from squidmesh.storage.base import RunRecord, Store, WriteBatch, write_batch
 
 __all__ = ["InMemoryStore", "InMemoryTransaction"]
 
@@ -186,6 +186,9 @@ class InMemoryTransaction:
     def _require_run(data: _Data, run_id: str, what: str) -> None:
         if run_id not in data.runs:
             raise StorageError(f"cannot {what}: run {run_id} does not exist")
+
+    def write(self, batch: WriteBatch) -> list[Job]:
+        return write_batch(self, batch)
 
     # runs ------------------------------------------------------------------
     def insert_run(self, run: RunRecord) -> None:

@@ -13,6 +13,8 @@ IMMEDIATE``, so transactions that may write serialize on the database lock (wait
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from types import TracebackType
@@ -27,7 +29,7 @@ from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
 from squidmesh.storage import sql_migrate
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RunRecord, Store, iter_chunks
+from squidmesh.storage.base import RunRecord, Store, WriteBatch, iter_chunks, write_batch
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
     CHUNK,
@@ -42,6 +44,27 @@ from squidmesh.storage.sql_queries import (
 )
 
 __all__ = ["SqlStore", "SqlTransaction", "create_engine"]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return t.utc(value).isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _job_doc(job: Job, worker: str | None, lease_until: datetime | None) -> dict[str, Any]:
+    return {
+        "kind": job.kind,
+        "run_id": job.run_id,
+        "seq": job.seq,
+        "attempt": job.attempt,
+        "run_at": job.run_at or datetime.now(timezone.utc),
+        "data": job.data,
+        "worker": worker,
+        "lease_until": lease_until,
+        "created_at": datetime.now(timezone.utc),
+    }
+
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _CONFIGURED = "squidmesh_sqlite_configured"
@@ -107,6 +130,11 @@ class SqlStore:
         #: the LISTEN/NOTIFY channel announcing new jobs (PostgreSQL)
         self.notify_channel = f"{self.schema}_jobs"
         self._notify_sql = f'NOTIFY "{self.notify_channel}"' if dialect == "postgresql" else None
+        self._write_sql = (
+            f"SELECT {self.schema}.squidmesh_write_v1(%s::jsonb)"
+            if dialect == "postgresql"
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
@@ -128,12 +156,13 @@ class SqlStore:
 class SqlTransaction:
     """One connection and one database transaction; use as ``with store.transaction()``."""
 
-    __slots__ = ("_conn", "_notify_sql", "_q", "_store")
+    __slots__ = ("_conn", "_notify_sql", "_q", "_store", "_write_sql")
 
     def __init__(self, store: SqlStore) -> None:
         self._store = store
         self._q = store.queries
         self._notify_sql = store._notify_sql
+        self._write_sql = store._write_sql
         self._conn: sa.Connection | None = None
 
     # the context manager ---------------------------------------------------
@@ -297,6 +326,32 @@ class SqlTransaction:
     def delete_events(self, run_id: str, ids: Sequence[int]) -> None:
         for chunk in iter_chunks(list(ids), CHUNK):
             self.connection.execute(self._q.delete_events, {"run_id": run_id, "ids": chunk})
+
+    # batches ---------------------------------------------------------------
+    @translated("write a state change")
+    def write(self, batch: WriteBatch) -> list[Job]:
+        if self._write_sql is None:  # SQLite: in-process, so statements are cheap
+            return write_batch(self, batch)
+        doc = {
+            "runs": [run_params(run) for run in batch.runs],
+            "entries_insert": [entry_params(r, e) for r, e in batch.entries_insert],
+            "entries_update": [entry_params(r, e) for r, e in batch.entries_update],
+            "attempts": [attempt_params(r, s, a) for r, s, a in batch.attempts],
+            "audits": [audit_params(r, a) for r, a in batch.audits],
+            "jobs_delete": batch.jobs_delete,
+            "jobs_insert": [
+                _job_doc(job, worker, until) for job, worker, until in batch.jobs_insert
+            ],
+            # Jobs leased at insert are already someone's: waking other workers is waste.
+            "notify": any(worker is None for _, worker, _ in batch.jobs_insert),
+            "channel": self._store.notify_channel,
+        }
+        text = json.dumps(doc, default=_json_default, allow_nan=False)
+        ids = self.connection.exec_driver_sql(self._write_sql, (text,)).scalar_one()
+        return [
+            dataclasses.replace(job, id=job_id, run_at=t.utc(job.run_at) if job.run_at else None)
+            for (job, _, _), job_id in zip(batch.jobs_insert, ids, strict=True)
+        ]
 
     # jobs ------------------------------------------------------------------
     @translated("insert jobs")

@@ -57,6 +57,11 @@ def migrations(dialect: str) -> tuple[Migration, ...]:
     return tuple(found)
 
 
+def bootstrap_sql(dialect: str) -> str:
+    """The bookkeeping table's DDL, applied first on every migrate."""
+    return _bootstrap(dialect)
+
+
 @functools.cache
 def _bootstrap(dialect: str) -> str:
     text: str = _folder(dialect).joinpath(_BOOTSTRAP).read_text("utf-8")
@@ -68,9 +73,22 @@ def statements(sql: str, schema: str | None) -> list[str]:
     if schema is not None:
         # str.replace, not str.format: SQL may contain braces ('{}' JSON literals).
         sql = sql.replace("{schema}", t.check_schema_name(schema))
-    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
-    parts = _STATEMENT_END.split("\n".join(lines))
-    return [part.strip() for part in parts if part.strip()]
+    found: list[str] = []
+    current: list[str] = []
+    quoted = False  # inside a $$ ... $$ body (a PL/pgSQL function), ";" ends nothing
+    for line in sql.splitlines():
+        if not quoted and line.lstrip().startswith("--"):
+            continue
+        current.append(line)
+        if line.count("$$") % 2:
+            quoted = not quoted
+        if not quoted and _STATEMENT_END.search(line):
+            found.append("\n".join(current).strip().removesuffix(";").rstrip())
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        found.append(tail)
+    return [statement for statement in found if statement]
 
 
 def migrate(engine: sa.Engine, dialect: str, schema: str) -> None:

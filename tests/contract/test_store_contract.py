@@ -740,7 +740,9 @@ def _versions(store: SqlStore) -> list[int]:
 def test_check_schema_and_migrate(empty_url: str) -> None:
     store = SqlStore(create_engine(empty_url), owns_engine=True)
     try:
-        with pytest.raises(SchemaOutOfDateError, match=r"version 0.*expects version 1.*migrate"):
+        with pytest.raises(
+            SchemaOutOfDateError, match=rf"version 0.*expects version {SCHEMA_VERSION}.*migrate"
+        ):
             store.check_schema()
         store.migrate()
         store.migrate()  # idempotent
@@ -920,7 +922,7 @@ def test_concurrent_migrations_from_separate_processes(
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     store = SqlStore(pg_engine(pg_database_url), owns_engine=True)
     try:
-        assert _versions(store) == [1]
+        assert _versions(store) == list(range(1, SCHEMA_VERSION + 1))
         store.check_schema()
     finally:
         store.close()

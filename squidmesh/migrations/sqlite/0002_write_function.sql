@@ -1,0 +1,5 @@
+-- squidmesh schema version 2 (SQLite): nothing to change.
+--
+-- PostgreSQL gains squidmesh_write_v1(), which applies a state change in one round
+-- trip. SQLite runs in-process, where a round trip costs nothing, so it applies the
+-- same writes statement by statement; the version only keeps the dialects in step.
