@@ -712,14 +712,23 @@ class Mesh:
         stored = wf.validate_payload(payload, trig.name)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)
-        return self._create_run(
-            wf.name,
-            trig.name,
-            stored,
-            idempotency_key=facts["signal_id"],
-            schedule=facts,
-            cron_tick=fire_time,
-        )
+        try:
+            return self._create_run(
+                wf.name,
+                trig.name,
+                stored,
+                idempotency_key=facts["signal_id"],
+                schedule=facts,
+                cron_tick=fire_time,
+            )
+        except StorageError:
+            # Another scheduler or host fired this tick concurrently (unique run key /
+            # cron tick): its run is the tick's run.
+            with self.store.transaction() as tx:
+                existing = tx.find_run_by_key(wf.name, facts["signal_id"])
+            if existing is None:
+                raise
+            return self._fresh(build_run(existing))
 
 
 def _validate_cron(workflow: WorkflowDefinition, trigger: CronTrigger) -> None:

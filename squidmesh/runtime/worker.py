@@ -178,7 +178,12 @@ class Worker:
             key = int(current.id or 0)
             # While draining, an eagerly begun step still runs (its attempt is recorded as
             # running) but begins nothing further.
-            lease = Lease(self.name, self.lease_seconds, eager=not self._stopping.is_set())
+            lease = Lease(
+                self.name,
+                self.lease_seconds,
+                eager=not self._stopping.is_set(),
+                draining=self._stopping,
+            )
             try:
                 # The engine deletes the job row when it records the outcome, and may hand
                 # back the run's next step, already begun and leased to this worker.

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+# The application the worker tests run, in real ``squidmesh worker`` processes:
+#
+#     SQUIDMESH_TEST_URL=postgresql+psycopg://... \
+#         squidmesh --app tests.worker.apps:mesh worker --concurrency 4
+#
+# Steps record every execution (a "start" row before the work, a "done" row after it) in
+# the host table ``step_log`` through their own autocommit connection, outside squidmesh's
+# transactions, so a test can count executions across processes. On a non-PostgreSQL URL
+# the records go to ``LOCAL_LOG`` (single-process tests).
+import os
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+import squidmesh as sm
+
+URL_ENV = "SQUIDMESH_TEST_URL"
+
+LOG_DDL = """
+CREATE TABLE IF NOT EXISTS public.step_log (
+    id bigserial PRIMARY KEY,
+    run_id text NOT NULL,
+    seq integer NOT NULL,
+    attempt integer NOT NULL,
+    pid integer NOT NULL,
+    name text NOT NULL,
+    phase text NOT NULL,
+    note text,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+#: records of executions when the database is not PostgreSQL (one process only)
+LOCAL_LOG: list[dict[str, Any]] = []
+#: steps of ``flaky`` fail this many attempts before succeeding
+FLAKY_FAILURES = 2
+
+_local = threading.local()
+_connections: list[Any] = []
+_lock = threading.Lock()
+
+
+def _libpq(url: str) -> str | None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith("postgres"):
+        return None
+    return "postgresql://" + rest
+
+
+def create_log_table(libpq_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(libpq_url, autocommit=True) as conn:
+        conn.execute(LOG_DDL)
+
+
+def _connection(libpq_url: str) -> Any:
+    import psycopg
+
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed or getattr(_local, "url", None) != libpq_url:
+        conn = psycopg.connect(libpq_url, autocommit=True)
+        _local.conn, _local.url = conn, libpq_url
+        with _lock:
+            _connections.append(conn)
+    return conn
+
+
+def close_connections() -> None:
+    """Close the log connections this process opened (tests call it at teardown)."""
+    with _lock:
+        conns, _connections[:] = list(_connections), []
+    for conn in conns:
+        conn.close()
+
+
+def record(name: str, phase: str, note: str | None = None) -> None:
+    ctx = sm.step_context()
+    row = {
+        "run_id": ctx.run_id,
+        "seq": ctx.seq,
+        "attempt": ctx.attempt,
+        "pid": os.getpid(),
+        "name": name,
+        "phase": phase,
+        "note": note,
+    }
+    libpq_url = _libpq(os.environ.get(URL_ENV, ""))
+    if libpq_url is None:
+        with _lock:
+            LOCAL_LOG.append(row)
+        return
+    _connection(libpq_url).execute(
+        "INSERT INTO public.step_log (run_id, seq, attempt, pid, name, phase, note) "
+        "VALUES (%(run_id)s, %(seq)s, %(attempt)s, %(pid)s, %(name)s, %(phase)s, %(note)s)",
+        row,
+    )
+
+
+# --------------------------------------------------------------------------- sequential
+
+
+@sm.step
+def seq_step(name: str, x: int) -> int:
+    record(name, "start")
+    record(name, "done")
+    return x + 1
+
+
+@sm.workflow(name="sequential")
+def sequential(payload: Any) -> Any:
+    a = yield seq_step("one", 0)
+    b = yield seq_step("two", a)
+    c = yield seq_step("three", b)
+    return c
+
+
+# --------------------------------------------------------------------------- join
+
+
+@sm.workflow(name="joined")
+def joined(payload: Any) -> Any:
+    left, right = yield sm.join(seq_step("left", 0), seq_step("right", 10))
+    total = yield seq_step("total", left + right)
+    return total
+
+
+# --------------------------------------------------------------------------- slow
+
+
+class SlowInput(BaseModel):
+    seconds: float = 2.0
+
+
+@sm.step
+def slow_step(seconds: float) -> str:
+    record("slow", "start")
+    time.sleep(seconds)
+    record("slow", "done")
+    return "slept"
+
+
+@sm.workflow(name="slow", triggers=[sm.manual(payload=SlowInput)])
+def slow(payload: SlowInput) -> Any:
+    first = yield slow_step(payload.seconds)
+    after = yield seq_step("after", 0)
+    return {"slow": first, "after": after}
+
+
+# --------------------------------------------------------------------------- sleeping
+
+
+@sm.workflow(name="sleepy")
+def sleepy(payload: Any) -> Any:
+    before = yield seq_step("before_sleep", 0)
+    yield sm.sleep(seconds=1)
+    after = yield seq_step("after_sleep", before)
+    return after
+
+
+# --------------------------------------------------------------------------- retries
+
+
+@sm.step(retry=sm.Retry(max_attempts=FLAKY_FAILURES + 1, backoff=sm.Backoff.fixed(0.2)))
+def flaky_step(x: int) -> int:
+    record("flaky", "start")
+    if sm.step_context().attempt <= FLAKY_FAILURES:
+        raise RuntimeError(f"flaky attempt {sm.step_context().attempt}")
+    record("flaky", "done")
+    return x * 2
+
+
+@sm.workflow(name="flaky")
+def flaky(payload: Any) -> Any:
+    a = yield seq_step("pre", 1)
+    yield sm.sleep(seconds=0.5)
+    b = yield flaky_step(a)
+    return b
+
+
+# --------------------------------------------------------------------------- cron
+
+
+@sm.step
+def tick_step(fire_time: str) -> str:
+    record("tick", "start", note=fire_time)
+    record("tick", "done", note=fire_time)
+    return fire_time
+
+
+@sm.workflow(
+    name="ticker",
+    triggers=[sm.cron("* * * * * *", name="every_second", catchup="all")],
+)
+def ticker(payload: Any) -> Any:
+    schedule = sm.current_run().schedule
+    assert schedule is not None
+    yield tick_step(schedule["fire_time"])
+    return schedule
+
+
+WORKFLOWS = [sequential, joined, slow, sleepy, flaky, ticker]
+
+mesh = sm.Mesh(os.environ.get(URL_ENV) or "memory://", workflows=WORKFLOWS)

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+# Workers as threads of the test process: LISTEN/NOTIFY wake-up, SQLite, and surviving a
+# database that fails for a moment.
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import squidmesh as sm
+from squidmesh.runtime.worker import Worker
+from squidmesh.storage.sql import SqlTransaction
+from tests.worker import apps
+from tests.worker.conftest import Database, wait_for
+
+
+def _first_step_at(db: Database, run_id: str) -> float | None:
+    at = db.scalar("SELECT extract(epoch FROM min(at)) FROM step_log WHERE run_id = %s", (run_id,))
+    return None if at is None else float(at)
+
+
+def test_idle_worker_wakes_on_notify_not_on_its_poll_interval(database: Database, mesh_on) -> None:
+    worker_mesh = mesh_on()
+    worker = worker_mesh.worker(poll_interval=30, scheduler=False, concurrency=2)
+    time.sleep(1.0)  # idle: LISTEN is up, the loop sleeps for up to 30 s
+    # Another Mesh (think: the web process): its commits reach the worker only by NOTIFY.
+    client = mesh_on()
+    before = time.time()
+    run_id = str(client.start_run("sequential").id)
+    started = wait_for(lambda: _first_step_at(database, run_id), 10, "the first step to start")
+    latency = started - before
+    print(f"\nNOTIFY wake-up latency (poll interval 30 s): {latency * 1000:.0f} ms")
+    assert latency < 5.0
+    wait_for(lambda: client.inspect_run(run_id).status == "completed", 10, "the run to complete")
+    assert worker.performed >= 1 and worker.failures == 0
+
+
+def test_without_listen_an_idle_worker_waits_for_its_poll(database: Database, mesh_on) -> None:
+    # The control for the test above: the same idle worker with LISTEN off does not see a
+    # run committed by another Mesh until its poll interval comes round.
+    worker_mesh = mesh_on()
+    worker = Worker(worker_mesh, poll_interval=30, scheduler=False, listen=False).start()
+    try:
+        time.sleep(0.5)
+        client = mesh_on()
+        run_id = str(client.start_run("sequential").id)
+        time.sleep(2.0)
+        assert _first_step_at(database, run_id) is None
+        assert client.inspect_run(run_id).status == "pending"
+    finally:
+        worker.stop(timeout=10)
+
+
+def test_single_worker_thread_on_sqlite_runs_50_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(apps.URL_ENV, raising=False)  # steps log to apps.LOCAL_LOG
+    apps.LOCAL_LOG.clear()
+    mesh = sm.Mesh(f"sqlite:///{tmp_path / 'worker.db'}", workflows=apps.WORKFLOWS)
+    try:
+        kinds = ["sequential", "joined", "sleepy", "flaky"]
+        expected = {"sequential": 3, "joined": 13, "sleepy": 2, "flaky": 4}
+        runs = [(kinds[i % 4], str(mesh.start_run(kinds[i % 4]).id)) for i in range(50)]
+        started = time.monotonic()
+        worker = mesh.worker(concurrency=4, poll_interval=0.5, scheduler=False)
+        terminal = {"completed", "failed", "suspended", "cancelled"}
+        wait_for(
+            lambda: all(mesh.inspect_run(r).status in terminal for _, r in runs),
+            60,
+            "50 runs to finish",
+            interval=0.2,
+        )
+        print(f"\n50 runs on one SQLite worker thread: {time.monotonic() - started:.1f}s")
+        for kind, rid in runs:
+            run = mesh.inspect_run(rid, include_history=True)
+            assert (run.status, run.result) == ("completed", expected[kind]), (kind, run)
+            if kind == "flaky":
+                assert run.step_runs is not None
+                flaky_step = next(s for s in run.step_runs if s.name == "flaky_step")
+                assert [(a.number, a.status) for a in flaky_step.attempts] == [
+                    (1, "failed"),
+                    (2, "failed"),
+                    (3, "completed"),
+                ]
+        done = Counter((r["run_id"], r["seq"]) for r in apps.LOCAL_LOG if r["phase"] == "done")
+        per_kind = {"sequential": 3, "joined": 3, "sleepy": 2, "flaky": 2}
+        assert len(done) == sum(per_kind[k] for k, _ in runs)
+        assert set(done.values()) == {1}
+        flaky_starts = Counter(
+            r["run_id"] for r in apps.LOCAL_LOG if r["name"] == "flaky" and r["phase"] == "start"
+        )
+        assert set(flaky_starts.values()) == {apps.FLAKY_FAILURES + 1}
+        assert worker.failures == 0
+        with mesh.store.transaction() as tx:
+            assert tx.next_job_time() is None  # no job left behind
+    finally:
+        mesh.close()
+        apps.LOCAL_LOG.clear()
+
+
+def test_worker_survives_transient_storage_errors_when_claiming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(apps.URL_ENV, raising=False)
+    real_claim = SqlTransaction.claim_jobs
+    calls = Counter[str]()
+    lock = threading.Lock()
+
+    def flaky_claim(self: SqlTransaction, **kwargs: object) -> list[sm.Job]:
+        with lock:
+            calls["claim"] += 1
+            if calls["claim"] <= 2:
+                calls["raised"] += 1
+                raise sm.StorageError("cannot claim jobs: the database went away (simulated)")
+        return real_claim(self, **kwargs)  # type: ignore[arg-type]
+
+    mesh = sm.Mesh(f"sqlite:///{tmp_path / 'flaky.db'}", workflows=apps.WORKFLOWS)
+    try:
+        run_id = str(mesh.start_run("sequential").id)
+        monkeypatch.setattr(SqlTransaction, "claim_jobs", flaky_claim)
+        worker = mesh.worker(concurrency=2, poll_interval=0.5, scheduler=False)
+        wait_for(lambda: calls["raised"] == 2, 10, "two failed claims")
+        wait_for(lambda: mesh.inspect_run(run_id).status == "completed", 15, "the run to complete")
+        assert mesh.inspect_run(run_id).result == 3
+        assert calls["claim"] > 2
+        assert all(t.is_alive() for t in worker._threads)
+        # ...and it keeps going: a run started afterwards completes too.
+        later = str(mesh.start_run("sequential").id)
+        wait_for(lambda: mesh.inspect_run(later).status == "completed", 15, "a later run")
+    finally:
+        mesh.close()
+        apps.LOCAL_LOG.clear()
