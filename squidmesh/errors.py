@@ -14,7 +14,8 @@
     ├── DispatchError             the executor refused the jobs; the change was rolled back
     ├── NondeterminismError       .run_id, .seq, .expected, .recorded
     ├── StorageError              driver error kept as __cause__
-    │   └── SchemaOutOfDateError
+    │   ├── SchemaOutOfDateError
+    │   └── ConcurrentChangeError another process changed the run first; nothing applied
     └── WorkflowSignal            exceptions thrown *into* workflow code
         ├── StepFailed            a step failed after its retries (carries the original error)
         ├── TimedOut              an approval or event wait passed its timeout
@@ -35,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ConcurrentChangeError",
     "DefinitionError",
     "DispatchError",
     "Fail",
@@ -186,6 +188,10 @@ class StorageError(SquidmeshError):
 
 class SchemaOutOfDateError(StorageError):
     """The database schema is older than this code expects: run `squidmesh migrate`."""
+
+
+class ConcurrentChangeError(StorageError):
+    """Another process changed the run at the same time; this change was not applied."""
 
 
 class WorkflowSignal(SquidmeshError):

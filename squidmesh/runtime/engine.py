@@ -10,7 +10,6 @@ read); any rollback evicts them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -24,7 +23,7 @@ from squidmesh.core.definition import StepDefinition, WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import Activation, Interpreter, compensation_plan
-from squidmesh.errors import DispatchError, SquidmeshError, StorageError
+from squidmesh.errors import ConcurrentChangeError, DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import invoke
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
 from squidmesh.storage.base import RunRecord, Store, Transaction, WriteBatch
@@ -53,6 +52,16 @@ class Lease:
     #: the worker's stop event: once set (draining), begin nothing further, even for a
     #: job that started before the worker was asked to stop
     draining: Any = None
+
+
+class _NeedsLock(Exception):
+    """An optimistic change found it needs the run's lock; it is redone with it."""
+
+
+def _copy_run(run: RunRecord) -> RunRecord:
+    return dataclasses.replace(
+        run, current_steps=list(run.current_steps), waiting_on=list(run.waiting_on)
+    )
 
 
 #: a transactional step that finished inside its own job's transaction
@@ -93,6 +102,8 @@ class Change:
     eager_job: Job | None = None
     #: True once ``jobs`` went into the batch (the database executor)
     jobs_written: bool = False
+    #: no lock was taken: the change must consist of its batch alone (one statement)
+    optimistic: bool = False
 
     def inserted(self, run_id: str, entries: list[Entry]) -> None:
         bucket = self.new.setdefault(run_id, {})
@@ -136,7 +147,8 @@ class Engine:
         self.executor = executor
         self.clock = clock
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[int, Live]] = OrderedDict()
+        #: run id -> (version, live interpreter, the run row at that version)
+        self._cache: OrderedDict[str, tuple[int, Live, RunRecord]] = OrderedDict()
         #: steps begun by eager continuation, by job id, until the worker runs them
         self._begun: dict[int, _Begun] = {}
         #: called after a commit that produced jobs (wakes this process's workers)
@@ -145,12 +157,12 @@ class Engine:
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
-    def change(self) -> Iterator[Change]:
+    def change(self, *, optimistic: bool = False) -> Iterator[Change]:
         """One transaction; jobs are enqueued inside it, logs emitted after commit."""
         ch: Change | None = None
         try:
-            with self.store.transaction() as tx:
-                ch = Change(tx=tx, now=self.clock())
+            with self.store.transaction(autocommit=optimistic) as tx:
+                ch = Change(tx=tx, now=self.clock(), optimistic=optimistic)
                 yield ch
                 self._flush(ch)
                 if ch.jobs and not ch.jobs_written:
@@ -172,10 +184,10 @@ class Engine:
         for run_id, run in ch.runs.items():
             live = ch.lives.get(run_id)
             if live is not None and live.interpreter.is_live and run.status in ACTIVE:
-                self._cache[run_id] = (run.version, live)
+                self._cache[run_id] = (run.version, live, _copy_run(run))
                 self._cache.move_to_end(run_id)
                 while len(self._cache) > self.cache_size:
-                    _, (_, old) = self._cache.popitem(last=False)
+                    _, (_, old, _) = self._cache.popitem(last=False)
                     old.interpreter.close()
             else:
                 self.evict(run_id)
@@ -231,11 +243,19 @@ class Engine:
         return self.workflows.get(run.workflow)
 
     def lock(self, ch: Change, run_id: str) -> RunRecord | None:
-        run = ch.tx.lock_run(run_id)
-        if run is not None:
-            ch.runs[run.id] = run
-            ch.read[run.id] = copy.deepcopy(run)
-        return run
+        if ch.optimistic:
+            # No lock and no read: the cached row stands in for it, and the batch's
+            # version check rejects the write if anyone changed the run meanwhile.
+            cached = self._cache.get(run_id)
+            if cached is None or not cached[1].interpreter.is_live:
+                raise _NeedsLock()
+            found: RunRecord | None = _copy_run(cached[2])
+        else:
+            found = ch.tx.lock_run(run_id)
+        if found is not None:
+            ch.runs[found.id] = found
+            ch.read[found.id] = _copy_run(found)
+        return found
 
     def live(self, ch: Change, run: RunRecord) -> Live | None:
         """The run's interpreter: from the cache when current, else a fresh replay."""
@@ -389,6 +409,8 @@ class Engine:
     ) -> bool:
         if not any(e.kind == "event" and e.status == "running" for e in act.new_entries):
             return False
+        if ch.optimistic:
+            raise _NeedsLock()  # consuming buffered events needs reads and a lock
         delivered = False
         for event in ch.tx.load_events(run.id):
             entry = state.deliver_event(live.history, event.name, event.data, ch.now)
@@ -503,18 +525,26 @@ class Engine:
                 )
             except Exception as exc:
                 failure = exc
-        with self.change() as ch:
-            self._finish_job(ch, job, lease)
-            run2 = self.lock(ch, run.id)
-            if run2 is None:
-                return None
-            live = self.live(ch, run2)
-            if live is None:
-                return None
-            entry = live.history[seq]
-            self.land(ch, run2, live, entry, number, started, value=value, error=failure)
-            self._continue(ch, run2, live, lease)
-        return ch.eager_job
+        # A run this process holds in its cache is landed without a lock (one round trip
+        # on PostgreSQL); if someone else changed it meanwhile, land again under the lock.
+        for optimistic in (True, False):
+            try:
+                with self.change(optimistic=optimistic) as ch:
+                    self._finish_job(ch, job, lease)
+                    run2 = self.lock(ch, run.id)
+                    if run2 is None:
+                        return None
+                    live = self.live(ch, run2)
+                    if live is None:
+                        return None
+                    entry = live.history[seq]
+                    self.land(ch, run2, live, entry, number, started, value=value, error=failure)
+                    self._continue(ch, run2, live, lease)
+                return ch.eager_job
+            except (_NeedsLock, ConcurrentChangeError):
+                if not optimistic:
+                    raise
+        return None
 
     def _begin_step(
         self, ch: Change, job: Job, lease: Lease | None, seq: int

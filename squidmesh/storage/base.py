@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
+from squidmesh.errors import ConcurrentChangeError
 
 __all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "Transaction", "WriteBatch", "write_batch"]
 
@@ -202,7 +203,10 @@ class Store(Protocol):
     def check_schema(self) -> None:
         """Raise ``SchemaOutOfDateError`` when the database is older than this code."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]: ...
+    def transaction(self, *, autocommit: bool = False) -> AbstractContextManager[Transaction]:
+        """A transaction. ``autocommit=True`` asks for no explicit transaction, for a
+        change made of a single ``write`` (it commits by itself); stores where that
+        saves nothing may ignore it."""
 
     def close(self) -> None: ...
 
@@ -213,9 +217,7 @@ def write_batch(tx: Transaction, batch: WriteBatch) -> list[Job]:
     for run in batch.runs:
         current = tx.get_run(run.id)
         if current is None or current.version != run.version - 1:
-            from squidmesh.errors import StorageError
-
-            raise StorageError(f"run {run.id} was changed concurrently; retry the change")
+            raise ConcurrentChangeError(f"run {run.id} was changed concurrently; retry the change")
         tx.update_run(run)
     by_run: dict[str, list[Entry]] = {}
     for run_id, entry in batch.entries_insert:

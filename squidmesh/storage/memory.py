@@ -475,7 +475,7 @@ class InMemoryStore:
         self.calls.append("check_schema")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[InMemoryTransaction]:
+    def transaction(self, *, autocommit: bool = False) -> Iterator[InMemoryTransaction]:
         with self._lock:
             self.calls.append("transaction")
             txn = InMemoryTransaction(self)

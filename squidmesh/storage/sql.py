@@ -145,8 +145,10 @@ class SqlStore:
     def check_schema(self) -> None:
         sql_migrate.check_schema(self.engine, self.dialect, self.schema)
 
-    def transaction(self) -> SqlTransaction:
-        return SqlTransaction(self)
+    def transaction(self, *, autocommit: bool = False) -> SqlTransaction:
+        # Only PostgreSQL gains from skipping BEGIN/COMMIT round trips; SQLite keeps its
+        # BEGIN IMMEDIATE so writers still serialize.
+        return SqlTransaction(self, autocommit=autocommit and self.dialect == "postgresql")
 
     def close(self) -> None:
         if self._owns_engine:
@@ -156,10 +158,11 @@ class SqlStore:
 class SqlTransaction:
     """One connection and one database transaction; use as ``with store.transaction()``."""
 
-    __slots__ = ("_conn", "_notify_sql", "_q", "_store", "_write_sql")
+    __slots__ = ("_autocommit", "_conn", "_notify_sql", "_q", "_store", "_write_sql")
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SqlStore, *, autocommit: bool = False) -> None:
         self._store = store
+        self._autocommit = autocommit
         self._q = store.queries
         self._notify_sql = store._notify_sql
         self._write_sql = store._write_sql
@@ -169,6 +172,8 @@ class SqlTransaction:
     def __enter__(self) -> SqlTransaction:
         try:
             conn = self._store.engine.connect()
+            if self._autocommit:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         except sa.exc.SQLAlchemyError as exc:
             raise storage_error("connect to the database", exc) from driver_error(exc)
         try:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
-from squidmesh.errors import StorageError
+from squidmesh.errors import ConcurrentChangeError, StorageError
 
 __all__ = ["driver_error", "storage_error", "translated"]
 
@@ -19,6 +19,8 @@ def storage_error(action: str, exc: BaseException) -> StorageError:
     """A ``StorageError`` saying what failed; raise it ``from driver_error(exc)``."""
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = detail[0] if detail else type(exc).__name__
+    if getattr(driver_error(exc), "sqlstate", None) == "40001":
+        return ConcurrentChangeError(f"could not {action}: {reason}")
     return StorageError(f"could not {action}: {reason}")
 
 
