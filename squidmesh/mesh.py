@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from squidmesh.core import state
@@ -23,9 +23,10 @@ from squidmesh.errors import (
     UnsafeReplayError,
 )
 from squidmesh.runtime import cron
-from squidmesh.runtime.engine import Engine, Lease, _TransactionalStepFailed
+from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
 from squidmesh.runtime.explain import explain, replay_blockers
+from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.views import Explanation, Run, build_run
 from squidmesh.runtime.worker import Worker
 from squidmesh.storage.base import RunRecord, Store
@@ -84,6 +85,7 @@ class Mesh:
         self._engine = Engine(
             self.store, self.workflows, self.executor, self.clock, cache_size=cache_size
         )
+        self._jobs = JobRunner(self._engine)
         # Embedded stores migrate themselves; on PostgreSQL the operator decides when.
         self._auto_migrate = (
             auto_migrate if auto_migrate is not None else self.store.dialect != "postgresql"
@@ -265,6 +267,7 @@ class Mesh:
                 entries=tx.load_entries(rid),
                 attempts=tx.load_attempts(rid),
                 audit=tx.load_audit(rid),
+                workflow=self.workflows.get(run.workflow),
             )
 
     def explain_run(self, run_id: Any) -> Explanation:
@@ -614,6 +617,69 @@ class Mesh:
             source_audit=("forked", source.id),
         )
 
+    # ------------------------------------------------------------------ retention
+
+    def prune(
+        self,
+        older_than: timedelta | datetime,
+        statuses: Iterable[str] = ("completed", "cancelled", "failed"),
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete finished runs last updated before a cutoff, with everything recorded
+        for them (history, attempts, audit events, buffered events, jobs).
+
+        ``older_than`` is an age (``timedelta``, measured from this Mesh's clock) or a
+        timezone-aware cutoff ``datetime``. Only terminal statuses may be pruned. Runs go
+        in batches of ``batch_size``, each its own short transaction, so no lock is held
+        for long; ``progress(total_so_far)`` is called after each batch. Returns how many
+        runs were deleted.
+        """
+        if isinstance(older_than, datetime):
+            if older_than.tzinfo is None:
+                raise ValueError("prune(older_than=...) needs a timezone-aware datetime")
+            cutoff = older_than
+        elif isinstance(older_than, timedelta):
+            if older_than < timedelta(0):
+                raise ValueError(f"prune(older_than=...) must not be negative, got {older_than}")
+            cutoff = self.clock() - older_than
+        else:
+            raise TypeError(
+                f"prune(older_than=...) takes a timedelta or a datetime, got {older_than!r}"
+            )
+        wanted = [statuses] if isinstance(statuses, str) else list(statuses)
+        chosen: list[str] = []
+        refused: list[str] = []
+        for status in wanted:
+            value = status.value if isinstance(status, RunStatus) else str(status)
+            (chosen if value in _TERMINAL else refused).append(value)
+        if refused:
+            raise ValueError(
+                f"prune only deletes finished runs; not terminal: {', '.join(refused)} "
+                f"(allowed: {', '.join(sorted(_TERMINAL))})"
+            )
+        if not chosen:
+            raise ValueError("prune needs at least one status")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._ready()
+        total = 0
+        while True:
+            with self.store.transaction() as tx:
+                ids = tx.find_prunable(list(dict.fromkeys(chosen)), cutoff, batch_size)
+                deleted = tx.delete_runs(ids) if ids else 0
+            if not ids:
+                break
+            for rid in ids:
+                self._engine.evict(rid)
+            total += deleted
+            if progress is not None:
+                progress(total)
+            if len(ids) < batch_size:
+                break
+        return total
+
     # ------------------------------------------------------------------ work
 
     def perform(self, job: Job | Mapping[str, Any]) -> None:
@@ -633,9 +699,9 @@ class Mesh:
     def _perform(self, job: Job, lease: Lease | None) -> Job | None:
         """Perform a job; with a worker's lease, return the next job begun eagerly."""
         try:
-            return self._engine.perform(job, lease)
-        except _TransactionalStepFailed as failed:
-            self._engine.retry_transactional_failure(job, failed.error, lease)
+            return self._jobs.perform(job, lease)
+        except TransactionalStepFailed as failed:
+            self._jobs.retry_transactional_failure(job, failed.error, lease)
             return None
 
     def drain(self, *, limit: int | None = None) -> int:

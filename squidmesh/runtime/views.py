@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
+from squidmesh.analysis import step_graph
+from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent
 from squidmesh.storage.base import RunRecord
-from squidmesh.types import RunStatus
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["DeclaredStep", "Explanation", "Run", "StepRun", "build_run", "build_step_runs"]
 
@@ -123,12 +126,111 @@ def declared_status(entry: Entry) -> str:
     return entry.status
 
 
+# The declared steps of a workflow, read once per definition object: parsing its source
+# again on every inspect_run would be wasted work (definitions are immutable in practice).
+_DECLARED: weakref.WeakKeyDictionary[WorkflowDefinition, tuple[tuple[str, str], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+# Above this many (declared x reached) pairs the alignment is greedy instead of optimal.
+_ALIGN_LIMIT = 250_000
+
+
+def _declared(workflow: WorkflowDefinition) -> tuple[tuple[str, str], ...]:
+    found = _DECLARED.get(workflow)
+    if found is None:
+        found = tuple((s.kind, s.name) for s in step_graph(workflow).steps())
+        _DECLARED[workflow] = found
+    return found
+
+
+def _align(declared: tuple[tuple[str, str], ...], reached: list[Entry]) -> list[int | None]:
+    """For each reached entry, the index of the declared step it is (or None).
+
+    An order-preserving alignment on (kind, name) — a longest common subsequence — so a
+    step written twice (``walk_home`` in two branches) is matched to the occurrence on
+    the path the run took. Entries left over whose (kind, name) is declared are repeats
+    (loops): they go to the last declared occurrence matched at or before them.
+    """
+    keys = [(e.kind, e.name) for e in reached]
+    n, m = len(declared), len(keys)
+    match: list[int | None] = [None] * m
+    if n * m <= _ALIGN_LIMIT:
+        table = [[0] * (m + 1) for _ in range(n + 1)]
+        for i in range(n - 1, -1, -1):
+            for j in range(m - 1, -1, -1):
+                table[i][j] = (
+                    table[i + 1][j + 1] + 1
+                    if declared[i] == keys[j]
+                    else max(table[i + 1][j], table[i][j + 1])
+                )
+        i = j = 0
+        while i < n and j < m:
+            if declared[i] == keys[j]:
+                match[j] = i
+                i, j = i + 1, j + 1
+            elif table[i + 1][j] >= table[i][j + 1]:
+                i += 1
+            else:
+                j += 1
+    else:
+        i = 0
+        for j, key in enumerate(keys):
+            at = next((k for k in range(i, n) if declared[k] == key), None)
+            if at is not None:
+                match[j], i = at, at + 1
+    last = -1
+    for j, key in enumerate(keys):
+        if match[j] is not None:
+            last = match[j] or 0
+            continue
+        candidates = [k for k in range(n) if declared[k] == key]
+        if candidates:
+            before = [k for k in candidates if k <= last]
+            match[j] = before[-1] if before else candidates[0]
+    return match
+
+
+def declared_steps(
+    entries: list[Entry], workflow: WorkflowDefinition | None, status: RunStatus
+) -> tuple[DeclaredStep, ...]:
+    """The workflow's steps with their state in this run.
+
+    Without a definition: the waitable history entries, in yield order. With one: the
+    statically declared steps in source order; a step not reached yet is ``waiting`` (a
+    finished run lists only what it reached: the rest is a path it did not take); steps
+    reached but absent from the graph (chosen at run time) are appended.
+    """
+    reached = [e for e in entries if e.kind in WAITABLE]
+    if workflow is None:
+        return tuple(DeclaredStep(e.name, e.kind, declared_status(e)) for e in reached)
+    declared = _declared(workflow)
+    match = _align(declared, reached)
+    latest: dict[int, Entry] = {}
+    extra: list[Entry] = []
+    for entry, index in zip(reached, match, strict=True):
+        if index is None:
+            extra.append(entry)
+        elif index not in latest or latest[index].seq < entry.seq:
+            latest[index] = entry  # a loop's step shows its latest iteration
+    finished = status in TERMINAL_STATUSES
+    steps: list[DeclaredStep] = []
+    for index, (kind, name) in enumerate(declared):
+        seen = latest.get(index)
+        if seen is not None:
+            steps.append(DeclaredStep(name, kind, declared_status(seen)))
+        elif not finished:
+            steps.append(DeclaredStep(name, kind, "waiting"))
+    steps.extend(DeclaredStep(e.name, e.kind, declared_status(e)) for e in extra)
+    return tuple(steps)
+
+
 def build_run(
     record: RunRecord,
     *,
     entries: list[Entry] | None = None,
     attempts: dict[int, list[Attempt]] | None = None,
     audit: list[AuditEvent] | None = None,
+    workflow: WorkflowDefinition | None = None,
 ) -> Run:
     with_history = entries is not None
     return Run(
@@ -147,11 +249,7 @@ def build_run(
         created_at=record.created_at,
         updated_at=record.updated_at,
         reason=record.reason,
-        steps=tuple(
-            DeclaredStep(e.name, e.kind, declared_status(e))
-            for e in (entries or [])
-            if e.kind in WAITABLE
-        )
+        steps=declared_steps(entries or [], workflow, RunStatus(record.status))
         if with_history
         else None,
         step_runs=build_step_runs(entries or [], attempts or {}) if with_history else None,

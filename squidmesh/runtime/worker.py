@@ -22,7 +22,7 @@ from typing import Any
 
 from squidmesh.core.records import Job
 from squidmesh.errors import StorageError
-from squidmesh.runtime.engine import Lease
+from squidmesh.runtime.perform import Lease
 
 __all__ = ["Worker"]
 

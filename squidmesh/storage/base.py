@@ -188,6 +188,14 @@ class Transaction(Protocol):
         """The latest recorded fire time of a trigger (None if it never fired)."""
 
     # retention -------------------------------------------------------------
+    def find_prunable(
+        self, statuses: Sequence[str], updated_before: datetime, limit: int
+    ) -> list[str]:
+        """Ids of up to ``limit`` runs whose status is one of ``statuses`` and that were
+        last updated before ``updated_before``; oldest created first within each status,
+        the statuses in the order given. Index-backed on (status, created_at): a run's
+        ``updated_at`` is never before its ``created_at``."""
+
     def delete_runs(self, run_ids: Sequence[str]) -> int:
         """Delete runs and everything recorded for them; returns how many runs went."""
 

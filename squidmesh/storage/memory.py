@@ -425,6 +425,25 @@ class InMemoryTransaction:
         return max((t for w, g, t in ticks if (w, g) == (workflow, trigger)), default=None)
 
     # retention -------------------------------------------------------------
+    def find_prunable(
+        self, statuses: Sequence[str], updated_before: datetime, limit: int
+    ) -> list[str]:
+        rows = self._read("find_prunable").runs.values()
+        cutoff = utc(updated_before)
+        found: list[str] = []
+        for status in dict.fromkeys(statuses):
+            if len(found) >= limit:
+                break
+            picked = sorted(
+                (
+                    (row["created_at"], row["id"])
+                    for row in rows
+                    if row["status"] == status and row["updated_at"] < cutoff
+                ),
+            )
+            found.extend(run_id for _, run_id in picked[: limit - len(found)])
+        return found
+
     def delete_runs(self, run_ids: Sequence[str]) -> int:
         data = self._write("delete_runs")
         gone: set[str] = set()

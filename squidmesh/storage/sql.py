@@ -454,6 +454,20 @@ class SqlTransaction:
         return found
 
     # retention -------------------------------------------------------------
+    @translated("find prunable runs")
+    def find_prunable(
+        self, statuses: Sequence[str], updated_before: datetime, limit: int
+    ) -> list[str]:
+        # One index range scan per status (status, created_at < cutoff), stopping after
+        # ``limit`` matches: cheap however many runs are stored.
+        found: list[str] = []
+        for status in dict.fromkeys(statuses):
+            if len(found) >= limit:
+                break
+            params = {"status": status, "cutoff": updated_before, "n": limit - len(found)}
+            found.extend(self.connection.execute(self._q.find_prunable, params).scalars())
+        return found
+
     @translated("delete runs")
     def delete_runs(self, run_ids: Sequence[str]) -> int:
         conn, deleted = self.connection, 0

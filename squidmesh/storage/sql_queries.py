@@ -211,6 +211,24 @@ class Queries:
             sa.func.max(ticks.c.fire_time, type_=t.UtcDateTime())
         ).where(ticks.c.workflow == b("workflow"), ticks.c.trigger == b("trigger"))
 
+        # Retention: terminal runs last updated before a cutoff, one status at a time so
+        # the (status, created_at, id) index serves it as an ordered range scan that
+        # stops after :n rows. updated_at >= created_at, so "created_at < cutoff" only
+        # bounds the scan; "updated_at < cutoff" is the actual condition. On PostgreSQL
+        # concurrent pruners skip each other's rows instead of waiting.
+        cutoff = b("cutoff", type_=t.UtcDateTime())
+        prunable = (
+            sa.select(runs.c.id)
+            .where(
+                runs.c.status == b("status"),
+                runs.c.created_at < cutoff,
+                runs.c.updated_at < cutoff,
+            )
+            .order_by(runs.c.created_at, runs.c.id)
+            .limit(b("n"))
+        )
+        self.find_prunable = prunable.with_for_update(skip_locked=True) if pg else prunable
+
         # Child rows are deleted explicitly: SQLite cascades only with foreign_keys=ON,
         # which a host's connection may not have.
         ids: sa.BindParameter[Any] = b("ids", expanding=True)

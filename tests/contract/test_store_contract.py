@@ -560,6 +560,64 @@ def test_delete_runs_removes_everything_recorded_for_them(store: Store) -> None:
         tx.insert_run(run_record(idempotency_key="again"))  # the key is free again
 
 
+def test_find_prunable_picks_old_runs_of_the_given_statuses(store: Store) -> None:
+    def at(seconds: int) -> datetime:
+        return T0 + timedelta(seconds=seconds)
+
+    cutoff = at(100)
+    done_1 = run_record(status="completed", created_at=at(10), updated_at=at(20))
+    done_2 = run_record(status="completed", created_at=at(0), updated_at=at(99))
+    failed = run_record(status="failed", created_at=at(5), updated_at=at(6))
+    cancelled = run_record(status="cancelled", created_at=at(1), updated_at=at(2))
+    # Not prunable: updated at or after the cutoff (one created long before it), a status
+    # not asked for, active runs.
+    late = run_record(status="completed", created_at=at(0), updated_at=at(150))
+    at_cutoff = run_record(status="completed", created_at=at(50), updated_at=cutoff)
+    young = run_record(status="completed", created_at=at(120), updated_at=at(130))
+    paused = run_record(status="paused", created_at=at(0), updated_at=at(1))
+    running = run_record(status="running", created_at=at(0), updated_at=at(1))
+    add_runs(store, done_1, done_2, failed, cancelled, late, at_cutoff, young, paused, running)
+
+    with store.transaction() as tx:
+        # Oldest created first within a status, statuses in the order given.
+        assert tx.find_prunable(["completed", "failed"], cutoff, 10) == [
+            done_2.id,
+            done_1.id,
+            failed.id,
+        ]
+        assert tx.find_prunable(["failed", "completed"], cutoff, 10) == [
+            failed.id,
+            done_2.id,
+            done_1.id,
+        ]
+        assert tx.find_prunable(["completed", "failed", "cancelled"], cutoff, 2) == [
+            done_2.id,
+            done_1.id,
+        ]
+        assert tx.find_prunable(["completed", "cancelled"], cutoff, 3) == [
+            done_2.id,
+            done_1.id,
+            cancelled.id,
+        ]
+        assert tx.find_prunable(["cancelled"], at(2), 10) == []  # strictly before
+        assert tx.find_prunable(["completed"], cutoff, 0) == []
+        assert tx.find_prunable([], cutoff, 10) == []
+        # Naive cutoffs are UTC, like every stored time.
+        assert tx.find_prunable(["failed"], cutoff.replace(tzinfo=None), 10) == [failed.id]
+        # Finding changes nothing; the ids feed delete_runs.
+        ids = tx.find_prunable(["completed", "failed", "cancelled"], cutoff, 10)
+        assert tx.delete_runs(ids) == 4
+    with store.transaction() as tx:
+        assert tx.find_prunable(["completed", "failed", "cancelled"], cutoff, 10) == []
+        assert {r.id for r in tx.list_runs()} == {
+            late.id,
+            at_cutoff.id,
+            young.id,
+            paused.id,
+            running.id,
+        }
+
+
 # --------------------------------------------------------------------------- transactions
 
 

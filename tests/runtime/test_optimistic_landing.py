@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import squidmesh as sm
-from squidmesh.runtime.engine import Lease
+from squidmesh.runtime.perform import Lease
 from tests.runtime.support import MeshFactory, claim_all
 
 HOOK: list[Callable[[], Any]] = []

@@ -1,0 +1,28 @@
+"""The Celery app of the contrib tests, run by a real worker process::
+
+    celery -A tests.contrib.celery_app worker -Q <queue>
+
+The test sets the environment: the broker, the queue and squidmesh's database. The
+worker finds the Mesh through the ``squidmesh_mesh`` conf key (``mesh_loader``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import celery
+
+import squidmesh as sm
+from squidmesh.contrib.celery import CeleryExecutor
+from tests.contrib import CELERY_BROKER_ENV, DATABASE_ENV, QUEUE_ENV, flows
+
+QUEUE = os.environ.get(QUEUE_ENV, "squidmesh")
+
+app = celery.Celery("squidmesh_contrib_tests", broker=os.environ[CELERY_BROKER_ENV])
+app.conf.update(broker_connection_retry_on_startup=True, task_default_queue=QUEUE)
+
+mesh = sm.Mesh(
+    os.environ[DATABASE_ENV],
+    workflows=[flows.parcel],
+    executor=CeleryExecutor(app, mesh_loader=f"{__name__}:mesh", queue=QUEUE),
+)
