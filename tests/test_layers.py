@@ -25,8 +25,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("squidmesh.analysis",),
     ("squidmesh.storage",),
     ("squidmesh.runtime",),
-    ("squidmesh.mesh",),
-    ("squidmesh.cli", "squidmesh.contrib", "squidmesh.testing", "squidmesh.__main__"),
+    ("squidmesh.mesh", "squidmesh.deploy"),
+    (
+        "squidmesh.cli",
+        "squidmesh.contrib",
+        "squidmesh.testing",
+        "squidmesh.__main__",
+        "squidmesh.demo",
+    ),
 )
 PURE_LAYERS = frozenset({0, 1})
 FORBIDDEN_IN_PURE = frozenset(

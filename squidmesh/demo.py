@@ -1,0 +1,272 @@
+"""``squidmesh demo``: the Ring Errand, end to end, on a throwaway SQLite database.
+
+Also runnable as ``python -m squidmesh.demo``. Everything happens in this process: a
+SQLite file in a temporary directory (deleted afterwards), ``InlineExecutor`` (jobs run
+right after each commit) and a virtual clock the demo moves by hand, so the 5-second
+sleep takes no time.
+
+The workflow below is a compact copy of ``examples/ring_errand.py`` (same steps, same
+semantics; tests/cli/test_demo.py checks that both yield the same commands), because an
+installed package cannot import the repository's ``examples/`` folder.
+
+``app`` builds a ``Mesh`` with this workflow for the command line, so the demo's
+workflow can be operated by hand too::
+
+    squidmesh --app squidmesh.demo:app --database-url sqlite:///errands.db runs start \\
+        ring_errand --payload '{"ring_id": "one-ring"}'
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Generator
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import BaseModel, Field
+
+from squidmesh.cli import explanation_text, run_facts, step_runs_table
+from squidmesh.core import commands as c
+from squidmesh.core.definition import cron, manual, step, workflow
+from squidmesh.core.retry import Backoff, Retry
+from squidmesh.errors import NonRetryable, StepFailed
+from squidmesh.mesh import Mesh
+from squidmesh.runtime.executors import InlineExecutor
+from squidmesh.runtime.views import Run
+
+__all__ = ["T0", "VirtualClock", "app", "main", "ring_errand", "run_demo"]
+
+T0 = datetime(2030, 1, 1, 9, 0, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+class Errand(BaseModel):
+    ring_id: str
+    bearer: str = "Frodo"
+    snack_count: int = 11
+    fellowship: list[str] = Field(default_factory=lambda: ["Sam"])
+    started_on: date = Field(default_factory=date.today)
+
+
+class Provisions(BaseModel):
+    lembas: int
+    packed_by: str
+
+
+class MoriaReport(BaseModel):
+    bearer: str
+    summary: str
+
+
+class Ride(BaseModel):
+    reservation: str
+    eagle: str
+
+
+def unpack_lembas(input: dict[str, Any], output: dict[str, Any], failure: Any) -> str:
+    return f"returned {output['lembas']} lembas"
+
+
+@step(compensate=unpack_lembas)
+def pack_lembas(bearer: str, snack_count: int) -> Provisions:
+    return Provisions(lembas=snack_count, packed_by=bearer)
+
+
+@step(retry=Retry(max_attempts=3, backoff=Backoff.exponential(min=1, max=10)))
+def cross_moria(bearer: str, provisions: Provisions) -> MoriaReport:
+    if provisions.lembas < 1:
+        raise NonRetryable("nobody crosses Moria without lembas")
+    return MoriaReport(
+        bearer=bearer, summary=f"{bearer} crossed Moria on {provisions.lembas} lembas"
+    )
+
+
+def cancel_ride(input: dict[str, Any], output: dict[str, Any], failure: Any) -> str:
+    return f"cancelled {output['reservation']}"
+
+
+@step(compensate=cancel_ride)
+def reserve_eagle(ring_id: str) -> Ride:
+    return Ride(reservation=f"eagle-for-{ring_id}", eagle="Gwaihir")
+
+
+@step(compensatable=False)
+def insult_sauron(bearer: str) -> str:
+    return f"{bearer} made a rude gesture at the Eye"
+
+
+@step
+def march_to_gate(army: int) -> str:
+    return f"{army} soldiers at the Black Gate"
+
+
+@step
+def look_brave() -> str:
+    return "looking very brave"
+
+
+@step(irreversible=True)
+def toss_ring(ring_id: str) -> str:
+    return f"{ring_id} destroyed"
+
+
+@step
+def walk_home(bearer: str) -> str:
+    return f"{bearer} walked home awkwardly"
+
+
+@workflow(
+    triggers=[
+        manual("leave_shire", payload=Errand),
+        cron("0 21 * * *", name="nightly", timezone="Etc/UTC", payload=Errand),
+    ]
+)
+def ring_errand(payload: Errand) -> Generator[Any, Any, str]:
+    provisions = yield pack_lembas(payload.bearer, snack_count=payload.snack_count)
+    yield c.log("Leaving the Shire", bearer=payload.bearer, lembas=provisions.lembas)
+    yield c.sleep(seconds=5)  # wait for Gandalf
+    yield c.pause("hide_at_prancing_pony", reason="wait for Strider")
+    council = yield c.approval("council_vote")
+    if not council.approved:
+        yield walk_home(payload.bearer)
+        return "went home"
+    try:
+        report = yield cross_moria(payload.bearer, provisions)
+    except StepFailed:
+        yield c.undo()  # compensate what completed so far, then go on
+        yield walk_home(payload.bearer)
+        return "retreated"
+    ride = yield reserve_eagle(payload.ring_id)
+    yield insult_sauron(payload.bearer)
+    march, brave = yield c.join(march_to_gate(army=len(payload.fellowship) * 1000), look_brave())
+    yield c.log("Distraction in place", march=march, brave=brave, eagle=ride.eagle)
+    yield toss_ring(payload.ring_id)
+    return str(report.summary)
+
+
+def app(url: str | None = None) -> Mesh:
+    """A Mesh running the demo's Ring Errand inline (``--app squidmesh.demo:app``)."""
+    return Mesh(url or "sqlite:///squidmesh.db", workflows=[ring_errand], executor=InlineExecutor())
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+class VirtualClock:
+    """A clock that moves only when told to (``Mesh(clock=...)``)."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class _Narrator:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.step = 0
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def chapter(self, title: str) -> None:
+        self.step += 1
+        self.say()
+        self.say(f"{self.step}. {title}")
+
+    def block(self, text: str) -> None:
+        for line in text.splitlines():
+            self.say(f"   {line}".rstrip())
+
+    def status(self, mesh: Mesh, run: Run) -> None:
+        why = mesh.explain_run(run.id)
+        where = f" at {why.step}" if why.step else ""
+        self.block(f"-> run is {why.status.value}: {why.reason}{where}")
+        details = ", ".join(f"{k}={v}" for k, v in sorted(why.details.items()) if k != "replay")
+        if details:
+            self.block(f"   {details}")
+        self.block(f"   next actions: {', '.join(why.next_actions) or '(none)'}")
+
+
+def run_demo(out: TextIO | None = None) -> int:
+    """Run the narrated demo, writing to ``out`` (stdout); returns the exit code (0)."""
+    say = _Narrator(out or sys.stdout)
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="squidmesh-demo-") as tmp:
+        db = Path(tmp) / "demo.db"
+        clock = VirtualClock()
+        say.say("squidmesh demo: the Ring Errand, end to end")
+        say.block(f"database: sqlite:///{db} (a throwaway file, deleted at the end)")
+        say.block("executor: InlineExecutor (each job runs in this process after its commit)")
+        say.block(f"clock:    virtual, starting at {T0.isoformat()} (moved by hand)")
+        with Mesh(
+            f"sqlite:///{db}", workflows=[ring_errand], executor=InlineExecutor(), clock=clock
+        ) as mesh:
+            payload = {"ring_id": "one-ring", "started_on": T0.date().isoformat()}
+            say.chapter(f"start_run('ring_errand', {payload})")
+            run = mesh.start_run("ring_errand", payload)
+            say.block(f"run {run.id}")
+            say.block("pack_lembas ran, 'Leaving the Shire' was logged; now it sleeps 5 s")
+            say.status(mesh, run)
+
+            say.chapter("advance the clock 5 s and drain(): the timer fires")
+            clock.advance(5)
+            ran = mesh.drain()
+            say.block(f"drain() ran {ran} job(s); the errand hides at the Prancing Pony")
+            say.status(mesh, run)
+
+            say.chapter("unblock_run(actor='strider', comment='Strider is here')")
+            mesh.unblock_run(run.id, actor="strider", comment="Strider is here")
+            say.block("the errand now waits for the council's approval; explain_run says:")
+            say.block(explanation_text(str(run.id), mesh.explain_run(run.id)))
+
+            clock.advance(60)
+            say.chapter("approve_run(actor='elrond', comment='the council agrees')")
+            done = mesh.approve_run(run.id, actor="elrond", comment="the council agrees")
+            say.block(
+                f"approval given: Moria, the eagle, the join and the ring ran inline; "
+                f"the run is {done.status.value}"
+            )
+            say.block(f"result: {done.result!r}")
+
+            say.chapter("the history: inspect_run(include_history=True)")
+            full = mesh.inspect_run(run.id, include_history=True)
+            say.block(run_facts(full))
+            say.say()
+            say.block("step runs")
+            say.block(step_runs_table(full))
+
+            say.chapter("the final explanation: explain_run")
+            say.block(explanation_text(str(run.id), mesh.explain_run(run.id)))
+    say.say()
+    say.say(
+        f"done in {time.perf_counter() - began:.2f} s: the run completed after its approval. "
+        "Next: `squidmesh --app squidmesh.demo:app runs start ring_errand "
+        """--payload '{"ring_id": "one-ring"}'` on a database of your own."""
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m squidmesh.demo``."""
+    if argv:
+        print(f"squidmesh: error: demo takes no arguments, got {' '.join(argv)}", file=sys.stderr)
+        return 2
+    return run_demo()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    # Run the importable module, not this ``__main__`` copy: step references recorded in
+    # the history name ``squidmesh.demo``.
+    from squidmesh import demo as _demo
+
+    raise SystemExit(_demo.main(sys.argv[1:]))

@@ -1,0 +1,36 @@
+"""Workflows the CLI tests run: the Ring Errand (examples/) and two that go wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import squidmesh as sm
+from examples.ring_errand import ring_errand
+
+
+@sm.step
+def fall_over(reason: str) -> str:
+    raise RuntimeError(f"fell over: {reason}")
+
+
+@sm.workflow
+def doomed() -> Any:
+    """Fails: its only step raises and has no retries."""
+    return (yield fall_over("no retries"))
+
+
+@sm.workflow
+def buggy() -> Any:
+    """Suspends: the workflow code itself raises after its first wait."""
+    yield sm.wait_for_event("go")
+    raise KeyError("a bug in the workflow code")
+
+
+@sm.workflow
+def listener() -> Any:
+    """Waits for an event and returns its data."""
+    data = yield sm.wait_for_event("ring_found")
+    return {"got": data}
+
+
+WORKFLOWS = [ring_errand, doomed, buggy, listener]
