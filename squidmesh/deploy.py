@@ -24,8 +24,6 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from squidmesh.core.history import History
-from squidmesh.core.replay import Interpreter
 from squidmesh.errors import PayloadError, SquidmeshError, UnknownTriggerError
 from squidmesh.mesh import Mesh
 from squidmesh.storage.base import RunRecord
@@ -162,21 +160,8 @@ def _check_run(mesh: Mesh, run: RunRecord) -> DeployProblem | None:
         )
     with mesh.store.transaction() as tx:
         entries = tx.load_entries(run.id)
-    history = History(
-        entries,
-        run_id=run.id,
-        workflow=run.workflow,
-        trigger=run.trigger,
-        payload=run.payload,
-        schedule=run.schedule,
-    ).copy()
-    interpreter = Interpreter(
-        workflow,
-        run_id=run.id,
-        trigger=run.trigger,
-        payload=run.payload,
-        schedule=run.schedule,
-    )
+    history = run.history(entries)
+    interpreter = run.interpreter(workflow)
     try:
         act = interpreter.advance(history, now=mesh.clock())
     except (PayloadError, UnknownTriggerError) as exc:

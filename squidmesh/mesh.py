@@ -9,7 +9,6 @@ from typing import Any
 
 from squidmesh.core import state
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
-from squidmesh.core.history import History
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     DefinitionError,
@@ -327,17 +326,7 @@ class Mesh:
             if run is None:
                 raise RunNotFoundError(f"run {rid} not found")
             entries = tx.load_entries(rid)
-        outcome = run.status if run.status in _TERMINAL else None
-        return History(
-            entries,
-            run_id=run.id,
-            workflow=run.workflow,
-            trigger=run.trigger,
-            payload=run.payload,
-            schedule=run.schedule,
-            outcome=outcome,
-            result=run.result,
-        ).to_json()
+        return run.history(entries).to_json()
 
     # ------------------------------------------------------------------ operator actions
 

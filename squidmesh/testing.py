@@ -9,13 +9,11 @@ determinism test.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import inspect
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from squidmesh.errors import (
     ReviewError,
     SquidmeshError,
 )
+from squidmesh.runtime.invoke import call_maybe_async
 from squidmesh.types import EntryStatus, RunStatus
 
 __all__ = [
@@ -471,9 +470,9 @@ class WorkflowTester:
                 raise _fresh(stub.exc)
             stub = _REAL
         if stub is _REAL:
-            return _invoke(definition.fn, args, kwargs)
+            return call_maybe_async(definition.fn, args, kwargs)
         if callable(stub):
-            return _invoke(stub, args, kwargs)
+            return call_maybe_async(stub, args, kwargs)
         return stub
 
     def _compensate(
@@ -499,9 +498,9 @@ class WorkflowTester:
                         if stub.times is None or stub.calls <= stub.times:
                             raise _fresh(stub.exc)
                     if stub is _REAL or isinstance(stub, raises):
-                        output = _invoke(fn, [], kwargs)
+                        output = call_maybe_async(fn, [], kwargs)
                     elif callable(stub):  # a callable stub replaces the compensation
-                        output = _invoke(stub, [], kwargs)
+                        output = call_maybe_async(stub, [], kwargs)
                     else:  # a stub by value
                         output = stub
                     error = None
@@ -530,17 +529,6 @@ def _fresh(exc: BaseException | type[BaseException]) -> BaseException:
     # A stub instance is raised again on every attempt: drop the previous traceback so
     # recorded errors show one raise, not all of them.
     return exc() if isinstance(exc, type) else exc.with_traceback(None)
-
-
-def _invoke(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
-    result = fn(*args, **kwargs)
-    if inspect.isawaitable(result):
-
-        async def wait() -> Any:
-            return await result
-
-        return asyncio.run(wait())
-    return result
 
 
 def _jsonable(value: Any) -> Any:

@@ -256,22 +256,7 @@ class Engine:
             workflow = self.workflow_for(run)
             if workflow is None:
                 return None
-            history = History(
-                ch.tx.load_entries(run.id),
-                run_id=run.id,
-                workflow=run.workflow,
-                trigger=run.trigger,
-                payload=run.payload,
-                schedule=run.schedule,
-            )
-            interpreter = Interpreter(
-                workflow,
-                run_id=run.id,
-                trigger=run.trigger,
-                payload=run.payload,
-                schedule=run.schedule,
-            )
-            live = Live(interpreter, history)
+            live = Live(run.interpreter(workflow), run.history(ch.tx.load_entries(run.id)))
         ch.lives[run.id] = live
         return live
 

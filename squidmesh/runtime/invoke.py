@@ -12,14 +12,15 @@ from typing import Any
 from squidmesh.core.context import StepContext, reset_step_context, set_step_context
 from squidmesh.core.definition import StepDefinition
 
-__all__ = ["StepTimeoutError", "call_compensation", "call_step"]
+__all__ = ["StepTimeoutError", "call_compensation", "call_maybe_async", "call_step"]
 
 
 class StepTimeoutError(TimeoutError):
     """A step attempt ran longer than its timeout."""
 
 
-def _run_maybe_async(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+def call_maybe_async(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call ``fn``; when it is a coroutine function, run it to completion on a new loop."""
     result = fn(*args, **kwargs)
     if inspect.isawaitable(result):
 
@@ -38,12 +39,12 @@ def _with_timeout(
     label: str,
 ) -> Any:
     if timeout is None:
-        return _run_maybe_async(fn, args, kwargs)
+        return call_maybe_async(fn, args, kwargs)
     # A helper thread lets the caller stop waiting; Python cannot kill the thread, so a
     # timed-out sync step keeps running in the background until it returns on its own.
     context = contextvars.copy_context()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="squidmesh-step")
-    future = pool.submit(context.run, _run_maybe_async, fn, args, kwargs)
+    future = pool.submit(context.run, call_maybe_async, fn, args, kwargs)
     try:
         return future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:

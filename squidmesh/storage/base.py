@@ -17,9 +17,10 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from squidmesh.core.history import Entry
+from squidmesh.core.definition import WorkflowDefinition
+from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
-from squidmesh.core.replay import BufferedEvent
+from squidmesh.core.replay import BufferedEvent, Interpreter
 from squidmesh.errors import ConcurrentChangeError
 
 __all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "Transaction", "WriteBatch", "write_batch"]
@@ -55,6 +56,30 @@ class RunRecord:
     pending_outcome: dict[str, Any] | None = None
     #: bumped on every state change; a cached interpreter is valid only at this version
     version: int = 0
+
+    def history(self, entries: list[Entry]) -> History:
+        """The run's history over ``entries``, with what replay needs to know of the run."""
+        terminal = self.status in ("completed", "failed", "cancelled")
+        return History(
+            entries,
+            run_id=self.id,
+            workflow=self.workflow,
+            trigger=self.trigger,
+            payload=self.payload,
+            schedule=self.schedule,
+            outcome=self.status if terminal else None,
+            result=self.result if terminal else None,
+        )
+
+    def interpreter(self, workflow: WorkflowDefinition) -> Interpreter:
+        """A fresh interpreter for this run (it replays from seq 0 on first advance)."""
+        return Interpreter(
+            workflow,
+            run_id=self.id,
+            trigger=self.trigger,
+            payload=self.payload,
+            schedule=self.schedule,
+        )
 
 
 @dataclasses.dataclass
