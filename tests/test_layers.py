@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("squidmesh.analysis",),
     ("squidmesh.storage",),
     ("squidmesh.runtime",),
-    ("squidmesh.mesh", "squidmesh.deploy"),
+    ("squidmesh.mesh", "squidmesh.operator", "squidmesh.deploy"),
     (
         "squidmesh.cli",
         "squidmesh.contrib",

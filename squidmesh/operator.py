@@ -1,0 +1,409 @@
+"""Operator actions on runs: decisions, unblocking, events, cancel, resume, replay,
+fork and retention. ``Mesh`` inherits them; each is one transaction through the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from squidmesh.core import state
+from squidmesh.errors import (
+    InvalidTransitionError,
+    ReviewError,
+    RunNotFoundError,
+    UnknownWorkflowError,
+    UnsafeReplayError,
+)
+from squidmesh.runtime.engine import Engine
+from squidmesh.runtime.explain import replay_blockers
+from squidmesh.runtime.views import Run, build_run
+from squidmesh.storage.base import RunRecord, Store
+from squidmesh.types import RunStatus
+
+__all__ = ["OperatorActions", "parse_run_id"]
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def parse_run_id(value: Any) -> str:
+    """The canonical text of a run id; ``RunNotFoundError`` for anything not a UUID."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, TypeError, AttributeError):
+        raise RunNotFoundError(f"run {value!r} not found: run ids are UUIDs") from None
+
+
+class OperatorActions:
+    """The operator half of ``Mesh``: everything a person (or a tool) does to a run."""
+
+    _engine: Engine
+    store: Store
+    clock: Callable[[], datetime]
+
+    if TYPE_CHECKING:  # provided by Mesh
+
+        def _ready(self) -> None: ...
+
+        def _fresh(self, run: Run) -> Run: ...
+
+        def _workflow(self, workflow: Any) -> Any: ...
+
+        def _create_run(
+            self,
+            workflow: str,
+            trigger: str,
+            payload: dict[str, Any],
+            *,
+            idempotency_key: str | None = None,
+            schedule: dict[str, Any] | None = None,
+            replayed_from: str | None = None,
+            forked_from: str | None = None,
+            prefix: list[Any] | None = None,
+            source_audit: tuple[str, str] | None = None,
+            cron_tick: datetime | None = None,
+        ) -> Run: ...
+
+    # ------------------------------------------------------------------ operator actions
+
+    def _locked(self, ch: Any, run_id: Any) -> RunRecord:
+        rid = parse_run_id(run_id)
+        run = self._engine.lock(ch, rid)
+        if run is None:
+            raise RunNotFoundError(f"run {rid} not found")
+        return run
+
+    def _waiting_entry(self, ch: Any, run: RunRecord, kind: str, action: str) -> Any:
+        live = self._engine.live(ch, run)
+        if live is None:
+            raise UnknownWorkflowError(
+                f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does not "
+                "have: register it before acting on the run"
+            )
+        for seq in run.waiting_on:
+            entry = live.history[seq]
+            if entry.kind == kind and entry.status == "running":
+                return live, entry
+        where = ", ".join(
+            f"{live.history[s].kind} {live.history[s].name!r}" for s in run.waiting_on
+        )
+        raise InvalidTransitionError(
+            f"cannot {action} run {run.id}: it is {run.status}"
+            + (f" and waiting on {where}" if where else "")
+            + f", not at {'an approval' if kind == 'approval' else 'a ' + kind}",
+            status=run.status,
+            action=action,
+        )
+
+    def approve_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Approve the approval the run is paused at; the workflow continues."""
+        return self._decide(run_id, True, actor, comment, metadata)
+
+    def reject_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Reject the approval the run is paused at; a decision, not a failure."""
+        return self._decide(run_id, False, actor, comment, metadata)
+
+    def _decide(
+        self,
+        run_id: Any,
+        approved: bool,
+        actor: Any,
+        comment: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> Run:
+        action = "approve_run" if approved else "reject_run"
+        if not isinstance(actor, str) or not actor.strip():
+            raise ReviewError(f"{action} needs actor= as a non-empty string (who decided)")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ReviewError(f"{action}: metadata must be a dict")
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            live, entry = self._waiting_entry(ch, run, "approval", action)
+            state.deliver_decision(
+                live.history,
+                entry.seq,
+                approved=approved,
+                actor=actor,
+                comment=comment,
+                metadata=metadata,
+                now=ch.now,
+            )
+            ch.touched(run.id, entry)
+            ch.audit(
+                run.id,
+                "approved" if approved else "rejected",
+                step=entry.name,
+                actor=actor,
+                comment=comment,
+                metadata=metadata,
+            )
+            run.status = RunStatus.RUNNING.value
+            self._engine.advance(ch, run, live)
+        return self._fresh(build_run(run))
+
+    def unblock_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        data: Any = None,
+    ) -> Run:
+        """Resume a run paused at ``sm.pause``; the yield returns ``data``."""
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            live, entry = self._waiting_entry(ch, run, "pause", "unblock_run")
+            state.deliver_unblock(live.history, entry.seq, data, ch.now)
+            ch.touched(run.id, entry)
+            ch.audit(
+                run.id,
+                "unblocked",
+                step=entry.name,
+                actor=actor,
+                comment=comment,
+                metadata=metadata,
+            )
+            run.status = RunStatus.RUNNING.value
+            self._engine.advance(ch, run, live)
+        return self._fresh(build_run(run))
+
+    def send_event(self, run_id: Any, name: str, data: Any = None) -> Run:
+        """Deliver an event to ``wait_for_event(name)``; buffered if the run is not waiting yet."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("send_event needs a non-empty event name")
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            if run.status in TERMINAL:
+                raise InvalidTransitionError(
+                    f"cannot send event {name!r} to run {run.id}: it is {run.status}",
+                    status=run.status,
+                    action="send_event",
+                )
+            live = self._engine.live(ch, run)
+            entry = None
+            if live is not None and run.status != "suspended":
+                entry = state.deliver_event(live.history, name, data, ch.now)
+            if entry is None:
+                from squidmesh.core.contracts import encode
+
+                ch.tx.add_event(run.id, name, encode(data, what="event data"), ch.now)
+                ch.audit(run.id, "event_received", step=name, metadata={"buffered": True})
+                ch.runs.pop(run.id)  # nothing about the run itself changed
+                ch.lives.pop(run.id, None)
+            else:
+                assert live is not None
+                ch.touched(run.id, entry)
+                ch.audit(run.id, "event_received", step=name)
+                self._engine.advance(ch, run, live)
+        return self._fresh(build_run(run))
+
+    def cancel_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        compensate: bool = False,
+    ) -> Run:
+        """Cancel a run; a step in flight finishes first (status ``cancelling``)."""
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            if run.status in TERMINAL or run.status == "cancelling":
+                raise InvalidTransitionError(
+                    f"cannot cancel run {run.id}: it is already {run.status}",
+                    status=run.status,
+                    action="cancel_run",
+                )
+            ch.audit(
+                run.id,
+                "cancel_requested",
+                actor=actor,
+                comment=reason,
+                metadata={"compensate": compensate},
+            )
+            run.cancel_request = {"actor": actor, "reason": reason, "compensate": compensate}
+            live = self._engine.live(ch, run) if run.status != "suspended" else None
+            if live is not None and self._engine.in_flight(live):
+                run.status = RunStatus.CANCELLING.value
+            else:
+                if run.status == "suspended":
+                    self._engine.evict(run.id)
+                    live = None
+                self._engine.finish_cancel(ch, run, live)
+        return self._fresh(build_run(run))
+
+    def resume_run(self, run_id: Any) -> Run:
+        """Re-activate a suspended run (after the workflow code was fixed)."""
+        self._ready()
+        with self._engine.change() as ch:
+            run = self._locked(ch, run_id)
+            if run.status != "suspended":
+                raise InvalidTransitionError(
+                    f"cannot resume run {run.id}: it is {run.status}, not suspended",
+                    status=run.status,
+                    action="resume_run",
+                )
+            self._engine.evict(run.id)
+            ch.audit(run.id, "resumed")
+            run.status = RunStatus.RUNNING.value
+            run.error = None
+            run.reason = None
+            live = self._engine.live(ch, run)
+            if live is None:
+                raise UnknownWorkflowError(
+                    f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does "
+                    "not have"
+                )
+            self._engine.advance(ch, run, live)
+        return self._fresh(build_run(run))
+
+    def replay_run(self, run_id: Any, *, allow_irreversible: bool = False) -> Run:
+        """Start a new run of the same workflow, trigger and stored payload."""
+        rid = parse_run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            source = tx.get_run(rid)
+            if source is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            entries = tx.load_entries(rid)
+        self._workflow(source.workflow)
+        blocked = replay_blockers(entries)
+        if blocked and allow_irreversible is not True:
+            raise UnsafeReplayError(
+                f"run {rid} completed irreversible or non-compensatable steps "
+                f"({', '.join(blocked)}): review their effects, then call "
+                "replay_run(..., allow_irreversible=True)",
+                steps=blocked,
+            )
+        return self._create_run(
+            source.workflow,
+            source.trigger,
+            source.payload,
+            schedule=source.schedule,
+            replayed_from=source.id,
+            source_audit=("replayed", source.id),
+        )
+
+    def fork_run(self, run_id: Any, *, at_seq: int) -> Run:
+        """A new run that reuses the source's recorded results before ``at_seq``."""
+        rid = parse_run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            source = tx.get_run(rid)
+            if source is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            entries = tx.load_entries(rid)
+        self._workflow(source.workflow)
+        if not isinstance(at_seq, int) or not 0 <= at_seq <= len(entries):
+            raise ValueError(
+                f"fork_run at_seq must be between 0 and {len(entries)}, got {at_seq!r}"
+            )
+        if at_seq < len(entries) and entries[at_seq].parent is not None:
+            raise ValueError(
+                f"fork_run at_seq={at_seq} falls inside the join/first at seq "
+                f"{entries[at_seq].parent}: fork at that seq instead"
+            )
+        prefix = []
+        for entry in entries[:at_seq]:
+            if not entry.resolved and entry.kind not in ("join", "first"):
+                raise ValueError(
+                    f"fork_run at_seq={at_seq}: seq {entry.seq} ({entry.label()}) has no recorded "
+                    f"result yet; fork at or before seq {entry.seq}"
+                )
+            copy = entry.copy()
+            copy.compensation = None
+            prefix.append(copy)
+        return self._create_run(
+            source.workflow,
+            source.trigger,
+            source.payload,
+            schedule=source.schedule,
+            forked_from=source.id,
+            prefix=prefix,
+            source_audit=("forked", source.id),
+        )
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(
+        self,
+        older_than: timedelta | datetime,
+        statuses: Iterable[str] = ("completed", "cancelled", "failed"),
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete finished runs last updated before a cutoff, with everything recorded
+        for them (history, attempts, audit events, buffered events, jobs).
+
+        ``older_than`` is an age (``timedelta``, measured from this Mesh's clock) or a
+        timezone-aware cutoff ``datetime``. Only terminal statuses may be pruned. Runs go
+        in batches of ``batch_size``, each its own short transaction, so no lock is held
+        for long; ``progress(total_so_far)`` is called after each batch. Returns how many
+        runs were deleted.
+        """
+        if isinstance(older_than, datetime):
+            if older_than.tzinfo is None:
+                raise ValueError("prune(older_than=...) needs a timezone-aware datetime")
+            cutoff = older_than
+        elif isinstance(older_than, timedelta):
+            if older_than < timedelta(0):
+                raise ValueError(f"prune(older_than=...) must not be negative, got {older_than}")
+            cutoff = self.clock() - older_than
+        else:
+            raise TypeError(
+                f"prune(older_than=...) takes a timedelta or a datetime, got {older_than!r}"
+            )
+        wanted = [statuses] if isinstance(statuses, str) else list(statuses)
+        chosen: list[str] = []
+        refused: list[str] = []
+        for status in wanted:
+            value = status.value if isinstance(status, RunStatus) else str(status)
+            (chosen if value in TERMINAL else refused).append(value)
+        if refused:
+            raise ValueError(
+                f"prune only deletes finished runs; not terminal: {', '.join(refused)} "
+                f"(allowed: {', '.join(sorted(TERMINAL))})"
+            )
+        if not chosen:
+            raise ValueError("prune needs at least one status")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._ready()
+        total = 0
+        while True:
+            with self.store.transaction() as tx:
+                ids = tx.find_prunable(list(dict.fromkeys(chosen)), cutoff, batch_size)
+                deleted = tx.delete_runs(ids) if ids else 0
+            if not ids:
+                break
+            for rid in ids:
+                self._engine.evict(rid)
+            total += deleted
+            if progress is not None:
+                progress(total)
+            if len(ids) < batch_size:
+                break
+        return total
