@@ -196,6 +196,7 @@ class Mesh(OperatorActions):
         prefix: list[Any] | None = None,
         source_audit: tuple[str, str] | None = None,
         cron_tick: datetime | None = None,
+        run_id: str | None = None,
     ) -> Run:
         with self._engine.change() as ch:
             if idempotency_key is not None:
@@ -203,7 +204,7 @@ class Mesh(OperatorActions):
                 if existing is not None:
                     return build_run(existing)
             run = RunRecord(
-                id=str(uuid.uuid4()),
+                id=run_id or str(uuid.uuid4()),
                 workflow=workflow,
                 trigger=trigger,
                 status=RunStatus.PENDING.value,

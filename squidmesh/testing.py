@@ -1,37 +1,34 @@
 """Test workflows in memory: ``WorkflowTester`` and ``replay``.
 
-``WorkflowTester`` runs a workflow through the same interpreter and the same state
-transitions as the durable runtime, with steps executed in the test's thread, a virtual
-clock and optional step stubs. With ``replay_each_command=True`` (the default) every
-activation is re-checked by a fresh replay of the history, so every unit test is also a
-determinism test.
+``WorkflowTester`` runs a workflow on the real runtime engine (an ``sm.Mesh`` over an
+``InMemoryStore`` with the ``InlineExecutor``), so runs go through exactly the state
+transitions, jobs, retries, timers and compensations of production, with steps executed
+in the test's thread, a virtual clock and optional step stubs. With
+``replay_each_command=True`` (the default) every activation is re-checked by a fresh
+replay of the history, so every unit test is also a determinism test.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from squidmesh.core import state
-from squidmesh.core.context import StepContext, reset_step_context, set_step_context
 from squidmesh.core.definition import StepDefinition, WorkflowDefinition
-from squidmesh.core.failures import error_info
 from squidmesh.core.history import Entry, History
-from squidmesh.core.replay import Activation, BufferedEvent, Interpreter
-from squidmesh.errors import (
-    InvalidTransitionError,
-    NondeterminismError,
-    ReviewError,
-    SquidmeshError,
-)
-from squidmesh.runtime.invoke import call_maybe_async
-from squidmesh.types import EntryStatus, RunStatus
+from squidmesh.core.records import Attempt, AuditEvent
+from squidmesh.core.replay import Activation, Interpreter
+from squidmesh.errors import NondeterminismError
+from squidmesh.mesh import Mesh
+from squidmesh.runtime.engine import Live
+from squidmesh.runtime.executors import InlineExecutor
+from squidmesh.storage.base import RunRecord
+from squidmesh.storage.memory import InMemoryStore
+from squidmesh.types import RunStatus
 
 __all__ = [
     "TestRun",
@@ -41,8 +38,6 @@ __all__ = [
     "raises",
     "replay",
 ]
-
-logger = logging.getLogger("squidmesh.workflow")
 
 DEFAULT_START = datetime(2030, 1, 1, tzinfo=timezone.utc)
 _NAMELESS = frozenset({"sleep", "join", "first", "log", "undo", "now", "uuid4", "random"})
@@ -74,8 +69,15 @@ class Wait:
         return self.kind if self.kind in _NAMELESS else f"{self.kind}:{self.name}"
 
 
+class _Snapshot(NamedTuple):
+    record: RunRecord
+    history: History
+    attempts: dict[int, list[Attempt]]
+    audit: list[AuditEvent]
+
+
 class TestRun:
-    """A run inside a ``WorkflowTester``; its attributes reflect the latest state."""
+    """A run inside a ``WorkflowTester``; its attributes reflect the latest stored state."""
 
     __test__ = False  # not a pytest test class
 
@@ -84,24 +86,70 @@ class TestRun:
         self.id = run_id
         self.trigger = trigger
         self.payload = payload
-        self.status: RunStatus = RunStatus.PENDING
-        self.result: Any = None
-        self.error: dict[str, Any] | None = None
-        self.reason: str | None = None
-        self.history = History(
-            run_id=run_id, workflow=tester.workflow.name, trigger=trigger, payload=payload
-        )
-        self.logs: list[dict[str, Any]] = []
-        self.attempts: dict[int, list[state.Attempt]] = {}
-        self.compensations: list[tuple[str, str]] = []
-        self._waiting: tuple[int, ...] = ()
-        self._inbox: list[BufferedEvent] = []
-        self._interpreter: Interpreter | None = None
-        self._steps: dict[str, StepDefinition[Any, Any]] = {}
-        self._step_calls: dict[int, StepDefinition[Any, Any]] = {}  # by seq, with options
+        self._snap: _Snapshot | None = None
 
     def __repr__(self) -> str:
         return f"<TestRun {self.id} {self.status.value}>"
+
+    def _load(self) -> _Snapshot:
+        """The stored run; re-read only when its version moved on. The ``History`` and
+        its ``Entry`` objects are updated in place, so references to them stay current."""
+        with self._tester._mesh.store.transaction() as tx:
+            record = tx.get_run(self.id)
+            if record is None:  # pragma: no cover - runs are never deleted here
+                raise LookupError(f"run {self.id} is not stored")
+            if self._snap is not None and self._snap.record.version == record.version:
+                return self._snap
+            history = record.history(tx.load_entries(self.id))
+            attempts, audit = tx.load_attempts(self.id), tx.load_audit(self.id)
+        if self._snap is not None:
+            kept = self._snap.history
+            for entry in history.entries[: len(kept.entries)]:
+                target = kept.entries[entry.seq]
+                for field in dataclasses.fields(Entry):
+                    setattr(target, field.name, getattr(entry, field.name))
+            kept.entries.extend(history.entries[len(kept.entries) :])
+            kept.outcome, kept.result = history.outcome, history.result
+            history = kept
+        self._snap = _Snapshot(record, history, attempts, audit)
+        return self._snap
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus(self._load().record.status)
+
+    @property
+    def result(self) -> Any:
+        return self._load().record.result
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self._load().record.error
+
+    @property
+    def reason(self) -> str | None:
+        """Why a failed or suspended run stopped (None otherwise)."""
+        record = self._load().record
+        return record.reason if record.status in ("failed", "suspended") else None
+
+    @property
+    def history(self) -> History:
+        return self._load().history
+
+    @property
+    def attempts(self) -> dict[int, list[Attempt]]:
+        return self._load().attempts
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """The ``sm.log`` lines recorded, each ``{"message", "level", "fields", "seq"}``."""
+        return [{**(e.input or {}), "seq": e.seq} for e in self.history.entries if e.kind == "log"]
+
+    @property
+    def compensations(self) -> list[tuple[str, str]]:
+        """``(step name, status)`` of every compensation that ran, in order."""
+        done = {"compensated": "completed", "compensation_failed": "failed"}
+        return [(str(a.step), done[a.type]) for a in self._load().audit if a.type in done]
 
     @property
     def trace(self) -> list[str]:
@@ -110,18 +158,19 @@ class TestRun:
 
     @property
     def waiting_on(self) -> list[Wait]:
+        snap = self._load()
         if self.status.is_terminal or self.status is RunStatus.SUSPENDED:
             return []
-        return [
-            Wait(e.kind, e.name, e.seq, e.wake_at) for e in (self.history[s] for s in self._waiting)
-        ]
+        entries = (snap.history[s] for s in snap.record.waiting_on)
+        return [Wait(e.kind, e.name, e.seq, e.wake_at) for e in entries]
 
-    def step_attempts(self, name: str) -> list[state.Attempt]:
+    def step_attempts(self, name: str) -> list[Attempt]:
         """Every attempt of every call of step ``name``, in order."""
-        out: list[state.Attempt] = []
-        for entry in self.history.entries:
+        snap = self._load()
+        out: list[Attempt] = []
+        for entry in snap.history.entries:
             if entry.kind == "step" and entry.name == name:
-                out.extend(self.attempts.get(entry.seq, []))
+                out.extend(snap.attempts.get(entry.seq, []))
         return out
 
     def entries(self, kind: str | None = None, name: str | None = None) -> list[Entry]:
@@ -159,6 +208,16 @@ class WorkflowTester:
                 raise TypeError(f"steps= keys must be steps or step names, got {key!r}")
             self._stubs[name] = stub
         self.runs: list[TestRun] = []
+        self._mesh = Mesh(
+            store=InMemoryStore(),
+            workflows=[workflow],
+            executor=InlineExecutor(),
+            clock=lambda: self._now,
+        )
+        self._mesh._engine.step_override = self._override
+        self._mesh._engine.find_step = self._find_step
+        if replay_each_command:
+            self._mesh._engine.on_activation = self._verify_replay
 
     # ------------------------------------------------------------------ clock
 
@@ -167,29 +226,22 @@ class WorkflowTester:
         return self._now
 
     def advance(self, amount: float | timedelta) -> None:
-        """Move the virtual clock forward, firing every timer that falls due, in order."""
+        """Move the virtual clock forward, running every job that falls due, in order."""
         delta = amount if isinstance(amount, timedelta) else timedelta(seconds=amount)
         if delta < timedelta(0):
             raise ValueError("the virtual clock only moves forward")
         target = self._now + delta
         while True:
-            nxt = self._next_wake()
+            with self._mesh.store.transaction() as tx:
+                nxt = tx.next_job_time()
             if nxt is None or nxt > target:
                 break
             self._now = max(self._now, nxt)
-            self._fire_due()
+            self._mesh.drain()
         self._now = target
 
     def advance_to_next_timer(self) -> datetime | None:
         """Jump to the earliest pending timer (sleep, timeout or retry) and fire it."""
-        nxt = self._next_wake()
-        if nxt is None:
-            return None
-        self._now = max(self._now, nxt)
-        self._fire_due()
-        return self._now
-
-    def _next_wake(self) -> datetime | None:
         stamps = [
             e.wake_at
             for run in self.runs
@@ -197,17 +249,11 @@ class WorkflowTester:
             for e in run.history.entries
             if e.wake_at is not None and e.status in ("pending", "running")
         ]
-        return datetime.fromisoformat(min(stamps)) if stamps else None
-
-    def _fire_due(self) -> None:
-        for run in self.runs:
-            if run.status.is_terminal or run.status is RunStatus.SUSPENDED:
-                continue
-            due = state.due_entries(run.history, self._now)
-            for entry in due:
-                state.fire_due(run.history, entry, self._now)
-            if due:
-                self._pump(run)
+        if not stamps:
+            return None
+        self._now = max(self._now, datetime.fromisoformat(min(stamps)))
+        self._mesh.drain()
+        return self._now
 
     # ------------------------------------------------------------------ runs
 
@@ -217,9 +263,19 @@ class WorkflowTester:
         """Validate the payload, start a run and drive it until it must wait."""
         stored = self.workflow.validate_payload(payload, trigger)
         trig = self.workflow.trigger(trigger)
-        run = TestRun(self, run_id or str(uuid.uuid4()), trig.name, stored)
+        try:
+            rid = str(uuid.UUID(run_id)) if run_id is not None else str(uuid.uuid4())
+        except (ValueError, TypeError, AttributeError):
+            raise ValueError(f"run_id must be a UUID, got {run_id!r}") from None
+        run = TestRun(self, rid, trig.name, stored)
         self.runs.append(run)
-        self._pump(run)
+        try:
+            self._mesh._create_run(self.workflow.name, trig.name, stored, run_id=rid)
+        except BaseException:
+            with self._mesh.store.transaction() as tx:
+                if tx.get_run(rid) is None:  # nothing was started
+                    self.runs.remove(run)
+            raise
         return run
 
     def approve(
@@ -230,7 +286,8 @@ class WorkflowTester:
         comment: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> TestRun:
-        return self._decide(run, True, actor, comment, metadata)
+        self._mesh.approve_run(run.id, actor=actor, comment=comment, metadata=metadata)
+        return run
 
     def reject(
         self,
@@ -240,30 +297,7 @@ class WorkflowTester:
         comment: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> TestRun:
-        return self._decide(run, False, actor, comment, metadata)
-
-    def _decide(
-        self,
-        run: TestRun,
-        approved: bool,
-        actor: str,
-        comment: str | None,
-        metadata: dict[str, Any] | None,
-    ) -> TestRun:
-        action = "approve_run" if approved else "reject_run"
-        if not isinstance(actor, str) or not actor.strip():
-            raise ReviewError(f"{action} on run {run.id} needs a non-empty actor string")
-        entry = self._waiting_entry(run, "approval", action)
-        state.deliver_decision(
-            run.history,
-            entry.seq,
-            approved=approved,
-            actor=actor,
-            comment=comment,
-            metadata=metadata,
-            now=self._now,
-        )
-        self._pump(run)
+        self._mesh.reject_run(run.id, actor=actor, comment=comment, metadata=metadata)
         return run
 
     def unblock(
@@ -275,125 +309,66 @@ class WorkflowTester:
         comment: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> TestRun:
-        entry = self._waiting_entry(run, "pause", "unblock_run")
-        state.deliver_unblock(run.history, entry.seq, data, self._now)
-        self._pump(run)
+        self._mesh.unblock_run(run.id, actor=actor, comment=comment, metadata=metadata, data=data)
         return run
 
     def send_event(self, run: TestRun, name: str, data: Any = None) -> TestRun:
-        if run.status.is_terminal:
-            raise InvalidTransitionError(status=run.status.value, action="send_event")
-        if state.deliver_event(run.history, name, data, self._now) is None:
-            run._inbox.append(BufferedEvent(len(run._inbox) + 1000 * len(run.history), name, data))
-            return run
-        self._pump(run)
+        self._mesh.send_event(run.id, name, data)
         return run
 
     def cancel(self, run: TestRun, *, compensate: bool = False) -> TestRun:
-        if run.status.is_terminal:
-            raise InvalidTransitionError(status=run.status.value, action="cancel_run")
-        interp = run._interpreter or self._interpreter(run)
-        act = interp.cancel(run.history, now=self._now, compensate=compensate)
-        run._steps.update(interp.step_definitions)
-        self._compensate(run, act.compensate, None)
-        run.status = RunStatus.CANCELLED
-        run._interpreter = None
-        run.history.outcome = "cancelled"
+        self._mesh.cancel_run(run.id, compensate=compensate)
         return run
 
     def resume(self, run: TestRun) -> TestRun:
         """Re-activate a suspended run (after the workflow code was fixed)."""
-        if run.status is not RunStatus.SUSPENDED:
-            raise InvalidTransitionError(status=run.status.value, action="resume_run")
-        run._interpreter = None
-        run.error = None
-        run.reason = None
-        self._pump(run)
+        self._mesh.resume_run(run.id)
         return run
 
-    def _waiting_entry(self, run: TestRun, kind: str, action: str) -> Entry:
-        for seq in run._waiting:
-            entry = run.history[seq]
-            if entry.kind == kind and entry.status == "running":
-                return entry
-        raise InvalidTransitionError(
-            f"cannot {action} run {run.id}: it is {run.status.value} and not waiting at an {kind}"
-            if kind == "approval"
-            else f"cannot {action} run {run.id}: it is "
-            f"{run.status.value} and not paused at a {kind}",
-            status=run.status.value,
-            action=action,
+    # ------------------------------------------------------------------ engine hooks
+
+    def _override(self, target: Any, attempt: int) -> Callable[..., Any] | None:
+        """The stub to call instead of step (or compensation) ``target``, if any."""
+        stub = self._stubs.get(target.name, _REAL) if isinstance(target, StepDefinition) else _REAL
+        if isinstance(stub, raises):
+            stub.calls += 1
+            if stub.times is not None and stub.calls > stub.times:
+                return None
+            error = _fresh(stub.exc)
+
+            def fail(*_args: Any, **_kwargs: Any) -> Any:
+                raise error
+
+            return fail
+        if stub is _REAL:
+            return None
+        if callable(stub):
+            return stub  # type: ignore[no-any-return]
+        return lambda *_args, **_kwargs: stub
+
+    def _find_step(self, live: Live, entry: Entry) -> StepDefinition[Any, Any] | None:
+        """A step call defined where no import can reach it (a closure): ask a replay."""
+        history = live.history.copy()
+        fresh = Interpreter(
+            self.workflow,
+            run_id=str(history.run_id),
+            trigger=history.trigger,
+            payload=history.payload,
+            schedule=history.schedule,
         )
-
-    # ------------------------------------------------------------------ engine
-
-    def _interpreter(self, run: TestRun) -> Interpreter:
-        return Interpreter(self.workflow, run_id=run.id, trigger=run.trigger, payload=run.payload)
-
-    def _pump(self, run: TestRun) -> None:
-        """Advance the run and execute its due work until it has to wait."""
-        while True:
-            if run._interpreter is None:
-                run._interpreter = self._interpreter(run)
-            act = run._interpreter.advance(run.history, now=self._now, inbox=run._inbox)
-            run._steps.update(run._interpreter.step_definitions)
-            run._step_calls.update(run._interpreter.step_calls)
-            for entry in act.logs:
-                fields = (entry.input or {}).get("fields") or {}
-                run.logs.append({**(entry.input or {}), "seq": entry.seq})
-                logger.log(
-                    logging.getLevelName((entry.input or {}).get("level", "info").upper()),
-                    (entry.input or {}).get("message"),
-                    extra={"squidmesh": {"run_id": run.id, **fields}},
-                )
-            if act.consumed_events:
-                run._inbox = [e for e in run._inbox if e.id not in act.consumed_events]
-            if self.replay_each_command:
-                self._verify_replay(run, act)
-            if act.outcome == "waiting":
-                run._waiting = act.waiting_on
-                if act.compensate:
-                    self._compensate(run, act.compensate, None)
-                    continue
-                if self._run_due_steps(run):
-                    continue
-                run.status = state.waiting_status(run.history, act.waiting_on)
-                return
-            run._waiting = ()
-            run._interpreter = None
-            if act.outcome == "completed":
-                run.status = RunStatus.COMPLETED
-                run.result = act.result
-                run.history.outcome, run.history.result = "completed", act.result
-            elif act.outcome == "failed":
-                failures = self._compensate(run, act.compensate, act.error)
-                run.status = RunStatus.FAILED
-                run.reason = "compensation_failed" if failures else act.reason
-                run.error = dict(act.error or {})
-                if failures:
-                    run.error["compensation_failures"] = failures
-                run.history.outcome = "failed"
-            else:  # suspended
-                run.status = RunStatus.SUSPENDED
-                run.reason = act.reason
-                run.error = act.error
-            return
-
-    def _verify_replay(self, run: TestRun, live: Activation) -> None:
-        fresh = Interpreter(self.workflow, run_id=run.id, trigger=run.trigger, payload=run.payload)
-        copy = run.history.copy()
-        again = fresh.advance(copy, now=self._now, inbox=list(run._inbox))
+        fresh.advance(history, now=self._now)
         fresh.close()
+        found = fresh.step_calls.get(entry.seq) or fresh.step_definitions.get(entry.name)
+        return found if isinstance(found, StepDefinition) else None
+
+    def _verify_replay(self, run: RunRecord, history: History, live: Activation) -> None:
+        """Replay a copy of the history with a fresh interpreter: it must agree."""
         if live.outcome == "suspended":
             return
-        if again.outcome == "suspended" and again.reason == "nondeterminism":
-            details = (again.error or {}).get("details") or {}
-            raise NondeterminismError(
-                run_id=run.id,
-                seq=int(details.get("seq", -1)),
-                expected=str(details.get("expected")),
-                recorded=str(details.get("recorded")),
-            )
+        fresh = run.interpreter(self.workflow)
+        again = fresh.advance(history.copy(), now=self._now)
+        fresh.close()
+        _raise_nondeterminism(again, run.id)
         if (
             again.new_entries
             or again.outcome != live.outcome
@@ -406,120 +381,10 @@ class WorkflowTester:
                 f"first difference {first_new}). Workflow code must depend only on its "
                 "payload and the results of yielded commands.",
                 run_id=run.id,
-                seq=len(run.history),
+                seq=len(history),
                 expected=first_new,
                 recorded=live.outcome,
             )
-
-    def _run_due_steps(self, run: TestRun) -> bool:
-        ran = False
-        stamp = self._now.isoformat()
-        for entry in list(run.history.entries):
-            if entry.kind != "step" or entry.status != "pending":
-                continue
-            if entry.wake_at is not None and entry.wake_at > stamp:
-                continue
-            self._execute(run, entry)
-            ran = True
-        return ran
-
-    def _definition(self, run: TestRun, name: str) -> StepDefinition[Any, Any]:
-        definition = run._steps.get(name)
-        if definition is None:  # pragma: no cover - the interpreter saw every yielded step
-            raise SquidmeshError(f"run {run.id}: step {name} is not known to the tester")
-        return definition
-
-    def _execute(self, run: TestRun, entry: Entry) -> None:
-        definition = run._step_calls.get(entry.seq) or self._definition(run, entry.name)
-        number = state.begin_attempt(entry, self._now)
-        started = self._now.isoformat()
-        token = set_step_context(
-            StepContext(run_id=run.id, step=entry.name, seq=entry.seq, attempt=number)
-        )
-        try:
-            value = self._call(definition, entry.input or {})
-        except Exception as exc:
-            _, error = state.fail_attempt(run.history, entry.seq, exc, definition.retry, self._now)
-            run.attempts.setdefault(entry.seq, []).append(
-                state.Attempt(number, "failed", error, started, self._now.isoformat())
-            )
-            return
-        finally:
-            reset_step_context(token)
-        try:
-            state.complete_attempt(run.history, entry.seq, value, self._now)
-        except Exception as exc:  # the value cannot be stored: a non-retryable failure
-            entry.status = EntryStatus.RUNNING.value
-            _decision, error = state.fail_attempt(
-                run.history, entry.seq, exc, definition.retry, self._now
-            )
-            run.attempts.setdefault(entry.seq, []).append(
-                state.Attempt(number, "failed", error, started, self._now.isoformat())
-            )
-            return
-        run.attempts.setdefault(entry.seq, []).append(
-            state.Attempt(number, "completed", None, started, self._now.isoformat())
-        )
-
-    def _call(self, definition: StepDefinition[Any, Any], stored: Mapping[str, Any]) -> Any:
-        args, kwargs = definition.decode_arguments(stored)
-        stub = self._stubs.get(definition.name, _REAL)
-        if isinstance(stub, raises):
-            stub.calls += 1
-            if stub.times is None or stub.calls <= stub.times:
-                raise _fresh(stub.exc)
-            stub = _REAL
-        if stub is _REAL:
-            return call_maybe_async(definition.fn, args, kwargs)
-        if callable(stub):
-            return call_maybe_async(stub, args, kwargs)
-        return stub
-
-    def _compensate(
-        self, run: TestRun, plan: Iterable[int], failure: dict[str, Any] | None
-    ) -> list[dict[str, Any]]:
-        failures: list[dict[str, Any]] = []
-        for seq in plan:
-            entry = run.history[seq]
-            definition = run._step_calls.get(seq) or run._steps.get(entry.name)
-            comp = definition.compensate if definition is not None else None
-            if comp is None:  # pragma: no cover - the plan only lists compensatable steps
-                continue
-            fn = comp.fn if isinstance(comp, StepDefinition) else comp
-            stub = self._stubs.get(comp.name, _REAL) if isinstance(comp, StepDefinition) else _REAL
-            attempts = comp.retry.max_attempts if isinstance(comp, StepDefinition) else 1
-            kwargs = {"input": entry.input, "output": entry.result, "failure": failure}
-            error: dict[str, Any] | None = None
-            output: Any = None
-            for _ in range(attempts):
-                try:
-                    if isinstance(stub, raises):
-                        stub.calls += 1
-                        if stub.times is None or stub.calls <= stub.times:
-                            raise _fresh(stub.exc)
-                    if stub is _REAL or isinstance(stub, raises):
-                        output = call_maybe_async(fn, [], kwargs)
-                    elif callable(stub):  # a callable stub replaces the compensation
-                        output = call_maybe_async(stub, [], kwargs)
-                    else:  # a stub by value
-                        output = stub
-                    error = None
-                    break
-                except Exception as exc:
-                    error = error_info(exc)
-            status = "failed" if error else "completed"
-            state.record_compensation(
-                run.history,
-                seq,
-                status=status,
-                output=None if error else _jsonable(output),
-                error=error,
-                now=self._now,
-            )
-            run.compensations.append((entry.name, status))
-            if error:
-                failures.append({"step": entry.name, "seq": seq, "error": error})
-        return failures
 
 
 _REAL = object()
@@ -531,13 +396,15 @@ def _fresh(exc: BaseException | type[BaseException]) -> BaseException:
     return exc() if isinstance(exc, type) else exc.with_traceback(None)
 
 
-def _jsonable(value: Any) -> Any:
-    from squidmesh.core.contracts import EncodeError, encode
-
-    try:
-        return encode(value, what="compensation output")
-    except EncodeError:
-        return repr(value)
+def _raise_nondeterminism(act: Activation, run_id: str | None) -> None:
+    if act.outcome == "suspended" and act.reason == "nondeterminism":
+        details = (act.error or {}).get("details") or {}
+        raise NondeterminismError(
+            run_id=run_id,
+            seq=int(details.get("seq", -1)),
+            expected=str(details.get("expected")),
+            recorded=str(details.get("recorded")),
+        )
 
 
 # ---------------------------------------------------------------------- golden histories
@@ -562,14 +429,7 @@ def replay(workflow: WorkflowDefinition, history: History | Mapping[str, Any]) -
     length = len(recorded)
     act = interp.advance(recorded, now=when)
     interp.close()
-    if act.outcome == "suspended" and act.reason == "nondeterminism":
-        details = (act.error or {}).get("details") or {}
-        raise NondeterminismError(
-            run_id=recorded.run_id,
-            seq=int(details.get("seq", -1)),
-            expected=str(details.get("expected")),
-            recorded=str(details.get("recorded")),
-        )
+    _raise_nondeterminism(act, recorded.run_id)
     if act.outcome == "suspended":
         raise NondeterminismError(
             f"replay of run {recorded.run_id} stopped on a workflow error: "

@@ -134,6 +134,12 @@ class Engine:
         self.begun: dict[int, _Begun] = {}
         #: called after a commit that produced jobs (wakes this process's workers)
         self.wakers: list[Callable[[], None]] = []
+        #: testing hooks (``squidmesh.testing``), None in production: what to call instead
+        #: of a step or compensation for attempt n, and a check run after each activation
+        self.step_override: Callable[[Any, int], Callable[..., Any] | None] | None = None
+        self.on_activation: Callable[[RunRecord, History, Activation], None] | None = None
+        #: (testing) the step call at an entry that neither the interpreter nor its ref knows
+        self.find_step: Callable[[Live, Entry], StepDefinition[Any, Any] | None] | None = None
 
     # ------------------------------------------------------------------ transactions
 
@@ -248,11 +254,16 @@ class Engine:
         """The run's interpreter: from the cache when current, else a fresh replay."""
         if run.id in ch.lives:
             return ch.lives[run.id]
-        cached = self._cache.get(run.id)
+        # Taken OUT of the cache: a live interpreter belongs to one change at a time (it is
+        # put back when that change commits). Shared, two concurrent changes of one run
+        # (join branches landing in two threads) would see each other's uncommitted
+        # mutations, and a rolled-back landing could be cached and later judged stale.
+        cached = self._cache.pop(run.id, None)
         if cached is not None and cached[0] == run.version and cached[1].interpreter.is_live:
             live = cached[1]
         else:
-            self.evict(run.id)
+            if cached is not None:
+                cached[1].interpreter.close()
             workflow = self.workflow_for(run)
             if workflow is None:
                 return None
@@ -266,6 +277,8 @@ class Engine:
         if found is None:
             obj = invoke.resolve_ref(str(entry.meta.get("ref", "")))
             found = obj if isinstance(obj, StepDefinition) else None
+        if found is None and self.find_step is not None:
+            found = self.find_step(live, entry)
         return found
 
     def compensation_for(self, live: Live, entry: Entry) -> Any:
@@ -273,7 +286,11 @@ class Engine:
         definition = live.interpreter.step_calls.get(entry.seq)
         if definition is not None:
             return definition.compensate
-        return invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
+        found = invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
+        if found is None and self.find_step is not None:
+            definition = self.find_step(live, entry)
+            found = definition.compensate if definition is not None else None
+        return found
 
     def warm(self, ch: Change, run: RunRecord, live: Live) -> None:
         """Replay a cold interpreter once so it knows each step call and its options."""
@@ -285,7 +302,13 @@ class Engine:
     def advance(self, ch: Change, run: RunRecord, live: Live) -> None:
         """Run the workflow as far as it can go and record what it decided."""
         act = live.interpreter.advance(live.history, now=ch.now)
+        if self.on_activation is not None:
+            self.on_activation(run, live.history, act)
         self.apply(ch, run, live, act)
+
+    def override(self, target: Any, attempt: int) -> Callable[..., Any] | None:
+        """What to call instead of step (or compensation) ``target``: None, the real one."""
+        return None if self.step_override is None else self.step_override(target, attempt)
 
     def apply(self, ch: Change, run: RunRecord, live: Live, act: Activation) -> None:
         history = live.history

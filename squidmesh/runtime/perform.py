@@ -141,7 +141,10 @@ class JobRunner:
         else:
             try:
                 value = invoke.call_step(
-                    definition, entry.input or {}, self._context(run, entry, number, None)
+                    definition,
+                    entry.input or {},
+                    self._context(run, entry, number, None),
+                    override=self.engine.override(definition, number),
                 )
             except Exception as exc:
                 failure = exc
@@ -185,16 +188,18 @@ class JobRunner:
         if entry.kind != "step":
             self._finish_job(ch, job, lease)
             return None
-        recovered = False
         if entry.status == "running" and entry.attempts == job.attempt:
             # The job came back while its attempt is still marked running: a job is
             # only redelivered once its lease expired, so the worker that ran it died.
-            if not self._recover_lost_attempt(ch, run, live, entry):
-                self._finish_job(ch, job, lease)
-                return None
-            recovered = True
+            self._finish_job(ch, job, lease)
+            if self._recover_lost_attempt(ch, run, live, entry):
+                # The next attempt runs under a job numbered like it: should that worker
+                # die too, the redelivery matches the running attempt again (another
+                # lost attempt) instead of looking stale and being dropped for good.
+                ch.jobs.append(Job("step", run.id, seq, entry.attempts + 1, run_at=ch.now))
+            return None
         stale = entry.status != "pending" or (
-            not recovered and job.attempt is not None and entry.attempts + 1 != job.attempt
+            job.attempt is not None and entry.attempts + 1 != job.attempt
         )
         if stale:
             self._finish_job(ch, job, lease)
@@ -219,7 +224,8 @@ class JobRunner:
             # rolls both back, and the failure is then recorded in a new transaction.
             context = self._context(run, entry, number, ch.tx)
             try:
-                result = invoke.call_step(definition, entry.input or {}, context)
+                override = self.engine.override(definition, number)
+                result = invoke.call_step(definition, entry.input or {}, context, override=override)
                 # A result that cannot be stored fails the attempt: roll its writes back.
                 contracts.encode(result, what=f"the result of step {entry.name}")
             except Exception as exc:
@@ -412,7 +418,7 @@ class JobRunner:
             for number in range(1, attempts + 1):
                 try:
                     output = invoke.call_compensation(
-                        compensate,
+                        self.engine.override(compensate, number) or compensate,
                         input=entry.input,
                         output=entry.result,
                         failure=failure,

@@ -1,0 +1,403 @@
+"""Recording and resolving history entries for the commands a workflow yields.
+
+``record_new`` appends the entries of a command yielded past the end of the history (a
+step call, a timer, a join's branches, ...), resolving at once the ones whose value is
+known now (logs, ``sm.now``, ``sm.uuid4``, ``sm.random``). ``resolve`` turns the entry a
+command is blocked on back into what the generator is fed: its decoded result, or the
+exception it failed with; ``None`` while it is still undecided. Pure, like the rest of
+the core: the interpreter passes in the run id, the generator and ``now``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import uuid
+from collections.abc import Generator
+from datetime import datetime, timedelta
+from typing import Any
+
+from squidmesh.core import commands as cmds
+from squidmesh.core import contracts
+from squidmesh.core.activation import Activation, BufferedEvent, compensation_plan
+from squidmesh.core.definition import StepCall
+from squidmesh.core.failures import exception_for
+from squidmesh.core.history import Entry, History
+from squidmesh.errors import DefinitionError
+from squidmesh.types import EntryStatus
+
+__all__ = [
+    "START",
+    "Blocked",
+    "Feed",
+    "WorkflowBug",
+    "append_entry",
+    "iso",
+    "record_new",
+    "recorded_value",
+    "resolve",
+    "yield_location",
+]
+
+_DONE = EntryStatus.COMPLETED.value
+_FAILED = EntryStatus.FAILED.value
+_CANCELLED = EntryStatus.CANCELLED.value
+_PENDING = EntryStatus.PENDING.value
+_RUNNING = EntryStatus.RUNNING.value
+_IMMEDIATE = frozenset({"log", "now", "uuid4", "random"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    throw: bool
+    value: Any
+
+
+START = Feed(False, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocked:
+    seq: int
+    command: Any
+
+    @property
+    def kind(self) -> str:
+        return str(self.command.kind)
+
+
+class WorkflowBug(Exception):
+    """A problem in the workflow's code found while interpreting a command."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def yield_location(gen: Generator[Any, Any, Any]) -> str | None:
+    inner: Any = gen
+    while True:
+        nxt = getattr(inner, "gi_yieldfrom", None)
+        if nxt is None or not inspect.isgenerator(nxt):
+            break
+        inner = nxt
+    frame = getattr(inner, "gi_frame", None)
+    if frame is None:
+        return None
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _derived_bytes(run_id: str, seq: int, kind: str) -> bytes:
+    # Recorded values are derived from (run, position) rather than an RNG so that the core
+    # stays pure; the history still records them, so replay never recomputes.
+    return hashlib.sha256(f"{run_id}:{seq}:{kind}".encode()).digest()
+
+
+# ------------------------------------------------------------------ recording
+
+
+def append_entry(
+    history: History,
+    act: Activation,
+    now: datetime,
+    kind: str,
+    name: str,
+    *,
+    status: str = _PENDING,
+    input: Any = None,
+    parent: int | None = None,
+    meta: dict[str, Any] | None = None,
+    wake_at: datetime | None = None,
+    gen: Generator[Any, Any, Any] | None,
+) -> Entry:
+    entry = Entry(
+        seq=len(history),
+        kind=kind,
+        name=name,
+        status=status,
+        input=input,
+        parent=parent,
+        meta=meta or {},
+        loc=yield_location(gen) if gen is not None else None,
+        wake_at=iso(wake_at) if wake_at is not None else None,
+        created_at=iso(now),
+    )
+    history.append(entry)
+    act.new_entries.append(entry)
+    return entry
+
+
+def record_new(
+    command: Any,
+    history: History,
+    act: Activation,
+    now: datetime,
+    inbox: list[BufferedEvent],
+    *,
+    run_id: str,
+    gen: Generator[Any, Any, Any] | None,
+) -> None:
+    kind = command.kind
+    if kind in _IMMEDIATE:
+        entry = append_entry(
+            history,
+            act,
+            now,
+            kind,
+            command.name,
+            input={
+                "message": command.message,
+                "level": command.level,
+                "fields": _safe(command.fields),
+            }
+            if kind == "log"
+            else None,
+            gen=gen,
+        )
+        history.resolve(entry.seq, _DONE, result=_immediate_value(entry, now, run_id), at=iso(now))
+        return
+    if kind == "undo":
+        plan = compensation_plan(history)
+        entry = append_entry(
+            history, act, now, "undo", "undo", status=_RUNNING, input={"steps": plan}, gen=gen
+        )
+        if plan:
+            act.compensate = tuple(plan)
+            for seq in plan:
+                history[seq].compensation = {"status": _PENDING}
+                act._touch(history[seq])
+        return
+    if isinstance(command, (cmds.Join, cmds.First)):
+        container = append_entry(
+            history,
+            act,
+            now,
+            kind,
+            kind,
+            status=_RUNNING,
+            input={
+                "branches": len(command.commands),
+                "return_exceptions": getattr(command, "return_exceptions", False),
+            },
+            gen=gen,
+        )
+        for branch in command.commands:
+            _new_leaf(
+                branch, history, act, now, inbox, parent=container.seq, run_id=run_id, gen=gen
+            )
+        return
+    _new_leaf(command, history, act, now, inbox, parent=None, run_id=run_id, gen=gen)
+
+
+def _new_leaf(
+    command: Any,
+    history: History,
+    act: Activation,
+    now: datetime,
+    inbox: list[BufferedEvent],
+    *,
+    parent: int | None,
+    run_id: str,
+    gen: Generator[Any, Any, Any] | None,
+) -> None:
+    if isinstance(command, StepCall):
+        try:
+            arguments = contracts.encode(
+                command.arguments, what=f"an argument of step {command.name}"
+            )
+        except contracts.EncodeError as exc:
+            raise WorkflowBug(
+                DefinitionError(f"run {run_id}: step {command.name} was called with {exc}")
+            ) from exc
+        append_entry(
+            history,
+            act,
+            now,
+            "step",
+            command.name,
+            input=arguments,
+            parent=parent,
+            meta=command.step.policy(),
+            gen=gen,
+        )
+    elif isinstance(command, cmds.Sleep):
+        if command.until is not None:
+            wake = command.until
+            spec: dict[str, Any] = {"until": iso(command.until)}
+        else:
+            wake = now + timedelta(seconds=command.seconds or 0.0)
+            spec = {"seconds": command.seconds}
+        append_entry(
+            history,
+            act,
+            now,
+            "sleep",
+            "sleep",
+            status=_RUNNING,
+            input=spec,
+            parent=parent,
+            wake_at=wake,
+            gen=gen,
+        )
+    elif isinstance(command, cmds.Pause):
+        append_entry(
+            history,
+            act,
+            now,
+            "pause",
+            command.name,
+            status=_RUNNING,
+            input={"reason": command.reason},
+            parent=parent,
+            gen=gen,
+        )
+    elif isinstance(command, (cmds.Approval, cmds.WaitForEvent)):
+        deadline = now + timedelta(seconds=command.timeout) if command.timeout is not None else None
+        entry = append_entry(
+            history,
+            act,
+            now,
+            command.kind,
+            command.name,
+            status=_RUNNING,
+            input={"timeout": command.timeout},
+            parent=parent,
+            wake_at=deadline,
+            gen=gen,
+        )
+        if command.kind == "event":
+            for index, event in enumerate(inbox):
+                if event.name == command.name:
+                    del inbox[index]
+                    history.resolve(entry.seq, _DONE, result=event.data, at=iso(now))
+                    act.consumed_events = (*act.consumed_events, event.id)
+                    break
+    else:  # pragma: no cover - commands.join() validates branch kinds
+        raise WorkflowBug(DefinitionError(f"unsupported command {command!r}"))
+
+
+def _immediate_value(entry: Entry, now: datetime, run_id: str) -> Any:
+    if entry.kind == "now":
+        return iso(now)
+    if entry.kind == "uuid4":
+        return str(uuid.UUID(bytes=_derived_bytes(run_id, entry.seq, "uuid4")[:16], version=4))
+    if entry.kind == "random":
+        raw = int.from_bytes(_derived_bytes(run_id, entry.seq, "random")[:8], "big")
+        return (raw >> 11) / float(1 << 53)
+    return None
+
+
+def resolve(
+    blocked: Blocked, history: History, act: Activation, now: datetime, run_id: str
+) -> Feed | None:
+    kind = blocked.kind
+    entry = history[blocked.seq]
+    if kind in ("join", "first"):
+        return _resolve_group(blocked, history, act, now, run_id)
+    if kind == "undo":
+        return _resolve_undo(entry, history, act, now)
+    if entry.status == _DONE:
+        return Feed(False, recorded_value(entry, blocked.command, run_id))
+    if entry.status == _FAILED:
+        return Feed(True, exception_for(entry))
+    return None
+
+
+def recorded_value(entry: Entry, command: Any, run_id: str) -> Any:
+    try:
+        if entry.kind == "step":
+            return contracts.decode(entry.result, command.step.return_annotation)
+        if entry.kind == "approval":
+            return cmds.Decision.from_json(entry.result)
+        if entry.kind == "now":
+            return datetime.fromisoformat(entry.result)
+        if entry.kind == "uuid4":
+            return uuid.UUID(entry.result)
+    except Exception as exc:
+        raise WorkflowBug(
+            DefinitionError(
+                f"run {run_id}: the recorded result of {entry.label()} no longer fits "
+                f"the code ({exc}); restore the old return type or guard with sm.patched"
+            )
+        ) from exc
+    return entry.result
+
+
+def _resolve_group(
+    blocked: Blocked, history: History, act: Activation, now: datetime, run_id: str
+) -> Feed | None:
+    container = history[blocked.seq]
+    branches = history.branches(blocked.seq)
+    commands: tuple[Any, ...] = blocked.command.commands
+    finished = sorted((b for b in branches if b.resolved), key=lambda b: b.order or 0)
+    feed: Feed | None = None
+    if blocked.kind == "first":
+        if finished:
+            winner = finished[0]
+            index = winner.seq - blocked.seq - 1
+            if winner.status == _FAILED:
+                feed = Feed(True, exception_for(winner))
+            else:
+                feed = Feed(False, (index, recorded_value(winner, commands[index], run_id)))
+    else:
+        return_exceptions = bool(blocked.command.return_exceptions)
+        if not return_exceptions:
+            for branch in finished:
+                if branch.status == _FAILED:
+                    feed = Feed(True, exception_for(branch))
+                    break
+        if feed is None and len(finished) == len(branches):
+            values = []
+            for offset, branch in enumerate(branches):
+                if branch.status == _FAILED:
+                    values.append(exception_for(branch))
+                else:
+                    values.append(recorded_value(branch, commands[offset], run_id))
+            feed = Feed(False, tuple(values))
+    if feed is None:
+        return None
+    # The group is decided: losers and pending siblings are cancelled, and the
+    # container records how it ended.
+    for branch in branches:
+        if branch.status in (_PENDING, _RUNNING):
+            branch.status = _CANCELLED
+            branch.wake_at = None
+            act._touch(branch)
+    if container.status in (_PENDING, _RUNNING):
+        history.resolve(container.seq, _FAILED if feed.throw else _DONE, at=iso(now))
+        act._touch(container)
+    return feed
+
+
+def _resolve_undo(entry: Entry, history: History, act: Activation, now: datetime) -> Feed | None:
+    outcomes = []
+    for seq in (entry.input or {}).get("steps", []):
+        step_entry = history[seq]
+        comp = step_entry.compensation or {}
+        if comp.get("status") not in (_DONE, _FAILED):
+            return None
+        outcomes.append(
+            {
+                "step": step_entry.name,
+                "seq": seq,
+                "status": comp.get("status"),
+                "output": comp.get("output"),
+                "error": comp.get("error"),
+            }
+        )
+    if entry.status in (_PENDING, _RUNNING):
+        history.resolve(entry.seq, _DONE, result=outcomes, at=iso(now))
+        act._touch(entry)
+    return Feed(False, outcomes)
+
+
+def _safe(fields: dict[str, Any]) -> Any:
+    try:
+        return contracts.encode(fields, what="log fields")
+    except contracts.EncodeError:
+        return {k: repr(v) for k, v in fields.items()}
