@@ -24,7 +24,6 @@ from squidmesh.core.records import Attempt, AuditEvent
 from squidmesh.core.replay import Activation, Interpreter
 from squidmesh.errors import NondeterminismError
 from squidmesh.mesh import Mesh
-from squidmesh.runtime.engine import Live
 from squidmesh.runtime.executors import InlineExecutor
 from squidmesh.storage.base import RunRecord
 from squidmesh.storage.memory import InMemoryStore
@@ -215,7 +214,6 @@ class WorkflowTester:
             clock=lambda: self._now,
         )
         self._mesh._engine.step_override = self._override
-        self._mesh._engine.find_step = self._find_step
         if replay_each_command:
             self._mesh._engine.on_activation = self._verify_replay
 
@@ -345,21 +343,6 @@ class WorkflowTester:
         if callable(stub):
             return stub  # type: ignore[no-any-return]
         return lambda *_args, **_kwargs: stub
-
-    def _find_step(self, live: Live, entry: Entry) -> StepDefinition[Any, Any] | None:
-        """A step call defined where no import can reach it (a closure): ask a replay."""
-        history = live.history.copy()
-        fresh = Interpreter(
-            self.workflow,
-            run_id=str(history.run_id),
-            trigger=history.trigger,
-            payload=history.payload,
-            schedule=history.schedule,
-        )
-        fresh.advance(history, now=self._now)
-        fresh.close()
-        found = fresh.step_calls.get(entry.seq) or fresh.step_definitions.get(entry.name)
-        return found if isinstance(found, StepDefinition) else None
 
     def _verify_replay(self, run: RunRecord, history: History, live: Activation) -> None:
         """Replay a copy of the history with a fresh interpreter: it must agree."""

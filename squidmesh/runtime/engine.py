@@ -138,8 +138,6 @@ class Engine:
         #: of a step or compensation for attempt n, and a check run after each activation
         self.step_override: Callable[[Any, int], Callable[..., Any] | None] | None = None
         self.on_activation: Callable[[RunRecord, History, Activation], None] | None = None
-        #: (testing) the step call at an entry that neither the interpreter nor its ref knows
-        self.find_step: Callable[[Live, Entry], StepDefinition[Any, Any] | None] | None = None
 
     # ------------------------------------------------------------------ transactions
 
@@ -277,8 +275,8 @@ class Engine:
         if found is None:
             obj = invoke.resolve_ref(str(entry.meta.get("ref", "")))
             found = obj if isinstance(obj, StepDefinition) else None
-        if found is None and self.find_step is not None:
-            found = self.find_step(live, entry)
+        if found is None:
+            found = self._replayed_call(live, entry)
         return found
 
     def compensation_for(self, live: Live, entry: Entry) -> Any:
@@ -287,10 +285,29 @@ class Engine:
         if definition is not None:
             return definition.compensate
         found = invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
-        if found is None and self.find_step is not None:
-            definition = self.find_step(live, entry)
+        if found is None:
+            definition = self._replayed_call(live, entry)
             found = definition.compensate if definition is not None else None
         return found
+
+    def _replayed_call(self, live: Live, entry: Entry) -> StepDefinition[Any, Any] | None:
+        """Find a step call no import reaches (a closure, a local function) by replaying a
+        copy of the history with a fresh interpreter: the workflow yields it again."""
+        workflow = live.interpreter.workflow
+        history = live.history.copy()
+        fresh = Interpreter(
+            workflow,
+            run_id=live.interpreter.run_id,
+            trigger=live.interpreter.trigger,
+            payload=live.interpreter.payload,
+            schedule=live.interpreter.schedule,
+        )
+        try:
+            fresh.advance(history, now=self.clock())
+        finally:
+            fresh.close()
+        found = fresh.step_calls.get(entry.seq)
+        return found if isinstance(found, StepDefinition) else None
 
     def warm(self, ch: Change, run: RunRecord, live: Live) -> None:
         """Replay a cold interpreter once so it knows each step call and its options."""
