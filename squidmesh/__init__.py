@@ -56,6 +56,7 @@ from squidmesh.errors import (
     UnknownTriggerError,
     UnknownWorkflowError,
     UnsafeReplayError,
+    ValueTooLargeError,
 )
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
@@ -107,6 +108,7 @@ __all__ = [
     "UnknownTriggerError",
     "UnknownWorkflowError",
     "UnsafeReplayError",
+    "ValueTooLargeError",
     "WorkflowDefinition",
     "__version__",
     "approval",

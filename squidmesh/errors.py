@@ -12,6 +12,7 @@
     ├── UnsafeReplayError         .steps
     ├── ReviewError               approve/reject without a valid actor
     ├── DispatchError             the executor refused the jobs; the change was rolled back
+    ├── ValueTooLargeError        a value is over the Mesh's max_value_bytes
     ├── NondeterminismError       .run_id, .seq, .expected, .recorded
     ├── StorageError              driver error kept as __cause__
     │   ├── SchemaOutOfDateError
@@ -56,6 +57,7 @@ __all__ = [
     "UnknownTriggerError",
     "UnknownWorkflowError",
     "UnsafeReplayError",
+    "ValueTooLargeError",
     "WorkflowSignal",
 ]
 
@@ -142,6 +144,10 @@ class ReviewError(SquidmeshError):
 
 class DispatchError(SquidmeshError):
     """The executor could not accept the jobs; nothing was changed."""
+
+
+class ValueTooLargeError(SquidmeshError):
+    """A value's JSON is larger than this Mesh accepts (``Mesh(max_value_bytes=...)``)."""
 
 
 class NondeterminismError(SquidmeshError):

@@ -7,15 +7,18 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from squidmesh.core.contracts import check_size
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     DefinitionError,
+    PayloadError,
     RunNotFoundError,
     SchemaOutOfDateError,
     StorageError,
     UnknownTriggerError,
     UnknownWorkflowError,
+    ValueTooLargeError,
 )
 from squidmesh.operator import OperatorActions, parse_run_id
 from squidmesh.runtime import cron
@@ -55,6 +58,7 @@ class Mesh(OperatorActions):
         clock: Callable[[], datetime] | None = None,
         auto_migrate: bool | None = None,
         cache_size: int = 1024,
+        max_value_bytes: int | None = 1_048_576,
     ) -> None:
         if store is None:
             from squidmesh.storage import open_store
@@ -73,6 +77,11 @@ class Mesh(OperatorActions):
             self.store, self.workflows, self.executor, self.clock, cache_size=cache_size
         )
         self._jobs = JobRunner(self._engine)
+        if max_value_bytes is not None and max_value_bytes < 1:
+            raise ValueError(f"max_value_bytes must be positive or None, got {max_value_bytes}")
+        #: the largest JSON (bytes) of a payload, step result, event or unblock data
+        self.max_value_bytes = max_value_bytes
+        self._engine.max_value_bytes = max_value_bytes
         # Embedded stores migrate themselves; on PostgreSQL the operator decides when.
         self._auto_migrate = (
             auto_migrate if auto_migrate is not None else self.store.dialect != "postgresql"
@@ -136,6 +145,14 @@ class Mesh(OperatorActions):
         self._engine.close()
         self.store.close()
 
+    def _sized_payload(self, wf: WorkflowDefinition, payload: Any, trigger: str) -> dict[str, Any]:
+        stored = wf.validate_payload(payload, trigger)
+        try:
+            check_size(stored, self.max_value_bytes, what="the payload")
+        except ValueTooLargeError as exc:
+            raise PayloadError(f"workflow {wf.name}, trigger {trigger}: {exc.message}") from None
+        return stored
+
     def _workflow(self, workflow: str | WorkflowDefinition) -> WorkflowDefinition:
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
         found = self.workflows.get(str(name))
@@ -161,7 +178,7 @@ class Mesh(OperatorActions):
         """Validate, persist and dispatch a new run (or return the run with this key)."""
         wf = self._workflow(workflow)
         trig = wf.trigger(trigger)
-        stored = wf.validate_payload(payload, trig.name)
+        stored = self._sized_payload(wf, payload, trig.name)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
@@ -293,7 +310,7 @@ class Mesh(OperatorActions):
                 valid = ", ".join(s.value for s in RunStatus)
                 raise ValueError(f"unknown run status {status!r} (valid: {valid})") from None
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        if not isinstance(limit, int) or limit < 1:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
         # A Run is a keyset cursor (created_at, id): runs created in the same instant as
         # the cursor are not skipped. A bare datetime keeps runs created before it.
@@ -411,7 +428,7 @@ class Mesh(OperatorActions):
             )
         if fire_time.tzinfo is None:
             raise ValueError("fire_cron needs a timezone-aware fire_time")
-        stored = wf.validate_payload(payload, trig.name)
+        stored = self._sized_payload(wf, payload, trig.name)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)
         try:

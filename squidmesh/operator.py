@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from squidmesh.core import state
+from squidmesh.core.contracts import check_size, encode
 from squidmesh.errors import (
     InvalidTransitionError,
     ReviewError,
@@ -42,6 +43,7 @@ class OperatorActions:
 
     _engine: Engine
     store: Store
+    max_value_bytes: int | None
     clock: Callable[[], datetime]
 
     if TYPE_CHECKING:  # provided by Mesh
@@ -173,6 +175,7 @@ class OperatorActions:
         with self._engine.change() as ch:
             run = self._locked(ch, run_id)
             live, entry = self._waiting_entry(ch, run, "pause", "unblock_run")
+            check_size(encode(data, what="unblock data"), self.max_value_bytes, what="unblock data")
             state.deliver_unblock(live.history, entry.seq, data, ch.now)
             ch.touched(run.id, entry)
             ch.audit(
@@ -200,13 +203,13 @@ class OperatorActions:
                     status=run.status,
                     action="send_event",
                 )
+            stored = encode(data, what="event data")
+            check_size(stored, self.max_value_bytes, what=f"the data of event {name!r}")
             live = self._engine.live(ch, run)
             entry = None
             if live is not None and run.status != "suspended":
                 entry = state.deliver_event(live.history, name, data, ch.now)
             if entry is None:
-                from squidmesh.core.contracts import encode
-
                 ch.tx.add_event(run.id, name, encode(data, what="event data"), ch.now)
                 ch.audit(run.id, "event_received", step=name, metadata={"buffered": True})
                 ch.runs.pop(run.id)  # nothing about the run itself changed

@@ -52,6 +52,7 @@ PUBLIC_API = [
     "UnknownTriggerError",
     "UnknownWorkflowError",
     "UnsafeReplayError",
+    "ValueTooLargeError",
     "WorkflowDefinition",
     "__version__",
     "approval",

@@ -6,15 +6,16 @@ Everything squidmesh stores is JSON produced here (through pydantic); nothing is
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import pydantic
 import pydantic_core
 
-from squidmesh.errors import PayloadError
+from squidmesh.errors import PayloadError, ValueTooLargeError
 
-__all__ = ["EncodeError", "decode", "encode", "type_label", "validate_payload"]
+__all__ = ["EncodeError", "check_size", "decode", "encode", "type_label", "validate_payload"]
 
 
 class EncodeError(TypeError):
@@ -30,6 +31,19 @@ def encode(value: Any, *, what: str = "value") -> Any:
             f"{what} of type {_unencodable_type(value)} cannot be stored as JSON: use "
             "plain data, a pydantic model or a dataclass"
         ) from exc
+
+
+def check_size(data: Any, max_bytes: int | None, *, what: str) -> None:
+    """Refuse encoded ``data`` whose JSON exceeds ``max_bytes`` (None: no limit)."""
+    if max_bytes is None:
+        return
+    size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > max_bytes:
+        raise ValueTooLargeError(
+            f"{what} is {size:,} bytes of JSON; this Mesh stores at most {max_bytes:,} "
+            "(store large data elsewhere and pass a reference, or raise "
+            "Mesh(max_value_bytes=...))"
+        )
 
 
 def _unencodable_type(value: Any) -> str:

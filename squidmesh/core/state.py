@@ -16,7 +16,7 @@ from squidmesh.core.failures import error_info, timeout_error
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt
 from squidmesh.core.retry import Retry, RetryDecision
-from squidmesh.errors import NonRetryable, RetryLater
+from squidmesh.errors import NonRetryable, RetryLater, ValueTooLargeError
 from squidmesh.types import EntryStatus, RunStatus
 
 __all__ = [
@@ -55,9 +55,14 @@ def begin_attempt(entry: Entry, now: datetime) -> int:
     return entry.attempts
 
 
-def complete_attempt(history: History, seq: int, value: Any, now: datetime) -> Entry:
-    """Record a step's return value; an unencodable value must go to ``fail_attempt``."""
-    result = contracts.encode(value, what=f"the result of step {history[seq].name}")
+def complete_attempt(
+    history: History, seq: int, value: Any, now: datetime, *, max_bytes: int | None = None
+) -> Entry:
+    """Record a step's return value; a value that cannot be stored (not JSON, or over
+    ``max_bytes``) raises, and must go to ``fail_attempt``."""
+    what = f"the result of step {history[seq].name}"
+    result = contracts.encode(value, what=what)
+    contracts.check_size(result, max_bytes, what=what)
     return history.resolve(seq, _DONE, result=result, at=_iso(now))
 
 
@@ -67,7 +72,8 @@ def fail_attempt(
     """Record a failed attempt: schedule the next one per policy, or fail the entry."""
     entry = history[seq]
     retryable = not (
-        isinstance(exc, (NonRetryable, contracts.EncodeError)) or policy.is_non_retryable(exc)
+        isinstance(exc, (NonRetryable, contracts.EncodeError, ValueTooLargeError))
+        or policy.is_non_retryable(exc)
     )
     requested = exc.after if isinstance(exc, RetryLater) else None
     decision = policy.decide(entry.attempts, retryable=retryable, requested_delay=requested)

@@ -130,6 +130,8 @@ class Engine:
         self.cache_size = cache_size
         #: run id -> (version, live interpreter, the run row at that version)
         self._cache: OrderedDict[str, tuple[int, Live, RunRecord]] = OrderedDict()
+        #: the largest JSON value (bytes) a step may return; None means no limit
+        self.max_value_bytes: int | None = None
         #: steps begun by eager continuation, by job id, until the worker runs them
         self.begun: dict[int, _Begun] = {}
         #: called after a commit that produced jobs (wakes this process's workers)

@@ -349,7 +349,9 @@ class JobRunner:
             return
         if error is None:
             try:
-                state.complete_attempt(history, entry.seq, value, ch.now)
+                state.complete_attempt(
+                    history, entry.seq, value, ch.now, max_bytes=self.engine.max_value_bytes
+                )
             except Exception as exc:  # the value cannot be stored as JSON
                 error = exc
         definition = self.engine.step_definition(live, entry)
