@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from squidmesh.core.contracts import check_size
+from squidmesh.core.contracts import EncodeError, check_size
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
 from squidmesh.errors import (
@@ -149,8 +149,8 @@ class Mesh(OperatorActions):
         stored = wf.validate_payload(payload, trigger)
         try:
             check_size(stored, self.max_value_bytes, what="the payload")
-        except ValueTooLargeError as exc:
-            raise PayloadError(f"workflow {wf.name}, trigger {trigger}: {exc.message}") from None
+        except (ValueTooLargeError, EncodeError) as exc:
+            raise PayloadError(f"workflow {wf.name}, trigger {trigger}: {exc}") from None
         return stored
 
     def _workflow(self, workflow: str | WorkflowDefinition) -> WorkflowDefinition:

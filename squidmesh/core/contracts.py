@@ -34,10 +34,18 @@ def encode(value: Any, *, what: str = "value") -> Any:
 
 
 def check_size(data: Any, max_bytes: int | None, *, what: str) -> None:
-    """Refuse encoded ``data`` whose JSON exceeds ``max_bytes`` (None: no limit)."""
+    """Refuse encoded ``data`` that strict JSON cannot hold (NaN, Infinity) or whose JSON
+    exceeds ``max_bytes`` (None: no limit)."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise EncodeError(
+            f"{what} contains NaN or Infinity, which JSON cannot store: return None or a "
+            "string instead"
+        ) from None
     if max_bytes is None:
         return
-    size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+    size = len(text.encode())
     if size > max_bytes:
         raise ValueTooLargeError(
             f"{what} is {size:,} bytes of JSON; this Mesh stores at most {max_bytes:,} "

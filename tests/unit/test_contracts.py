@@ -230,3 +230,31 @@ def test_decode_any_returns_data_unchanged() -> None:
 def test_decode_refuses_data_that_does_not_fit() -> None:
     with pytest.raises(pydantic.ValidationError):
         contracts.decode({"summary": "ok"}, Report)
+
+
+def test_nan_and_infinity_are_refused_with_a_clear_error() -> None:
+    from squidmesh.core import contracts
+
+    for bad in (float("nan"), {"ratio": float("inf")}, [1.0, float("-inf")]):
+        data = contracts.encode(bad)
+        with pytest.raises(contracts.EncodeError, match="NaN or Infinity"):
+            contracts.check_size(data, None, what="the result of step ratio")
+
+
+def test_a_step_returning_nan_fails_once_without_retrying() -> None:
+    from squidmesh.testing import WorkflowTester
+
+    @sm.step(retry=sm.Retry(max_attempts=3))
+    def ratio() -> float:
+        return float("nan")
+
+    @sm.workflow
+    def measuring(payload=None):
+        return (yield ratio())
+
+    tester = WorkflowTester(measuring)
+    run = tester.start()
+    assert run.status == "failed"
+    (attempt,) = run.step_attempts("ratio")
+    assert attempt.error is not None and "NaN or Infinity" in attempt.error["message"]
+    assert attempt.error["retryable"] is False
