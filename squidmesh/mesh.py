@@ -13,14 +13,13 @@ from squidmesh.core.records import Job
 from squidmesh.errors import (
     DefinitionError,
     PayloadError,
-    RunNotFoundError,
     SchemaOutOfDateError,
     StorageError,
     UnknownTriggerError,
     UnknownWorkflowError,
     ValueTooLargeError,
 )
-from squidmesh.operator import OperatorActions, parse_run_id
+from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
@@ -28,7 +27,7 @@ from squidmesh.runtime.explain import explain
 from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.views import Explanation, Run, build_run
 from squidmesh.runtime.worker import Worker
-from squidmesh.storage.base import RunRecord, Store
+from squidmesh.storage.base import Store
 from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
@@ -200,71 +199,12 @@ class Mesh(OperatorActions):
             created = build_run(existing)
         return self._fresh(created)
 
-    def _create_run(
-        self,
-        workflow: str,
-        trigger: str,
-        payload: dict[str, Any],
-        *,
-        idempotency_key: str | None = None,
-        schedule: dict[str, Any] | None = None,
-        replayed_from: str | None = None,
-        forked_from: str | None = None,
-        prefix: list[Any] | None = None,
-        source_audit: tuple[str, str] | None = None,
-        cron_tick: datetime | None = None,
-        run_id: str | None = None,
-    ) -> Run:
-        with self._engine.change() as ch:
-            if idempotency_key is not None:
-                existing = ch.tx.find_run_by_key(workflow, idempotency_key)
-                if existing is not None:
-                    return build_run(existing)
-            run = RunRecord(
-                id=run_id or str(uuid.uuid4()),
-                workflow=workflow,
-                trigger=trigger,
-                status=RunStatus.PENDING.value,
-                payload=payload,
-                created_at=ch.now,
-                updated_at=ch.now,
-                idempotency_key=idempotency_key,
-                schedule=schedule,
-                replayed_from_run_id=replayed_from,
-                forked_from_run_id=forked_from,
-            )
-            ch.tx.insert_run(run)
-            if cron_tick is not None:
-                ch.tx.add_cron_tick(workflow, trigger, cron_tick, run.id)
-            if prefix:
-                ch.tx.insert_entries(run.id, prefix)
-            ch.audit(run.id, "run_started", metadata={"trigger": trigger})
-            if source_audit is not None:
-                kind, source = source_audit
-                ch.audit(run.id, kind, metadata={"source_run_id": source})
-                ch.audit(source, kind, metadata={"new_run_id": run.id})
-            ch.jobs.append(Job("activate", run.id, run_at=ch.now))
-        return self._fresh(build_run(run))
-
     # ------------------------------------------------------------------ reading
-
-    def _record(self, run_id: Any) -> RunRecord:
-        rid = parse_run_id(run_id)
-        self._ready()
-        with self.store.transaction() as tx:
-            run = tx.get_run(rid)
-        if run is None:
-            raise RunNotFoundError(f"run {rid} not found")
-        return run
 
     def inspect_run(self, run_id: Any, *, include_history: bool = False) -> Run:
         """The run's persisted facts; with history also steps, step runs and audit events."""
-        rid = parse_run_id(run_id)
-        self._ready()
-        with self.store.transaction() as tx:
-            run = tx.get_run(rid)
-            if run is None:
-                raise RunNotFoundError(f"run {rid} not found")
+        with self._reading(run_id) as (tx, run):
+            rid = run.id
             if not include_history:
                 return build_run(run)
             return build_run(
@@ -277,15 +217,10 @@ class Mesh(OperatorActions):
 
     def explain_run(self, run_id: Any) -> Explanation:
         """Why the run is where it is, and what can be done next."""
-        rid = parse_run_id(run_id)
-        self._ready()
-        with self.store.transaction() as tx:
-            run = tx.get_run(rid)
-            if run is None:
-                raise RunNotFoundError(f"run {rid} not found")
-            entries = tx.load_entries(rid)
-            attempts = tx.load_attempts(rid)
-            events = len(tx.load_events(rid))
+        with self._reading(run_id) as (tx, run):
+            entries = tx.load_entries(run.id)
+            attempts = tx.load_attempts(run.id)
+            events = len(tx.load_events(run.id))
         return explain(
             run,
             entries,
@@ -325,13 +260,8 @@ class Mesh(OperatorActions):
 
     def export_history(self, run_id: Any) -> dict[str, Any]:
         """The run's history as JSON, for ``squidmesh.testing.replay``."""
-        rid = parse_run_id(run_id)
-        self._ready()
-        with self.store.transaction() as tx:
-            run = tx.get_run(rid)
-            if run is None:
-                raise RunNotFoundError(f"run {rid} not found")
-            entries = tx.load_entries(rid)
+        with self._reading(run_id) as (tx, run):
+            entries = tx.load_entries(run.id)
         return run.history(entries).to_json()
 
     # ------------------------------------------------------------------ work

@@ -4,12 +4,15 @@ fork and retention. ``Mesh`` inherits them; each is one transaction through the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from squidmesh.core import state
 from squidmesh.core.contracts import check_size, encode
+from squidmesh.core.records import Job
 from squidmesh.errors import (
     InvalidTransitionError,
     ReviewError,
@@ -20,7 +23,7 @@ from squidmesh.errors import (
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
 from squidmesh.runtime.views import Run, build_run
-from squidmesh.storage.base import RunRecord, Store
+from squidmesh.storage.base import RunRecord, Store, Transaction
 from squidmesh.types import RunStatus
 
 __all__ = ["OperatorActions", "parse_run_id"]
@@ -30,8 +33,6 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 def parse_run_id(value: Any) -> str:
     """The canonical text of a run id; ``RunNotFoundError`` for anything not a UUID."""
-    import uuid
-
     try:
         return str(uuid.UUID(str(value)))
     except (ValueError, TypeError, AttributeError):
@@ -54,20 +55,62 @@ class OperatorActions:
 
         def _workflow(self, workflow: Any) -> Any: ...
 
-        def _create_run(
-            self,
-            workflow: str,
-            trigger: str,
-            payload: dict[str, Any],
-            *,
-            idempotency_key: str | None = None,
-            schedule: dict[str, Any] | None = None,
-            replayed_from: str | None = None,
-            forked_from: str | None = None,
-            prefix: list[Any] | None = None,
-            source_audit: tuple[str, str] | None = None,
-            cron_tick: datetime | None = None,
-        ) -> Run: ...
+    @contextmanager
+    def _reading(self, run_id: Any) -> Iterator[tuple[Transaction, RunRecord]]:
+        """A read transaction holding the run; ``RunNotFoundError`` when there is none."""
+        rid = parse_run_id(run_id)
+        self._ready()
+        with self.store.transaction() as tx:
+            run = tx.get_run(rid)
+            if run is None:
+                raise RunNotFoundError(f"run {rid} not found")
+            yield tx, run
+
+    def _create_run(
+        self,
+        workflow: str,
+        trigger: str,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        schedule: dict[str, Any] | None = None,
+        replayed_from: str | None = None,
+        forked_from: str | None = None,
+        prefix: list[Any] | None = None,
+        source_audit: tuple[str, str] | None = None,
+        cron_tick: datetime | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        with self._engine.change() as ch:
+            if idempotency_key is not None:
+                existing = ch.tx.find_run_by_key(workflow, idempotency_key)
+                if existing is not None:
+                    return build_run(existing)
+            run = RunRecord(
+                id=run_id or str(uuid.uuid4()),
+                workflow=workflow,
+                trigger=trigger,
+                status=RunStatus.PENDING.value,
+                payload=payload,
+                created_at=ch.now,
+                updated_at=ch.now,
+                idempotency_key=idempotency_key,
+                schedule=schedule,
+                replayed_from_run_id=replayed_from,
+                forked_from_run_id=forked_from,
+            )
+            ch.tx.insert_run(run)
+            if cron_tick is not None:
+                ch.tx.add_cron_tick(workflow, trigger, cron_tick, run.id)
+            if prefix:
+                ch.tx.insert_entries(run.id, prefix)
+            ch.audit(run.id, "run_started", metadata={"trigger": trigger})
+            if source_audit is not None:
+                kind, source = source_audit
+                ch.audit(run.id, kind, metadata={"source_run_id": source})
+                ch.audit(source, kind, metadata={"new_run_id": run.id})
+            ch.jobs.append(Job("activate", run.id, run_at=ch.now))
+        return self._fresh(build_run(run))
 
     # ------------------------------------------------------------------ operator actions
 
@@ -284,13 +327,9 @@ class OperatorActions:
 
     def replay_run(self, run_id: Any, *, allow_irreversible: bool = False) -> Run:
         """Start a new run of the same workflow, trigger and stored payload."""
-        rid = parse_run_id(run_id)
-        self._ready()
-        with self.store.transaction() as tx:
-            source = tx.get_run(rid)
-            if source is None:
-                raise RunNotFoundError(f"run {rid} not found")
-            entries = tx.load_entries(rid)
+        with self._reading(run_id) as (tx, source):
+            entries = tx.load_entries(source.id)
+        rid = source.id
         self._workflow(source.workflow)
         blocked = replay_blockers(entries)
         if blocked and allow_irreversible is not True:
@@ -311,13 +350,8 @@ class OperatorActions:
 
     def fork_run(self, run_id: Any, *, at_seq: int) -> Run:
         """A new run that reuses the source's recorded results before ``at_seq``."""
-        rid = parse_run_id(run_id)
-        self._ready()
-        with self.store.transaction() as tx:
-            source = tx.get_run(rid)
-            if source is None:
-                raise RunNotFoundError(f"run {rid} not found")
-            entries = tx.load_entries(rid)
+        with self._reading(run_id) as (tx, source):
+            entries = tx.load_entries(source.id)
         self._workflow(source.workflow)
         if not isinstance(at_seq, int) or not 0 <= at_seq <= len(entries):
             raise ValueError(

@@ -17,9 +17,9 @@ from examples.beacon_watch import beacon_watch
 from examples.final_distraction import final_distraction
 from examples.order_fulfilment import fulfil_order, fulfil_order_or_apologise
 from squidmesh.testing import assert_golden_histories, replay
+from tests.test_ring_errand import outline, portable
 
 HISTORIES = Path(__file__).resolve().parent / "histories" / "examples"
-REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = [beacon_watch, final_distraction, fulfil_order, fulfil_order_or_apologise]
 
 ORDER = {"order_id": "o-7", "items": ["rope", "lembas"], "amount_cents": 4200}
@@ -52,29 +52,9 @@ def record(name: str) -> dict[str, Any]:
                 break
             now[0] += timedelta(seconds=60)
             mesh.drain()
-        return portable(mesh.export_history(run.id))
+        return portable(sm.History.from_json(mesh.export_history(run.id)))
     finally:
         mesh.close()
-
-
-def portable(data: dict[str, Any]) -> dict[str, Any]:
-    """Source locations relative to the repository, so the files do not name a machine."""
-    for item in data["entries"]:
-        path, _, line = (item.get("loc") or "").rpartition(":")
-        if path:
-            try:
-                path = Path(path).resolve().relative_to(REPO).as_posix()
-            except ValueError:
-                path = Path(path).name
-            item["loc"] = f"{path}:{line}"
-    return data
-
-
-def outline(data: dict[str, Any]) -> list[tuple[Any, ...]]:
-    return [
-        (e["seq"], e["kind"], e["name"], e["status"], e["input"], e["result"])
-        for e in data["entries"]
-    ]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
