@@ -317,6 +317,7 @@ class Mesh(OperatorActions):
         lease_seconds: float = 30.0,
         scheduler: bool = True,
         name: str | None = None,
+        sweep_interval: float = 30.0,
     ) -> Worker:
         """Start a worker thread in this process; ``close()`` stops it (gracefully)."""
         self._ready()
@@ -327,6 +328,7 @@ class Mesh(OperatorActions):
             lease_seconds=lease_seconds,
             scheduler=scheduler,
             name=name,
+            sweep_interval=sweep_interval,
         )
         self._workers.append(worker)
         return worker.start()

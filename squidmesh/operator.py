@@ -437,7 +437,7 @@ class OperatorActions:
             if not ids:
                 break
             for rid in ids:
-                self._engine.evict(rid)
+                self._engine.discard(rid)
             total += deleted
             if progress is not None:
                 progress(total)

@@ -20,6 +20,10 @@ class Attempt:
     error: dict[str, Any] | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    #: the worker that ran the attempt (its id in the workers table)
+    worker: str | None = None
+    #: the latest ``step_context().heartbeat(details)``: {"at": ISO time, "details": ...}
+    heartbeat: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,7 +98,15 @@ class JobRunner:
         with self.engine.change() as ch:
             self._finish_job(ch, job, lease)
             run = self.engine.lock(ch, str(job.run_id))
-            if run is None or run.status not in ("pending", "running", "retrying", "paused"):
+            if run is None:
+                return None
+            if run.status == RunStatus.CANCELLING.value and not run.pending_outcome:
+                # Nothing left in flight (an activation the sweeper dispatched): end it.
+                live = self.engine.live(ch, run)
+                if live is None or not self.engine.in_flight(live):
+                    self.engine.finish_cancel(ch, run, live)
+                return None
+            if run.status not in ("pending", "running", "retrying", "paused"):
                 return None
             live = self.engine.live(ch, run)
             if live is None:

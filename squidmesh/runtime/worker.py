@@ -48,11 +48,14 @@ class Worker:
         name: str | None = None,
         scheduler: bool = True,
         listen: bool = True,
+        sweep_interval: float = 30.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"worker concurrency must be >= 1, got {concurrency}")
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("worker lease_seconds and poll_interval must be > 0")
+        if sweep_interval < 0:
+            raise ValueError("worker sweep_interval must be >= 0 (0 turns the sweeper off)")
         self.mesh = mesh
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -60,6 +63,9 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.scheduler = scheduler
         self.listen = listen
+        #: seconds between looks for active runs that have no job (0: never); only with
+        #: an executor whose jobs are rows of the jobs table
+        self.sweep_interval = sweep_interval
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -121,6 +127,10 @@ class Worker:
         if self.scheduler:
             helpers.append(
                 threading.Thread(target=self._schedule, name="squidmesh-cron", daemon=True)
+            )
+        if self.sweep_interval > 0 and getattr(self.mesh.executor, "jobs_in_table", False):
+            helpers.append(
+                threading.Thread(target=self._sweep, name="squidmesh-sweeper", daemon=True)
             )
         for thread in helpers:
             thread.start()
@@ -258,6 +268,19 @@ class Worker:
                 log.warning("worker %s lost its LISTEN connection (%s); retrying", self.name, exc)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _sweep(self) -> None:
+        from squidmesh.runtime.sweeper import Sweeper
+
+        sweeper = Sweeper(self.mesh._engine, grace=max(2 * self.lease_seconds, 5.0))
+        while not self._stopping.wait(self.sweep_interval):
+            try:
+                if sweeper.sweep():
+                    self._wake.set()
+            except StorageError as exc:
+                log.warning("worker %s could not sweep for stuck runs: %s", self.name, exc)
+            except Exception:
+                log.exception("worker %s: the sweeper failed; it will look again", self.name)
 
     def _schedule(self) -> None:
         run_scheduler: Callable[[threading.Event], None] | None = getattr(
