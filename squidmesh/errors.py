@@ -12,7 +12,10 @@
     ├── UnsafeReplayError         .steps
     ├── ReviewError               approve/reject without a valid actor
     ├── DispatchError             the executor refused the jobs; the change was rolled back
-    ├── ValueTooLargeError        a value is over the Mesh's max_value_bytes
+    ├── InvalidArgumentError      an API call's argument is wrong (also Value/TypeError)
+    ├── UnstorableValueError      a value cannot be stored: not JSON, NUL characters, lone
+    │   │                         surrogates, NaN/Infinity, huge integers (also a ValueError)
+    │   └── ValueTooLargeError    a value is over the Mesh's max_value_bytes
     ├── NondeterminismError       .run_id, .seq, .expected, .recorded
     ├── StorageError              driver error kept as __cause__
     │   ├── SchemaOutOfDateError
@@ -41,6 +44,7 @@ __all__ = [
     "DefinitionError",
     "DispatchError",
     "Fail",
+    "InvalidArgumentError",
     "InvalidTransitionError",
     "NonRetryable",
     "NondeterminismError",
@@ -57,6 +61,7 @@ __all__ = [
     "UnknownTriggerError",
     "UnknownWorkflowError",
     "UnsafeReplayError",
+    "UnstorableValueError",
     "ValueTooLargeError",
     "WorkflowSignal",
 ]
@@ -146,7 +151,24 @@ class DispatchError(SquidmeshError):
     """The executor could not accept the jobs; nothing was changed."""
 
 
-class ValueTooLargeError(SquidmeshError):
+class InvalidArgumentError(SquidmeshError, ValueError, TypeError):
+    """An argument of the call is not valid; nothing was changed.
+
+    Also a ``ValueError`` and a ``TypeError``, so code that caught those before keeps
+    working."""
+
+
+class UnstorableValueError(SquidmeshError, ValueError):
+    """A value cannot be stored: it is not JSON, or holds what a database refuses (NUL
+    characters, lone surrogates, NaN or Infinity, integers of thousands of digits)."""
+
+    def __init__(self, message: str | None = None, *, path: str | None = None) -> None:
+        #: where in the value the problem is, as a JSON path (``$.items[3].name``)
+        self.path = path
+        super().__init__(message)
+
+
+class ValueTooLargeError(UnstorableValueError):
     """A value's JSON is larger than this Mesh accepts (``Mesh(max_value_bytes=...)``)."""
 
 

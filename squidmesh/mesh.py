@@ -7,11 +7,12 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from squidmesh.core.contracts import EncodeError, check_size
+from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     DefinitionError,
+    InvalidArgumentError,
     PayloadError,
     SchemaOutOfDateError,
     StorageError,
@@ -77,7 +78,9 @@ class Mesh(OperatorActions):
         )
         self._jobs = JobRunner(self._engine)
         if max_value_bytes is not None and max_value_bytes < 1:
-            raise ValueError(f"max_value_bytes must be positive or None, got {max_value_bytes}")
+            raise InvalidArgumentError(
+                f"max_value_bytes must be positive or None, got {max_value_bytes}"
+            )
         #: the largest JSON (bytes) of a payload, step result, event or unblock data
         self.max_value_bytes = max_value_bytes
         self._engine.max_value_bytes = max_value_bytes
@@ -147,8 +150,8 @@ class Mesh(OperatorActions):
     def _sized_payload(self, wf: WorkflowDefinition, payload: Any, trigger: str) -> dict[str, Any]:
         stored = wf.validate_payload(payload, trigger)
         try:
-            check_size(stored, self.max_value_bytes, what="the payload")
-        except (ValueTooLargeError, EncodeError) as exc:
+            json_text(stored, what="the payload", max_bytes=self.max_value_bytes)
+        except ValueTooLargeError as exc:
             raise PayloadError(f"workflow {wf.name}, trigger {trigger}: {exc}") from None
         return stored
 
@@ -181,7 +184,9 @@ class Mesh(OperatorActions):
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
-            raise ValueError("idempotency_key must be a non-empty string")
+            raise InvalidArgumentError("idempotency_key must be a non-empty string")
+        if idempotency_key is not None:
+            json_text(idempotency_key, what="start_run: the idempotency key")
         self._ready()
         try:
             created = self._create_run(
@@ -243,10 +248,12 @@ class Mesh(OperatorActions):
                 status = RunStatus(status).value
             except ValueError:
                 valid = ", ".join(s.value for s in RunStatus)
-                raise ValueError(f"unknown run status {status!r} (valid: {valid})") from None
+                raise InvalidArgumentError(
+                    f"unknown run status {status!r} (valid: {valid})"
+                ) from None
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
         # A Run is a keyset cursor (created_at, id): runs created in the same instant as
         # the cursor are not skipped. A bare datetime keeps runs created before it.
         cursor = before.created_at if isinstance(before, Run) else before
@@ -359,7 +366,7 @@ class Mesh(OperatorActions):
                 f"workflow {wf.name}: trigger {trig.name!r} is not a cron trigger"
             )
         if fire_time.tzinfo is None:
-            raise ValueError("fire_cron needs a timezone-aware fire_time")
+            raise InvalidArgumentError("fire_cron needs a timezone-aware fire_time")
         stored = self._sized_payload(wf, payload, trig.name)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)

@@ -353,7 +353,8 @@ class Engine:
             workflow = self.workflow_for(run)
             if workflow is None:
                 return None
-            live = Live(run.interpreter(workflow), run.history(ch.tx.load_entries(run.id)))
+            interpreter = run.interpreter(workflow, max_value_bytes=self.max_value_bytes)
+            live = Live(interpreter, run.history(ch.tx.load_entries(run.id)))
         ch.lives[run.id] = live
         return live
 

@@ -21,7 +21,7 @@ from squidmesh.core.failures import error_info
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, Job
 from squidmesh.core.retry import Retry
-from squidmesh.errors import ConcurrentChangeError, SquidmeshError
+from squidmesh.errors import ConcurrentChangeError, SquidmeshError, UnstorableValueError
 from squidmesh.runtime import invoke
 from squidmesh.runtime.engine import (
     STEP_RUNNABLE,
@@ -235,7 +235,11 @@ class JobRunner:
                 override = self.engine.override(definition, number)
                 result = invoke.call_step(definition, entry.input or {}, context, override=override)
                 # A result that cannot be stored fails the attempt: roll its writes back.
-                contracts.encode(result, what=f"the result of step {entry.name}")
+                contracts.stored(
+                    result,
+                    what=f"the result of step {entry.name} (run {run.id}, seq {seq})",
+                    max_bytes=self.engine.max_value_bytes,
+                )
             except Exception as exc:
                 raise TransactionalStepFailed(exc) from exc
             ch.attempt(run.id, seq, Attempt(number, "running", None, started))
@@ -449,11 +453,18 @@ class JobRunner:
                 return
             entry = live.history[seq]
             try:
-                from squidmesh.core.contracts import encode
-
-                stored = encode(output, what="compensation output") if error is None else None
-            except Exception as exc:
-                error, stored = error_info(exc), None
+                stored = (
+                    contracts.stored(
+                        output,
+                        what=f"the output of the compensation of step {entry.name} "
+                        f"(run {run.id}, seq {seq})",
+                        max_bytes=self.engine.max_value_bytes,
+                    )
+                    if error is None
+                    else None
+                )
+            except UnstorableValueError as exc:
+                error, stored = error_info(exc, retryable=False), None
             state.record_compensation(
                 live.history,
                 seq,

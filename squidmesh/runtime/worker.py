@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from squidmesh.core.records import Job
-from squidmesh.errors import StorageError
+from squidmesh.errors import InvalidArgumentError, StorageError
 from squidmesh.runtime.perform import Lease
 
 __all__ = ["Worker"]
@@ -51,11 +51,13 @@ class Worker:
         sweep_interval: float = 30.0,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"worker concurrency must be >= 1, got {concurrency}")
+            raise InvalidArgumentError(f"worker concurrency must be >= 1, got {concurrency}")
         if lease_seconds <= 0 or poll_interval <= 0:
-            raise ValueError("worker lease_seconds and poll_interval must be > 0")
+            raise InvalidArgumentError("worker lease_seconds and poll_interval must be > 0")
         if sweep_interval < 0:
-            raise ValueError("worker sweep_interval must be >= 0 (0 turns the sweeper off)")
+            raise InvalidArgumentError(
+                "worker sweep_interval must be >= 0 (0 turns the sweeper off)"
+            )
         self.mesh = mesh
         self.concurrency = concurrency
         self.poll_interval = poll_interval

@@ -79,7 +79,9 @@ class RunRecord:
             result=self.result if terminal else None,
         )
 
-    def interpreter(self, workflow: WorkflowDefinition) -> Interpreter:
+    def interpreter(
+        self, workflow: WorkflowDefinition, *, max_value_bytes: int | None = None
+    ) -> Interpreter:
         """A fresh interpreter for this run (it replays from seq 0 on first advance)."""
         return Interpreter(
             workflow,
@@ -87,6 +89,7 @@ class RunRecord:
             trigger=self.trigger,
             payload=self.payload,
             schedule=self.schedule,
+            max_value_bytes=max_value_bytes,
         )
 
 
