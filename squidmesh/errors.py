@@ -64,7 +64,18 @@ __all__ = [
     "UnstorableValueError",
     "ValueTooLargeError",
     "WorkflowSignal",
+    "shown",
 ]
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: never raises (an integer of 5000 digits has
+    no repr) and never runs on for pages (cut to ``limit`` characters)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} that cannot be shown>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class SquidmeshError(Exception):

@@ -19,6 +19,7 @@ from squidmesh.errors import (
     UnknownTriggerError,
     UnknownWorkflowError,
     ValueTooLargeError,
+    shown,
 )
 from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
@@ -32,6 +33,11 @@ from squidmesh.storage.base import Store
 from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
+
+
+#: how long ``drain()`` leases the job it performs (a step longer than this could be
+#: claimed again by a worker beside it)
+DRAIN_LEASE_SECONDS = 300.0
 
 
 def _utcnow() -> datetime:
@@ -113,7 +119,7 @@ class Mesh(OperatorActions):
         """Make a workflow runnable by this Mesh."""
         if not isinstance(workflow, WorkflowDefinition):
             raise DefinitionError(
-                f"Mesh(workflows=...) takes @sm.workflow objects, got {workflow!r}"
+                f"Mesh(workflows=...) takes @sm.workflow objects, got {shown(workflow)}"
             )
         existing = self.workflows.get(workflow.name)
         if existing is not None and existing is not workflow:
@@ -157,11 +163,11 @@ class Mesh(OperatorActions):
 
     def _workflow(self, workflow: str | WorkflowDefinition) -> WorkflowDefinition:
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        found = self.workflows.get(str(name))
+        found = self.workflows.get(name) if isinstance(name, str) else None
         if found is None:
             known = ", ".join(sorted(self.workflows)) or "none"
             raise UnknownWorkflowError(
-                f"workflow {name!r} is not registered with this Mesh (registered: {known}); "
+                f"workflow {shown(name)} is not registered with this Mesh (registered: {known}); "
                 "pass it in Mesh(workflows=[...])"
             )
         return found
@@ -249,11 +255,19 @@ class Mesh(OperatorActions):
             except ValueError:
                 valid = ", ".join(s.value for s in RunStatus)
                 raise InvalidArgumentError(
-                    f"unknown run status {status!r} (valid: {valid})"
+                    f"unknown run status {shown(status)} (valid: {valid})"
                 ) from None
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"list_runs(workflow=...) takes a name or a workflow, got {shown(workflow)}"
+            )
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
+            raise InvalidArgumentError(f"limit must be a positive integer, got {shown(limit)}")
+        if before is not None and not isinstance(before, (datetime, Run)):
+            raise InvalidArgumentError(
+                f"list_runs(before=...) takes a datetime or a Run, got {shown(before)}"
+            )
         # A Run is a keyset cursor (created_at, id): runs created in the same instant as
         # the cursor are not skipped. A bare datetime keeps runs created before it.
         cursor = before.created_at if isinstance(before, Run) else before
@@ -275,20 +289,23 @@ class Mesh(OperatorActions):
 
     def perform(self, job: Job | Mapping[str, Any]) -> None:
         """Execute one delivered job; duplicate, late or stale deliveries change nothing."""
-        the_job = job if isinstance(job, Job) else Job.from_json(dict(job))
+        the_job = job if isinstance(job, Job) else Job.from_json(job)
         self._ready()
-        if the_job.kind == "cron":
-            data = the_job.data or {}
+        self._perform(the_job, None)
+
+    def _perform(self, job: Job, lease: Lease | None) -> Job | None:
+        """Perform a job; with a worker's lease, return the next job begun eagerly."""
+        if job.kind == "cron":
+            data = job.data or {}
             self.fire_cron(
                 str(data.get("workflow")),
                 str(data.get("trigger")),
                 datetime.fromisoformat(str(data.get("fire_time"))),
             )
-            return
-        self._perform(the_job, None)
-
-    def _perform(self, job: Job, lease: Lease | None) -> Job | None:
-        """Perform a job; with a worker's lease, return the next job begun eagerly."""
+            if lease is not None and job.id is not None:
+                with self.store.transaction() as tx:
+                    tx.delete_job(job.id)  # the tick's run is idempotent: no harm if twice
+            return None
         try:
             return self._jobs.perform(job, lease)
         except TransactionalStepFailed as failed:
@@ -299,21 +316,23 @@ class Mesh(OperatorActions):
         """Run every due job in this thread until none is left; returns how many ran."""
         self._ready()
         done = 0
-        worker = f"drain-{uuid.uuid4().hex[:8]}"
+        # A lease like a worker's: each job's row is deleted by the transaction that
+        # records what performing it did. No eager continuation: with a ``limit`` the
+        # drain may stop after any job, and must not leave a step begun behind it.
+        lease = Lease(f"drain-{uuid.uuid4().hex[:8]}", DRAIN_LEASE_SECONDS, eager=False)
         while limit is None or done < limit:
             now = self.clock()
-
             with self.store.transaction() as tx:
                 jobs = tx.claim_jobs(
-                    now=now, limit=1, worker=worker, lease_until=now + timedelta(minutes=5)
+                    now=now,
+                    limit=1,
+                    worker=lease.worker,
+                    lease_until=now + timedelta(seconds=lease.seconds),
                 )
             if not jobs:
                 break
-            for job in jobs:
-                self.perform(job)
-                with self.store.transaction() as tx:
-                    tx.delete_job(int(job.id or 0))
-                done += 1
+            self._perform(jobs[0], lease)
+            done += 1
         return done
 
     def worker(
@@ -365,8 +384,10 @@ class Mesh(OperatorActions):
             raise UnknownTriggerError(
                 f"workflow {wf.name}: trigger {trig.name!r} is not a cron trigger"
             )
-        if fire_time.tzinfo is None:
-            raise InvalidArgumentError("fire_cron needs a timezone-aware fire_time")
+        if not isinstance(fire_time, datetime) or fire_time.tzinfo is None:
+            raise InvalidArgumentError(
+                f"fire_cron needs a timezone-aware datetime as fire_time, got {shown(fire_time)}"
+            )
         stored = self._sized_payload(wf, payload, trig.name)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)

@@ -20,6 +20,7 @@ from squidmesh.errors import (
     RunNotFoundError,
     UnknownWorkflowError,
     UnsafeReplayError,
+    shown,
 )
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
@@ -37,7 +38,7 @@ def parse_run_id(value: Any) -> str:
     try:
         return str(uuid.UUID(str(value)))
     except (ValueError, TypeError, AttributeError):
-        raise RunNotFoundError(f"run {value!r} not found: run ids are UUIDs") from None
+        raise RunNotFoundError(f"run {shown(value)} not found: run ids are UUIDs") from None
 
 
 class OperatorActions:
@@ -258,13 +259,13 @@ class OperatorActions:
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("send_event needs a non-empty event name")
         self._text(name, "send_event: the event name")
-        data = self._value(data, f"send_event: the data of event {name!r}")
+        data = self._value(data, f"send_event: the data of event {shown(name)}")
         self._ready()
         with self._engine.change() as ch:
             run = self._locked(ch, run_id)
             if run.status in TERMINAL:
                 raise InvalidTransitionError(
-                    f"cannot send event {name!r} to run {run.id}: it is {run.status}",
+                    f"cannot send event {shown(name)} to run {run.id}: it is {run.status}",
                     status=run.status,
                     action="send_event",
                 )
@@ -377,7 +378,7 @@ class OperatorActions:
         self._workflow(source.workflow)
         if not isinstance(at_seq, int) or not 0 <= at_seq <= len(entries):
             raise InvalidArgumentError(
-                f"fork_run at_seq must be between 0 and {len(entries)}, got {at_seq!r}"
+                f"fork_run at_seq must be between 0 and {len(entries)}, got {shown(at_seq)}"
             )
         if at_seq < len(entries) and entries[at_seq].parent is not None:
             raise InvalidArgumentError(
@@ -435,14 +436,22 @@ class OperatorActions:
             cutoff = self.clock() - older_than
         else:
             raise InvalidArgumentError(
-                f"prune(older_than=...) takes a timedelta or a datetime, got {older_than!r}"
+                f"prune(older_than=...) takes a timedelta or a datetime, got {shown(older_than)}"
             )
-        wanted = [statuses] if isinstance(statuses, str) else list(statuses)
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        if not isinstance(statuses, Iterable):
+            raise InvalidArgumentError(
+                f"prune(statuses=...) takes run statuses, got {shown(statuses)}"
+            )
         chosen: list[str] = []
         refused: list[str] = []
-        for status in wanted:
-            value = status.value if isinstance(status, RunStatus) else str(status)
-            (chosen if value in TERMINAL else refused).append(value)
+        for status in statuses:
+            value = status.value if isinstance(status, RunStatus) else status
+            if isinstance(value, str) and value in TERMINAL:
+                chosen.append(value)
+            else:
+                refused.append(shown(value))
         if refused:
             raise InvalidArgumentError(
                 f"prune only deletes finished runs; not terminal: {', '.join(refused)} "
@@ -451,7 +460,9 @@ class OperatorActions:
         if not chosen:
             raise InvalidArgumentError("prune needs at least one status")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InvalidArgumentError(
+                f"batch_size must be a positive integer, got {shown(batch_size)}"
+            )
         self._ready()
         total = 0
         while True:

@@ -14,7 +14,7 @@ from typing_extensions import ParamSpec
 
 from squidmesh.core import contracts
 from squidmesh.core.retry import Retry
-from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError
+from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError, shown
 
 __all__ = [
     "CronTrigger",
@@ -363,7 +363,9 @@ class WorkflowDefinition:
             if trig.name == name:
                 return trig
         known = ", ".join(t.name for t in self.triggers)
-        raise UnknownTriggerError(f"workflow {self.name} has no trigger {name!r} (known: {known})")
+        raise UnknownTriggerError(
+            f"workflow {self.name} has no trigger {shown(name)} (known: {known})"
+        )
 
     def validate_payload(self, payload: Any, trigger: str | None = None) -> dict[str, Any]:
         """Validate a payload for a trigger and resolve its defaults, once."""

@@ -368,13 +368,14 @@ class Engine:
             found = self._replayed_call(live, entry)
         return found
 
-    def compensation_for(self, live: Live, entry: Entry) -> Any:
-        """The compensation callable of the step at ``entry``, if it can be found."""
-        definition = live.interpreter.step_calls.get(entry.seq)
+    def compensation_for(self, live: Live | None, entry: Entry) -> Any:
+        """The compensation callable of the step at ``entry``, if it can be found (by
+        import alone when this process does not have the run's workflow: ``live`` None)."""
+        definition = live.interpreter.step_calls.get(entry.seq) if live is not None else None
         if definition is not None:
             return definition.compensate
         found = invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
-        if found is None:
+        if found is None and live is not None:
             definition = self._replayed_call(live, entry)
             found = definition.compensate if definition is not None else None
         return found

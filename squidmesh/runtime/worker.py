@@ -29,6 +29,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("squidmesh.worker")
 
 MAX_BACKOFF = 30.0
+LISTEN_MAX_BACKOFF = 2.0
 
 
 class Worker:
@@ -150,7 +151,10 @@ class Worker:
                         exc,
                         backoff,
                     )
-                    self._stopping.wait(backoff)
+                    # The LISTEN thread's reconnect (or a stop) ends the wait early: the
+                    # worker resumes as soon as the database is back, not a backoff later.
+                    self._wake.wait(backoff)
+                    self._wake.clear()
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 if claimed and self.in_flight < self.concurrency:
@@ -269,7 +273,9 @@ class Worker:
                     return
                 log.warning("worker %s lost its LISTEN connection (%s); retrying", self.name, exc)
                 self._stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                # Short: a failed connect is cheap, and this reconnect is what tells the
+                # claim loop that the database is back.
+                backoff = min(backoff * 2, LISTEN_MAX_BACKOFF)
 
     def _sweep(self) -> None:
         from squidmesh.runtime.sweeper import Sweeper

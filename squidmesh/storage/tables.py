@@ -16,6 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from squidmesh.errors import InvalidArgumentError
+
 __all__ = [
     "SCHEMA",
     "UtcDateTime",
@@ -41,13 +43,35 @@ SCHEMA = "squidmesh"
 # NOTIFY channel "<schema>_jobs" must stay within the 63-byte identifier limit.
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,57}")
 
+#: Words PostgreSQL reserves (pg_get_keywords() categories R and T, PostgreSQL 15): none
+#: can name a schema unquoted. A contract test compares this with the server's catalogue.
+PG_RESERVED_WORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric authorization binary both case
+    cast check collate collation column concurrently constraint create cross
+    current_catalog current_date current_role current_schema current_time
+    current_timestamp current_user default deferrable desc distinct do else end except
+    false fetch for foreign freeze from full grant group having ilike in initially inner
+    intersect into is isnull join lateral leading left like limit localtime
+    localtimestamp natural not notnull null offset on only or order outer overlaps
+    placing primary references returning right select session_user similar some
+    symmetric table tablesample then to trailing true union unique user using variadic
+    verbose when where window with
+    """.split()
+)
+
 
 def check_schema_name(name: str) -> str:
     """``name`` if it is a plain lower-case SQL identifier (it is pasted into DDL)."""
-    if not _SCHEMA_NAME.fullmatch(name):
-        raise ValueError(
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise InvalidArgumentError(
             f"invalid schema name {name!r}: use 1-58 lower-case letters, digits and "
             "underscores, not starting with a digit"
+        )
+    if name in PG_RESERVED_WORDS:
+        raise InvalidArgumentError(
+            f"invalid schema name {name!r}: it is a reserved word in PostgreSQL's SQL; "
+            f"choose another, e.g. {name}_squidmesh"
         )
     return name
 
