@@ -37,10 +37,12 @@ from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.retry import Backoff, Retry
 from squidmesh.errors import (
+    CompensationFailed,
     ConcurrentChangeError,
     DefinitionError,
     DispatchError,
     Fail,
+    HeartbeatTimeout,
     InvalidArgumentError,
     InvalidTransitionError,
     NondeterminismError,
@@ -60,6 +62,7 @@ from squidmesh.errors import (
     UnsafeReplayError,
     UnstorableValueError,
     ValueTooLargeError,
+    WorkerLost,
     WorkflowSignal,
 )
 from squidmesh.mesh import Mesh
@@ -73,6 +76,7 @@ __all__ = [
     "Attempt",
     "AuditEvent",
     "Backoff",
+    "CompensationFailed",
     "ConcurrentChangeError",
     "CronTrigger",
     "CurrentRun",
@@ -85,6 +89,7 @@ __all__ = [
     "Executor",
     "Explanation",
     "Fail",
+    "HeartbeatTimeout",
     "History",
     "InlineExecutor",
     "InvalidArgumentError",
@@ -116,6 +121,7 @@ __all__ = [
     "UnsafeReplayError",
     "UnstorableValueError",
     "ValueTooLargeError",
+    "WorkerLost",
     "WorkflowDefinition",
     "WorkflowSignal",
     "__version__",

@@ -17,6 +17,9 @@
     │   │                         surrogates, NaN/Infinity, huge integers (also a ValueError)
     │   └── ValueTooLargeError    a value is over the Mesh's max_value_bytes
     ├── NondeterminismError       .run_id, .seq, .expected, .recorded
+    ├── WorkerLost                recorded for an attempt whose process died (lease lost)
+    │   └── HeartbeatTimeout      recorded for an attempt silent past heartbeat_timeout
+    ├── CompensationFailed        recorded when compensations fail during cancel/failure
     ├── StorageError              driver error kept as __cause__
     │   ├── SchemaOutOfDateError
     │   └── ConcurrentChangeError another process changed the run first; nothing applied
@@ -40,10 +43,12 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CompensationFailed",
     "ConcurrentChangeError",
     "DefinitionError",
     "DispatchError",
     "Fail",
+    "HeartbeatTimeout",
     "InvalidArgumentError",
     "InvalidTransitionError",
     "NonRetryable",
@@ -63,6 +68,7 @@ __all__ = [
     "UnsafeReplayError",
     "UnstorableValueError",
     "ValueTooLargeError",
+    "WorkerLost",
     "WorkflowSignal",
     "shown",
 ]
@@ -219,6 +225,22 @@ def _rebuild_nde(
     return NondeterminismError(
         message, run_id=run_id, seq=seq, expected=expected, recorded=recorded
     )
+
+
+class WorkerLost(SquidmeshError):
+    """The process running a step attempt stopped before recording its outcome."""
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.details = details
+        super().__init__(message)
+
+
+class HeartbeatTimeout(WorkerLost):
+    """A step attempt sent no heartbeat for longer than its ``heartbeat_timeout``."""
+
+
+class CompensationFailed(SquidmeshError):
+    """A compensation failed while the run was being cancelled or failed."""
 
 
 class StorageError(SquidmeshError):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from squidmesh.core.contracts import json_text
@@ -23,13 +22,16 @@ from squidmesh.errors import (
 )
 from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
+from squidmesh.runtime.clock import DatabaseClock, local_now
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
 from squidmesh.runtime.explain import explain
 from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
+from squidmesh.runtime.presence import Presence
 from squidmesh.runtime.views import Explanation, Run, build_run
 from squidmesh.runtime.worker import Worker
 from squidmesh.storage.base import Store
+from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
@@ -38,10 +40,6 @@ __all__ = ["Mesh"]
 #: how long ``drain()`` leases the job it performs (a step longer than this could be
 #: claimed again by a worker beside it)
 DRAIN_LEASE_SECONDS = 300.0
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Mesh(OperatorActions):
@@ -78,11 +76,18 @@ class Mesh(OperatorActions):
         bind = getattr(self.executor, "bind", None)
         if bind is not None:
             bind(self)
-        self.clock = clock or _utcnow
+        # On PostgreSQL every process reads the database's clock (through a measured
+        # offset), so timers, retries and leases agree across machines.
+        self.clock = clock or (
+            DatabaseClock(self.store) if self.store.dialect == "postgresql" else local_now
+        )
         self._engine = Engine(
             self.store, self.workflows, self.executor, self.clock, cache_size=cache_size
         )
-        self._jobs = JobRunner(self._engine)
+        #: this process's presence as a performer of jobs (started by the first job)
+        self._presence = Presence(self.store, self.clock)
+        self._jobs = JobRunner(self._engine, owner=self._presence.owner)
+        self._presence.tend = self._jobs.tend
         if max_value_bytes is not None and max_value_bytes < 1:
             raise InvalidArgumentError(
                 f"max_value_bytes must be positive or None, got {max_value_bytes}"
@@ -150,6 +155,8 @@ class Mesh(OperatorActions):
         for worker in self._workers:
             worker.stop()
         self._workers.clear()
+        self._presence.close()
+        self._jobs.invoker.close()
         self._engine.close()
         self.store.close()
 
@@ -232,12 +239,14 @@ class Mesh(OperatorActions):
             entries = tx.load_entries(run.id)
             attempts = tx.load_attempts(run.id)
             events = len(tx.load_events(run.id))
+            jobs = tx.load_jobs(run.id)
         return explain(
             run,
             entries,
             attempts,
             workflow_available=run.workflow in self.workflows,
             events_waiting=events,
+            jobs=jobs,
         )
 
     def list_runs(
@@ -309,7 +318,10 @@ class Mesh(OperatorActions):
         try:
             return self._jobs.perform(job, lease)
         except TransactionalStepFailed as failed:
-            self._jobs.retry_transactional_failure(job, failed.error, lease)
+            if is_transient(failed.error):
+                self._jobs.retry_after_infrastructure_error(job, failed.error, lease)
+            else:
+                self._jobs.retry_transactional_failure(job, failed.error, lease)
             return None
 
     def drain(self, *, limit: int | None = None) -> int:
@@ -319,7 +331,7 @@ class Mesh(OperatorActions):
         # A lease like a worker's: each job's row is deleted by the transaction that
         # records what performing it did. No eager continuation: with a ``limit`` the
         # drain may stop after any job, and must not leave a step begun behind it.
-        lease = Lease(f"drain-{uuid.uuid4().hex[:8]}", DRAIN_LEASE_SECONDS, eager=False)
+        lease = Lease(self._presence.owner(), DRAIN_LEASE_SECONDS, eager=False)
         while limit is None or done < limit:
             now = self.clock()
             with self.store.transaction() as tx:

@@ -34,7 +34,16 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _STEP_OPTIONS = frozenset(
-    {"name", "retry", "timeout", "compensate", "irreversible", "compensatable", "transaction"}
+    {
+        "name",
+        "retry",
+        "timeout",
+        "heartbeat_timeout",
+        "compensate",
+        "irreversible",
+        "compensatable",
+        "transaction",
+    }
 )
 
 
@@ -57,6 +66,7 @@ class StepDefinition(Generic[P, R]):
         irreversible: bool = False,
         compensatable: bool = True,
         transaction: bool = False,
+        heartbeat_timeout: float | None = None,
     ) -> None:
         if not callable(fn):
             raise DefinitionError(f"@sm.step needs a function, got {fn!r}")
@@ -75,6 +85,18 @@ class StepDefinition(Generic[P, R]):
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise DefinitionError(f"step {self.name}: timeout must be > 0 seconds, got {timeout!r}")
         self.timeout = float(timeout) if timeout is not None else None
+        if heartbeat_timeout is not None and (
+            isinstance(heartbeat_timeout, bool)
+            or not isinstance(heartbeat_timeout, (int, float))
+            or heartbeat_timeout <= 0
+        ):
+            raise DefinitionError(
+                f"step {self.name}: heartbeat_timeout must be > 0 seconds, "
+                f"got {heartbeat_timeout!r}"
+            )
+        #: an attempt that has not called step_context().heartbeat() for this long is
+        #: declared lost and retried per policy
+        self.heartbeat_timeout = float(heartbeat_timeout) if heartbeat_timeout else None
         if compensate is not None and not callable(compensate):
             raise DefinitionError(f"step {self.name}: compensate must be callable")
         if compensate is not None and (irreversible or not compensatable):
@@ -110,6 +132,7 @@ class StepDefinition(Generic[P, R]):
             "name": self.name,
             "retry": self.retry,
             "timeout": self.timeout,
+            "heartbeat_timeout": self.heartbeat_timeout,
             "compensate": self.compensate,
             "irreversible": self.irreversible,
             "compensatable": self.compensatable,
@@ -161,6 +184,7 @@ class StepDefinition(Generic[P, R]):
             "ref": self.ref,
             "retry": self.retry.to_json(),
             "timeout": self.timeout,
+            "heartbeat_timeout": self.heartbeat_timeout,
             "compensate": callable_ref(comp.fn if isinstance(comp, StepDefinition) else comp)
             if comp is not None
             else None,
@@ -200,6 +224,7 @@ def step(
     irreversible: bool = False,
     compensatable: bool = True,
     transaction: bool = False,
+    heartbeat_timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], StepDefinition[P, R]]: ...
 
 
@@ -214,6 +239,7 @@ def step(
     irreversible: bool = False,
     compensatable: bool = True,
     transaction: bool = False,
+    heartbeat_timeout: float | None = None,
 ) -> StepDefinition[P, R] | Callable[[Callable[P, R]], StepDefinition[P, R]]:
     """Declare a step: ``@sm.step`` or ``@sm.step(retry=..., timeout=...)``."""
 
@@ -227,6 +253,7 @@ def step(
             irreversible=irreversible,
             compensatable=compensatable,
             transaction=transaction,
+            heartbeat_timeout=heartbeat_timeout,
         )
 
     if fn is not None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt
 from squidmesh.runtime.views import Explanation, build_step_runs
-from squidmesh.storage.base import RunRecord
+from squidmesh.storage.base import PARKED, QueuedJob, RunRecord
 from squidmesh.types import RunStatus
 
 __all__ = ["explain", "replay_blockers"]
@@ -94,6 +95,7 @@ def explain(
     *,
     workflow_available: bool,
     events_waiting: int = 0,
+    jobs: Sequence[QueuedJob] = (),
 ) -> Explanation:
     status = RunStatus(run.status)
     waiting = [entries[s] for s in run.waiting_on if 0 <= s < len(entries)]
@@ -194,13 +196,30 @@ def explain(
         actions = ["send_event", "wait_for_event", "cancel_run"]
     elif entry.status == "running":
         reason = "step_running"
-        details = {"attempt": entry.attempts}
+        tries = attempts.get(entry.seq) or []
+        details = {
+            "attempt": entry.attempts,
+            "worker": tries[-1].worker if tries else None,
+            # the latest step_context().heartbeat(details), once saved
+            "heartbeat": tries[-1].heartbeat if tries else None,
+        }
         actions = ["wait_for_step", "cancel_run"]
     else:
         reason = "step_scheduled"
         details = {"attempt": entry.attempts + 1}
         actions = ["wait_for_step", "cancel_run"]
 
+    parked = [q for q in jobs if q.worker == PARKED]
+    if parked and not status.is_terminal:
+        # Work that failed too often to be tried again: nothing moves the run until an
+        # operator acts (the cause is in last_error).
+        details = {
+            **details,
+            "parked_jobs": [
+                {**q.job.to_json(), "failures": q.failures, "last_error": q.last_error}
+                for q in parked
+            ],
+        }
     return Explanation(
         status=status,
         reason=reason,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,11 +24,15 @@ from squidmesh.core.records import Attempt, Job
 from squidmesh.core.retry import Retry
 from squidmesh.errors import (
     ConcurrentChangeError,
+    HeartbeatTimeout,
     SquidmeshError,
+    StorageError,
     UnknownWorkflowError,
     UnstorableValueError,
+    WorkerLost,
 )
 from squidmesh.runtime import invoke
+from squidmesh.runtime.attempts import RunningAttempt, RunningAttempts
 from squidmesh.runtime.engine import (
     STEP_RUNNABLE,
     Change,
@@ -37,6 +42,7 @@ from squidmesh.runtime.engine import (
     _NeedsLock,
 )
 from squidmesh.storage.base import RunRecord, Transaction
+from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
 __all__ = ["LOST_LIMIT", "JobRunner", "Lease"]
@@ -45,6 +51,12 @@ log = logging.getLogger("squidmesh")
 
 #: a step whose worker died this many times in a row fails instead of running again
 LOST_LIMIT = 5
+#: a step job delivered while its attempt may still be running is looked at again then
+DEFER_SECONDS = 30.0
+#: a transaction=True step whose attempt hit an infrastructure error is tried again after
+#: this backoff (doubling, capped), without counting against max_attempts
+INFRA_BACKOFF_FIRST = 0.5
+INFRA_BACKOFF_MAX = 30.0
 #: a job for a workflow this process does not have waits this long, doubling each time
 POSTPONE_FIRST = 5.0
 POSTPONE_MAX = 300.0
@@ -77,8 +89,25 @@ class TransactionalStepFailed(Exception):
 class JobRunner:
     """Performs jobs against an ``Engine`` (which owns transactions and the cache)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        owner: Callable[[], str] | None = None,
+        invoker: invoke.Invoker | None = None,
+    ) -> None:
         self.engine = engine
+        #: this process's owner id (``Presence.owner``): attempts it runs carry it
+        self.owner = owner
+        self.invoker = invoker or invoke.Invoker()
+        self.invoker.on_overrun = self._record_overrun
+        #: the attempts running in this process (heartbeats, heartbeat_timeout)
+        self.running = RunningAttempts()
+
+    def _owner(self, lease: Lease | None) -> str | None:
+        if lease is not None:
+            return lease.worker
+        return self.owner() if self.owner is not None else None
 
     def perform(self, job: Job, lease: Lease | None = None) -> Job | None:
         """Execute one delivered job. Duplicate, late or stale deliveries change nothing.
@@ -89,6 +118,10 @@ class JobRunner:
         returned, leased to the worker, to run at once (eager continuation: about one
         commit per step of a sequential run).
         """
+        if lease is None and self.owner is not None:
+            # Before any transaction: starting the presence writes (and SQLite has one
+            # writer at a time).
+            self.owner()
         if job.kind == "activate":
             return self._perform_activate(job, lease)
         if job.kind == "step":
@@ -178,6 +211,32 @@ class JobRunner:
                 return ch.eager_job
             assert isinstance(prepared, tuple)
             run, entry, definition, number, started = prepared
+        running = self.running.start(
+            RunningAttempt(
+                run.id,
+                entry.seq,
+                number,
+                entry.name,
+                started,
+                self._owner(lease),
+                definition.heartbeat_timeout if definition is not None else None,
+            )
+        )
+        try:
+            return self._run_and_land(job, lease, run, entry, definition, running)
+        finally:
+            self.running.finish(running)
+
+    def _run_and_land(
+        self,
+        job: Job,
+        lease: Lease | None,
+        run: RunRecord,
+        entry: Entry,
+        definition: StepDefinition[Any, Any] | None,
+        running: RunningAttempt,
+    ) -> Job | None:
+        seq, number = entry.seq, running.number
         # The attempt runs outside any transaction: its outcome is recorded afterwards.
         value: Any = None
         failure: BaseException | None = None
@@ -188,10 +247,10 @@ class JobRunner:
             )
         else:
             try:
-                value = invoke.call_step(
+                value = self.invoker.call_step(
                     definition,
                     entry.input or {},
-                    self._context(run, entry, number, None),
+                    self._context(run, entry, number, None, running),
                     override=self.engine.override(definition, number),
                 )
             except Exception as exc:
@@ -200,20 +259,55 @@ class JobRunner:
         # on PostgreSQL); if someone else changed it meanwhile, land again under the lock.
         # Only when the executor's jobs are part of the batch: another executor's enqueue
         # must run inside a real transaction with the change it belongs to.
+        try:
+            return self._land_outcome(job, lease, run.id, seq, running, value, failure)
+        except StorageError as refused:
+            if is_transient(refused) or failure is not None:
+                raise  # the database's own trouble: the job comes back later
+            # The database refused to store what the step returned (a host constraint or
+            # trigger, say). Record the attempt as failed for that true reason instead,
+            # so the run does not later look like its worker died.
+            unstorable = UnstorableValueError(
+                f"the outcome of attempt {number} of step {entry.name} (run {run.id}, seq "
+                f"{seq}) could not be stored: {refused}"
+            )
+            log.error("run %s: %s", run.id, unstorable)
+            return self._land_outcome(job, lease, run.id, seq, running, None, unstorable)
+
+    def _land_outcome(
+        self,
+        job: Job,
+        lease: Lease | None,
+        run_id: str,
+        seq: int,
+        running: RunningAttempt,
+        value: Any,
+        failure: BaseException | None,
+    ) -> Job | None:
         attempts = (True, False) if self.engine.batches_jobs else (False,)
         for optimistic in attempts:
             try:
                 with self.engine.change(optimistic=optimistic) as ch:
                     self._finish_job(ch, job, lease)
-                    run2 = self.engine.lock(ch, run.id)
-                    if run2 is None:
+                    run = self.engine.lock(ch, run_id)
+                    if run is None:
                         return None
-                    live = self.engine.live(ch, run2)
+                    live = self.engine.live(ch, run)
                     if live is None:
                         return None
                     entry = live.history[seq]
-                    self.land(ch, run2, live, entry, number, started, value=value, error=failure)
-                    self._continue(ch, run2, live, lease)
+                    self.land(
+                        ch,
+                        run,
+                        live,
+                        entry,
+                        running.number,
+                        running.started_at,
+                        value=value,
+                        error=failure,
+                        running=running,
+                    )
+                    self._continue(ch, run, live, lease)
                 return ch.eager_job
             except (_NeedsLock, ConcurrentChangeError):
                 if not optimistic:
@@ -240,8 +334,13 @@ class JobRunner:
             self._finish_job(ch, job, lease)
             return None
         if entry.status == "running" and entry.attempts == job.attempt:
-            # The job came back while its attempt is still marked running: a job is
-            # only redelivered once its lease expired, so the worker that ran it died.
+            # The job came back while its attempt is still marked running. If the process
+            # running it is alive (a broker redelivered early, or a duplicate), starting
+            # another attempt would run the step twice at once: look again later.
+            if self._possibly_running(ch, run.id, entry, job, lease):
+                self._defer(ch, job, lease, DEFER_SECONDS)
+                return None
+            # Its process is gone: the attempt was lost.
             self._finish_job(ch, job, lease)
             if self._recover_lost_attempt(ch, run, live, entry):
                 # The next attempt runs under a job numbered like it: should that worker
@@ -270,13 +369,21 @@ class JobRunner:
         started = ch.now.isoformat()
         if run.status == RunStatus.RETRYING.value:
             run.status = RunStatus.RUNNING.value
+        owner = self._owner(lease)
         if definition is not None and definition.transaction:
             # Host writes and the step's completion share this transaction: a failure
             # rolls both back, and the failure is then recorded in a new transaction.
-            context = self._context(run, entry, number, ch.tx)
+            running = self.running.start(
+                RunningAttempt(
+                    run.id, seq, number, entry.name, started, owner, definition.heartbeat_timeout
+                )
+            )
             try:
+                context = self._context(run, entry, number, ch.tx, running)
                 override = self.engine.override(definition, number)
-                result = invoke.call_step(definition, entry.input or {}, context, override=override)
+                result = self.invoker.call_step(
+                    definition, entry.input or {}, context, override=override
+                )
                 # A result that cannot be stored fails the attempt: roll its writes back.
                 contracts.stored(
                     result,
@@ -285,13 +392,69 @@ class JobRunner:
                 )
             except Exception as exc:
                 raise TransactionalStepFailed(exc) from exc
-            ch.attempt(run.id, seq, Attempt(number, "running", None, started))
+            finally:
+                self.running.finish(running)
+            ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
             self._finish_job(ch, job, lease)
-            self.land(ch, run, live, entry, number, started, value=result, error=None)
+            self.land(
+                ch, run, live, entry, number, started, value=result, error=None, running=running
+            )
             self._continue(ch, run, live, lease)
             return _LANDED
-        ch.attempt(run.id, seq, Attempt(number, "running", None, started))
+        ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
         return (run, entry, definition, number, started)
+
+    def _possibly_running(
+        self, ch: Change, run_id: str, entry: Entry, job: Job, lease: Lease | None
+    ) -> bool:
+        """Whether attempt ``entry.attempts`` may still be running somewhere, as far as
+        the database and this process can tell (never by anyone's clock alone)."""
+        number = entry.attempts
+        me = self._owner(lease)
+        if lease is not None:
+            # The database's queue: an attempt runs under a job row leased to a process.
+            for queued in ch.tx.load_jobs(run_id):
+                other = queued.job
+                if other.id == job.id or (other.kind, other.seq, other.attempt) != (
+                    "step",
+                    entry.seq,
+                    number,
+                ):
+                    continue
+                if queued.worker is None or queued.lease_until is None:
+                    continue
+                if queued.worker == me:
+                    if self.running.has(run_id, entry.seq, number):
+                        return True
+                elif queued.lease_until > ch.now and ch.tx.owner_alive(queued.worker):
+                    return True
+            return self.running.has(run_id, entry.seq, number)
+        # A broker's delivery: ask whether the process that began the attempt lives.
+        tries = ch.tx.load_attempts(run_id).get(entry.seq, [])
+        mine = next((a for a in tries if a.number == number), None)
+        owner = mine.worker if mine is not None else None
+        if owner is None:
+            return False
+        if owner == me:
+            return self.running.has(run_id, entry.seq, number)
+        return ch.tx.owner_alive(owner)
+
+    def _defer(self, ch: Change, job: Job, lease: Lease | None, seconds: float) -> None:
+        """Hand ``job`` back to be delivered again in ``seconds`` (through the executor:
+        a row of the jobs table, or a broker message with a later ETA)."""
+        self._finish_job(ch, job, lease)
+        ch.jobs.append(
+            dataclasses.replace(job, id=None, run_at=ch.now + timedelta(seconds=seconds))
+        )
+        log.info(
+            "run %s: %s job for seq %s attempt %s arrived while that attempt may still be "
+            "running in a live process; looking again in %.0fs",
+            job.run_id,
+            job.kind,
+            job.seq,
+            job.attempt,
+            seconds,
+        )
 
     def _continue(self, ch: Change, run: RunRecord, live: Live, lease: Lease | None) -> None:
         """Begin the run's next due step in this transaction and hand it to the worker
@@ -313,7 +476,9 @@ class JobRunner:
             number = state.begin_attempt(entry, ch.now)
             ch.touched(run.id, entry)
             started = ch.now.isoformat()
-            ch.attempt(run.id, entry.seq, Attempt(number, "running", None, started))
+            ch.attempt(
+                run.id, entry.seq, Attempt(number, "running", None, started, worker=lease.worker)
+            )
             ch.eager = (
                 len(ch.batch.jobs_insert),
                 (run, entry, definition, number, started),
@@ -336,19 +501,26 @@ class JobRunner:
         """
         lost = int(entry.meta.get("lost", 0)) + 1
         entry.meta["lost"] = lost
-        info = {
-            "type": "squidmesh.WorkerLost",
-            "types": ["squidmesh.WorkerLost"],
-            "message": f"the worker running attempt {entry.attempts} of step {entry.name} "
-            "stopped before recording its outcome (lease expired)",
-            "details": {"lost_attempts": lost},
-            "traceback": None,
-            "retryable": lost < LOST_LIMIT,
-        }
+        tries = ch.tx.load_attempts(run.id).get(entry.seq, [])
+        mine = next((a for a in tries if a.number == entry.attempts), None)
+        lost_error = WorkerLost(
+            f"the process running attempt {entry.attempts} of step {entry.name} "
+            f"(run {run.id}, seq {entry.seq}) stopped before recording its outcome",
+            details={"lost_attempts": lost, "worker": mine.worker if mine else None},
+        )
+        info = error_info(lost_error, retryable=lost < LOST_LIMIT, with_traceback=False)
         ch.attempt(
             run.id,
             entry.seq,
-            Attempt(entry.attempts, "failed", info, entry.started_at, ch.now.isoformat()),
+            Attempt(
+                entry.attempts,
+                "failed",
+                info,
+                entry.started_at,
+                ch.now.isoformat(),
+                worker=mine.worker if mine else None,
+                heartbeat=mine.heartbeat if mine else None,
+            ),
         )
         ch.touched(run.id, entry)
         log.warning("run %s: %s", run.id, info["message"])
@@ -359,6 +531,102 @@ class JobRunner:
             return False
         entry.status = "pending"
         return True
+
+    # ------------------------------------------------------------------ tending
+
+    def tend(self) -> None:
+        """Save the heartbeats of running attempts (at most once per tick each) and
+        declare lost the attempts silent past their ``heartbeat_timeout``. Called by the
+        process's presence thread."""
+        pending = self.running.unsaved()
+        if pending:
+            with self.engine.store.transaction() as tx:
+                for attempt, heartbeat, _ in pending:
+                    tx.record_heartbeat(attempt.run_id, attempt.seq, attempt.number, heartbeat)
+            for attempt, _, beats in pending:
+                self.running.saved(attempt, beats)
+        for attempt in self.running.silent():
+            self._declare_silent(attempt)
+
+    def _declare_silent(self, attempt: RunningAttempt) -> None:
+        limit = attempt.heartbeat_timeout or 0.0
+        error = HeartbeatTimeout(
+            f"attempt {attempt.number} of step {attempt.step} (run {attempt.run_id}, seq "
+            f"{attempt.seq}) sent no heartbeat for {limit:g}s (heartbeat_timeout): declared "
+            "lost; call sm.step_context().heartbeat() more often, or raise the timeout"
+        )
+        log.warning("run %s: %s", attempt.run_id, error)
+        with self.engine.change() as ch:
+            run = self.engine.lock(ch, attempt.run_id)
+            if run is None or run.status not in STEP_RUNNABLE:
+                return
+            live = self.engine.live(ch, run)
+            if live is None or not 0 <= attempt.seq < len(live.history):
+                return
+            entry = live.history[attempt.seq]
+            if entry.status != "running" or entry.attempts != attempt.number:
+                return  # it landed meanwhile
+            self.land(
+                ch,
+                run,
+                live,
+                entry,
+                attempt.number,
+                attempt.started_at,
+                value=None,
+                error=error,
+                running=attempt,
+            )
+
+    def _record_overrun(self, overrun: invoke.Body) -> None:
+        """A sync attempt that timed out has returned at last: note for how long it ran
+        past its timeout in that attempt's recorded error."""
+        run_id, seq, what = overrun.key
+        if what != "step":
+            return
+        with self.engine.store.transaction() as tx:
+            tries = tx.load_attempts(run_id).get(seq, [])
+            mine = next((a for a in tries if a.number == overrun.attempt), None)
+            if mine is None or mine.error is None:
+                return
+            error = dict(mine.error)
+            details = error.get("details")
+            error["details"] = {
+                **(details if isinstance(details, dict) else {}),
+                "overran_by_seconds": overrun.overran_by,
+            }
+            tx.save_attempt(run_id, seq, dataclasses.replace(mine, error=error))
+
+    def retry_after_infrastructure_error(
+        self, job: Job, exc: BaseException, lease: Lease | None
+    ) -> None:
+        """A ``transaction=True`` step's transaction failed for infrastructure reasons (a
+        lost connection, a serialization failure, a deadlock): it rolled back, so nothing
+        of the attempt happened. Deliver the same attempt again after a backoff; it does
+        not count against ``max_attempts``."""
+        if lease is None:
+            raise exc  # a broker delivers it again (its own retry with backoff)
+        tries = int((job.data or {}).get("infrastructure_retries", 0))
+        delay = min(INFRA_BACKOFF_MAX, INFRA_BACKOFF_FIRST * 2**tries)
+        log.warning(
+            "run %s: step job seq %s attempt %s hit an infrastructure error inside its "
+            "transaction (%s); everything was rolled back, trying again in %.1fs",
+            job.run_id,
+            job.seq,
+            job.attempt,
+            exc,
+            delay,
+        )
+        with self.engine.change() as ch:
+            self._finish_job(ch, job, lease)
+            ch.jobs.append(
+                dataclasses.replace(
+                    job,
+                    id=None,
+                    run_at=ch.now + timedelta(seconds=delay),
+                    data={**(job.data or {}), "infrastructure_retries": tries + 1},
+                )
+            )
 
     def retry_transactional_failure(
         self, job: Job, exc: BaseException, lease: Lease | None = None
@@ -391,10 +659,13 @@ class JobRunner:
         *,
         value: Any,
         error: BaseException | None,
+        running: RunningAttempt | None = None,
     ) -> None:
         """Record the outcome of attempt ``number`` and move the run on."""
         history = live.history
         finished = ch.now.isoformat()
+        worker = running.worker if running is not None else None
+        beat = running.heartbeat if running is not None else None
         if entry.status != "running" or entry.attempts != number:
             # Stale: the branch was cancelled (a first() loser), the run moved on, or the
             # attempt was recorded lost while it still ran. Its outcome is kept only if
@@ -406,7 +677,9 @@ class JobRunner:
             mine = next((a for a in tries if a.number == number), None)
             if mine is not None and mine.status == "running":
                 status = "failed" if error is not None else "completed"
-                late = Attempt(number, status, None, started, finished, worker=mine.worker)
+                late = Attempt(
+                    number, status, None, started, finished, worker=mine.worker, heartbeat=beat
+                )
                 ch.attempt(run.id, entry.seq, late)
             else:
                 log.warning(
@@ -432,7 +705,11 @@ class JobRunner:
         if error is not None:
             policy = definition.retry if definition is not None else _NO_RETRY
             decision, info = state.fail_attempt(history, entry.seq, error, policy, ch.now)
-            ch.attempt(run.id, entry.seq, Attempt(number, "failed", info, started, finished))
+            ch.attempt(
+                run.id,
+                entry.seq,
+                Attempt(number, "failed", info, started, finished, worker=worker, heartbeat=beat),
+            )
             ch.touched(run.id, entry)
             if decision.retry and run.status == RunStatus.CANCELLING.value:
                 # Being cancelled: no next attempt; the run ends once nothing is in flight.
@@ -454,7 +731,13 @@ class JobRunner:
                     run.error = info
                 return
         else:
-            ch.attempt(run.id, entry.seq, Attempt(number, "completed", None, started, finished))
+            ch.attempt(
+                run.id,
+                entry.seq,
+                Attempt(
+                    number, "completed", None, started, finished, worker=worker, heartbeat=beat
+                ),
+            )
             ch.touched(run.id, entry)
         if run.status == RunStatus.CANCELLING.value:
             if not self.engine.in_flight(live):
@@ -504,7 +787,7 @@ class JobRunner:
             )
             for number in range(1, attempts + 1):
                 try:
-                    output = invoke.call_compensation(
+                    output = self.invoker.call_compensation(
                         self.engine.override(compensate, number) or compensate,
                         input=entry.input,
                         output=entry.result,
@@ -594,8 +877,26 @@ class JobRunner:
                 }
             self.engine._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
 
-    def _context(self, run: RunRecord, entry: Entry, attempt: int, tx: Transaction | None) -> Any:
+    def _context(
+        self,
+        run: RunRecord,
+        entry: Entry,
+        attempt: int,
+        tx: Transaction | None,
+        running: RunningAttempt | None = None,
+    ) -> Any:
         from squidmesh.core.context import StepContext
+
+        beat = None
+        if running is not None:
+
+            def beat(details: Any) -> None:
+                stored = contracts.stored(
+                    details,
+                    what=f"the heartbeat details of step {entry.name} (run {run.id})",
+                    max_bytes=self.engine.max_value_bytes,
+                )
+                self.running.beat(running, stored, self.engine.clock())
 
         connection = tx.connection if tx is not None else None
         factory = None
@@ -612,5 +913,6 @@ class JobRunner:
             seq=entry.seq,
             attempt=attempt,
             connection=connection,
+            _heartbeat=beat,
             _session_factory=factory,
         )

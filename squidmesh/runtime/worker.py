@@ -23,6 +23,7 @@ from typing import Any
 from squidmesh.core.records import Job
 from squidmesh.errors import InvalidArgumentError, StorageError
 from squidmesh.runtime.perform import Lease
+from squidmesh.storage.sql_errors import is_transient
 
 __all__ = ["Worker"]
 
@@ -30,6 +31,10 @@ log = logging.getLogger("squidmesh.worker")
 
 MAX_BACKOFF = 30.0
 LISTEN_MAX_BACKOFF = 2.0
+#: a job whose performing failed this many times (not for database reasons) is parked
+PARK_AFTER = 5
+#: seconds before a job whose performing failed is due again (doubling at each failure)
+GIVE_BACK_FIRST = 0.25
 
 
 class Worker:
@@ -74,6 +79,12 @@ class Worker:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[int, Job] = {}
+        #: jobs whose perform failed while the database was unreachable: given back later
+        self._to_give_back: list[tuple[Job, Exception]] = []
+        #: how often each job failed here (its backoff; the database counts for parking)
+        self._failed_before: dict[int, int] = {}
+        #: the owner id leases are taken under: this process's presence (held alive)
+        self.owner = ""
         self._threads: list[threading.Thread] = []
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.performed = 0
@@ -116,6 +127,7 @@ class Worker:
 
     def run(self) -> None:
         """The claim loop; blocks until ``stop()``."""
+        self.owner = self.mesh._presence.owner()
         log.info("worker %s starting (concurrency %d)", self.name, self.concurrency)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="squidmesh-job"
@@ -178,7 +190,7 @@ class Worker:
             jobs = tx.claim_jobs(
                 now=now,
                 limit=free,
-                worker=self.name,
+                worker=self.owner,
                 lease_until=now + timedelta(seconds=self.lease_seconds),
             )
         assert self._pool is not None
@@ -195,7 +207,7 @@ class Worker:
             # While draining, an eagerly begun step still runs (its attempt is recorded as
             # running) but begins nothing further.
             lease = Lease(
-                self.name,
+                self.owner,
                 self.lease_seconds,
                 eager=not self._stopping.is_set(),
                 draining=self._stopping,
@@ -204,14 +216,15 @@ class Worker:
                 # The engine deletes the job row when it records the outcome, and may hand
                 # back the run's next step, already begun and leased to this worker.
                 nxt = self.mesh._perform(current, lease)
-                self.performed += 1
-            except Exception:
-                # The job keeps its lease; once the lease expires another worker (or this
-                # one) gets it again. Nothing the failed transaction changed was committed.
-                self.failures += 1
-                log.exception(
-                    "worker %s: job %s failed; it will be redelivered", self.name, current.to_json()
-                )
+                with self._lock:
+                    self.performed += 1
+            except Exception as exc:
+                # Nothing the failed transaction changed was committed. The job is given
+                # back (with a backoff); a job that keeps failing for reasons of its own,
+                # not the database's, is parked instead of being redelivered forever.
+                with self._lock:
+                    self.failures += 1
+                self._give_back(current, exc)
                 nxt = None
             with self._lock:
                 self._in_flight.pop(key, None)
@@ -219,6 +232,47 @@ class Worker:
                     self._in_flight[int(nxt.id or 0)] = nxt
             current = nxt
         self._wake.set()
+
+    def _give_back(self, job: Job, exc: Exception) -> None:
+        transient = is_transient(exc)
+        key = int(job.id or 0)
+        with self._lock:
+            failed = self._failed_before.pop(key, 0) + 1
+            if len(self._failed_before) < 10_000:
+                self._failed_before[key] = failed
+        delay = min(MAX_BACKOFF, GIVE_BACK_FIRST * 2 ** (failed - 1))
+        summary = None if transient else f"{type(exc).__name__}: {exc}"[:2000]
+        log.log(
+            logging.WARNING if transient else logging.ERROR,
+            "worker %s: job %s failed (%s); it is given back and tried again",
+            self.name,
+            job.to_json(),
+            exc,
+            exc_info=not transient,
+        )
+        try:
+            with self.mesh.store.transaction() as tx:
+                parked = tx.release_job(
+                    int(job.id or 0),
+                    run_at=self.mesh.clock() + timedelta(seconds=delay),
+                    failure=summary,
+                    park_after=PARK_AFTER,
+                )
+        except StorageError as error:
+            # The database is unreachable: keep the lease renewed and try again later.
+            log.warning("worker %s could not give job %s back: %s", self.name, job.id, error)
+            with self._lock:
+                self._to_give_back.append((job, exc))
+            return
+        if parked:
+            log.error(
+                "worker %s: job %s failed %d times for the same reason and is parked: %s "
+                "(explain_run shows it; fix the cause, then cancel or replay the run)",
+                self.name,
+                job.to_json(),
+                PARK_AFTER,
+                summary,
+            )
 
     def _wait_for_work(self) -> None:
         timeout = self.poll_interval
@@ -242,14 +296,18 @@ class Worker:
         while not self._stopped.wait(interval):
             with self._lock:
                 ids = list(self._in_flight)
-            if not ids:
-                continue
-            now = self.mesh.clock()
-            try:
-                with self.mesh.store.transaction() as tx:
-                    tx.renew_lease(ids, self.name, now + timedelta(seconds=self.lease_seconds))
-            except StorageError as exc:
-                log.warning("worker %s could not renew leases: %s", self.name, exc)
+                retry, self._to_give_back = self._to_give_back, []
+                ids += [int(job.id or 0) for job, _ in retry]
+            if ids:
+                now = self.mesh.clock()
+                until = now + timedelta(seconds=self.lease_seconds)
+                try:
+                    with self.mesh.store.transaction() as tx:
+                        tx.renew_lease(ids, self.owner, until, now=now)
+                except StorageError as error:
+                    log.warning("worker %s could not renew leases: %s", self.name, error)
+            for job, failure in retry:
+                self._give_back(job, failure)
 
     def _listen(self) -> None:
         """Turn NOTIFYs on the jobs channel into wake-ups; reconnect with backoff."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from squidmesh.core.definition import WorkflowDefinition
@@ -24,7 +24,9 @@ from squidmesh.core.replay import BufferedEvent, Interpreter
 from squidmesh.errors import ConcurrentChangeError
 
 __all__ = [
+    "PARKED",
     "SCHEMA_VERSION",
+    "Holding",
     "QueuedJob",
     "RunRecord",
     "Store",
@@ -32,6 +34,10 @@ __all__ = [
     "WriteBatch",
     "write_batch",
 ]
+
+#: the ``worker`` of a parked job, and its lease (no claim ever reaches it)
+PARKED = "parked"
+PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
 SCHEMA_VERSION = 3
@@ -195,6 +201,11 @@ class Transaction(Protocol):
     def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
         """Attempts by seq, each list ordered by attempt number."""
 
+    def record_heartbeat(
+        self, run_id: str, seq: int, number: int, heartbeat: dict[str, Any]
+    ) -> bool:
+        """Set the heartbeat of attempt ``number`` if it is still running; True if it was."""
+
     # audit -----------------------------------------------------------------
     def add_audit(self, run_id: str, event: AuditEvent) -> None: ...
 
@@ -226,7 +237,38 @@ class Transaction(Protocol):
         """Take up to ``limit`` due jobs (run_at <= now, not leased or lease expired),
         leasing them to ``worker``; concurrent claimers never get the same job."""
 
-    def renew_lease(self, job_ids: Sequence[int], worker: str, lease_until: datetime) -> None: ...
+    def renew_lease(
+        self,
+        job_ids: Sequence[int],
+        worker: str,
+        lease_until: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        """Extend the leases ``worker`` holds on these jobs to ``lease_until`` (``now``:
+        the caller's clock when it renewed, for stores that judge durations)."""
+
+    def release_job(
+        self, job_id: int, *, run_at: datetime, failure: str | None, park_after: int
+    ) -> bool:
+        """Give back a job whose performing raised: unleased, due at ``run_at``. A
+        ``failure`` is counted and kept as its last error; at ``park_after`` failures the
+        job is parked instead (leased to "parked" for good: no worker takes it again).
+        Returns True when it was parked."""
+
+    # workers ---------------------------------------------------------------
+    def register_worker(self, owner: str, host: str, pid: int, at: datetime) -> None:
+        """Record a process that performs jobs (see ``squidmesh.storage.liveness``)."""
+
+    def touch_worker(self, owner: str, at: datetime) -> None: ...
+
+    def stop_worker(self, owner: str, at: datetime) -> None: ...
+
+    def owner_alive(self, owner: str) -> bool:
+        """Whether the process holding ``owner`` still lives (it holds its lease)."""
+
+    def database_time(self) -> datetime | None:
+        """The database server's clock, or None for stores without one of their own."""
 
     def delete_job(self, job_id: int) -> None: ...
 
@@ -268,6 +310,15 @@ class Transaction(Protocol):
         """Delete runs and everything recorded for them; returns how many runs went."""
 
 
+class Holding(Protocol):
+    """What ``Store.hold`` returns."""
+
+    def renew(self) -> None:
+        """Make sure the hold is still in place (again after a lost connection)."""
+
+    def release(self) -> None: ...
+
+
 class Store(Protocol):
     """A durable home for runs. ``dialect`` is "memory", "sqlite" or "postgresql"."""
 
@@ -278,6 +329,10 @@ class Store(Protocol):
 
     def check_schema(self) -> None:
         """Raise ``SchemaOutOfDateError`` when the database is older than this code."""
+
+    def hold(self, owner: str) -> Holding:
+        """Hold ``owner`` for as long as this process lives, so that other processes can
+        tell it is alive (``Transaction.owner_alive``); ``release()`` lets go."""
 
     def transaction(self, *, autocommit: bool = False) -> AbstractContextManager[Transaction]:
         """A transaction. ``autocommit=True`` asks for no explicit transaction, for a

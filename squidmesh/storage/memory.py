@@ -15,14 +15,23 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
-from squidmesh.storage.base import QueuedJob, RunRecord, Store, WriteBatch, write_batch
+from squidmesh.storage import liveness
+from squidmesh.storage.base import (
+    PARKED,
+    PARKED_UNTIL,
+    QueuedJob,
+    RunRecord,
+    Store,
+    WriteBatch,
+    write_batch,
+)
 
 __all__ = ["InMemoryStore", "InMemoryTransaction"]
 
@@ -90,7 +99,7 @@ _RUNS = _Codec(
     ("created_at", "updated_at"),
 )
 _ENTRIES = _Codec(Entry, ("input", "result", "error", "meta", "compensation"))
-_ATTEMPTS = _Codec(Attempt, ("error",))
+_ATTEMPTS = _Codec(Attempt, ("error", "heartbeat"))
 _AUDIT = _Codec(AuditEvent, ("metadata",))
 
 
@@ -141,6 +150,8 @@ class _Data:
     jobs: dict[int, _JobRow] = dataclasses.field(default_factory=dict)
     # (workflow, trigger, fire_time) -> run_id
     cron_ticks: dict[tuple[str, str, datetime], str] = dataclasses.field(default_factory=dict)
+    # owner -> row of the workers table (rows are replaced, never mutated)
+    workers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def clone(self) -> _Data:
         # Rows are replaced, never mutated (job rows are the exception: copied here).
@@ -153,6 +164,7 @@ class _Data:
             events=dict(self.events),
             jobs={k: dataclasses.replace(v) for k, v in self.jobs.items()},
             cron_ticks=dict(self.cron_ticks),
+            workers=dict(self.workers),
         )
 
 
@@ -311,6 +323,16 @@ class InMemoryTransaction:
         self._require_run(data, run_id, "save an attempt")
         data.attempts.setdefault(run_id, {})[(seq, attempt.number)] = _ATTEMPTS.pack(attempt)
 
+    def record_heartbeat(
+        self, run_id: str, seq: int, number: int, heartbeat: dict[str, Any]
+    ) -> bool:
+        rows = self._write("record_heartbeat").attempts.get(run_id, {})
+        row = rows.get((seq, number))
+        if row is None or row["status"] != "running":
+            return False
+        rows[(seq, number)] = {**row, "heartbeat": _encode(heartbeat, "heartbeat")}
+        return True
+
     def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
         rows = self._read("load_attempts").attempts.get(run_id, {})
         found: dict[int, list[Attempt]] = {}
@@ -383,12 +405,20 @@ class InMemoryTransaction:
     ) -> list[Job]:
         data = self._write("claim_jobs")
         now = utc(now)
+        stale = now - timedelta(seconds=liveness.STALE_LEASE_SECONDS)
+
+        def claimable(row: _JobRow) -> bool:
+            if row.run_at > now:
+                return False
+            if row.lease_until is None:
+                return True
+            # An expired lease is taken over only from an owner that is gone.
+            return row.lease_until <= now and (
+                row.lease_until <= stale or not liveness.alive_here(row.worker)
+            )
+
         due = sorted(
-            (
-                row
-                for row in data.jobs.values()
-                if row.run_at <= now and (row.lease_until is None or row.lease_until <= now)
-            ),
+            (row for row in data.jobs.values() if claimable(row)),
             key=lambda row: (row.run_at, row.id),
         )[: max(limit, 0)]
         for row in due:
@@ -396,12 +426,61 @@ class InMemoryTransaction:
             row.lease_until = utc(lease_until)
         return [row.job() for row in due]
 
-    def renew_lease(self, job_ids: Sequence[int], worker: str, lease_until: datetime) -> None:
+    def renew_lease(
+        self,
+        job_ids: Sequence[int],
+        worker: str,
+        lease_until: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> None:
         jobs = self._write("renew_lease").jobs
         for job_id in job_ids:
             row = jobs.get(job_id)
             if row is not None and row.worker == worker:
                 row.lease_until = utc(lease_until)
+
+    def release_job(
+        self, job_id: int, *, run_at: datetime, failure: str | None, park_after: int
+    ) -> bool:
+        row = self._write("release_job").jobs.get(job_id)
+        if row is None:
+            return False
+        if failure is not None:
+            row.failures += 1
+            row.last_error = failure
+        if failure is not None and row.failures >= park_after:
+            row.worker, row.lease_until = PARKED, PARKED_UNTIL
+            return True
+        row.worker, row.lease_until, row.run_at = None, None, utc(run_at)
+        return False
+
+    # workers ---------------------------------------------------------------
+    def register_worker(self, owner: str, host: str, pid: int, at: datetime) -> None:
+        self._write("register_worker").workers[owner] = {
+            "host": host,
+            "pid": pid,
+            "started_at": utc(at),
+            "heartbeat_at": utc(at),
+            "stopped_at": None,
+        }
+
+    def touch_worker(self, owner: str, at: datetime) -> None:
+        workers = self._write("touch_worker").workers
+        if owner in workers:
+            workers[owner] = {**workers[owner], "heartbeat_at": utc(at)}
+
+    def stop_worker(self, owner: str, at: datetime) -> None:
+        workers = self._write("stop_worker").workers
+        if owner in workers:
+            workers[owner] = {**workers[owner], "stopped_at": utc(at)}
+
+    def owner_alive(self, owner: str) -> bool:
+        self._read("owner_alive")
+        return liveness.alive_here(owner)
+
+    def database_time(self) -> datetime | None:
+        return None
 
     def delete_job(self, job_id: int) -> None:
         self._write("delete_job").jobs.pop(job_id, None)
@@ -497,6 +576,19 @@ class InMemoryTransaction:
         return len(gone)
 
 
+class _Held:
+    """An owner held by this process (see ``squidmesh.storage.liveness``)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def renew(self) -> None:
+        pass
+
+    def release(self) -> None:
+        liveness.release(self.owner)
+
+
 class InMemoryStore:
     """A ``Store`` that keeps everything in memory; ``calls`` logs every method used."""
 
@@ -519,6 +611,10 @@ class InMemoryStore:
 
     def migrate(self) -> None:
         self.calls.append("migrate")
+
+    def hold(self, owner: str) -> _Held:
+        liveness.held(owner)
+        return _Held(owner)
 
     def check_schema(self) -> None:
         self.calls.append("check_schema")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,9 +27,11 @@ from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
-from squidmesh.storage import sql_migrate
+from squidmesh.storage import liveness, sql_migrate
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import (
+    PARKED,
+    PARKED_UNTIL,
     QueuedJob,
     RunRecord,
     Store,
@@ -154,6 +156,14 @@ class SqlStore:
     def check_schema(self) -> None:
         sql_migrate.check_schema(self.engine, self.dialect, self.schema)
 
+    def conninfo(self) -> str:
+        """A libpq connection string for the engine's database (PostgreSQL)."""
+        url = self._raw_engine.url.set(drivername="postgresql")
+        return str(url.render_as_string(hide_password=False))
+
+    def hold(self, owner: str) -> _Hold:
+        return _Hold(self.conninfo() if self.dialect == "postgresql" else None, owner)
+
     def transaction(self, *, autocommit: bool = False) -> SqlTransaction:
         # Only PostgreSQL gains from skipping BEGIN/COMMIT round trips; SQLite keeps its
         # BEGIN IMMEDIATE so writers still serialize.
@@ -162,6 +172,55 @@ class SqlStore:
     def close(self) -> None:
         if self._owns_engine:
             self._raw_engine.dispose()
+
+
+class _Hold:
+    """An owner held by this process. On PostgreSQL: a session advisory lock on a
+    connection of its own, which the server releases when the session ends; ``renew()``
+    reconnects and takes it again after the connection was lost (a restart)."""
+
+    def __init__(self, conninfo: str | None, owner: str) -> None:
+        self.owner = owner
+        self._conninfo = conninfo
+        self._conn: Any = None
+        liveness.held(owner)
+        self.renew()
+
+    def renew(self) -> None:
+        if self._conninfo is None:
+            return
+        import psycopg
+
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                self._close()
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            # So the server notices a vanished client (and frees its lock) within ~30 s
+            # even when no FIN arrives (TCP connections only; harmless otherwise).
+            for setting in ("tcp_keepalives_idle = 10", "tcp_keepalives_interval = 5"):
+                conn.execute(f"SET {setting}")
+            conn.execute("SET tcp_keepalives_count = 3")
+            key = liveness.ADVISORY_PREFIX + self.owner
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        except psycopg.Error as exc:
+            raise StorageError(f"could not hold worker {self.owner} alive: {exc}") from exc
+        self._conn = conn
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass  # closing ends the session, which is all that is needed
+
+    def release(self) -> None:
+        liveness.release(self.owner)
+        self._close()
 
 
 class SqlTransaction:
@@ -307,6 +366,13 @@ class SqlTransaction:
     def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
         self.connection.execute(self._q.save_attempt, attempt_params(run_id, seq, attempt))
 
+    @translated("record a heartbeat")
+    def record_heartbeat(
+        self, run_id: str, seq: int, number: int, heartbeat: dict[str, Any]
+    ) -> bool:
+        params = {"b_run_id": run_id, "b_seq": seq, "b_number": number, "b_heartbeat": heartbeat}
+        return bool(self.connection.execute(self._q.record_heartbeat, params).rowcount)
+
     @translated("load attempts")
     def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
         found: dict[int, list[Attempt]] = {}
@@ -423,19 +489,90 @@ class SqlTransaction:
         if limit <= 0:
             return []
         conn, q = self.connection, self._q
-        params = {"now": now, "n": limit, "w": worker, "until": lease_until}
-        rows = list(conn.execute(q.claim_jobs, params))
-        if rows and q.dialect == "sqlite":
-            lease = {"ids": [row[0] for row in rows], "w": worker, "until": lease_until}
-            conn.execute(q.lease_jobs, lease)
+        if q.dialect == "postgresql":
+            params: dict[str, Any] = {"now": now, "n": limit, "w": worker, "until": lease_until}
+            rows = list(conn.execute(q.claim_jobs, params))
+        else:
+            params = {"now": now, "n": limit * 4 + 16}
+            stale = t.utc(now) - timedelta(seconds=liveness.STALE_LEASE_SECONDS)
+            rows = [
+                row
+                for row in conn.execute(q.claim_jobs, params)
+                if row[8] is None or row[8] <= stale or not liveness.alive_here(row[7])
+            ][:limit]
+            if rows:
+                lease = {"ids": [row[0] for row in rows], "w": worker, "until": lease_until}
+                conn.execute(q.lease_jobs, lease)
         # RETURNING gives no order; claim order is (run_at, id).
         return sorted((job_from_row(row) for row in rows), key=_job_order)
 
     @translated("renew job leases")
-    def renew_lease(self, job_ids: Sequence[int], worker: str, lease_until: datetime) -> None:
+    def renew_lease(
+        self,
+        job_ids: Sequence[int],
+        worker: str,
+        lease_until: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        params: dict[str, Any] = {"w": worker, "until": lease_until}
         for chunk in iter_chunks(list(job_ids), CHUNK):
-            params = {"ids": chunk, "w": worker, "until": lease_until}
-            self.connection.execute(self._q.renew_lease, params)
+            self.connection.execute(self._q.renew_lease, {**params, "ids": chunk})
+
+    @translated("give a job back")
+    def release_job(
+        self, job_id: int, *, run_at: datetime, failure: str | None, park_after: int
+    ) -> bool:
+        conn = self.connection
+        found = conn.execute(self._q.job_failures, {"b_id": job_id}).first()
+        if found is None:
+            return False
+        failures, last_error = int(found[0]), found[1]
+        if failure is not None:
+            failures, last_error = failures + 1, failure
+        parked = failure is not None and failures >= park_after
+        params: dict[str, Any] = {
+            "b_id": job_id,
+            "w": PARKED if parked else None,
+            "until": PARKED_UNTIL if parked else None,
+            "run_at": run_at,
+            "failures": failures,
+            "last_error": last_error,
+        }
+        conn.execute(self._q.release_job, params)
+        return parked
+
+    # workers ---------------------------------------------------------------
+    @translated("register a worker")
+    def register_worker(self, owner: str, host: str, pid: int, at: datetime) -> None:
+        self.connection.execute(
+            self._q.register_worker,
+            {"id": owner, "host": host, "pid": pid, "started_at": at, "heartbeat_at": at},
+        )
+
+    @translated("record a worker's heartbeat")
+    def touch_worker(self, owner: str, at: datetime) -> None:
+        self.connection.execute(self._q.touch_worker, {"b_id": owner, "at": at})
+
+    @translated("record a worker's stop")
+    def stop_worker(self, owner: str, at: datetime) -> None:
+        self.connection.execute(self._q.stop_worker, {"b_id": owner, "at": at})
+
+    @translated("tell whether a worker is alive")
+    def owner_alive(self, owner: str) -> bool:
+        if self._q.dialect != "postgresql":
+            return liveness.alive_here(owner)
+        # Taking the owner's lock succeeds only when no session holds it (held until
+        # this transaction ends, which is harmless: the owner is gone).
+        key = liveness.ADVISORY_PREFIX + owner
+        return not self.connection.execute(self._q.owner_gone, {"key": key}).scalar_one()
+
+    @translated("read the database's clock")
+    def database_time(self) -> datetime | None:
+        if self._q.dialect != "postgresql":
+            return None
+        found: datetime = self.connection.execute(self._q.database_time).scalar_one()
+        return found
 
     @translated("delete a job")
     def delete_job(self, job_id: int) -> None:

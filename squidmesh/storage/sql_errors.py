@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from squidmesh.errors import ConcurrentChangeError, StorageError
 
-__all__ = ["driver_error", "storage_error", "translated"]
+__all__ = ["driver_error", "is_transient", "storage_error", "translated"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -53,3 +53,44 @@ def translated(action: str) -> Callable[[_F], _F]:
         return cast(_F, wrapper)
 
     return decorate
+
+
+#: SQLSTATE classes and codes of failures that say nothing about the work: retrying the
+#: same transaction later may well succeed (connection lost, server shutting down,
+#: serialization failure, deadlock, out of resources)
+_TRANSIENT_CLASSES = ("08", "53", "57P")
+_TRANSIENT_CODES = frozenset({"40001", "40P01", "55P03"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is an infrastructure failure, not one of the
+    work itself: a lost connection, a database shutting down or restarting, a
+    serialization failure or deadlock, SQLite's busy database."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConcurrentChangeError):
+            return True
+        if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate in _TRANSIENT_CODES or sqlstate.startswith(_TRANSIENT_CLASSES)
+        ):
+            return True
+        if _is_lost_connection(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_lost_connection(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    name = type(exc).__name__
+    if module.startswith("psycopg") and name in ("OperationalError", "InterfaceError"):
+        return getattr(exc, "sqlstate", None) is None  # no server verdict: the link failed
+    if module == "sqlite3" and name == "OperationalError":
+        text = str(exc)
+        return "database is locked" in text or "database is busy" in text
+    return False

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import RunRecord
 
@@ -125,8 +126,18 @@ class Queries:
             index_elements=[attempts.c.run_id, attempts.c.seq, attempts.c.number],
             set_={
                 name: upsert.excluded[name]
-                for name in ("status", "error", "started_at", "finished_at")
+                for name in ("status", "error", "started_at", "finished_at", "worker", "heartbeat")
             },
+        )
+        self.record_heartbeat = (
+            sa.update(attempts)
+            .where(
+                attempts.c.run_id == b("b_run_id"),
+                attempts.c.seq == b("b_seq"),
+                attempts.c.number == b("b_number"),
+                attempts.c.status == "running",
+            )
+            .values(heartbeat=b("b_heartbeat", type_=t.JSON))
         )
         self.load_attempts = (
             sa.select(attempts.c.seq, *[attempts.c[name] for name in _ATTEMPT_FIELDS])
@@ -165,26 +176,56 @@ class Queries:
         self.insert_job = sa.insert(jobs).returning(jobs.c.id)
         self.insert_jobs = sa.insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
         now = b("now", type_=t.UtcDateTime())
-        due = (
-            sa.select(*job_columns)
-            .where(
-                jobs.c.run_at <= now,
-                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
-            )
-            .order_by(jobs.c.run_at, jobs.c.id)
-            .limit(b("n"))
-        )
         lease = {"worker": b("w"), "lease_until": b("until", type_=t.UtcDateTime())}
         self.claim_jobs: sa.Executable
         if pg:
+            # An expired lease is taken over only when its owner's advisory lock is free
+            # (the owner is gone: see squidmesh/storage/liveness.py), or it went stale;
+            # never because the owner's clock, or ours, says so. ``now`` is the caller's
+            # clock, which on PostgreSQL is the database's (squidmesh/runtime/clock.py).
+            owner_gone = sa.func.pg_try_advisory_xact_lock(
+                sa.func.hashtextextended(sa.literal(liveness.ADVISORY_PREFIX) + jobs.c.worker, 0)
+            )
+            stale = now - sa.func.make_interval(
+                0, 0, 0, 0, 0, 0, sa.literal(liveness.STALE_LEASE_SECONDS)
+            )
+            picked = (
+                sa.select(jobs.c.id)
+                .where(
+                    jobs.c.run_at <= now,
+                    sa.or_(
+                        jobs.c.lease_until.is_(None),
+                        sa.and_(
+                            jobs.c.lease_until <= now,
+                            sa.or_(jobs.c.lease_until <= stale, owner_gone),
+                        ),
+                    ),
+                )
+                .order_by(jobs.c.run_at, jobs.c.id)
+                .limit(b("n"))
+                .with_for_update(skip_locked=True)
+            )
             # One statement: concurrent claimers skip each other's rows instead of waiting.
-            picked = due.with_only_columns(jobs.c.id).with_for_update(skip_locked=True)
             self.claim_jobs = (
                 sa.update(jobs).where(jobs.c.id.in_(picked)).values(lease).returning(*job_columns)
             )
+            self.owner_gone = sa.select(
+                sa.func.pg_try_advisory_xact_lock(sa.func.hashtextextended(b("key"), 0))
+            )
+            self.database_time = sa.select(sa.func.clock_timestamp(type_=t.UtcDateTime()))
         else:
-            # SQLite: the transaction already holds the database write lock.
-            self.claim_jobs = due
+            # SQLite: the transaction already holds the database write lock. Owners are
+            # judged alive in Python (one machine: by process id), so take more
+            # candidates than wanted.
+            self.claim_jobs = (
+                sa.select(*job_columns, jobs.c.worker, jobs.c.lease_until)
+                .where(
+                    jobs.c.run_at <= now,
+                    sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+                )
+                .order_by(jobs.c.run_at, jobs.c.id)
+                .limit(b("n"))
+            )
             self.lease_jobs = (
                 sa.update(jobs).where(jobs.c.id.in_(b("ids", expanding=True))).values(lease)
             )
@@ -192,6 +233,32 @@ class Queries:
             sa.update(jobs)
             .where(jobs.c.id.in_(b("ids", expanding=True)), jobs.c.worker == b("w"))
             .values(lease_until=b("until", type_=t.UtcDateTime()))
+        )
+        self.job_failures = sa.select(jobs.c.failures, jobs.c.last_error).where(
+            jobs.c.id == b("b_id")
+        )
+        self.release_job = (
+            sa.update(jobs)
+            .where(jobs.c.id == b("b_id"))
+            .values(
+                worker=b("w"),
+                lease_until=b("until", type_=t.UtcDateTime()),
+                run_at=b("run_at", type_=t.UtcDateTime()),
+                failures=b("failures"),
+                last_error=b("last_error"),
+            )
+        )
+        workers = t.workers
+        self.register_worker = sa.insert(workers)
+        self.touch_worker = (
+            sa.update(workers)
+            .where(workers.c.id == b("b_id"))
+            .values(heartbeat_at=b("at", type_=t.UtcDateTime()))
+        )
+        self.stop_worker = (
+            sa.update(workers)
+            .where(workers.c.id == b("b_id"))
+            .values(stopped_at=b("at", type_=t.UtcDateTime()))
         )
         self.delete_job = sa.delete(jobs).where(jobs.c.id == b("id"))
         # A leased job becomes claimable again when its lease runs out.

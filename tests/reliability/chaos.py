@@ -170,7 +170,7 @@ class Report:
             f"lease {self.lease_seconds:g} s",
             f"  SIGKILLs           {self.kills} (a random worker every 0.5-1.5 s, restarted)",
             f"  duration           {self.duration:.1f} s (first start to last run terminal)",
-            f"  lost attempts      {self.lost_attempts} recorded as squidmesh.WorkerLost, retried",
+            f"  lost attempts      {self.lost_attempts} recorded as squidmesh.errors.WorkerLost, retried",
             f"  step re-executions {self.re_executions} (at-least-once; every completed step "
             f"ran, {len(self.never_executed)} never did)",
             f"  outcomes           {equal}/{self.runs} equal to {compared}",
@@ -457,7 +457,7 @@ class Campaign:
         )
         report.lost_attempts = int(
             chaos.query(
-                f"SELECT count(*) FROM {ATTEMPTS} WHERE error->>'type' = 'squidmesh.WorkerLost'"
+                f"SELECT count(*) FROM {ATTEMPTS} WHERE error->>'type' = 'squidmesh.errors.WorkerLost'"
             )[0][0]
         )
         rows = Counter(

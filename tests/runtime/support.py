@@ -157,6 +157,12 @@ class MeshFactory:
             self._probe.close()
 
 
+def crash(mesh: sm.Mesh) -> None:
+    """Stand in for the process of ``mesh`` being killed: what it held alive (its leases,
+    the attempts it ran) is lost to everyone else; nothing is closed or recorded."""
+    mesh._presence.abandon()
+
+
 def fails_unchanged(
     factory: MeshFactory, exc_type: type[BaseException], fn: Any, *args: Any, **kwargs: Any
 ) -> Any:

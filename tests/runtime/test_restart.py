@@ -11,7 +11,7 @@ import pytest
 import squidmesh as sm
 from examples import ring_errand as example
 from tests.runtime import flows
-from tests.runtime.support import MeshFactory, claim_all
+from tests.runtime.support import MeshFactory, claim_all, crash
 
 
 def test_paused_run_continues_on_a_new_mesh(sql_mesh_factory: MeshFactory) -> None:
@@ -100,7 +100,7 @@ def test_step_interrupted_by_a_crash_is_run_again(sql_mesh_factory: MeshFactory)
     (job,) = claim_all(first.store, sql_mesh_factory.clock())  # leased for 5 minutes
     with pytest.raises(_Crash):
         first.perform(job)
-    del first
+    crash(first)
     flows.HOOKS.clear()
 
     second = sql_mesh_factory([flows.in_flight])
@@ -113,4 +113,5 @@ def test_step_interrupted_by_a_crash_is_run_again(sql_mesh_factory: MeshFactory)
     assert done.step_runs is not None
     lost, ok = done.step_runs[0].attempts
     assert (lost.number, lost.status, ok.number, ok.status) == (1, "failed", 2, "completed")
-    assert lost.error is not None and "lease expired" in lost.error["message"]
+    assert lost.error is not None and lost.error["type"] == "squidmesh.errors.WorkerLost"
+    assert "stopped before recording its outcome" in lost.error["message"]

@@ -9,7 +9,7 @@ import pytest
 
 import squidmesh as sm
 from squidmesh.runtime.sweeper import Sweeper
-from tests.runtime.support import MeshFactory
+from tests.runtime.support import MeshFactory, crash
 
 
 class WorkerDied(BaseException):
@@ -118,10 +118,12 @@ def test_a_pending_step_whose_job_was_lost_runs_again(mesh_factory: MeshFactory)
 
 
 def test_a_running_attempt_whose_job_was_lost_is_recovered(mesh_factory: MeshFactory) -> None:
-    mesh = mesh_factory([dying], executor="database")
-    run = mesh.start_run(dying)
+    first = mesh_factory([dying], executor="database")
+    run = first.start_run(dying)
     with pytest.raises(WorkerDied):
-        mesh.drain()  # attempt 1 begins, then the "worker" dies with it running
+        first.drain()  # attempt 1 begins, then the "worker" dies with it running
+    crash(first)
+    mesh = mesh_factory([dying], executor="database")
     assert _lose_jobs(mesh, run.id) == 1
     mesh_factory.clock.advance(1)
 
@@ -132,7 +134,8 @@ def test_a_running_attempt_whose_job_was_lost_is_recovered(mesh_factory: MeshFac
     assert done.step_runs is not None
     attempts = done.step_runs[0].attempts
     assert [(a.number, a.status) for a in attempts] == [(1, "failed"), (2, "completed")]
-    assert attempts[0].error is not None and attempts[0].error["type"] == "squidmesh.WorkerLost"
+    assert attempts[0].error is not None
+    assert attempts[0].error["type"] == "squidmesh.errors.WorkerLost"
 
 
 def test_a_timer_whose_job_was_lost_fires_again(mesh_factory: MeshFactory) -> None:

@@ -144,6 +144,25 @@ def slow_step(seconds: float) -> str:
     return "slept"
 
 
+class HogInput(BaseModel):
+    exponent: int = 20_000_000
+
+
+@sm.step
+def gil_hog(exponent: int) -> int:
+    """Holds the GIL for seconds: CPython computes a big power in C without releasing it,
+    so no other thread of the process runs (its lease heartbeat included)."""
+    record("hog", "start")
+    digits: int = pow(3, exponent).bit_length()
+    record("hog", "done")
+    return digits
+
+
+@sm.workflow(name="hogging", triggers=[sm.manual(payload=HogInput)])
+def hogging(payload: HogInput) -> Any:
+    return (yield gil_hog(payload.exponent))
+
+
 @sm.workflow(name="slow", triggers=[sm.manual(payload=SlowInput)])
 def slow(payload: SlowInput) -> Any:
     first = yield slow_step(payload.seconds)
@@ -203,6 +222,6 @@ def ticker(payload: Any) -> Any:
     return schedule
 
 
-WORKFLOWS = [sequential, joined, slow, sleepy, flaky, ticker]
+WORKFLOWS = [sequential, joined, slow, hogging, sleepy, flaky, ticker]
 
 mesh = sm.Mesh(os.environ.get(URL_ENV) or "memory://", workflows=WORKFLOWS)

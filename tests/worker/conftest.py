@@ -125,7 +125,9 @@ class Workers:
         self.tmp_path = tmp_path
         self.started: list[WorkerProcess] = []
 
-    def start(self, *args: str, concurrency: int = 4) -> WorkerProcess:
+    def start(
+        self, *args: str, concurrency: int = 4, wrapper: tuple[str, ...] = ()
+    ) -> WorkerProcess:
         env = dict(os.environ)
         env[apps.URL_ENV] = self.database.url
         env["PYTHONPATH"] = os.pathsep.join(
@@ -135,6 +137,7 @@ class Workers:
         env.pop("SQUIDMESH_DATABASE_URL", None)
         log_path = self.tmp_path / f"worker-{len(self.started)}.log"
         argv = [
+            *wrapper,  # e.g. ("faketime", "-f", "+40s"): run the worker under another clock
             str(SQUIDMESH),
             "--app",
             "tests.worker.apps:mesh",
@@ -188,16 +191,3 @@ def workers(database: Database, tmp_path: Path) -> Iterator[Workers]:
         yield factory
     finally:
         factory.kill_all()
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.worker.conftest import Database, Workers, wait_for
+from tests.support.waiting import wait_for
+from tests.worker.conftest import Database, Workers
 
 RUNS = "squidmesh.squidmesh_runs"
 JOBS = "squidmesh.squidmesh_jobs"
@@ -109,7 +110,7 @@ def test_sigkill_mid_step_is_redelivered_after_the_lease_and_completes(
     assert slow_step.name == "slow_step" and slow_step.status == "completed"
     assert [(a.number, a.status) for a in slow_step.attempts] == [(1, "failed"), (2, "completed")]
     lost = slow_step.attempts[0].error
-    assert lost is not None and lost["type"] == "squidmesh.WorkerLost", lost
+    assert lost is not None and lost["type"] == "squidmesh.errors.WorkerLost", lost
     assert slow_step.attempts[1].error is None
 
     rows = _log(database, rid, "slow")

@@ -12,8 +12,9 @@ import pytest
 import squidmesh as sm
 from squidmesh.runtime.worker import Worker
 from squidmesh.storage.sql import SqlTransaction
+from tests.support.waiting import wait_for
 from tests.worker import apps
-from tests.worker.conftest import Database, wait_for
+from tests.worker.conftest import Database
 
 
 def _first_step_at(db: Database, run_id: str) -> float | None:
