@@ -32,7 +32,7 @@ import dataclasses
 from typing import Any
 
 from squidmesh.analysis import _source as src
-from squidmesh.analysis._source import CONSTRUCTORS, MISSING, FunctionSource, Scope, StepRef
+from squidmesh.analysis._source import MISSING, FunctionSource, Scope, StepRef
 
 __all__ = ["CODES", "Finding", "lint"]
 
@@ -221,7 +221,7 @@ class _Linter:
             )
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
             target = src.callee(scope, node.value.func)
-            if isinstance(target, StepRef) or _is_constructor(target):
+            if isinstance(target, StepRef) or src.is_constructor(target):
                 text = source.segment(node.value.func)
                 self._add(
                     source,
@@ -280,13 +280,6 @@ class _Linter:
                 "`except BaseException` also catches GeneratorExit and run cancellation",
                 _EXCEPT_HINT,
             )
-
-
-def _is_constructor(target: Any) -> bool:
-    try:
-        return target in CONSTRUCTORS
-    except TypeError:  # unhashable: not one of our functions
-        return False
 
 
 def _is_set_expr(expr: ast.AST, scope: Scope) -> bool:
