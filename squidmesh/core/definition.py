@@ -12,7 +12,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 import pydantic
 from typing_extensions import ParamSpec
 
-from squidmesh.core import contracts
+from squidmesh.core import contracts, unyielded
 from squidmesh.core.retry import Retry
 from squidmesh.core.yielding import Yieldable
 from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError
@@ -114,7 +114,9 @@ class StepDefinition(Generic[P, R]):
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"step {self.name}: {exc}") from None
-        return StepCall(self, dict(bound.arguments))
+        call: StepCall[Any] = StepCall(self, dict(bound.arguments))
+        unyielded.created(call)  # reported if workflow code never yields it
+        return call
 
     def __repr__(self) -> str:
         return f"<step {self.name} ({self.ref})>"
