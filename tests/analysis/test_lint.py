@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections import Counter
 from typing import Any
@@ -126,4 +127,46 @@ def test_local_imports_and_shadowing() -> None:
     findings = lint(shadowed)
     assert [(f.code, f.message) for f in findings] == [
         ("SM101", "`clock.monotonic()` reads the clock or blocks the worker")
+    ]
+
+
+def test_an_assigned_step_call_never_yielded_is_found() -> None:
+    from examples.ring_errand import toss_ring, walk_home
+
+    def helper() -> Any:
+        call = walk_home("helper")  # returned to the caller, which may yield it
+        return call
+        yield  # a generator
+
+    def flow(payload: Any) -> Any:
+        home = walk_home("Sam")  # <home>
+        receipt = toss_ring("r")  # <returned>
+        ready = walk_home("later")
+        also = yield from helper()
+        yield ready
+        yield also
+        return {"home": home.name, "receipt": receipt}
+
+    found = [(f.code, f.lineno, f.message, f.hint) for f in lint(flow)]
+    lines = {
+        marker: flow.__code__.co_firstlineno + n
+        for n, text in enumerate(inspect.getsource(flow).splitlines())
+        for marker in ("home", "returned")
+        if text.endswith(f"# <{marker}>")
+    }
+    assert found == [
+        (
+            "SM111",
+            lines["home"],
+            "`home = walk_home(...)` is never yielded: the step does not run and `home` is "
+            "a command, not its result",
+            "write `home = yield from walk_home(...)`",
+        ),
+        (
+            "SM111",
+            lines["returned"],
+            "`receipt = toss_ring(...)` is never yielded: the step does not run and "
+            "`receipt` is a command, not its result",
+            "write `receipt = yield from toss_ring(...)`",
+        ),
     ]
