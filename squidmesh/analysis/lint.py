@@ -59,7 +59,7 @@ class Finding:
 # (code, qualified-name prefixes, what it is, fix). A prefix matches the name itself or
 # anything below it: "time" matches "time.time" but not "datetime.time".
 _CALL_RULES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("SM101", ("time",), "reads the clock or blocks the worker", "use `yield sm.now()`"),
+    ("SM101", ("time",), "reads the clock or blocks the worker", "use `yield from sm.now()`"),
     (
         "SM102",
         (
@@ -69,19 +69,19 @@ _CALL_RULES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
             "datetime.date.today",
         ),
         "reads the clock: the value differs on replay",
-        "use `yield sm.now()`",
+        "use `yield from sm.now()`",
     ),
     (
         "SM103",
         ("random", "numpy.random", "secrets", "os.urandom"),
         "is random: the value differs on replay",
-        "use `yield sm.random()`",
+        "use `yield from sm.random()`",
     ),
     (
         "SM104",
         ("uuid.uuid1", "uuid.uuid4"),
         "is random: the value differs on replay",
-        "use `yield sm.uuid4()`",
+        "use `yield from sm.uuid4()`",
     ),
     (
         "SM105",

@@ -43,9 +43,9 @@ def test_findings_carry_a_one_line_fix() -> None:
     by_code: dict[str, Finding] = {}
     for finding in lint(tricky.hazardous):
         by_code.setdefault(finding.code, finding)
-    assert by_code["SM102"].hint == "use `yield sm.now()`"
-    assert by_code["SM103"].hint == "use `yield sm.random()`"
-    assert by_code["SM104"].hint == "use `yield sm.uuid4()`"
+    assert by_code["SM102"].hint == "use `yield from sm.now()`"
+    assert by_code["SM103"].hint == "use `yield from sm.random()`"
+    assert by_code["SM104"].hint == "use `yield from sm.uuid4()`"
     sleep = next(f for f in lint(tricky.hazardous) if "time.sleep" in f.message)
     assert sleep.hint == "use `yield sm.sleep(seconds=...)`"
     assert by_code["SM111"].message.startswith("`walk_home(...)` is called without `yield`")
@@ -108,7 +108,7 @@ def test_helper_generators_are_linted_with_their_own_names() -> None:
         "`time.time()` reads the clock or blocks the worker",
         str(tricky.SOURCE),
         helper_line,
-        "use `yield sm.now()`",
+        "use `yield from sm.now()`",
     ) in lint(tricky.hazardous)
 
 
