@@ -227,6 +227,23 @@ class Interpreter:
         *,
         record: bool,
     ) -> Activation:
+        # The step calls the workflow creates while it runs are tracked (``unyielded``).
+        tracking = unyielded.activate(self._calls)
+        try:
+            return self._drive(feed, history, act, now, inbox, record=record)
+        finally:
+            unyielded.deactivate(tracking)
+
+    def _drive(
+        self,
+        feed: Feed,
+        history: History,
+        act: Activation,
+        now: datetime,
+        inbox: list[BufferedEvent],
+        *,
+        record: bool,
+    ) -> Activation:
         gen = self._gen
         assert gen is not None
         next_feed: Feed | None = feed
@@ -235,7 +252,6 @@ class Interpreter:
                 history,
                 replaying=self._cursor < self._horizon or history.outcome is not None,
             )
-            tracking = unyielded.activate(self._calls)
             try:
                 if next_feed.throw:
                     command = gen.throw(next_feed.value)
@@ -257,7 +273,6 @@ class Interpreter:
                     )
                 return self._suspend(act, "workflow_error", exc)
             finally:
-                unyielded.deactivate(tracking)
                 reset_current_run(token)
             next_feed = self._record(command, history, act, now, inbox, record=record)
         act.waiting_on = self._waiting_seqs(history)

@@ -33,7 +33,6 @@ import contextvars
 import dataclasses
 import sys
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Tracker", "Unyielded", "activate", "created", "deactivate"]
@@ -64,51 +63,75 @@ class Unyielded:
         }
 
 
+class _Ref(weakref.ref[Any]):
+    """A weak reference to a step call, with where it was made (formatted only if lost)."""
+
+    __slots__ = ("code", "key", "line", "step")
+    key: int
+    step: str
+    code: Any
+    line: int
+
+    def unyielded(self) -> Unyielded:
+        return Unyielded(self.step, f"{self.code.co_filename}:{self.line}")
+
+
 class Tracker:
-    """The step calls one workflow generator created, until each is yielded or lost."""
+    """The step calls one workflow generator created, until each is yielded or lost.
+
+    Cheap on the hot path (every step call of a workflow passes through ``created`` and
+    ``yielded``): a weak reference and a dict entry; messages are built only for calls
+    that are lost.
+    """
 
     def __init__(self) -> None:
-        #: id(call) -> (weak reference to the call, what to report if it is lost)
-        self._live: dict[int, tuple[weakref.ref[Any], Unyielded]] = {}
-        self._lost: list[Unyielded] = []
+        #: id(call) -> its weak reference, while the call lives and was not yielded
+        self._live: dict[int, _Ref] = {}
+        self._lost: list[_Ref] = []
         self._reported: set[Unyielded] = set()
+        self._on_lost = self._lost_call  # one bound method for every reference
 
-    def created(self, call: Any, loc: str | None) -> None:
-        key = id(call)
-        info = Unyielded(str(call.name), loc)
-        self._live[key] = (weakref.ref(call, self._on_lost(key, info)), info)
+    def created(self, call: Any, frame: Any) -> None:
+        ref = _Ref(call, self._on_lost)
+        ref.key = id(call)
+        ref.step = call.step.name
+        ref.code = frame.f_code
+        ref.line = frame.f_lineno
+        self._live[ref.key] = ref
 
-    def _on_lost(self, key: int, info: Unyielded) -> Callable[[weakref.ref[Any]], None]:
+    def _lost_call(self, ref: _Ref) -> None:
         # Called while the call is being freed, before its id can be reused.
-        def lost(ref: weakref.ref[Any]) -> None:
-            held = self._live.get(key)
-            if held is not None and held[0] is ref:
-                del self._live[key]
-                self._lost.append(info)
-
-        return lost
+        if self._live.get(ref.key) is ref:
+            del self._live[ref.key]
+            self._lost.append(ref)
 
     def yielded(self, command: Any) -> None:
         """``command`` (a step call, or a join/first of branches) reached the interpreter."""
-        self._live.pop(id(command), None)
-        for branch in getattr(command, "commands", ()):
-            self._live.pop(id(branch), None)
+        live = self._live
+        if live:
+            live.pop(id(command), None)
+            if command.kind in ("join", "first"):
+                for branch in command.commands:
+                    live.pop(id(branch), None)
 
     def found(self) -> list[Unyielded]:
         """The calls lost since the last look, each (step, file:line) reported once."""
+        if not self._lost:
+            return []
         lost, self._lost = self._lost, []
-        return self._once(lost)
+        return self._once([ref.unyielded() for ref in lost])
 
     def replayed(self) -> None:
         """The calls lost so far were reported (or folded into an earlier report of the
         same line) by the activation that first recorded the command being replayed."""
-        self._reported.update(self._lost)
-        self._lost = []
+        if self._lost:
+            self._reported.update(ref.unyielded() for ref in self._lost)
+            self._lost = []
 
     def remaining(self) -> list[Unyielded]:
         """Every call never yielded, lost or still referenced: for a workflow that returned."""
         lost, self._lost = self._lost, []
-        return self._once(lost + [info for _, info in self._live.values()])
+        return self._once([ref.unyielded() for ref in [*lost, *list(self._live.values())]])
 
     def _once(self, found: list[Unyielded]) -> list[Unyielded]:
         fresh = []
@@ -139,5 +162,4 @@ def created(call: Any) -> None:
     if tracker is None:
         return  # not inside a workflow being driven: tests, steps, module level
     # 0: this function, 1: StepDefinition.__call__, 2: the code that called the step.
-    frame = sys._getframe(2)
-    tracker.created(call, f"{frame.f_code.co_filename}:{frame.f_lineno}")
+    tracker.created(call, sys._getframe(2))
