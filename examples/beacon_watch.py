@@ -72,8 +72,8 @@ def call_rohan(orcs_seen: int) -> str:
     ]
 )
 def beacon_watch(check: BeaconCheck):
-    report = yield inspect_hilltops(check.orc_count)
-    beacon = yield light_first_beacon(report.hilltop, mood=check.steward_mood)
+    report = yield from inspect_hilltops(check.orc_count)
+    beacon = yield from light_first_beacon(report.hilltop, mood=check.steward_mood)
     yield sm.log("Gondor calls for aid", level="info", beacon=beacon.beacon)
-    answer = yield call_rohan(report.orcs_seen)  # fails for too many orcs: the beacon goes out
+    answer = yield from call_rohan(report.orcs_seen)  # fails for too many orcs: the beacon goes out
     return f"{beacon.beacon} lit; {answer}"

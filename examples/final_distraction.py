@@ -46,9 +46,9 @@ def declare_victory(march: str, brave: str, sneak: str) -> str:
 
 @sm.workflow(triggers=[sm.manual("start_distraction", payload=Distraction)])
 def final_distraction(plan: Distraction):
-    march, brave, sneak = yield sm.join(
+    march, brave, sneak = yield from sm.join(
         march_to_gate(plan.army),
         look_very_brave(plan.speech),
         sneak_up_volcano(),
     )
-    return (yield declare_victory(march, brave, sneak))
+    return (yield from declare_victory(march, brave, sneak))

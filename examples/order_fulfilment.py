@@ -98,9 +98,9 @@ def email_apology(order_id: str, reason: str) -> str:
 
 @sm.workflow(triggers=[sm.manual("checkout", payload=Order)])
 def fulfil_order(order: Order):
-    reservation = yield reserve_inventory(order.order_id, order.items)
-    charge = yield charge_card(order.order_id, order.amount_cents)
-    shipment = yield ship(order.order_id, order.address)  # a failure here rolls back
+    reservation = yield from reserve_inventory(order.order_id, order.items)
+    charge = yield from charge_card(order.order_id, order.amount_cents)
+    shipment = yield from ship(order.order_id, order.address)  # a failure here rolls back
     return {
         "reservation": reservation.reservation_id,
         "charge": charge.charge_id,
@@ -113,9 +113,9 @@ def fulfil_order_or_apologise(order: Order):
     yield reserve_inventory(order.order_id, order.items)
     yield charge_card(order.order_id, order.amount_cents)
     try:
-        shipment = yield ship(order.order_id, order.address)
+        shipment = yield from ship(order.order_id, order.address)
     except sm.StepFailed as failed:
-        undone = yield sm.undo()  # refund, then release: newest completion first
+        undone = yield from sm.undo()  # refund, then release: newest completion first
         yield email_apology(order.order_id, failed.error_message)
         return {"status": "cancelled", "undone": [outcome["step"] for outcome in undone]}
     return {"status": "shipped", "tracking": shipment.tracking}

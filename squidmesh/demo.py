@@ -127,26 +127,28 @@ def walk_home(bearer: str) -> str:
     ]
 )
 def ring_errand(payload: Errand) -> Generator[Any, Any, str]:
-    provisions = yield pack_lembas(payload.bearer, snack_count=payload.snack_count)
+    provisions = yield from pack_lembas(payload.bearer, snack_count=payload.snack_count)
     yield c.log("Leaving the Shire", bearer=payload.bearer, lembas=provisions.lembas)
     yield c.sleep(seconds=5)  # wait for Gandalf
     yield c.pause("hide_at_prancing_pony", reason="wait for Strider")
-    council = yield c.approval("council_vote")
+    council = yield from c.approval("council_vote")
     if not council.approved:
         yield walk_home(payload.bearer)
         return "went home"
     try:
-        report = yield cross_moria(payload.bearer, provisions)
+        report = yield from cross_moria(payload.bearer, provisions)
     except StepFailed:
         yield c.undo()  # compensate what completed so far, then go on
         yield walk_home(payload.bearer)
         return "retreated"
-    ride = yield reserve_eagle(payload.ring_id)
+    ride = yield from reserve_eagle(payload.ring_id)
     yield insult_sauron(payload.bearer)
-    march, brave = yield c.join(march_to_gate(army=len(payload.fellowship) * 1000), look_brave())
+    march, brave = yield from c.join(
+        march_to_gate(army=len(payload.fellowship) * 1000), look_brave()
+    )
     yield c.log("Distraction in place", march=march, brave=brave, eagle=ride.eagle)
     yield toss_ring(payload.ring_id)
-    return str(report.summary)
+    return report.summary
 
 
 def app(url: str | None = None) -> Mesh:

@@ -5,7 +5,9 @@
 transitions, jobs, retries, timers and compensations of production, with steps executed
 in the test's thread, a virtual clock and optional step stubs. With
 ``replay_each_command=True`` (the default) every activation is re-checked by a fresh
-replay of the history, so every unit test is also a determinism test.
+replay of the history, so every unit test is also a determinism test. A step call the
+workflow creates and never yields (recorded by the runtime as a ``warning`` audit event)
+makes the tester raise ``DefinitionError``: a unit test should not pass over it.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from squidmesh.core import unyielded
 from squidmesh.core.definition import StepDefinition, WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent
 from squidmesh.core.replay import Activation, Interpreter
-from squidmesh.errors import NondeterminismError
+from squidmesh.errors import DefinitionError, NondeterminismError
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.executors import InlineExecutor
 from squidmesh.storage.base import RunRecord
@@ -181,7 +184,11 @@ class TestRun:
 
 
 class WorkflowTester:
-    """Run a workflow in memory with a virtual clock and step stubs."""
+    """Run a workflow in memory with a virtual clock and step stubs.
+
+    Every method that drives a run raises ``DefinitionError`` naming the step and
+    file:line when the workflow created a step call it never yielded.
+    """
 
     __test__ = False
 
@@ -207,6 +214,8 @@ class WorkflowTester:
                 raise TypeError(f"steps= keys must be steps or step names, got {key!r}")
             self._stubs[name] = stub
         self.runs: list[TestRun] = []
+        #: run id -> never-yielded warnings already raised for it
+        self._warned: dict[str, int] = {}
         self._mesh = Mesh(
             store=InMemoryStore(),
             workflows=[workflow],
@@ -237,6 +246,7 @@ class WorkflowTester:
             self._now = max(self._now, nxt)
             self._mesh.drain()
         self._now = target
+        self._raise_unyielded()
 
     def advance_to_next_timer(self) -> datetime | None:
         """Jump to the earliest pending timer (sleep, timeout or retry) and fire it."""
@@ -251,6 +261,7 @@ class WorkflowTester:
             return None
         self._now = max(self._now, datetime.fromisoformat(min(stamps)))
         self._mesh.drain()
+        self._raise_unyielded()
         return self._now
 
     # ------------------------------------------------------------------ runs
@@ -274,7 +285,7 @@ class WorkflowTester:
                 if tx.get_run(rid) is None:  # nothing was started
                     self.runs.remove(run)
             raise
-        return run
+        return self._checked(run)
 
     def approve(
         self,
@@ -285,7 +296,7 @@ class WorkflowTester:
         metadata: dict[str, Any] | None = None,
     ) -> TestRun:
         self._mesh.approve_run(run.id, actor=actor, comment=comment, metadata=metadata)
-        return run
+        return self._checked(run)
 
     def reject(
         self,
@@ -296,7 +307,7 @@ class WorkflowTester:
         metadata: dict[str, Any] | None = None,
     ) -> TestRun:
         self._mesh.reject_run(run.id, actor=actor, comment=comment, metadata=metadata)
-        return run
+        return self._checked(run)
 
     def unblock(
         self,
@@ -308,20 +319,43 @@ class WorkflowTester:
         metadata: dict[str, Any] | None = None,
     ) -> TestRun:
         self._mesh.unblock_run(run.id, actor=actor, comment=comment, metadata=metadata, data=data)
-        return run
+        return self._checked(run)
 
     def send_event(self, run: TestRun, name: str, data: Any = None) -> TestRun:
         self._mesh.send_event(run.id, name, data)
-        return run
+        return self._checked(run)
 
     def cancel(self, run: TestRun, *, compensate: bool = False) -> TestRun:
         self._mesh.cancel_run(run.id, compensate=compensate)
-        return run
+        return self._checked(run)
 
     def resume(self, run: TestRun) -> TestRun:
         """Re-activate a suspended run (after the workflow code was fixed)."""
         self._mesh.resume_run(run.id)
+        return self._checked(run)
+
+    # ------------------------------------------------------------------ checks
+
+    def _checked(self, run: TestRun) -> TestRun:
+        self._raise_unyielded()
         return run
+
+    def _raise_unyielded(self) -> None:
+        """Fail the test on a step call the workflow created and never yielded: the
+        runtime only records it (a ``warning`` audit event), a unit test should not pass."""
+        for run in self.runs:
+            found = [
+                a
+                for a in run._load().audit
+                if a.type == "warning" and (a.metadata or {}).get("code") == unyielded.CODE
+            ]
+            fresh = found[self._warned.get(run.id, 0) :]
+            if fresh:
+                self._warned[run.id] = len(found)
+                raise DefinitionError(
+                    f"workflow {self.workflow.name} (run {run.id}): "
+                    + "; ".join(str(a.comment) for a in fresh)
+                )
 
     # ------------------------------------------------------------------ engine hooks
 

@@ -29,6 +29,7 @@ __all__ = [
     "StepRef",
     "callee",
     "generator_target",
+    "is_constructor",
     "iter_scope",
     "load",
     "qualified_name",
@@ -306,6 +307,14 @@ def _fn_name(scope: Scope, expr: ast.AST) -> str:
     if isinstance(name, str):
         return name
     return expr.attr if isinstance(expr, ast.Attribute) else getattr(expr, "id", "?")
+
+
+def is_constructor(target: Any) -> bool:
+    """True for an ``sm.*`` command constructor (``sm.sleep``, ``sm.join``...)."""
+    try:
+        return target in CONSTRUCTORS
+    except TypeError:  # unhashable: not one of our functions
+        return False
 
 
 def generator_target(obj: Any) -> Any:

@@ -1,7 +1,8 @@
 """``step_graph(workflow)``: the step graph of a workflow, read from its source.
 
 The workflow function is parsed (``inspect.getsource`` + ``ast``), never run. Each
-``yield`` of a command becomes a node; Python control flow becomes edges:
+``yield`` of a command becomes a node (``yield from`` a command too: it is the typed
+spelling of the same yield); Python control flow becomes edges:
 
 - ``next``   plain sequence;
 - ``branch`` an ``if``/``while``/``for``/``match`` arm, labelled ``True``/``False`` with
@@ -333,7 +334,12 @@ class _Builder:
             return
         if isinstance(value, ast.Call):
             target = src.callee(self.scope, value.func)
-            helper = None if target is MISSING or isinstance(target, StepRef) else target
+            if isinstance(target, StepRef) or src.is_constructor(target):
+                # `x = yield from step(...)` / `yield from sm.sleep(...)`: the typed
+                # spelling of `yield` (the command yields itself), the same node.
+                self._emit(self._describe(value, self._line(node)))
+                return
+            helper = None if target is MISSING else target
             fn = src.generator_target(helper) if helper is not None else None
             if fn is not None and self._inline(fn, node):
                 return

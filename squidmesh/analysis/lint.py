@@ -16,7 +16,9 @@ time it runs. Codes (each finding names file:line and a one-line fix):
   assigned one): string hashing makes the order differ between processes
 - SM110 ``global`` statement: module state is not part of the history
 - SM111 a step or ``sm.*`` command called without ``yield``: it builds a command and
-  drops it (a silent no-op)
+  drops it (a silent no-op). Also ``x = step(...)`` when ``x`` is never yielded nor
+  handed on (to ``sm.join``, a list, a helper...): the step never runs, and ``x`` is a
+  ``StepCall``, not the step's result (write ``x = yield from step(...)``)
 - SM112 bare ``except:``; SM113 ``except BaseException``: they also catch the
   ``GeneratorExit`` used to close a workflow and the runtime's cancellation
 
@@ -32,7 +34,7 @@ import dataclasses
 from typing import Any
 
 from squidmesh.analysis import _source as src
-from squidmesh.analysis._source import CONSTRUCTORS, MISSING, FunctionSource, Scope, StepRef
+from squidmesh.analysis._source import MISSING, FunctionSource, Scope, StepRef
 
 __all__ = ["CODES", "Finding", "lint"]
 
@@ -57,7 +59,7 @@ class Finding:
 # (code, qualified-name prefixes, what it is, fix). A prefix matches the name itself or
 # anything below it: "time" matches "time.time" but not "datetime.time".
 _CALL_RULES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("SM101", ("time",), "reads the clock or blocks the worker", "use `yield sm.now()`"),
+    ("SM101", ("time",), "reads the clock or blocks the worker", "use `yield from sm.now()`"),
     (
         "SM102",
         (
@@ -67,19 +69,19 @@ _CALL_RULES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
             "datetime.date.today",
         ),
         "reads the clock: the value differs on replay",
-        "use `yield sm.now()`",
+        "use `yield from sm.now()`",
     ),
     (
         "SM103",
         ("random", "numpy.random", "secrets", "os.urandom"),
         "is random: the value differs on replay",
-        "use `yield sm.random()`",
+        "use `yield from sm.random()`",
     ),
     (
         "SM104",
         ("uuid.uuid1", "uuid.uuid4"),
         "is random: the value differs on replay",
-        "use `yield sm.uuid4()`",
+        "use `yield from sm.uuid4()`",
     ),
     (
         "SM105",
@@ -150,6 +152,18 @@ CODES: dict[str, str] = {
     "SM113": "except BaseException",
 }
 _EXCEPT_HINT = "catch `sm.StepFailed` or a specific exception type"
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+#: expressions whose value is (or may be) the command itself, and those that consume it
+_CONTAINERS = (ast.Tuple, ast.List, ast.Set, ast.Dict, ast.Starred, ast.BoolOp)
+_CONSUMERS = (
+    ast.Attribute,
+    ast.Subscript,
+    ast.Compare,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.FormattedValue,
+    ast.Expr,
+)
 
 
 def lint(workflow: Any) -> list[Finding]:
@@ -170,7 +184,7 @@ class _Linter:
         self.findings: list[Finding] = []
         self.seen: set[Any] = set()  # code objects already checked (helpers, recursion)
 
-    def function(self, fn: Any) -> None:
+    def function(self, fn: Any, *, body: bool = True) -> None:
         source = src.load(fn)
         key = getattr(source.fn, "__code__", None) or id(source.fn)
         if key in self.seen:
@@ -189,6 +203,7 @@ class _Linter:
         sets = _set_assignments(source.tree)
         for node in src.iter_scope(source.tree):
             self._check(node, source, scope, sets)
+        self._never_yielded(source, scope, returns_to_caller=not body)
 
     def _add(
         self, source: FunctionSource, node: ast.AST | None, code: str, message: str, hint: str
@@ -221,7 +236,7 @@ class _Linter:
             )
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
             target = src.callee(scope, node.value.func)
-            if isinstance(target, StepRef) or _is_constructor(target):
+            if isinstance(target, StepRef) or src.is_constructor(target):
                 text = source.segment(node.value.func)
                 self._add(
                     source,
@@ -248,7 +263,7 @@ class _Linter:
             if target is not MISSING and not isinstance(target, StepRef):
                 helper = src.generator_target(target)
                 if helper is not None:
-                    self.function(helper)
+                    self.function(helper, body=False)
 
     def _call(self, node: ast.Call, source: FunctionSource, scope: Scope) -> None:
         name = src.qualified_name(scope, node.func)
@@ -260,6 +275,42 @@ class _Linter:
                     hint = _SM101_SLEEP_HINT
                 self._add(source, node, code, f"`{source.segment(node.func)}()` {what}", hint)
                 return
+
+    def _never_yielded(
+        self, source: FunctionSource, scope: Scope, *, returns_to_caller: bool
+    ) -> None:
+        """``x = step(...)`` where ``x`` is never yielded nor handed on: SM111."""
+        tree = source.tree
+        assert tree is not None
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in src.iter_scope(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if not isinstance(target, ast.Name) or not isinstance(value, ast.Call):
+                continue
+            callee = src.callee(scope, value.func)
+            if not (isinstance(callee, StepRef) or src.is_constructor(callee)):
+                continue
+            loads = [
+                n
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Name) and n.id == target.id and isinstance(n.ctx, ast.Load)
+            ]
+            if any(_handed_on(n, parents, tree, returns_to_caller) for n in loads):
+                continue
+            text = source.segment(value.func)
+            self._add(
+                source,
+                node,
+                "SM111",
+                f"`{target.id} = {text}(...)` is never yielded: the step does not run and "
+                f"`{target.id}` is a command, not its result",
+                f"write `{target.id} = yield from {text}(...)`",
+            )
 
     def _handler(self, node: ast.ExceptHandler, source: FunctionSource, scope: Scope) -> None:
         if node.type is None:
@@ -282,11 +333,33 @@ class _Linter:
             )
 
 
-def _is_constructor(target: Any) -> bool:
-    try:
-        return target in CONSTRUCTORS
-    except TypeError:  # unhashable: not one of our functions
-        return False
+def _handed_on(
+    load: ast.Name, parents: dict[ast.AST, ast.AST], top: ast.AST, returns_to_caller: bool
+) -> bool:
+    """Whether this use of a variable holding a command may get it yielded later: yielded
+    (also inside ``sm.join(...)``), passed to a call, stored, assigned on, used by a
+    nested function... Only uses that certainly consume it as a value are not:
+    ``x.attr``, ``x[...]``, comparisons, arithmetic, f-strings, tests, and ``return x``
+    from the workflow (the run's result would hold a command)."""
+    node: ast.AST = load
+    while True:
+        parent = parents.get(node, top)
+        if parent is top or isinstance(parent, _DEFINITIONS):
+            return True  # a nested function may yield it: unknowable
+        if isinstance(parent, _CONTAINERS) or (
+            isinstance(parent, ast.IfExp) and parent.test is not node
+        ):
+            node = parent  # the value flows on: judge what happens to the container
+            continue
+        if isinstance(parent, ast.Return):
+            return returns_to_caller  # a helper generator may return it to be yielded
+        if isinstance(parent, _CONSUMERS):
+            return False
+        if isinstance(parent, (ast.If, ast.While, ast.Assert, ast.IfExp)):
+            return parent.test is not node
+        if isinstance(parent, ast.Call):
+            return parent.func is not node
+        return True
 
 
 def _is_set_expr(expr: ast.AST, scope: Scope) -> bool:

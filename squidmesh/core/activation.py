@@ -61,6 +61,10 @@ class Activation:
     reason: str | None = None
     compensate: tuple[int, ...] = ()
     consumed_events: tuple[int, ...] = ()
+    #: problems in the workflow's code found by this activation (step calls never
+    #: yielded), each as audit event fields (``step``, ``comment``, ``metadata``): the
+    #: runtime records them as ``warning`` audit events, never as history entries
+    warnings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def logs(self) -> list[Entry]:

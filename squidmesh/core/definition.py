@@ -6,14 +6,15 @@ import dataclasses
 import functools
 import inspect
 import typing
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import pydantic
 from typing_extensions import ParamSpec
 
-from squidmesh.core import contracts
+from squidmesh.core import contracts, unyielded
 from squidmesh.core.retry import Retry
+from squidmesh.core.yielding import Yieldable
 from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError, shown
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 _STEP_OPTIONS = frozenset(
     {
@@ -53,7 +56,12 @@ def callable_ref(fn: Callable[..., Any]) -> str:
 
 
 class StepDefinition(Generic[P, R]):
-    """A function wrapped by ``@sm.step``. Calling it returns a ``StepCall``; nothing runs."""
+    """A function wrapped by ``@sm.step``. Calling it returns a ``StepCall``; nothing runs.
+
+    ``P`` and ``R`` are the wrapped function's parameters and return type, so ``.fn``
+    keeps its exact signature. A call is a ``StepCall`` of what the step produces: ``R``
+    for a ``def``, the awaited result for an ``async def`` (``R`` is then a coroutine).
+    """
 
     def __init__(
         self,
@@ -113,12 +121,24 @@ class StepDefinition(Generic[P, R]):
         self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
+    # An async step's call yields its awaited result: the first overload matches the
+    # coroutine functions, the second everything else.
+    @overload
+    def __call__(
+        self: StepDefinition[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> StepCall[T]: ...
+
+    @overload
+    def __call__(self: StepDefinition[P, T], *args: P.args, **kwargs: P.kwargs) -> StepCall[T]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> StepCall[Any]:
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"step {self.name}: {exc}") from None
-        return StepCall(self, dict(bound.arguments))
+        call: StepCall[Any] = StepCall(self, dict(bound.arguments))
+        unyielded.created(call)  # reported if workflow code never yields it
+        return call
 
     def __repr__(self) -> str:
         return f"<step {self.name} ({self.ref})>"
@@ -195,10 +215,13 @@ class StepDefinition(Generic[P, R]):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StepCall(Generic[R]):
-    """The command a workflow yields to run a step: ``result = yield my_step(...)``."""
+class StepCall(Yieldable[T_co]):
+    """The command a workflow yields to run a step: ``result = yield from my_step(...)``.
 
-    step: StepDefinition[Any, R]
+    ``T_co`` is the step's result (its return type; the awaited one for ``async def``).
+    """
+
+    step: StepDefinition[Any, Any]
     arguments: dict[str, Any]
     kind: typing.ClassVar[str] = "step"
 

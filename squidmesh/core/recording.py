@@ -80,6 +80,12 @@ def iso(moment: datetime) -> str:
 
 
 def yield_location(gen: Generator[Any, Any, Any]) -> str | None:
+    """file:line of the ``yield`` the workflow is parked at.
+
+    ``yield from helper()`` chains are followed into the helper generators (their lines
+    are the ones that yielded). ``yield from cmd`` ends the chain at the workflow's own
+    frame: a command's iterator is not a generator (see ``yielding``).
+    """
     inner: Any = gen
     while True:
         nxt = getattr(inner, "gi_yieldfrom", None)

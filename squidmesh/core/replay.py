@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from squidmesh.core import commands as cmds
-from squidmesh.core import contracts
+from squidmesh.core import contracts, unyielded
 from squidmesh.core.activation import (
     CANCELLED,
     COMPLETED,
@@ -92,6 +92,8 @@ class Interpreter:
         self._horizon = 0
         self._blocked: Blocked | None = None
         self._finished = False
+        #: the step calls the current generator created, until yielded (see ``unyielded``)
+        self._calls: unyielded.Tracker | None = None
         #: step definitions by step name, learned from the step calls the code yielded
         self.step_definitions: dict[str, Any] = {}
         #: the step definition of each step call by seq, with its per-call ``options``
@@ -197,6 +199,7 @@ class Interpreter:
         self._horizon = len(history)
         self._cursor = 0
         self._blocked = None
+        self._calls = unyielded.Tracker()
         # A run that already ended (its history has an outcome) replays to its very end.
         token = self._enter(history, replaying=self._horizon > 0 or history.outcome is not None)
         try:
@@ -219,6 +222,23 @@ class Interpreter:
         )
 
     def _run(
+        self,
+        feed: Feed,
+        history: History,
+        act: Activation,
+        now: datetime,
+        inbox: list[BufferedEvent],
+        *,
+        record: bool,
+    ) -> Activation:
+        # The step calls the workflow creates while it runs are tracked (``unyielded``).
+        tracking = unyielded.activate(self._calls)
+        try:
+            return self._drive(feed, history, act, now, inbox, record=record)
+        finally:
+            unyielded.deactivate(tracking)
+
+    def _drive(
         self,
         feed: Feed,
         history: History,
@@ -273,6 +293,9 @@ class Interpreter:
                 expected=f"the workflow to return (code ended after seq {cursor - 1})",
                 recorded=history[cursor].label(),
             )
+        # The workflow returned: a step call it never yielded never will be. A run that
+        # had already ended (an inspection replaying it) reported them when it ended.
+        never = self._calls.remaining() if self._calls is not None else []
         try:
             act.result = contracts.stored(
                 value,
@@ -280,7 +303,13 @@ class Interpreter:
                 max_bytes=self.max_value_bytes,
             )
         except UnstorableValueError as exc:
+            if never and isinstance(exc, contracts.EncodeError):
+                # most likely the StepCall itself ended up in the result
+                hint = DefinitionError(f"{exc}. A {never[0].message()}")
+                return self._suspend(act, "workflow_error", hint)
             return self._suspend(act, "workflow_error", exc)
+        if history.outcome is None:
+            act.warnings.extend(call.audit() for call in never)
         act.outcome = COMPLETED
         return act
 
@@ -289,6 +318,10 @@ class Interpreter:
     ) -> Activation:
         self._gen = None
         self._finished = True
+        if self._calls is not None and history.outcome is None:
+            # Only calls already unreachable: the exception being handled keeps the
+            # workflow's locals alive, and those may have been meant for later.
+            act.warnings.extend(call.audit() for call in self._calls.found())
         act.outcome = FAILED
         act.error = error
         act.reason = reason
@@ -372,6 +405,8 @@ class Interpreter:
                     "(did you forget to call the step?)"
                 )
             )
+        if self._calls is not None:
+            self._calls.yielded(command)
         if isinstance(command, cmds.Patched):
             return self._patched(command, history, act, now, record=record)
         if isinstance(command, StepCall):
@@ -405,6 +440,8 @@ class Interpreter:
                 self._cursor = seq + 1 + len(branches)
             else:
                 self._cursor = seq + 1
+            if self._calls is not None:
+                self._calls.replayed()  # reported when this command was recorded
         else:
             if not record:
                 raise _StopReplay()
@@ -419,6 +456,8 @@ class Interpreter:
                 max_bytes=self.max_value_bytes,
             )
             self._cursor = len(history)
+            if self._calls is not None:
+                act.warnings.extend(call.audit() for call in self._calls.found())
         self._blocked = Blocked(seq, command)
         return resolve(self._blocked, history, act, now, self.run_id)
 

@@ -422,6 +422,8 @@ class Engine:
         ch.inserted(run.id, act.new_entries)
         ch.touched(run.id, *act.updates)
         ch.logs.extend((run.id, e) for e in act.logs)
+        for warning in act.warnings:  # step calls never yielded: audit, not history
+            ch.audit(run.id, "warning", **warning)
         if act.outcome == "waiting":
             if self._deliver_buffered_events(ch, run, live, act):
                 self.advance(ch, run, live)

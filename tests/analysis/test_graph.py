@@ -75,10 +75,10 @@ def test_ring_errand_nodes_in_source_order_with_lines() -> None:
     ]
     lines = {(n.kind, n.name): n.lineno for n in graph.nodes}
     assert lines[("start", "ring_errand")] == example_line("def ring_errand(")
-    assert lines[("step", "pack_lembas")] == example_line("yield pack_lembas(")
+    assert lines[("step", "pack_lembas")] == example_line("yield from pack_lembas(")
     assert lines[("sleep", "sleep")] == example_line("yield sm.sleep(seconds=5)")
     assert lines[("approval", "council_vote")] == example_line('sm.approval("council_vote")')
-    assert lines[("step", "cross_moria")] == example_line("yield cross_moria(")
+    assert lines[("step", "cross_moria")] == example_line("yield from cross_moria(")
     assert lines[("step", "toss_ring")] == example_line("yield toss_ring(")
     assert all(n.file == EXAMPLE_FILE for n in graph.nodes)
     assert [n.lineno for n in graph.find("step", "walk_home")] == _walk_home_lines()
@@ -123,7 +123,8 @@ def test_ring_errand_branch_error_and_join_edges() -> None:
         ("step", "march_to_gate", join.id),
         ("step", "look_brave", join.id),
     ]
-    assert all(k.lineno == example_line("yield sm.join(") for k in kids)
+    assert join.lineno == example_line("yield from sm.join(")
+    assert all(k.lineno == example_line("march_to_gate(army=") for k in kids)
     assert graph.edges_to(kids[0].id) == [] and graph.edges_from(kids[0].id) == []
     assert [graph.node(e.target).name for e in graph.edges_from(join.id)] == ["log"]
     assert {e.kind for e in graph.edges} == {"next", "branch", "error"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections import Counter
 from typing import Any
@@ -42,9 +43,9 @@ def test_findings_carry_a_one_line_fix() -> None:
     by_code: dict[str, Finding] = {}
     for finding in lint(tricky.hazardous):
         by_code.setdefault(finding.code, finding)
-    assert by_code["SM102"].hint == "use `yield sm.now()`"
-    assert by_code["SM103"].hint == "use `yield sm.random()`"
-    assert by_code["SM104"].hint == "use `yield sm.uuid4()`"
+    assert by_code["SM102"].hint == "use `yield from sm.now()`"
+    assert by_code["SM103"].hint == "use `yield from sm.random()`"
+    assert by_code["SM104"].hint == "use `yield from sm.uuid4()`"
     sleep = next(f for f in lint(tricky.hazardous) if "time.sleep" in f.message)
     assert sleep.hint == "use `yield sm.sleep(seconds=...)`"
     assert by_code["SM111"].message.startswith("`walk_home(...)` is called without `yield`")
@@ -107,7 +108,7 @@ def test_helper_generators_are_linted_with_their_own_names() -> None:
         "`time.time()` reads the clock or blocks the worker",
         str(tricky.SOURCE),
         helper_line,
-        "use `yield sm.now()`",
+        "use `yield from sm.now()`",
     ) in lint(tricky.hazardous)
 
 
@@ -126,4 +127,46 @@ def test_local_imports_and_shadowing() -> None:
     findings = lint(shadowed)
     assert [(f.code, f.message) for f in findings] == [
         ("SM101", "`clock.monotonic()` reads the clock or blocks the worker")
+    ]
+
+
+def test_an_assigned_step_call_never_yielded_is_found() -> None:
+    from examples.ring_errand import toss_ring, walk_home
+
+    def helper() -> Any:
+        call = walk_home("helper")  # returned to the caller, which may yield it
+        return call
+        yield  # a generator
+
+    def flow(payload: Any) -> Any:
+        home = walk_home("Sam")  # <home>
+        receipt = toss_ring("r")  # <returned>
+        ready = walk_home("later")
+        also = yield from helper()
+        yield ready
+        yield also
+        return {"home": home.name, "receipt": receipt}
+
+    found = [(f.code, f.lineno, f.message, f.hint) for f in lint(flow)]
+    lines = {
+        marker: flow.__code__.co_firstlineno + n
+        for n, text in enumerate(inspect.getsource(flow).splitlines())
+        for marker in ("home", "returned")
+        if text.endswith(f"# <{marker}>")
+    }
+    assert found == [
+        (
+            "SM111",
+            lines["home"],
+            "`home = walk_home(...)` is never yielded: the step does not run and `home` is "
+            "a command, not its result",
+            "write `home = yield from walk_home(...)`",
+        ),
+        (
+            "SM111",
+            lines["returned"],
+            "`receipt = toss_ring(...)` is never yielded: the step does not run and "
+            "`receipt` is a command, not its result",
+            "write `receipt = yield from toss_ring(...)`",
+        ),
     ]

@@ -250,6 +250,11 @@ def hazardous(payload: Any):
     walk_home("forgot")  # expect: SM111
     pack.options(name="again")("Sam", snack_count=1)  # expect: SM111
     sm.sleep(seconds=5)  # expect: SM111
+    receipt = walk_home("assigned")  # expect: SM111
+    parked: Any = sm.approval("never")  # expect: SM111
+    if parked and receipt.name:  # used as values, never yielded
+        pass
+    returned = toss_ring("r")  # expect: SM111
     yield from noisy_helper()  # type: ignore[no-untyped-call]
     try:
         yield toss_ring("r")
@@ -278,6 +283,7 @@ def hazardous(payload: Any):
         data,
         worker,
         ordered,
+        returned,
     )
 
 
@@ -296,6 +302,23 @@ def deceptively_clean(payload: Any):
         yield walk_home(name)
     time = payload.time  # a local that shadows the module
     later = time.time()
+    # Step calls built first and yielded (or handed on) later are no bug.
+    prepared = walk_home("prepared")
+    racer: Any = look_brave()
+    queue = []
+    stored = march_to_gate(1)
+    queue.append(stored)
+    aliased = toss_ring("alias")
+    alias = aliased
+    reused = walk_home("reused")
+
+    def later_yield():
+        yield reused
+
+    yield sm.join(racer, march_to_gate(2))
+    yield prepared
+    yield alias
+    yield from queue
 
     def report():  # nested: not the workflow body
         return datetime.now(), os.environ, open("x")
