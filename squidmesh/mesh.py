@@ -156,11 +156,7 @@ class Mesh(OperatorActions):
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
         found = self.workflows.get(str(name))
         if found is None:
-            known = ", ".join(sorted(self.workflows)) or "none"
-            raise UnknownWorkflowError(
-                f"workflow {name!r} is not registered with this Mesh (registered: {known}); "
-                "pass it in Mesh(workflows=[...])"
-            )
+            raise UnknownWorkflowError(workflow=str(name), registered=self.workflows)
         return found
 
     # ------------------------------------------------------------------ starting runs

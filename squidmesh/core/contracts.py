@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 import pydantic_core
 
-from squidmesh.errors import PayloadError, ValueTooLargeError
+from squidmesh.errors import PayloadError, ValueTooLargeError, did_you_mean
 
 __all__ = ["EncodeError", "check_size", "decode", "encode", "type_label", "validate_payload"]
 
@@ -124,6 +124,7 @@ def validate_payload(
     unknown = sorted(str(k) for k in data if k not in known)
     missing: list[str] = []
     invalid: dict[str, str] = {}
+    reasons: dict[str, str] = {}
     try:
         instance = model.model_validate(dict(data))
     except pydantic.ValidationError as exc:
@@ -137,15 +138,32 @@ def validate_payload(
                     unknown.append(top)
             else:
                 field = model.model_fields.get(top)
-                invalid[loc] = type_label(field.annotation) if field else err["msg"]
+                invalid[loc] = type_label(field.annotation) if field else str(err["msg"])
+                # pydantic's own words ("String should have at least 3 characters"):
+                # the expected type alone cannot explain a failed constraint.
+                reasons[loc] = str(err["msg"])
         order = list(model.model_fields)
         missing.sort(key=lambda f: order.index(f.split(".")[0]) if f.split(".")[0] in order else 0)
         raise PayloadError(
-            missing_fields=missing, unknown_fields=unknown, invalid_types=invalid
+            missing_fields=missing,
+            unknown_fields=unknown,
+            invalid_types=invalid,
+            reasons=reasons,
+            suggestions=_suggestions(unknown, model),
         ) from exc
     if unknown:
-        raise PayloadError(unknown_fields=unknown)
+        raise PayloadError(unknown_fields=unknown, suggestions=_suggestions(unknown, model))
     return dict(instance.model_dump(mode="json", by_alias=False))
+
+
+def _suggestions(unknown: list[str], model: type[pydantic.BaseModel]) -> dict[str, str]:
+    """Unknown field -> the declared field it is probably a typo of."""
+    found: dict[str, str] = {}
+    for name in unknown:
+        match = did_you_mean(name, model.model_fields)
+        if match is not None:
+            found[name] = match
+    return found
 
 
 def load_payload(model: type[pydantic.BaseModel] | None, stored: Mapping[str, Any]) -> Any:

@@ -362,8 +362,9 @@ class WorkflowDefinition:
         for trig in self.triggers:
             if trig.name == name:
                 return trig
-        known = ", ".join(t.name for t in self.triggers)
-        raise UnknownTriggerError(f"workflow {self.name} has no trigger {name!r} (known: {known})")
+        raise UnknownTriggerError(
+            workflow=self.name, trigger=name, known=[t.name for t in self.triggers]
+        )
 
     def validate_payload(self, payload: Any, trigger: str | None = None) -> dict[str, Any]:
         """Validate a payload for a trigger and resolve its defaults, once."""
