@@ -120,10 +120,14 @@ class Mesh(OperatorActions):
                 _validate_cron(workflow, trigger)
         self.workflows[workflow.name] = workflow
 
-    def migrate(self) -> None:
-        """Create or upgrade squidmesh's tables; idempotent and safe to call concurrently."""
-        self.store.migrate()
+    def migrate(self) -> list[str]:
+        """Create or upgrade squidmesh's tables; idempotent and safe to call concurrently.
+
+        Returns the file names of the migrations applied, oldest first (empty when the
+        schema was already up to date)."""
+        applied = self.store.migrate()
         self._schema_ok = True
+        return applied
 
     def _ready(self) -> None:
         if self._schema_ok:

@@ -238,8 +238,9 @@ class Store(Protocol):
 
     dialect: str
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema; idempotent and safe when called concurrently."""
+    def migrate(self) -> list[str]:
+        """Create or upgrade the schema; idempotent and safe when called concurrently.
+        Returns the names of the migrations applied (empty when already up to date)."""
 
     def check_schema(self) -> None:
         """Raise ``SchemaOutOfDateError`` when the database is older than this code."""

@@ -497,8 +497,9 @@ class InMemoryStore:
             self._data = _Data()
             self.calls.clear()
 
-    def migrate(self) -> None:
+    def migrate(self) -> list[str]:
         self.calls.append("migrate")
+        return []
 
     def check_schema(self) -> None:
         self.calls.append("check_schema")

@@ -140,8 +140,8 @@ class SqlStore:
     def __repr__(self) -> str:
         return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
 
-    def migrate(self) -> None:
-        sql_migrate.migrate(self.engine, self.dialect, self.schema)
+    def migrate(self) -> list[str]:
+        return sql_migrate.migrate(self.engine, self.dialect, self.schema)
 
     def check_schema(self) -> None:
         sql_migrate.check_schema(self.engine, self.dialect, self.schema)

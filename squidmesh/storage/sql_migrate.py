@@ -91,10 +91,14 @@ def statements(sql: str, schema: str | None) -> list[str]:
     return [statement for statement in found if statement]
 
 
-def migrate(engine: sa.Engine, dialect: str, schema: str) -> None:
-    """Create or upgrade the schema; idempotent and safe to run concurrently."""
+def migrate(engine: sa.Engine, dialect: str, schema: str) -> list[str]:
+    """Create or upgrade the schema; idempotent and safe to run concurrently.
+
+    Returns the file names of the migrations this call applied, oldest first (empty when
+    the schema was already up to date, or another migrator applied them first)."""
     pg = dialect == "postgresql"
     target = schema if pg else None
+    applied: list[str] = []
     try:
         with engine.connect() as conn, conn.begin():
             if pg:
@@ -116,8 +120,10 @@ def migrate(engine: sa.Engine, dialect: str, schema: str) -> None:
                     sa.insert(version_table),
                     {"version": migration.version, "applied_at": datetime.now(timezone.utc)},
                 )
+                applied.append(migration.name)
     except sa.exc.SQLAlchemyError as exc:
         raise storage_error("migrate the squidmesh schema", exc) from driver_error(exc)
+    return applied
 
 
 def schema_version(engine: sa.Engine, dialect: str, schema: str) -> int:
