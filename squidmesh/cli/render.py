@@ -336,7 +336,7 @@ def explanation_text(run_id: str, explanation: Explanation) -> str:
     if explanation.details:
         # A step's failure keeps its traceback on the attempt: show that one too.
         fallback = None
-        if attempt_error.get("traceback"):
+        if attempt and attempt_error.get("traceback"):
             fallback = (f"attempt {attempt['number']}", str(attempt_error["traceback"]))
         lines.extend(_details(explanation.details, fallback))
     else:

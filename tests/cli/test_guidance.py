@@ -37,7 +37,7 @@ def json_error(result: Result, kind: str, code: int) -> dict[str, Any]:
     """The error document of a --json command: on stdout, nothing on stderr."""
     assert result.code == code, result
     assert result.err == "", result.err
-    document = result.json()
+    document: dict[str, Any] = result.json()
     error = document["error"]
     assert {"exit_code", "hint", "message", "type"} <= set(error), error
     assert (error["type"], error["exit_code"]) == (kind, code), error
