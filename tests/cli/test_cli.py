@@ -592,7 +592,20 @@ def test_demo_runs_end_to_end() -> None:
     assert demo.code == 0, demo.err
     assert "approve_run(actor='elrond'" in demo.out
     assert "paused_for_approval" in demo.out
-    assert "the run is completed" in demo.out
-    assert "Frodo crossed Moria on 11 lembas" in demo.out
-    assert "toss_ring" in demo.out  # the history table
+    # the story it tells happens: a retry, then a compensation, then the way home
+    assert "-> run is retrying: waiting_for_retry at cross_moria" in demo.out
+    assert "last_error=ConnectionError: the Watcher in the Water" in demo.out
+    rows = {
+        cells[2]: cells
+        for cells in (line.split() for line in demo.out.splitlines())
+        if len(cells) == 7 and cells[1] == "step"
+    }
+    assert rows["cross_moria"][3:5] == ["failed", "1:failed,2:failed"]
+    assert rows["walk_home"][3:5] == ["completed", "1:completed"]
+    assert "compensation completed: returned 11 lembas" in demo.out
+    assert "the run is completed; result: 'retreated'" in demo.out
+    assert "toss_ring" not in demo.out  # the errand turned back before the end
+    # the closing hint says that drain (or a worker) moves the run on, with the commands
+    assert "squidmesh drain" in demo.out and "squidmesh worker" in demo.out
+    assert "squidmesh migrate" in demo.out
     assert elapsed < 3.0, elapsed
