@@ -136,7 +136,7 @@ def from_api(
     elif isinstance(exc, RunNotFoundError) and database:
         hint = f"the database is {database}; `squidmesh runs list` shows its runs"
     elif isinstance(exc, InvalidTransitionError) and run_id:
-        hint = f"`squidmesh runs explain {run_id}` says what the run waits for"
+        hint = f"`squidmesh runs explain {run_id}` says what the run can do next"
     return CliError(code, message, hint=hint, kind=kind)
 
 

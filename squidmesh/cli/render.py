@@ -367,7 +367,7 @@ def _details(details: Mapping[str, Any], fallback: tuple[str, str] | None = None
     tracebacks: list[tuple[str, str]] = []
     for key, value in sorted(details.items()):
         if _is_error(value):
-            pairs.append((key, error_line(value)))
+            pairs.append((key, relative_paths(error_line(value))))
             if value.get("traceback"):
                 tracebacks.append((key, str(value["traceback"])))
         elif key == "replay" and isinstance(value, dict) and "allowed" in value:
@@ -389,7 +389,12 @@ def _details(details: Mapping[str, Any], fallback: tuple[str, str] | None = None
     if not tracebacks and fallback is not None and any(_is_error(v) for v in details.values()):
         tracebacks.append(fallback)
     for key, text in tracebacks:
-        tb = [line for line in relative_paths(text).splitlines() if line.strip()]
+        # Python 3.11+ underlines expressions with ^^^ lines: noise in a short tail.
+        tb = [
+            line
+            for line in relative_paths(text).splitlines()
+            if line.strip() and line.strip().strip("^~") != ""
+        ]
         shown = tb[-TRACEBACK_LINES:]
         more = f", last {len(shown)} of {len(tb)} lines" if len(shown) < len(tb) else ""
         lines.append(f"  traceback ({key}{more}; --json has it all)")

@@ -221,7 +221,7 @@ def test_every_error_under_json_is_json(db: str, mesh: sm.Mesh) -> None:
         cli(db, "runs", "approve", done, "--actor", "x", "--json"), "InvalidTransitionError", 4
     )
     assert (
-        refused["error"]["hint"] == f"`squidmesh runs explain {done}` says what the run waits for"
+        refused["error"]["hint"] == f"`squidmesh runs explain {done}` says what the run can do next"
     )
 
 
