@@ -99,6 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+    except Exception as exc:
+        if not ctx.json:
+            raise  # a bug (ours or the --app's code): the traceback is what helps
+        # Under --json, stdout stays one JSON document even then.
+        error = CliError(
+            EXIT_FAILED,
+            f"{type(exc).__name__}: {exc}",
+            hint="an unexpected error: run the command without --json to see its traceback",
+            kind=type(exc).__name__,
+        )
     return _report(error, as_json=ctx.json, colour=args.color)
 
 

@@ -32,8 +32,10 @@ on a bare Mesh on --database-url. A run id may be given as a unique prefix (the 
 EPILOG = f"""\
 exit status:
   0  done
-  {EXIT_FAILED}  the operation failed, or check / check-deploy found problems
-  {EXIT_USAGE}  usage error: bad option, JSON, payload, URL; no such database file
+  {EXIT_FAILED}  the operation failed (or left the run suspended or failed), the schema is
+     not migrated, or check / check-deploy found problems
+  {EXIT_USAGE}  usage error: bad option, JSON, payload, URL or run id prefix; no such
+     SQLite file
   {EXIT_NOT_FOUND}  run not found, unknown workflow, nothing to check
   {EXIT_REFUSED}  the run refused the action (invalid transition, unsafe replay, review)
 

@@ -225,6 +225,22 @@ def test_every_error_under_json_is_json(db: str, mesh: sm.Mesh) -> None:
     )
 
 
+def test_even_an_unexpected_error_is_json_under_json(db: str, tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text(
+        "import squidmesh as sm\n"
+        "class Broken(sm.Mesh):\n"
+        "    def list_runs(self, **kwargs):\n"
+        "        raise ZeroDivisionError('a bug somewhere')\n"
+        "def mesh(url):\n"
+        "    return Broken(url)\n"
+    )
+    as_json = cli(db, "runs", "list", "--json", app="broken_app:mesh", cwd=tmp_path)
+    error = json_error(as_json, "ZeroDivisionError", 1)["error"]
+    assert error["message"] == "ZeroDivisionError: a bug somewhere"
+    human = cli(db, "runs", "list", app="broken_app:mesh", cwd=tmp_path)
+    assert human.code == 1 and "Traceback" in human.err  # a bug: the traceback helps
+
+
 def test_database_url_problems_are_one_line(tmp_path: Path) -> None:
     for url, expected in (
         ("not a url", "is not a database URL"),
