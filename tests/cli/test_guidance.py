@@ -497,7 +497,7 @@ def test_shell_completion_of_commands_and_workflows(tmp_path: Path) -> None:
     assert complete("squidmesh runs list --status pa") == ["paused"]
 
 
-def test_errors_of_the_examples_in_json_mode_keep_stdout_clean(db: str) -> None:
-    # --json: stdout is always exactly one JSON document, even for an error
+def test_an_empty_list_under_json_is_json(db: str) -> None:
+    # not the human "(no runs in ...)" line
     result = cli(db, "runs", "list", "--json")
     assert json.loads(result.out) == {"next_before": None, "runs": []}
