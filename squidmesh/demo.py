@@ -19,10 +19,12 @@ semantics; tests/cli/test_demo.py checks that both yield the same commands), bec
 installed package cannot import the repository's ``examples/`` folder.
 
 ``app`` builds a ``Mesh`` with this workflow for the command line, so the demo's
-workflow can be operated by hand too::
+workflow can be operated by hand too (the demo's closing lines, ``_NEXT``, give the
+whole sequence)::
 
-    squidmesh --app squidmesh.demo:app --database-url sqlite:///errands.db runs start \\
-        ring_errand --payload '{"ring_id": "one-ring"}'
+    export SQUIDMESH_APP=squidmesh.demo:app SQUIDMESH_DATABASE_URL=sqlite:///errands.db
+    squidmesh migrate
+    squidmesh runs start ring_errand --payload '{"ring_id": "one-ring"}'
 """
 
 from __future__ import annotations
