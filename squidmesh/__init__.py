@@ -37,9 +37,11 @@ from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.retry import Backoff, Retry
 from squidmesh.errors import (
+    ConcurrentChangeError,
     DefinitionError,
     DispatchError,
     Fail,
+    InvalidArgumentError,
     InvalidTransitionError,
     NondeterminismError,
     NonRetryable,
@@ -56,7 +58,9 @@ from squidmesh.errors import (
     UnknownTriggerError,
     UnknownWorkflowError,
     UnsafeReplayError,
+    UnstorableValueError,
     ValueTooLargeError,
+    WorkflowSignal,
 )
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
@@ -69,6 +73,7 @@ __all__ = [
     "Attempt",
     "AuditEvent",
     "Backoff",
+    "ConcurrentChangeError",
     "CronTrigger",
     "CurrentRun",
     "DatabaseExecutor",
@@ -82,6 +87,7 @@ __all__ = [
     "Fail",
     "History",
     "InlineExecutor",
+    "InvalidArgumentError",
     "InvalidTransitionError",
     "Job",
     "ManualTrigger",
@@ -108,8 +114,10 @@ __all__ = [
     "UnknownTriggerError",
     "UnknownWorkflowError",
     "UnsafeReplayError",
+    "UnstorableValueError",
     "ValueTooLargeError",
     "WorkflowDefinition",
+    "WorkflowSignal",
     "__version__",
     "approval",
     "cron",

@@ -12,7 +12,10 @@
     ├── UnsafeReplayError         .steps
     ├── ReviewError               approve/reject without a valid actor
     ├── DispatchError             the executor refused the jobs; the change was rolled back
-    ├── ValueTooLargeError        a value is over the Mesh's max_value_bytes
+    ├── InvalidArgumentError      an API call's argument is wrong (also Value/TypeError)
+    ├── UnstorableValueError      a value cannot be stored: not JSON, NUL characters, lone
+    │   │                         surrogates, NaN/Infinity, huge integers (also a ValueError)
+    │   └── ValueTooLargeError    a value is over the Mesh's max_value_bytes
     ├── NondeterminismError       .run_id, .seq, .expected, .recorded
     ├── StorageError              driver error kept as __cause__
     │   ├── SchemaOutOfDateError
@@ -46,6 +49,7 @@ __all__ = [
     "DefinitionError",
     "DispatchError",
     "Fail",
+    "InvalidArgumentError",
     "InvalidTransitionError",
     "NonRetryable",
     "NondeterminismError",
@@ -62,10 +66,22 @@ __all__ = [
     "UnknownTriggerError",
     "UnknownWorkflowError",
     "UnsafeReplayError",
+    "UnstorableValueError",
     "ValueTooLargeError",
     "WorkflowSignal",
     "did_you_mean",
+    "shown",
 ]
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: never raises (an integer of 5000 digits has
+    no repr) and never runs on for pages (cut to ``limit`` characters)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} that cannot be shown>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
@@ -153,16 +169,16 @@ class DefinitionError(SquidmeshError):
 class UnknownWorkflowError(SquidmeshError):
     """No workflow with that name is registered.
 
-    ``workflow`` is the name asked for, ``registered`` the names the Mesh has,
-    ``suggestion`` the closest of them (or None) and ``run_id`` the run that needs the
-    workflow, when the error is about an existing run.
+    ``workflow`` is the name asked for (whatever the caller passed), ``registered`` the
+    names the Mesh has, ``suggestion`` the closest of them (or None) and ``run_id`` the
+    run that needs the workflow, when the error is about an existing run.
     """
 
     def __init__(
         self,
         message: str | None = None,
         *,
-        workflow: str | None = None,
+        workflow: Any = None,
         registered: Iterable[str] = (),
         run_id: str | None = None,
     ) -> None:
@@ -170,11 +186,13 @@ class UnknownWorkflowError(SquidmeshError):
         self.registered: tuple[str, ...] = tuple(sorted(registered))
         self.run_id = run_id
         self.suggestion = (
-            did_you_mean(workflow, self.registered) if workflow and run_id is None else None
+            did_you_mean(workflow, self.registered)
+            if isinstance(workflow, str) and workflow and run_id is None
+            else None
         )
         if message is None and workflow is not None:
             message = (
-                f"workflow {workflow!r} is not registered with this Mesh (registered: "
+                f"workflow {shown(workflow)} is not registered with this Mesh (registered: "
                 f"{', '.join(self.registered) or 'none'})"
                 + (
                     f"; did you mean {self.suggestion!r}? If not, pass it in Mesh(workflows=[...])"
@@ -197,16 +215,18 @@ class UnknownTriggerError(SquidmeshError):
         message: str | None = None,
         *,
         workflow: str | None = None,
-        trigger: str | None = None,
+        trigger: Any = None,
         known: Sequence[str] = (),
     ) -> None:
         self.workflow = workflow
         self.trigger = trigger
         self.known: tuple[str, ...] = tuple(known)
-        self.suggestion = did_you_mean(trigger, self.known) if trigger else None
+        self.suggestion = (
+            did_you_mean(trigger, self.known) if isinstance(trigger, str) and trigger else None
+        )
         if message is None and trigger is not None:
             message = (
-                f"workflow {workflow} has no trigger {trigger!r} (known: "
+                f"workflow {workflow} has no trigger {shown(trigger)} (known: "
                 f"{', '.join(self.known) or 'none'})"
                 + (f"; did you mean {self.suggestion!r}?" if self.suggestion else "")
             )
@@ -248,7 +268,24 @@ class DispatchError(SquidmeshError):
     """The executor could not accept the jobs; nothing was changed."""
 
 
-class ValueTooLargeError(SquidmeshError):
+class InvalidArgumentError(SquidmeshError, ValueError, TypeError):
+    """An argument of the call is not valid; nothing was changed.
+
+    Also a ``ValueError`` and a ``TypeError``, so code that caught those before keeps
+    working."""
+
+
+class UnstorableValueError(SquidmeshError, ValueError):
+    """A value cannot be stored: it is not JSON, or holds what a database refuses (NUL
+    characters, lone surrogates, NaN or Infinity, integers of thousands of digits)."""
+
+    def __init__(self, message: str | None = None, *, path: str | None = None) -> None:
+        #: where in the value the problem is, as a JSON path (``$.items[3].name``)
+        self.path = path
+        super().__init__(message)
+
+
+class ValueTooLargeError(UnstorableValueError):
     """A value's JSON is larger than this Mesh accepts (``Mesh(max_value_bytes=...)``)."""
 
 

@@ -7,17 +7,19 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from squidmesh.core.contracts import EncodeError, check_size
+from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     DefinitionError,
+    InvalidArgumentError,
     PayloadError,
     SchemaOutOfDateError,
     StorageError,
     UnknownTriggerError,
     UnknownWorkflowError,
     ValueTooLargeError,
+    shown,
 )
 from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
@@ -31,6 +33,11 @@ from squidmesh.storage.base import Store
 from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
+
+
+#: how long ``drain()`` leases the job it performs (a step longer than this could be
+#: claimed again by a worker beside it)
+DRAIN_LEASE_SECONDS = 300.0
 
 
 def _utcnow() -> datetime:
@@ -77,7 +84,9 @@ class Mesh(OperatorActions):
         )
         self._jobs = JobRunner(self._engine)
         if max_value_bytes is not None and max_value_bytes < 1:
-            raise ValueError(f"max_value_bytes must be positive or None, got {max_value_bytes}")
+            raise InvalidArgumentError(
+                f"max_value_bytes must be positive or None, got {max_value_bytes}"
+            )
         #: the largest JSON (bytes) of a payload, step result, event or unblock data
         self.max_value_bytes = max_value_bytes
         self._engine.max_value_bytes = max_value_bytes
@@ -110,7 +119,7 @@ class Mesh(OperatorActions):
         """Make a workflow runnable by this Mesh."""
         if not isinstance(workflow, WorkflowDefinition):
             raise DefinitionError(
-                f"Mesh(workflows=...) takes @sm.workflow objects, got {workflow!r}"
+                f"Mesh(workflows=...) takes @sm.workflow objects, got {shown(workflow)}"
             )
         existing = self.workflows.get(workflow.name)
         if existing is not None and existing is not workflow:
@@ -151,16 +160,16 @@ class Mesh(OperatorActions):
     def _sized_payload(self, wf: WorkflowDefinition, payload: Any, trigger: str) -> dict[str, Any]:
         stored = wf.validate_payload(payload, trigger)
         try:
-            check_size(stored, self.max_value_bytes, what="the payload")
-        except (ValueTooLargeError, EncodeError) as exc:
+            json_text(stored, what="the payload", max_bytes=self.max_value_bytes)
+        except ValueTooLargeError as exc:
             raise PayloadError(f"workflow {wf.name}, trigger {trigger}: {exc}") from None
         return stored
 
     def _workflow(self, workflow: str | WorkflowDefinition) -> WorkflowDefinition:
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        found = self.workflows.get(str(name))
+        found = self.workflows.get(name) if isinstance(name, str) else None
         if found is None:
-            raise UnknownWorkflowError(workflow=str(name), registered=self.workflows)
+            raise UnknownWorkflowError(workflow=name, registered=self.workflows)
         return found
 
     # ------------------------------------------------------------------ starting runs
@@ -181,7 +190,9 @@ class Mesh(OperatorActions):
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
-            raise ValueError("idempotency_key must be a non-empty string")
+            raise InvalidArgumentError("idempotency_key must be a non-empty string")
+        if idempotency_key is not None:
+            json_text(idempotency_key, what="start_run: the idempotency key")
         self._ready()
         try:
             created = self._create_run(
@@ -243,10 +254,20 @@ class Mesh(OperatorActions):
                 status = RunStatus(status).value
             except ValueError:
                 valid = ", ".join(s.value for s in RunStatus)
-                raise ValueError(f"unknown run status {status!r} (valid: {valid})") from None
+                raise InvalidArgumentError(
+                    f"unknown run status {shown(status)} (valid: {valid})"
+                ) from None
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"list_runs(workflow=...) takes a name or a workflow, got {shown(workflow)}"
+            )
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+            raise InvalidArgumentError(f"limit must be a positive integer, got {shown(limit)}")
+        if before is not None and not isinstance(before, (datetime, Run)):
+            raise InvalidArgumentError(
+                f"list_runs(before=...) takes a datetime or a Run, got {shown(before)}"
+            )
         # A Run is a keyset cursor (created_at, id): runs created in the same instant as
         # the cursor are not skipped. A bare datetime keeps runs created before it.
         cursor = before.created_at if isinstance(before, Run) else before
@@ -268,20 +289,23 @@ class Mesh(OperatorActions):
 
     def perform(self, job: Job | Mapping[str, Any]) -> None:
         """Execute one delivered job; duplicate, late or stale deliveries change nothing."""
-        the_job = job if isinstance(job, Job) else Job.from_json(dict(job))
+        the_job = job if isinstance(job, Job) else Job.from_json(job)
         self._ready()
-        if the_job.kind == "cron":
-            data = the_job.data or {}
+        self._perform(the_job, None)
+
+    def _perform(self, job: Job, lease: Lease | None) -> Job | None:
+        """Perform a job; with a worker's lease, return the next job begun eagerly."""
+        if job.kind == "cron":
+            data = job.data or {}
             self.fire_cron(
                 str(data.get("workflow")),
                 str(data.get("trigger")),
                 datetime.fromisoformat(str(data.get("fire_time"))),
             )
-            return
-        self._perform(the_job, None)
-
-    def _perform(self, job: Job, lease: Lease | None) -> Job | None:
-        """Perform a job; with a worker's lease, return the next job begun eagerly."""
+            if lease is not None and job.id is not None:
+                with self.store.transaction() as tx:
+                    tx.delete_job(job.id)  # the tick's run is idempotent: no harm if twice
+            return None
         try:
             return self._jobs.perform(job, lease)
         except TransactionalStepFailed as failed:
@@ -292,21 +316,23 @@ class Mesh(OperatorActions):
         """Run every due job in this thread until none is left; returns how many ran."""
         self._ready()
         done = 0
-        worker = f"drain-{uuid.uuid4().hex[:8]}"
+        # A lease like a worker's: each job's row is deleted by the transaction that
+        # records what performing it did. No eager continuation: with a ``limit`` the
+        # drain may stop after any job, and must not leave a step begun behind it.
+        lease = Lease(f"drain-{uuid.uuid4().hex[:8]}", DRAIN_LEASE_SECONDS, eager=False)
         while limit is None or done < limit:
             now = self.clock()
-
             with self.store.transaction() as tx:
                 jobs = tx.claim_jobs(
-                    now=now, limit=1, worker=worker, lease_until=now + timedelta(minutes=5)
+                    now=now,
+                    limit=1,
+                    worker=lease.worker,
+                    lease_until=now + timedelta(seconds=lease.seconds),
                 )
             if not jobs:
                 break
-            for job in jobs:
-                self.perform(job)
-                with self.store.transaction() as tx:
-                    tx.delete_job(int(job.id or 0))
-                done += 1
+            self._perform(jobs[0], lease)
+            done += 1
         return done
 
     def worker(
@@ -317,6 +343,7 @@ class Mesh(OperatorActions):
         lease_seconds: float = 30.0,
         scheduler: bool = True,
         name: str | None = None,
+        sweep_interval: float = 30.0,
     ) -> Worker:
         """Start a worker thread in this process; ``close()`` stops it (gracefully)."""
         self._ready()
@@ -327,6 +354,7 @@ class Mesh(OperatorActions):
             lease_seconds=lease_seconds,
             scheduler=scheduler,
             name=name,
+            sweep_interval=sweep_interval,
         )
         self._workers.append(worker)
         return worker.start()
@@ -356,8 +384,10 @@ class Mesh(OperatorActions):
             raise UnknownTriggerError(
                 f"workflow {wf.name}: trigger {trig.name!r} is not a cron trigger"
             )
-        if fire_time.tzinfo is None:
-            raise ValueError("fire_cron needs a timezone-aware fire_time")
+        if not isinstance(fire_time, datetime) or fire_time.tzinfo is None:
+            raise InvalidArgumentError(
+                f"fire_cron needs a timezone-aware datetime as fire_time, got {shown(fire_time)}"
+            )
         stored = self._sized_payload(wf, payload, trig.name)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)

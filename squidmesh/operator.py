@@ -11,14 +11,16 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from squidmesh.core import state
-from squidmesh.core.contracts import check_size, encode
+from squidmesh.core.contracts import stored
 from squidmesh.core.records import Job
 from squidmesh.errors import (
+    InvalidArgumentError,
     InvalidTransitionError,
     ReviewError,
     RunNotFoundError,
     UnknownWorkflowError,
     UnsafeReplayError,
+    shown,
 )
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
@@ -36,7 +38,7 @@ def parse_run_id(value: Any) -> str:
     try:
         return str(uuid.UUID(str(value)))
     except (ValueError, TypeError, AttributeError):
-        raise RunNotFoundError(f"run {value!r} not found: run ids are UUIDs") from None
+        raise RunNotFoundError(f"run {shown(value)} not found: run ids are UUIDs") from None
 
 
 class OperatorActions:
@@ -55,6 +57,19 @@ class OperatorActions:
         def _fresh(self, run: Run) -> Run: ...
 
         def _workflow(self, workflow: Any) -> Any: ...
+
+    def _value(self, value: Any, what: str) -> Any:
+        """``value`` as it will be stored, refused (nothing changes) when it cannot be."""
+        return stored(value, what=what, max_bytes=self.max_value_bytes)
+
+    def _text(self, value: Any, what: str) -> str | None:
+        """An optional text argument (actor, comment, reason), checked like any value."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise InvalidArgumentError(f"{what} must be a string, got {type(value).__name__}")
+        self._value(value, what)
+        return value
 
     @contextmanager
     def _reading(self, run_id: Any) -> Iterator[tuple[Transaction, RunRecord]]:
@@ -182,6 +197,9 @@ class OperatorActions:
             raise ReviewError(f"{action} needs actor= as a non-empty string (who decided)")
         if metadata is not None and not isinstance(metadata, dict):
             raise ReviewError(f"{action}: metadata must be a dict")
+        self._text(actor, f"{action}: the actor")
+        self._text(comment, f"{action}: the comment")
+        metadata = self._value(metadata, f"{action}: the metadata")
         self._ready()
         with self._engine.change() as ch:
             run = self._locked(ch, run_id)
@@ -218,11 +236,14 @@ class OperatorActions:
         data: Any = None,
     ) -> Run:
         """Resume a run paused at ``sm.pause``; the yield returns ``data``."""
+        self._text(actor, "unblock_run: the actor")
+        self._text(comment, "unblock_run: the comment")
+        metadata = self._value(metadata, "unblock_run: the metadata")
+        data = self._value(data, "unblock_run: the data")
         self._ready()
         with self._engine.change() as ch:
             run = self._locked(ch, run_id)
             live, entry = self._waiting_entry(ch, run, "pause", "unblock_run")
-            check_size(encode(data, what="unblock data"), self.max_value_bytes, what="unblock data")
             state.deliver_unblock(live.history, entry.seq, data, ch.now)
             ch.touched(run.id, entry)
             ch.audit(
@@ -240,24 +261,24 @@ class OperatorActions:
     def send_event(self, run_id: Any, name: str, data: Any = None) -> Run:
         """Deliver an event to ``wait_for_event(name)``; buffered if the run is not waiting yet."""
         if not isinstance(name, str) or not name:
-            raise ValueError("send_event needs a non-empty event name")
+            raise InvalidArgumentError("send_event needs a non-empty event name")
+        self._text(name, "send_event: the event name")
+        data = self._value(data, f"send_event: the data of event {shown(name)}")
         self._ready()
         with self._engine.change() as ch:
             run = self._locked(ch, run_id)
             if run.status in TERMINAL:
                 raise InvalidTransitionError(
-                    f"cannot send event {name!r} to run {run.id}: it is {run.status}",
+                    f"cannot send event {shown(name)} to run {run.id}: it is {run.status}",
                     status=run.status,
                     action="send_event",
                 )
-            stored = encode(data, what="event data")
-            check_size(stored, self.max_value_bytes, what=f"the data of event {name!r}")
             live = self._engine.live(ch, run)
             entry = None
             if live is not None and run.status != "suspended":
                 entry = state.deliver_event(live.history, name, data, ch.now)
             if entry is None:
-                ch.tx.add_event(run.id, name, encode(data, what="event data"), ch.now)
+                ch.tx.add_event(run.id, name, data, ch.now)
                 ch.audit(run.id, "event_received", step=name, metadata={"buffered": True})
                 ch.runs.pop(run.id)  # nothing about the run itself changed
                 ch.lives.pop(run.id, None)
@@ -277,6 +298,8 @@ class OperatorActions:
         compensate: bool = False,
     ) -> Run:
         """Cancel a run; a step in flight finishes first (status ``cancelling``)."""
+        self._text(actor, "cancel_run: the actor")
+        self._text(reason, "cancel_run: the reason")
         self._ready()
         with self._engine.change() as ch:
             run = self._locked(ch, run_id)
@@ -361,18 +384,18 @@ class OperatorActions:
             entries = tx.load_entries(source.id)
         self._workflow(source.workflow)
         if not isinstance(at_seq, int) or not 0 <= at_seq <= len(entries):
-            raise ValueError(
-                f"fork_run at_seq must be between 0 and {len(entries)}, got {at_seq!r}"
+            raise InvalidArgumentError(
+                f"fork_run at_seq must be between 0 and {len(entries)}, got {shown(at_seq)}"
             )
         if at_seq < len(entries) and entries[at_seq].parent is not None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"fork_run at_seq={at_seq} falls inside the join/first at seq "
                 f"{entries[at_seq].parent}: fork at that seq instead"
             )
         prefix = []
         for entry in entries[:at_seq]:
             if not entry.resolved and entry.kind not in ("join", "first"):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"fork_run at_seq={at_seq}: seq {entry.seq} ({entry.label()}) has no recorded "
                     f"result yet; fork at or before seq {entry.seq}"
                 )
@@ -410,31 +433,43 @@ class OperatorActions:
         """
         if isinstance(older_than, datetime):
             if older_than.tzinfo is None:
-                raise ValueError("prune(older_than=...) needs a timezone-aware datetime")
+                raise InvalidArgumentError("prune(older_than=...) needs a timezone-aware datetime")
             cutoff = older_than
         elif isinstance(older_than, timedelta):
             if older_than < timedelta(0):
-                raise ValueError(f"prune(older_than=...) must not be negative, got {older_than}")
+                raise InvalidArgumentError(
+                    f"prune(older_than=...) must not be negative, got {older_than}"
+                )
             cutoff = self.clock() - older_than
         else:
-            raise TypeError(
-                f"prune(older_than=...) takes a timedelta or a datetime, got {older_than!r}"
+            raise InvalidArgumentError(
+                f"prune(older_than=...) takes a timedelta or a datetime, got {shown(older_than)}"
             )
-        wanted = [statuses] if isinstance(statuses, str) else list(statuses)
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        if not isinstance(statuses, Iterable):
+            raise InvalidArgumentError(
+                f"prune(statuses=...) takes run statuses, got {shown(statuses)}"
+            )
         chosen: list[str] = []
         refused: list[str] = []
-        for status in wanted:
-            value = status.value if isinstance(status, RunStatus) else str(status)
-            (chosen if value in TERMINAL else refused).append(value)
+        for status in statuses:
+            value = status.value if isinstance(status, RunStatus) else status
+            if isinstance(value, str) and value in TERMINAL:
+                chosen.append(value)
+            else:
+                refused.append(shown(value))
         if refused:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"prune only deletes finished runs; not terminal: {', '.join(refused)} "
                 f"(allowed: {', '.join(sorted(TERMINAL))})"
             )
         if not chosen:
-            raise ValueError("prune needs at least one status")
+            raise InvalidArgumentError("prune needs at least one status")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InvalidArgumentError(
+                f"batch_size must be a positive integer, got {shown(batch_size)}"
+            )
         self._ready()
         total = 0
         while True:
@@ -444,7 +479,7 @@ class OperatorActions:
             if not ids:
                 break
             for rid in ids:
-                self._engine.evict(rid)
+                self._engine.discard(rid)
             total += deleted
             if progress is not None:
                 progress(total)

@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a killed worker's jobs wait before another worker takes them",
     )
     worker.add_argument("--no-scheduler", action="store_true", help="never run cron triggers")
+    worker.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=30.0,
+        help="seconds between looks for active runs that have no job (0: never)",
+    )
 
     drain = commands.add_parser(
         "drain", parents=[json_flag], help="run every due job in this process, then exit"

@@ -64,6 +64,7 @@ def cmd_worker(ctx: Context) -> int:
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,
         scheduler=not args.no_scheduler,
+        sweep_interval=args.sweep_interval,
     )
 
     def drain(signum: int, _frame: object) -> None:

@@ -248,8 +248,8 @@ def wait_for_event(name: str, *, timeout: float | timedelta | None = None) -> Wa
     )
 
 
-def _branches(commands: tuple[Any, ...], what: str) -> tuple[Any, ...]:
-    if not commands:
+def _branches(commands: tuple[Any, ...], what: str, *, empty: bool = False) -> tuple[Any, ...]:
+    if not commands and not empty:
         raise DefinitionError(f"{what} needs at least one command")
     for cmd in commands:
         if not isinstance(cmd, COMMAND_TYPES) or cmd.kind not in BRANCH_KINDS:
@@ -261,8 +261,9 @@ def _branches(commands: tuple[Any, ...], what: str) -> tuple[Any, ...]:
 
 
 def join(*commands: Any, return_exceptions: bool = False) -> Join:
-    """Run branches in parallel; the yield returns their results in argument order."""
-    return Join(_branches(commands, "sm.join"), bool(return_exceptions))
+    """Run branches in parallel; the yield returns their results in argument order
+    (``()`` at once for no branches, so ``sm.join(*calls)`` works on an empty list)."""
+    return Join(_branches(commands, "sm.join", empty=True), bool(return_exceptions))
 
 
 def first(*commands: Any) -> First:

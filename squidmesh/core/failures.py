@@ -7,34 +7,59 @@ from typing import Any
 
 from squidmesh.core import contracts
 from squidmesh.core.history import Entry
-from squidmesh.errors import NonRetryable, StepFailed, TimedOut
+from squidmesh.errors import NonRetryable, StepFailed, TimedOut, UnstorableValueError
 
-__all__ = ["error_info", "exception_for", "qualname", "timeout_error"]
+__all__ = ["error_info", "exception_for", "qualname", "safe_text", "timeout_error"]
 
 
 def qualname(cls: type[BaseException]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+#: error records are squidmesh's own: they are made storable rather than refused, their
+#: texts cut to these many characters (a traceback keeps its end, where the error is)
+MESSAGE_CHARS = 8_000
+DETAILS_BYTES = 16_000
+TRACEBACK_CHARS = 32_000
+
+
+def safe_text(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` made storable (NUL and lone surrogates replaced) and cut to ``limit``."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > limit:
+        cut = len(text) - limit
+        marker = f"[... {cut:,} characters cut ...]"
+        text = marker + text[-limit:] if keep_end else text[:limit] + marker
+    return text
+
+
 def error_info(
     exc: BaseException, *, retryable: bool | None = None, with_traceback: bool = True
 ) -> dict[str, Any]:
-    """The JSON record of an exception: type (and its bases), message, details, traceback."""
+    """The JSON record of an exception: type (and its bases), message, details, traceback.
+
+    Always storable and bounded, whatever the exception carries: a NUL character in a
+    message must not turn a step's failure into a failure to record it.
+    """
     details = getattr(exc, "details", None)
     try:
-        details = contracts.encode(details, what="error details")
-    except contracts.EncodeError:
-        details = repr(details)
+        details = contracts.stored(details, what="error details", max_bytes=DETAILS_BYTES)
+    except UnstorableValueError:
+        details = safe_text(repr(details), DETAILS_BYTES // 4)
     if retryable is None:
         retryable = not isinstance(exc, NonRetryable)
+    trace = None
+    if with_traceback and exc.__traceback__ is not None:
+        trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        trace = safe_text(trace, TRACEBACK_CHARS, keep_end=True)
     return {
         "type": qualname(type(exc)),
         "types": [qualname(c) for c in type(exc).__mro__ if issubclass(c, BaseException)],
-        "message": str(exc),
+        "message": safe_text(str(exc), MESSAGE_CHARS),
         "details": details,
-        "traceback": "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-        if with_traceback and exc.__traceback__ is not None
-        else None,
+        "traceback": trace,
         "retryable": retryable,
     }
 

@@ -24,7 +24,7 @@ from squidmesh.core.activation import Activation, BufferedEvent, compensation_pl
 from squidmesh.core.definition import StepCall
 from squidmesh.core.failures import exception_for
 from squidmesh.core.history import Entry, History
-from squidmesh.errors import DefinitionError
+from squidmesh.errors import DefinitionError, UnstorableValueError
 from squidmesh.types import EntryStatus
 
 __all__ = [
@@ -141,24 +141,23 @@ def record_new(
     *,
     run_id: str,
     gen: Generator[Any, Any, Any] | None,
+    max_bytes: int | None = None,
 ) -> None:
     kind = command.kind
     if kind in _IMMEDIATE:
-        entry = append_entry(
-            history,
-            act,
-            now,
-            kind,
-            command.name,
-            input={
-                "message": command.message,
-                "level": command.level,
-                "fields": _safe(command.fields),
-            }
-            if kind == "log"
-            else None,
-            gen=gen,
-        )
+        logged = None
+        if kind == "log":
+            logged = _stored(
+                {
+                    "message": command.message,
+                    "level": command.level,
+                    "fields": _safe(command.fields),
+                },
+                f"sm.log at {yield_location(gen) if gen is not None else '?'}",
+                run_id,
+                max_bytes,
+            )
+        entry = append_entry(history, act, now, kind, command.name, input=logged, gen=gen)
         history.resolve(entry.seq, _DONE, result=_immediate_value(entry, now, run_id), at=iso(now))
         return
     if kind == "undo":
@@ -188,10 +187,20 @@ def record_new(
         )
         for branch in command.commands:
             _new_leaf(
-                branch, history, act, now, inbox, parent=container.seq, run_id=run_id, gen=gen
+                branch,
+                history,
+                act,
+                now,
+                inbox,
+                parent=container.seq,
+                run_id=run_id,
+                gen=gen,
+                max_bytes=max_bytes,
             )
         return
-    _new_leaf(command, history, act, now, inbox, parent=None, run_id=run_id, gen=gen)
+    _new_leaf(
+        command, history, act, now, inbox, parent=None, run_id=run_id, gen=gen, max_bytes=max_bytes
+    )
 
 
 def _new_leaf(
@@ -204,16 +213,16 @@ def _new_leaf(
     parent: int | None,
     run_id: str,
     gen: Generator[Any, Any, Any] | None,
+    max_bytes: int | None = None,
 ) -> None:
     if isinstance(command, StepCall):
-        try:
-            arguments = contracts.encode(
-                command.arguments, what=f"an argument of step {command.name}"
-            )
-        except contracts.EncodeError as exc:
-            raise WorkflowBug(
-                DefinitionError(f"run {run_id}: step {command.name} was called with {exc}")
-            ) from exc
+        where = yield_location(gen) if gen is not None else None
+        arguments = _stored(
+            command.arguments,
+            f"the arguments of step {command.name}" + (f" at {where}" if where else ""),
+            run_id,
+            max_bytes,
+        )
         append_entry(
             history,
             act,
@@ -394,6 +403,15 @@ def _resolve_undo(entry: Entry, history: History, act: Activation, now: datetime
         history.resolve(entry.seq, _DONE, result=outcomes, at=iso(now))
         act._touch(entry)
     return Feed(False, outcomes)
+
+
+def _stored(value: Any, what: str, run_id: str, max_bytes: int | None) -> Any:
+    """A value recorded from workflow code; one that cannot be stored is a bug in that
+    code (the run is suspended with the message, nothing is recorded)."""
+    try:
+        return contracts.stored(value, what=what, max_bytes=max_bytes)
+    except UnstorableValueError as exc:
+        raise WorkflowBug(DefinitionError(f"run {run_id}: {exc}")) from exc
 
 
 def _safe(fields: dict[str, Any]) -> Any:

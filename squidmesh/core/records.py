@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+from squidmesh.errors import InvalidArgumentError, shown
 
 __all__ = ["JOB_KINDS", "Attempt", "AuditEvent", "Job"]
 
@@ -20,6 +23,10 @@ class Attempt:
     error: dict[str, Any] | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    #: the worker that ran the attempt (its id in the workers table)
+    worker: str | None = None
+    #: the latest ``step_context().heartbeat(details)``: {"at": ISO time, "details": ...}
+    heartbeat: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,19 +70,38 @@ class Job:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Job:
+    def from_json(cls, data: Any) -> Job:
+        """The job of ``to_json``'s output; ``InvalidArgumentError`` for anything else (a
+        broker may hand back whatever it holds)."""
+        if not isinstance(data, Mapping):
+            raise InvalidArgumentError(f"not a squidmesh job: {shown(data)} is not a mapping")
         kind = data.get("kind")
-        if kind not in JOB_KINDS:
-            raise ValueError(
-                f"not a squidmesh job: kind {kind!r} (expected one of {sorted(JOB_KINDS)})"
+        if not isinstance(kind, str) or kind not in JOB_KINDS:
+            raise InvalidArgumentError(
+                f"not a squidmesh job: kind {shown(kind)} (expected one of {sorted(JOB_KINDS)})"
             )
+        for name, wanted in (("run_id", str), ("seq", int), ("attempt", int), ("id", int)):
+            value = data.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, wanted)):
+                raise InvalidArgumentError(
+                    f"not a squidmesh job: {name} {shown(value)} is not {wanted.__name__}"
+                )
+        details = data.get("data")
+        if details is not None and not isinstance(details, dict):
+            raise InvalidArgumentError(f"not a squidmesh job: data {shown(details)} is not a dict")
         run_at = data.get("run_at")
+        try:
+            moment = datetime.fromisoformat(run_at) if run_at else None
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(
+                f"not a squidmesh job: run_at {shown(run_at)} is not an ISO 8601 time"
+            ) from None
         return cls(
-            kind=str(kind),
+            kind=kind,
             run_id=data.get("run_id"),
             seq=data.get("seq"),
             attempt=data.get("attempt"),
-            run_at=datetime.fromisoformat(run_at) if run_at else None,
-            data=data.get("data"),
+            run_at=moment,
+            data=details,
             id=data.get("id"),
         )

@@ -51,6 +51,7 @@ from squidmesh.errors import (
     RunCancelled,
     StepFailed,
     TimedOut,
+    UnstorableValueError,
 )
 from squidmesh.types import EntryStatus
 
@@ -77,8 +78,11 @@ class Interpreter:
         trigger: str | None = None,
         payload: dict[str, Any] | None = None,
         schedule: dict[str, Any] | None = None,
+        max_value_bytes: int | None = None,
     ) -> None:
         self.workflow = workflow
+        #: the largest JSON (bytes) of a value the code records: arguments, logs, result
+        self.max_value_bytes = max_value_bytes
         self.run_id = run_id
         self.trigger = trigger or workflow.default_trigger.name
         self.payload = dict(payload or {})
@@ -270,8 +274,12 @@ class Interpreter:
                 recorded=history[cursor].label(),
             )
         try:
-            act.result = contracts.encode(value, what=f"workflow {self.workflow.name} result")
-        except contracts.EncodeError as exc:
+            act.result = contracts.stored(
+                value,
+                what=f"the result of workflow {self.workflow.name} (run {self.run_id})",
+                max_bytes=self.max_value_bytes,
+            )
+        except UnstorableValueError as exc:
             return self._suspend(act, "workflow_error", exc)
         act.outcome = COMPLETED
         return act
@@ -400,7 +408,16 @@ class Interpreter:
         else:
             if not record:
                 raise _StopReplay()
-            record_new(command, history, act, now, inbox, run_id=self.run_id, gen=self._gen)
+            record_new(
+                command,
+                history,
+                act,
+                now,
+                inbox,
+                run_id=self.run_id,
+                gen=self._gen,
+                max_bytes=self.max_value_bytes,
+            )
             self._cursor = len(history)
         self._blocked = Blocked(seq, command)
         return resolve(self._blocked, history, act, now, self.run_id)

@@ -16,7 +16,7 @@ from squidmesh.core.failures import error_info, timeout_error
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt
 from squidmesh.core.retry import Retry, RetryDecision
-from squidmesh.errors import NonRetryable, RetryLater, ValueTooLargeError
+from squidmesh.errors import NonRetryable, RetryLater, UnstorableValueError
 from squidmesh.types import EntryStatus, RunStatus
 
 __all__ = [
@@ -60,9 +60,9 @@ def complete_attempt(
 ) -> Entry:
     """Record a step's return value; a value that cannot be stored (not JSON, or over
     ``max_bytes``) raises, and must go to ``fail_attempt``."""
-    what = f"the result of step {history[seq].name}"
-    result = contracts.encode(value, what=what)
-    contracts.check_size(result, max_bytes, what=what)
+    where = f" (run {history.run_id}, seq {seq})" if history.run_id else f" (seq {seq})"
+    what = f"the result of step {history[seq].name}{where}"
+    result = contracts.stored(value, what=what, max_bytes=max_bytes)
     return history.resolve(seq, _DONE, result=result, at=_iso(now))
 
 
@@ -72,8 +72,7 @@ def fail_attempt(
     """Record a failed attempt: schedule the next one per policy, or fail the entry."""
     entry = history[seq]
     retryable = not (
-        isinstance(exc, (NonRetryable, contracts.EncodeError, ValueTooLargeError))
-        or policy.is_non_retryable(exc)
+        isinstance(exc, (NonRetryable, UnstorableValueError)) or policy.is_non_retryable(exc)
     )
     requested = exc.after if isinstance(exc, RetryLater) else None
     decision = policy.decide(entry.attempts, retryable=retryable, requested_delay=requested)

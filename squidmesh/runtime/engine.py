@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -62,6 +63,20 @@ class Live:
 
 
 @dataclasses.dataclass
+class _Slot:
+    """The cache's knowledge of one run: the newest version this process committed or
+    read, and its live interpreter unless a change has it checked out (``live`` None).
+
+    The slot outlives a check-out so that a slower thread finishing an older change can
+    see that a newer version exists and must not publish its interpreter over it.
+    """
+
+    version: int
+    live: Live | None
+    run: RunRecord
+
+
+@dataclasses.dataclass
 class Change:
     """What one transaction touches; flushed just before commit."""
 
@@ -85,6 +100,13 @@ class Change:
     jobs_written: bool = False
     #: no lock was taken: the change must consist of its batch alone (one statement)
     optimistic: bool = False
+    #: runs written (with a new version) even if nothing else about them changed
+    forced: set[str] = dataclasses.field(default_factory=set)
+
+    def force_write(self, run: RunRecord) -> None:
+        """Write ``run`` with a new version even if this change altered nothing in it, so
+        that concurrent changes decided on its old version fail their version check."""
+        self.forced.add(run.id)
 
     def inserted(self, run_id: str, entries: list[Entry]) -> None:
         bucket = self.new.setdefault(run_id, {})
@@ -128,8 +150,10 @@ class Engine:
         self.executor = executor
         self.clock = clock
         self.cache_size = cache_size
-        #: run id -> (version, live interpreter, the run row at that version)
-        self._cache: OrderedDict[str, tuple[int, Live, RunRecord]] = OrderedDict()
+        #: run id -> the newest version known here and its live interpreter (LRU order)
+        self._cache: OrderedDict[str, _Slot] = OrderedDict()
+        #: job threads share the cache: check-outs and publications happen under this lock
+        self._cache_lock = threading.Lock()
         #: the largest JSON value (bytes) a step may return; None means no limit
         self.max_value_bytes: int | None = None
         #: steps begun by eager continuation, by job id, until the worker runs them
@@ -165,19 +189,18 @@ class Engine:
                         ) from exc
         except BaseException:
             if ch is not None:
-                for run_id in ch.runs:
-                    self.evict(run_id)
+                for run_id, run in ch.read.items():
+                    # The interpreters this change checked out may hold its uncommitted
+                    # effects: drop them, and forget what is not newer than they were.
+                    live = ch.lives.get(run_id)
+                    if live is not None:
+                        live.interpreter.close()
+                    self._forget(run_id, up_to=run.version)
             raise
         for run_id, run in ch.runs.items():
             live = ch.lives.get(run_id)
-            if live is not None and live.interpreter.is_live and run.status in ACTIVE:
-                self._cache[run_id] = (run.version, live, _copy_run(run))
-                self._cache.move_to_end(run_id)
-                while len(self._cache) > self.cache_size:
-                    _, (_, old, _) = self._cache.popitem(last=False)
-                    old.interpreter.close()
-            else:
-                self.evict(run_id)
+            keep = live is not None and live.interpreter.is_live and run.status in ACTIVE
+            self._publish(run_id, run, live if keep else None)
         for run_id, entry in ch.logs:
             _emit(run_id, entry)
         if ch.jobs:
@@ -197,8 +220,14 @@ class Engine:
                 (run_id, bucket[s]) for s in sorted(bucket) if s not in fresh
             )
         for run in ch.runs.values():
-            if not ch.new.get(run.id) and not ch.changed.get(run.id) and ch.read.get(run.id) == run:
-                continue  # a duplicate, late or stale delivery: nothing to write
+            unchanged = not ch.new.get(run.id) and not ch.changed.get(run.id)
+            if unchanged and run.id not in ch.forced and ch.read.get(run.id) == run:
+                # A duplicate, late or stale delivery: nothing to write. Without a lock
+                # that judgement rests on a cached row, so the database must confirm the
+                # version it was made at, or the change is redone under the lock.
+                if ch.optimistic:
+                    batch.guards.append((run.id, run.version))
+                continue
             run.version += 1
             run.updated_at = ch.now
             batch.runs.append(run)
@@ -221,14 +250,74 @@ class Engine:
         built-in executors); other executors enqueue through the open transaction."""
         return type(self.executor) in (DatabaseExecutor, InlineExecutor)
 
+    def _publish(self, run_id: str, run: RunRecord, live: Live | None) -> None:
+        """Record what a committed change left: version ``run.version`` and, for an
+        active run, its interpreter. A version is committed by one change only (the
+        version check), so an older one arriving late is dropped, never put back."""
+        stale: list[Live] = []
+        with self._cache_lock:
+            slot = self._cache.get(run_id)
+            if slot is not None and slot.version == run.version and slot.live is None:
+                # A change that wrote nothing hands back the interpreter it checked out.
+                slot.live = live
+                self._cache.move_to_end(run_id)
+            elif slot is not None and slot.version >= run.version:
+                if live is not None and live is not slot.live:
+                    stale.append(live)
+            else:
+                if slot is not None and slot.live is not None:
+                    stale.append(slot.live)
+                self._cache[run_id] = _Slot(run.version, live, _copy_run(run))
+                self._cache.move_to_end(run_id)
+                while len(self._cache) > self.cache_size:
+                    old = self._cache.popitem(last=False)[1]
+                    if old.live is not None:
+                        stale.append(old.live)
+        for dropped in stale:
+            dropped.interpreter.close()
+
+    def _forget(self, run_id: str, *, up_to: int) -> None:
+        """Drop the interpreter of ``run_id`` unless it is newer than version ``up_to``."""
+        with self._cache_lock:
+            slot = self._cache.get(run_id)
+            if slot is None or slot.version > up_to:
+                return
+            live, slot.live = slot.live, None
+        if live is not None:
+            live.interpreter.close()
+
+    def _check_out(self, run: RunRecord) -> Live | None:
+        """Take the cached interpreter of ``run`` at exactly its version, if there is one:
+        it then belongs to the calling change until that change publishes or drops it."""
+        with self._cache_lock:
+            slot = self._cache.get(run.id)
+            if slot is None:
+                return None
+            live = slot.live
+            if live is not None and slot.version == run.version and live.interpreter.is_live:
+                slot.live = None
+                return live
+            if slot.version > run.version:
+                return None  # a newer version is cached; this change will fail its check
+            slot.live = None
+        if live is not None:
+            live.interpreter.close()  # older than what this change read: useless
+        return None
+
     def evict(self, run_id: str) -> None:
-        cached = self._cache.pop(run_id, None)
-        if cached is not None:
-            cached[1].interpreter.close()
+        """Drop the interpreter of ``run_id``; the version stays known (see ``_Slot``)."""
+        self._forget(run_id, up_to=1 << 62)
+
+    def discard(self, run_id: str) -> None:
+        """Forget ``run_id`` entirely (the run was deleted)."""
+        with self._cache_lock:
+            slot = self._cache.pop(run_id, None)
+        if slot is not None and slot.live is not None:
+            slot.live.interpreter.close()
 
     def close(self) -> None:
         for run_id in list(self._cache):
-            self.evict(run_id)
+            self.discard(run_id)
 
     # ------------------------------------------------------------------ loading
 
@@ -239,10 +328,11 @@ class Engine:
         if ch.optimistic:
             # No lock and no read: the cached row stands in for it, and the batch's
             # version check rejects the write if anyone changed the run meanwhile.
-            cached = self._cache.get(run_id)
-            if cached is None or not cached[1].interpreter.is_live:
-                raise _NeedsLock()
-            found: RunRecord | None = _copy_run(cached[2])
+            with self._cache_lock:
+                slot = self._cache.get(run_id)
+                if slot is None or slot.live is None or not slot.live.interpreter.is_live:
+                    raise _NeedsLock()
+                found: RunRecord | None = _copy_run(slot.run)
         else:
             found = ch.tx.lock_run(run_id)
         if found is not None:
@@ -258,16 +348,13 @@ class Engine:
         # put back when that change commits). Shared, two concurrent changes of one run
         # (join branches landing in two threads) would see each other's uncommitted
         # mutations, and a rolled-back landing could be cached and later judged stale.
-        cached = self._cache.pop(run.id, None)
-        if cached is not None and cached[0] == run.version and cached[1].interpreter.is_live:
-            live = cached[1]
-        else:
-            if cached is not None:
-                cached[1].interpreter.close()
+        live = self._check_out(run)
+        if live is None:
             workflow = self.workflow_for(run)
             if workflow is None:
                 return None
-            live = Live(run.interpreter(workflow), run.history(ch.tx.load_entries(run.id)))
+            interpreter = run.interpreter(workflow, max_value_bytes=self.max_value_bytes)
+            live = Live(interpreter, run.history(ch.tx.load_entries(run.id)))
         ch.lives[run.id] = live
         return live
 
@@ -281,13 +368,14 @@ class Engine:
             found = self._replayed_call(live, entry)
         return found
 
-    def compensation_for(self, live: Live, entry: Entry) -> Any:
-        """The compensation callable of the step at ``entry``, if it can be found."""
-        definition = live.interpreter.step_calls.get(entry.seq)
+    def compensation_for(self, live: Live | None, entry: Entry) -> Any:
+        """The compensation callable of the step at ``entry``, if it can be found (by
+        import alone when this process does not have the run's workflow: ``live`` None)."""
+        definition = live.interpreter.step_calls.get(entry.seq) if live is not None else None
         if definition is not None:
             return definition.compensate
         found = invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
-        if found is None:
+        if found is None and live is not None:
             definition = self._replayed_call(live, entry)
             found = definition.compensate if definition is not None else None
         return found

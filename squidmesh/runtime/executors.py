@@ -33,6 +33,10 @@ class DatabaseExecutor:
     transaction as the change that produced them, and consumed by workers
     (``mesh.worker()``, ``squidmesh worker``) or ``mesh.drain()``."""
 
+    #: every job of a waiting run is a row of the jobs table until it is performed, so a
+    #: worker's sweeper may treat an active run without any row as stuck
+    jobs_in_table = True
+
     def enqueue(self, jobs: Sequence[Job], *, connection: Any) -> None:
         if jobs:
             connection.insert_jobs(jobs)

@@ -148,6 +148,8 @@ def explain(
         reason = "pending_dispatch"
         actions = ["wait_for_step", "cancel_run"]
     elif status is RunStatus.PAUSED and entry is not None:
+        # A join may wait on a person and on a timer or step at once: name the person's.
+        entry = next((e for e in waiting if e.kind in ("approval", "pause")), entry)
         if entry.kind == "approval":
             reason = "paused_for_approval"
             actions = ["approve_run", "reject_run", "cancel_run"]

@@ -18,10 +18,15 @@ from typing import Any
 from squidmesh.core import contracts, state
 from squidmesh.core.definition import StepDefinition
 from squidmesh.core.failures import error_info
-from squidmesh.core.history import Entry
+from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, Job
 from squidmesh.core.retry import Retry
-from squidmesh.errors import ConcurrentChangeError, SquidmeshError
+from squidmesh.errors import (
+    ConcurrentChangeError,
+    SquidmeshError,
+    UnknownWorkflowError,
+    UnstorableValueError,
+)
 from squidmesh.runtime import invoke
 from squidmesh.runtime.engine import (
     STEP_RUNNABLE,
@@ -40,6 +45,9 @@ log = logging.getLogger("squidmesh")
 
 #: a step whose worker died this many times in a row fails instead of running again
 LOST_LIMIT = 5
+#: a job for a workflow this process does not have waits this long, doubling each time
+POSTPONE_FIRST = 5.0
+POSTPONE_MAX = 300.0
 #: a transactional step that finished inside its own job's transaction
 _LANDED = object()
 _NO_RETRY = Retry()
@@ -94,11 +102,51 @@ class JobRunner:
         if lease is not None and job.id is not None:
             ch.batch.jobs_delete.append(job.id)
 
+    def _postpone(self, ch: Change, job: Job, lease: Lease | None, run: RunRecord) -> None:
+        """The run's workflow is not registered in this process: hand the job back for a
+        process that has it (later, with backoff), instead of dropping or holding it."""
+        if lease is None:
+            # A broker delivered it: raising makes the broker deliver it again later.
+            raise UnknownWorkflowError(
+                f"run {run.id} belongs to workflow {run.workflow!r}, which this process's "
+                "Mesh does not register: the job is left for a process that has it"
+            )
+        tries = int((job.data or {}).get("postponed", 0))
+        delay = min(POSTPONE_MAX, POSTPONE_FIRST * 2**tries)
+        self._finish_job(ch, job, lease)
+        ch.jobs.append(
+            dataclasses.replace(
+                job,
+                id=None,
+                run_at=ch.now + timedelta(seconds=delay),
+                data={**(job.data or {}), "postponed": tries + 1},
+            )
+        )
+        log.warning(
+            "run %s: workflow %r is not registered in this process; its %s job is postponed "
+            "%.0fs for a process that has it (register the workflow with this Mesh)",
+            run.id,
+            run.workflow,
+            job.kind,
+            delay,
+        )
+
     def _perform_activate(self, job: Job, lease: Lease | None) -> Job | None:
         with self.engine.change() as ch:
-            self._finish_job(ch, job, lease)
             run = self.engine.lock(ch, str(job.run_id))
-            if run is None or run.status not in ("pending", "running", "retrying", "paused"):
+            if run is not None and run.workflow not in self.engine.workflows:
+                self._postpone(ch, job, lease, run)
+                return None
+            self._finish_job(ch, job, lease)
+            if run is None:
+                return None
+            if run.status == RunStatus.CANCELLING.value and not run.pending_outcome:
+                # Nothing left in flight (an activation the sweeper dispatched): end it.
+                live = self.engine.live(ch, run)
+                if live is None or not self.engine.in_flight(live):
+                    self.engine.finish_cancel(ch, run, live)
+                return None
+            if run.status not in ("pending", "running", "retrying", "paused"):
                 return None
             live = self.engine.live(ch, run)
             if live is None:
@@ -181,7 +229,10 @@ class JobRunner:
             self._finish_job(ch, job, lease)
             return None
         live = self.engine.live(ch, run)
-        if live is None or not 0 <= seq < len(live.history):
+        if live is None:
+            self._postpone(ch, job, lease, run)
+            return None
+        if not 0 <= seq < len(live.history):
             self._finish_job(ch, job, lease)
             return None
         entry = live.history[seq]
@@ -227,7 +278,11 @@ class JobRunner:
                 override = self.engine.override(definition, number)
                 result = invoke.call_step(definition, entry.input or {}, context, override=override)
                 # A result that cannot be stored fails the attempt: roll its writes back.
-                contracts.encode(result, what=f"the result of step {entry.name}")
+                contracts.stored(
+                    result,
+                    what=f"the result of step {entry.name} (run {run.id}, seq {seq})",
+                    max_bytes=self.engine.max_value_bytes,
+                )
             except Exception as exc:
                 raise TransactionalStepFailed(exc) from exc
             ch.attempt(run.id, seq, Attempt(number, "running", None, started))
@@ -341,9 +396,28 @@ class JobRunner:
         history = live.history
         finished = ch.now.isoformat()
         if entry.status != "running" or entry.attempts != number:
-            # Stale: the branch was cancelled (a first() loser) or the run moved on.
-            status = "failed" if error is not None else "completed"
-            ch.attempt(run.id, entry.seq, Attempt(number, status, None, started, finished))
+            # Stale: the branch was cancelled (a first() loser), the run moved on, or the
+            # attempt was recorded lost while it still ran. Its outcome is kept only if
+            # its record still says running: one recorded lost (and retried) stays lost,
+            # so exactly one attempt of a step ever completes.
+            if ch.optimistic:
+                raise _NeedsLock()  # reading the attempt's record needs the lock
+            tries = ch.tx.load_attempts(run.id).get(entry.seq, [])
+            mine = next((a for a in tries if a.number == number), None)
+            if mine is not None and mine.status == "running":
+                status = "failed" if error is not None else "completed"
+                late = Attempt(number, status, None, started, finished, worker=mine.worker)
+                ch.attempt(run.id, entry.seq, late)
+            else:
+                log.warning(
+                    "run %s: attempt %d of step %s (seq %d) returned after it was recorded "
+                    "%s; its outcome is ignored",
+                    run.id,
+                    number,
+                    entry.name,
+                    entry.seq,
+                    mine.status if mine is not None else "superseded",
+                )
             if run.status == RunStatus.CANCELLING.value and not self.engine.in_flight(live):
                 self.engine.finish_cancel(ch, run, live)
             return
@@ -388,6 +462,11 @@ class JobRunner:
             return
         self.engine.advance(ch, run, live)
 
+    def _history(self, ch: Change, run: RunRecord, live: Live | None) -> History:
+        """The run's history: its interpreter's, or read from storage when this process
+        does not have the run's workflow (compensations need only the record)."""
+        return live.history if live is not None else run.history(ch.tx.load_entries(run.id))
+
     def _perform_compensate(self, job: Job, lease: Lease | None = None) -> None:
         seq = int(job.seq if job.seq is not None else -1)
         with self.engine.change() as ch:
@@ -396,13 +475,19 @@ class JobRunner:
                 self._finish_job(ch, job, lease)
                 return
             live = self.engine.live(ch, run)
-            if live is None or not 0 <= seq < len(live.history):
+            history = self._history(ch, run, live)
+            if not 0 <= seq < len(history):
+                self._finish_job(ch, job, lease)
                 return
-            entry = live.history[seq]
+            entry = history[seq]
             if (entry.compensation or {}).get("status") not in ("pending", "running"):
                 self._finish_job(ch, job, lease)
                 return
             compensate = self.engine.compensation_for(live, entry)
+            if compensate is None and live is None:
+                # It may be a closure only the workflow's own process can find.
+                self._postpone(ch, job, lease, run)
+                return
             entry.compensation = {"status": "running"}
             ch.touched(run.id, entry)
             failure = (run.pending_outcome or {}).get("error")
@@ -437,17 +522,23 @@ class JobRunner:
                 return
             run = locked
             live = self.engine.live(ch, run)
-            if live is None:
-                return
-            entry = live.history[seq]
+            history = self._history(ch, run, live)
+            entry = history[seq]
             try:
-                from squidmesh.core.contracts import encode
-
-                stored = encode(output, what="compensation output") if error is None else None
-            except Exception as exc:
-                error, stored = error_info(exc), None
+                stored = (
+                    contracts.stored(
+                        output,
+                        what=f"the output of the compensation of step {entry.name} "
+                        f"(run {run.id}, seq {seq})",
+                        max_bytes=self.engine.max_value_bytes,
+                    )
+                    if error is None
+                    else None
+                )
+            except UnstorableValueError as exc:
+                error, stored = error_info(exc, retryable=False), None
             state.record_compensation(
-                live.history,
+                history,
                 seq,
                 status="failed" if error else "completed",
                 output=stored,
@@ -461,23 +552,26 @@ class JobRunner:
                 step=entry.name,
                 comment=(error or {}).get("message"),
             )
-            self._after_compensation(ch, run, live)
+            self._after_compensation(ch, run, live, history)
 
-    def _after_compensation(self, ch: Change, run: RunRecord, live: Live) -> None:
-        pending = [
-            e for e in live.history.entries if (e.compensation or {}).get("status") == "pending"
-        ]
+    def _after_compensation(
+        self, ch: Change, run: RunRecord, live: Live | None, history: History
+    ) -> None:
+        pending = [e for e in history.entries if (e.compensation or {}).get("status") == "pending"]
         if pending:
             pending.sort(key=lambda e: e.order if e.order is not None else -1, reverse=True)
             ch.jobs.append(Job("compensate", run.id, pending[0].seq, run_at=ch.now))
             return
         outcome = run.pending_outcome
         if outcome is None:  # an sm.undo(): the workflow goes on
-            self.engine.advance(ch, run, live)
+            if live is not None:
+                self.engine.advance(ch, run, live)
+            else:  # in a process that has the workflow
+                ch.jobs.append(Job("activate", run.id, run_at=ch.now))
             return
         failures = [
             {"step": e.name, "seq": e.seq, "error": (e.compensation or {}).get("error")}
-            for e in live.history.entries
+            for e in history.entries
             if (e.compensation or {}).get("status") == "failed"
         ]
         if outcome["status"] == RunStatus.FAILED.value:

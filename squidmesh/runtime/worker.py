@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from squidmesh.core.records import Job
-from squidmesh.errors import StorageError
+from squidmesh.errors import InvalidArgumentError, StorageError
 from squidmesh.runtime.perform import Lease
 
 __all__ = ["Worker"]
@@ -29,6 +29,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("squidmesh.worker")
 
 MAX_BACKOFF = 30.0
+LISTEN_MAX_BACKOFF = 2.0
 
 
 class Worker:
@@ -48,11 +49,16 @@ class Worker:
         name: str | None = None,
         scheduler: bool = True,
         listen: bool = True,
+        sweep_interval: float = 30.0,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"worker concurrency must be >= 1, got {concurrency}")
+            raise InvalidArgumentError(f"worker concurrency must be >= 1, got {concurrency}")
         if lease_seconds <= 0 or poll_interval <= 0:
-            raise ValueError("worker lease_seconds and poll_interval must be > 0")
+            raise InvalidArgumentError("worker lease_seconds and poll_interval must be > 0")
+        if sweep_interval < 0:
+            raise InvalidArgumentError(
+                "worker sweep_interval must be >= 0 (0 turns the sweeper off)"
+            )
         self.mesh = mesh
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -60,6 +66,9 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.scheduler = scheduler
         self.listen = listen
+        #: seconds between looks for active runs that have no job (0: never); only with
+        #: an executor whose jobs are rows of the jobs table
+        self.sweep_interval = sweep_interval
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -122,6 +131,10 @@ class Worker:
             helpers.append(
                 threading.Thread(target=self._schedule, name="squidmesh-cron", daemon=True)
             )
+        if self.sweep_interval > 0 and getattr(self.mesh.executor, "jobs_in_table", False):
+            helpers.append(
+                threading.Thread(target=self._sweep, name="squidmesh-sweeper", daemon=True)
+            )
         for thread in helpers:
             thread.start()
         self.mesh._add_waker(self.wake)
@@ -138,7 +151,10 @@ class Worker:
                         exc,
                         backoff,
                     )
-                    self._stopping.wait(backoff)
+                    # The LISTEN thread's reconnect (or a stop) ends the wait early: the
+                    # worker resumes as soon as the database is back, not a backoff later.
+                    self._wake.wait(backoff)
+                    self._wake.clear()
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 if claimed and self.in_flight < self.concurrency:
@@ -257,7 +273,22 @@ class Worker:
                     return
                 log.warning("worker %s lost its LISTEN connection (%s); retrying", self.name, exc)
                 self._stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                # Short: a failed connect is cheap, and this reconnect is what tells the
+                # claim loop that the database is back.
+                backoff = min(backoff * 2, LISTEN_MAX_BACKOFF)
+
+    def _sweep(self) -> None:
+        from squidmesh.runtime.sweeper import Sweeper
+
+        sweeper = Sweeper(self.mesh._engine, grace=max(2 * self.lease_seconds, 5.0))
+        while not self._stopping.wait(self.sweep_interval):
+            try:
+                if sweeper.sweep():
+                    self._wake.set()
+            except StorageError as exc:
+                log.warning("worker %s could not sweep for stuck runs: %s", self.name, exc)
+            except Exception:
+                log.exception("worker %s: the sweeper failed; it will look again", self.name)
 
     def _schedule(self) -> None:
         run_scheduler: Callable[[threading.Event], None] | None = getattr(

@@ -23,10 +23,18 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent, Interpreter
 from squidmesh.errors import ConcurrentChangeError
 
-__all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "Transaction", "WriteBatch", "write_batch"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "QueuedJob",
+    "RunRecord",
+    "Store",
+    "Transaction",
+    "WriteBatch",
+    "write_batch",
+]
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclasses.dataclass
@@ -71,7 +79,9 @@ class RunRecord:
             result=self.result if terminal else None,
         )
 
-    def interpreter(self, workflow: WorkflowDefinition) -> Interpreter:
+    def interpreter(
+        self, workflow: WorkflowDefinition, *, max_value_bytes: int | None = None
+    ) -> Interpreter:
         """A fresh interpreter for this run (it replays from seq 0 on first advance)."""
         return Interpreter(
             workflow,
@@ -79,7 +89,21 @@ class RunRecord:
             trigger=self.trigger,
             payload=self.payload,
             schedule=self.schedule,
+            max_value_bytes=max_value_bytes,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuedJob:
+    """A row of the jobs table: the job and who holds it."""
+
+    job: Job
+    #: the worker leasing it (or "outbox:<name>", "parked"), None when nobody does
+    worker: str | None = None
+    lease_until: datetime | None = None
+    #: how often performing it failed, and the last failure
+    failures: int = 0
+    last_error: str | None = None
 
 
 @dataclasses.dataclass
@@ -92,6 +116,10 @@ class WriteBatch:
     """
 
     runs: list[RunRecord] = dataclasses.field(default_factory=list)
+    #: (run id, version) of runs this change read but did not write: the write fails
+    #: like a version conflict unless each is still at that version (a change made
+    #: without the run's lock proves its judgement this way)
+    guards: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     entries_insert: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
     entries_update: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
     attempts: list[tuple[str, int, Attempt]] = dataclasses.field(default_factory=list)
@@ -105,6 +133,7 @@ class WriteBatch:
     def __bool__(self) -> bool:
         return bool(
             self.runs
+            or self.guards
             or self.entries_insert
             or self.entries_update
             or self.attempts
@@ -212,6 +241,20 @@ class Transaction(Protocol):
     def next_job_time(self) -> datetime | None:
         """The earliest run_at among unclaimed jobs (None when there are none)."""
 
+    def load_jobs(self, run_id: str) -> list[QueuedJob]:
+        """The jobs of one run, in claim order (run_at, id)."""
+
+    def find_orphans(
+        self,
+        statuses: Sequence[str],
+        updated_before: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[tuple[str, int, datetime]]:
+        """(id, version, updated_at) of up to ``limit`` runs in one of ``statuses``, last
+        updated before ``updated_before``, that have no job at all; ordered by
+        (updated_at, id), starting after the keyset cursor ``after``."""
+
     # cron ------------------------------------------------------------------
     def add_cron_tick(self, workflow: str, trigger: str, fire_time: datetime, run_id: str) -> None:
         """Record that the tick started ``run_id``; a second record of the same
@@ -256,6 +299,10 @@ class Store(Protocol):
 def write_batch(tx: Transaction, batch: WriteBatch) -> list[Job]:
     """``Transaction.write`` from the finer-grained methods, for stores where a round
     trip is cheap (memory, SQLite)."""
+    for run_id, version in batch.guards:
+        current = tx.get_run(run_id)
+        if current is None or current.version != version:
+            raise ConcurrentChangeError(f"run {run_id} was changed concurrently; retry the change")
     for run in batch.runs:
         current = tx.get_run(run.id)
         if current is None or current.version != run.version - 1:

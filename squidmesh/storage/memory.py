@@ -22,7 +22,7 @@ from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
-from squidmesh.storage.base import RunRecord, Store, WriteBatch, write_batch
+from squidmesh.storage.base import QueuedJob, RunRecord, Store, WriteBatch, write_batch
 
 __all__ = ["InMemoryStore", "InMemoryTransaction"]
 
@@ -106,6 +106,11 @@ class _JobRow:
     created_at: datetime
     worker: str | None = None
     lease_until: datetime | None = None
+    failures: int = 0
+    last_error: str | None = None
+
+    def queued(self) -> QueuedJob:
+        return QueuedJob(self.job(), self.worker, self.lease_until, self.failures, self.last_error)
 
     def job(self) -> Job:
         return Job(
@@ -418,6 +423,31 @@ class InMemoryTransaction:
             for row in self._read("next_job_time").jobs.values()
         ]
         return min(times, default=None)
+
+    def load_jobs(self, run_id: str) -> list[QueuedJob]:
+        rows = [row for row in self._read("load_jobs").jobs.values() if row.run_id == run_id]
+        return [row.queued() for row in sorted(rows, key=lambda row: (row.run_at, row.id))]
+
+    def find_orphans(
+        self,
+        statuses: Sequence[str],
+        updated_before: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[tuple[str, int, datetime]]:
+        data = self._read("find_orphans")
+        cutoff = utc(updated_before)
+        cursor = (utc(after[0]), after[1]) if after is not None else None
+        with_jobs = {row.run_id for row in data.jobs.values()}
+        picked = sorted(
+            (row["updated_at"], row["id"], row["version"])
+            for row in data.runs.values()
+            if row["status"] in statuses
+            and row["updated_at"] < cutoff
+            and row["id"] not in with_jobs
+            and (cursor is None or (row["updated_at"], row["id"]) > cursor)
+        )
+        return [(run_id, version, at) for at, run_id, version in picked[: max(limit, 0)]]
 
     # cron ------------------------------------------------------------------
     def add_cron_tick(self, workflow: str, trigger: str, fire_time: datetime, run_id: str) -> None:

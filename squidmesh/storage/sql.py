@@ -29,7 +29,14 @@ from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
 from squidmesh.storage import sql_migrate
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RunRecord, Store, WriteBatch, iter_chunks, write_batch
+from squidmesh.storage.base import (
+    QueuedJob,
+    RunRecord,
+    Store,
+    WriteBatch,
+    iter_chunks,
+    write_batch,
+)
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
     CHUNK,
@@ -95,6 +102,8 @@ def _sqlite_begin(conn: sa.Connection) -> None:
         finally:
             cursor.close()
         proxied.info[_CONFIGURED] = True
+    if proxied.info.get(sql_migrate.SQLITE_MIGRATING):
+        cast(Any, proxied.dbapi_connection).execute("PRAGMA foreign_keys = OFF")
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -132,7 +141,7 @@ class SqlStore:
         self.notify_channel = f"{self.schema}_jobs"
         self._notify_sql = f'NOTIFY "{self.notify_channel}"' if dialect == "postgresql" else None
         self._write_sql = (
-            f"SELECT {self.schema}.squidmesh_write_v1(%s::jsonb)"
+            f"SELECT {self.schema}.squidmesh_write_v2(%s::json)"
             if dialect == "postgresql"
             else None
         )
@@ -355,6 +364,7 @@ class SqlTransaction:
         if self._write_sql is None:  # SQLite: in-process, so statements are cheap
             return write_batch(self, batch)
         doc = {
+            "guards": [{"id": run_id, "version": version} for run_id, version in batch.guards],
             "runs": [run_params(run) for run in batch.runs],
             "entries_insert": [entry_params(r, e) for r, e in batch.entries_insert],
             "entries_update": [entry_params(r, e) for r, e in batch.entries_update],
@@ -452,6 +462,33 @@ class SqlTransaction:
     def next_job_time(self) -> datetime | None:
         found: datetime | None = self.connection.execute(self._q.next_job_time).scalar()
         return found
+
+    @translated("load the jobs of a run")
+    def load_jobs(self, run_id: str) -> list[QueuedJob]:
+        rows = self.connection.execute(self._q.load_jobs, {"run_id": run_id})
+        return [
+            QueuedJob(job_from_row(row), row[7], row[8], int(row[9] or 0), row[10]) for row in rows
+        ]
+
+    @translated("find runs without jobs")
+    def find_orphans(
+        self,
+        statuses: Sequence[str],
+        updated_before: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[tuple[str, int, datetime]]:
+        params: dict[str, Any] = {
+            "statuses": list(statuses),
+            "cutoff": updated_before,
+            "n": max(limit, 0),
+        }
+        query = self._q.find_orphans
+        if after is not None:
+            query = self._q.find_orphans_after
+            params["after_at"], params["after_id"] = after
+        rows = self.connection.execute(query, params)
+        return [(str(row[0]), int(row[1]), row[2]) for row in rows]
 
     # cron ------------------------------------------------------------------
     @translated("record a cron tick")

@@ -13,6 +13,7 @@ import re
 from datetime import datetime, timezone
 from importlib import resources
 from importlib.abc import Traversable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -91,38 +92,66 @@ def statements(sql: str, schema: str | None) -> list[str]:
     return [statement for statement in found if statement]
 
 
+#: set in a SQLite connection's ``info`` while it migrates: its transaction then starts
+#: with foreign keys off (read by ``sql._sqlite_begin``), because rebuilding a table (the
+#: only way to change a column's type there) drops it, and a dropped parent table would
+#: cascade-delete the rows of its children. ``foreign_key_check`` runs before commit.
+SQLITE_MIGRATING = "squidmesh_sqlite_migrating"
+
+
 def migrate(engine: sa.Engine, dialect: str, schema: str) -> list[str]:
     """Create or upgrade the schema; idempotent and safe to run concurrently.
 
     Returns the file names of the migrations this call applied, oldest first (empty when
     the schema was already up to date, or another migrator applied them first)."""
-    pg = dialect == "postgresql"
-    target = schema if pg else None
-    applied: list[str] = []
     try:
-        with engine.connect() as conn, conn.begin():
-            if pg:
-                # Held until commit: concurrent migrators queue here, before any DDL.
-                conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-                )
-                conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {t.check_schema_name(schema)}")
-            for statement in statements(_bootstrap(dialect), target):
-                conn.exec_driver_sql(statement)
-            version_table = t.schema_version
-            current = conn.execute(sa.select(sa.func.max(version_table.c.version))).scalar()
-            for migration in migrations(dialect):
-                if migration.version <= (current or 0):
-                    continue
-                for statement in statements(migration.sql, target):
-                    conn.exec_driver_sql(statement)
-                conn.execute(
-                    sa.insert(version_table),
-                    {"version": migration.version, "applied_at": datetime.now(timezone.utc)},
-                )
-                applied.append(migration.name)
+        with engine.connect() as conn:
+            if dialect == "postgresql":
+                return _migrate(conn, dialect, schema)
+            info = conn.connection.info
+            info[SQLITE_MIGRATING] = True
+            try:
+                return _migrate(conn, dialect, None)
+            finally:
+                info.pop(SQLITE_MIGRATING, None)
+                # Outside any transaction (SQLite ignores this pragma inside one).
+                raw: Any = conn.connection.dbapi_connection
+                raw.execute("PRAGMA foreign_keys = ON")
     except sa.exc.SQLAlchemyError as exc:
         raise storage_error("migrate the squidmesh schema", exc) from driver_error(exc)
+
+
+def _migrate(conn: sa.Connection, dialect: str, target: str | None) -> list[str]:
+    """Apply what is missing in one transaction (``target``: the PostgreSQL schema);
+    returns the names of the migrations applied."""
+    pg = dialect == "postgresql"
+    applied: list[str] = []
+    with conn.begin():
+        if pg:
+            # Held until commit: concurrent migrators queue here, before any DDL.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {t.check_schema_name(target or '')}")
+        for statement in statements(_bootstrap(dialect), target):
+            conn.exec_driver_sql(statement)
+        version_table = t.schema_version
+        current = conn.execute(sa.select(sa.func.max(version_table.c.version))).scalar()
+        for migration in migrations(dialect):
+            if migration.version <= (current or 0):
+                continue
+            for statement in statements(migration.sql, target):
+                conn.exec_driver_sql(statement)
+            conn.execute(
+                sa.insert(version_table),
+                {"version": migration.version, "applied_at": datetime.now(timezone.utc)},
+            )
+            applied.append(migration.name)
+        if not pg:
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise StorageError(
+                    f"migrating left {len(broken)} rows whose run does not exist "
+                    f"(first: {tuple(broken[0])}); nothing was changed"
+                )
     return applied
 
 

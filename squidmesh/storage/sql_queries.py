@@ -229,6 +229,29 @@ class Queries:
             else_=jobs.c.lease_until,
         )
         self.next_job_time = sa.select(sa.func.min(claimable_at, type_=t.UtcDateTime()))
+        self.load_jobs = (
+            sa.select(
+                *job_columns, jobs.c.worker, jobs.c.lease_until, jobs.c.failures, jobs.c.last_error
+            )
+            .where(jobs.c.run_id == b("run_id"))
+            .order_by(jobs.c.run_at, jobs.c.id)
+        )
+        # The sweeper: active runs with no job (jobs are found by their run_id index).
+        self._orphans = (
+            sa.select(runs.c.id, runs.c.version, runs.c.updated_at)
+            .where(
+                runs.c.status.in_(b("statuses", expanding=True)),
+                runs.c.updated_at < b("cutoff", type_=t.UtcDateTime()),
+                ~sa.exists().where(jobs.c.run_id == runs.c.id),
+            )
+            .order_by(runs.c.updated_at, runs.c.id)
+            .limit(b("n"))
+        )
+        self.find_orphans = self._orphans
+        self.find_orphans_after = self._orphans.where(
+            sa.tuple_(runs.c.updated_at, runs.c.id)
+            > sa.tuple_(b("after_at", type_=t.UtcDateTime()), b("after_id"))
+        )
 
         ticks = t.cron_ticks
         # A plain insert: a second record of a tick must fail (and roll back its run).

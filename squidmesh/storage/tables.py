@@ -9,12 +9,14 @@ reflects both and compares them.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+
+from squidmesh.errors import InvalidArgumentError
 
 __all__ = [
     "SCHEMA",
@@ -31,6 +33,7 @@ __all__ = [
     "schema_version",
     "translate_map",
     "utc",
+    "workers",
 ]
 
 #: The placeholder schema every table is declared on.
@@ -40,13 +43,35 @@ SCHEMA = "squidmesh"
 # NOTIFY channel "<schema>_jobs" must stay within the 63-byte identifier limit.
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,57}")
 
+#: Words PostgreSQL reserves (pg_get_keywords() categories R and T, PostgreSQL 15): none
+#: can name a schema unquoted. A contract test compares this with the server's catalogue.
+PG_RESERVED_WORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric authorization binary both case
+    cast check collate collation column concurrently constraint create cross
+    current_catalog current_date current_role current_schema current_time
+    current_timestamp current_user default deferrable desc distinct do else end except
+    false fetch for foreign freeze from full grant group having ilike in initially inner
+    intersect into is isnull join lateral leading left like limit localtime
+    localtimestamp natural not notnull null offset on only or order outer overlaps
+    placing primary references returning right select session_user similar some
+    symmetric table tablesample then to trailing true union unique user using variadic
+    verbose when where window with
+    """.split()
+)
+
 
 def check_schema_name(name: str) -> str:
     """``name`` if it is a plain lower-case SQL identifier (it is pasted into DDL)."""
-    if not _SCHEMA_NAME.fullmatch(name):
-        raise ValueError(
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise InvalidArgumentError(
             f"invalid schema name {name!r}: use 1-58 lower-case letters, digits and "
             "underscores, not starting with a digit"
+        )
+    if name in PG_RESERVED_WORDS:
+        raise InvalidArgumentError(
+            f"invalid schema name {name!r}: it is a reserved word in PostgreSQL's SQL; "
+            f"choose another, e.g. {name}_squidmesh"
         )
     return name
 
@@ -83,8 +108,32 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         return None if value is None else utc(value)
 
 
-# SQL NULL for None, so "no error" is NULL rather than the JSON literal null.
-JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+class JsonText(sa.types.TypeDecorator[Any]):
+    """JSON kept as TEXT on SQLite.
+
+    A column declared JSON has NUMERIC affinity in SQLite, which converts text that looks
+    like a number: a stored ``1.0`` came back as the integer 1 and an integer beyond 64
+    bits as a float. TEXT affinity keeps the JSON exactly as written.
+    """
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+# SQL NULL for None, so "no error" is NULL rather than the JSON literal null. On
+# PostgreSQL ``json``, not ``jsonb``: jsonb normalizes numbers (2.6e+16 would come back
+# as an integer), json keeps the text as written, so a value reads back exactly.
+JSON = sa.JSON(none_as_null=True).with_variant(JsonText(), "sqlite")
 # BIGSERIAL on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" is a rowid alias.
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 RUN_ID = sa.String(36)
@@ -161,6 +210,9 @@ attempts = sa.Table(
     sa.Column("error", JSON),
     sa.Column("started_at", sa.Text),
     sa.Column("finished_at", sa.Text),
+    # the worker running (or that ran) the attempt, and its latest heartbeat
+    sa.Column("worker", sa.Text),
+    sa.Column("heartbeat", JSON),
     schema=SCHEMA,
 )
 
@@ -208,8 +260,14 @@ jobs = sa.Table(
     sa.Column("worker", sa.Text),
     sa.Column("lease_until", UtcDateTime),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # how often performing the job failed, and the last failure: a job failing for
+    # storage reasons is parked (leased to "parked") instead of redelivered forever
+    sa.Column("failures", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.Text),
     # claims take the due jobs in (run_at, id) order
     sa.Index("squidmesh_jobs_run_at_idx", "run_at", "id"),
+    # the sweeper finds active runs that have no job
+    sa.Index("squidmesh_jobs_run_idx", "run_id"),
     schema=SCHEMA,
     # A stale worker deleting job N must never hit a newer job that reused id N.
     sqlite_autoincrement=True,
@@ -226,6 +284,18 @@ cron_ticks = sa.Table(
     sa.UniqueConstraint("workflow", "trigger", "fire_time", name="squidmesh_cron_ticks_tick"),
     schema=SCHEMA,
     sqlite_autoincrement=True,
+)
+
+workers = sa.Table(
+    "squidmesh_workers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime, nullable=False),
+    sa.Column("stopped_at", UtcDateTime),
+    schema=SCHEMA,
 )
 
 schema_version = sa.Table(

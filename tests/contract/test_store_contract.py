@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+import squidmesh as sm
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.errors import SchemaOutOfDateError, StorageError
@@ -1100,3 +1101,23 @@ def test_schema_names_are_plain_identifiers() -> None:
         with pytest.raises(ValueError):
             t.check_schema_name(bad)
     assert t.check_schema_name("sm_custom") == "sm_custom"
+
+
+@pytest.mark.postgres
+def test_schema_names_that_postgresql_reserves_are_refused_before_migrate(
+    pg_server_url: str,
+) -> None:
+    # Every word PostgreSQL's own catalogue says cannot name a schema unquoted.
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        reserved = [
+            row[0]
+            for row in conn.execute(
+                "SELECT word FROM pg_get_keywords() WHERE catcode IN ('R', 'T')"
+            )
+        ]
+    assert len(reserved) > 50
+    for word in reserved:
+        with pytest.raises(sm.InvalidArgumentError, match="reserved word"):
+            t.check_schema_name(word)
+        with pytest.raises(sm.InvalidArgumentError, match="reserved word"):
+            SqlStore(sa.create_engine("sqlite://"), schema=word)

@@ -115,6 +115,7 @@ class MeshFactory:
         *,
         executor: str | sm.Executor = "inline",
         clock: Any = None,
+        **options: Any,
     ) -> sm.Mesh:
         if isinstance(executor, str):
             executor = {"inline": sm.InlineExecutor, "database": sm.DatabaseExecutor}[executor]()
@@ -123,6 +124,7 @@ class MeshFactory:
             workflows=list(workflows),
             executor=executor,
             clock=clock or self.clock,
+            **options,
         )
         self.meshes.append(mesh)
         return mesh

@@ -139,6 +139,30 @@ def test_unknown_or_malformed_run_ids(mesh_factory: MeshFactory, bad: Any) -> No
 # --------------------------------------------------------------------------- reviews
 
 
+@sm.workflow
+def gate_and_timer() -> Any:
+    _, decision = yield sm.join(sm.sleep(seconds=60), sm.approval("sign_off"))
+    return decision.approved
+
+
+def test_explain_names_the_approval_a_join_waits_on_beside_a_timer(
+    mesh_factory: MeshFactory,
+) -> None:
+    mesh = mesh_factory([gate_and_timer])
+    run = mesh.start_run(gate_and_timer)
+    why = mesh.explain_run(run.id)
+    assert (why.status, why.reason, why.step) == (
+        sm.RunStatus.PAUSED,
+        "paused_for_approval",
+        "sign_off",
+    )
+    assert why.next_actions == ("approve_run", "reject_run", "cancel_run")
+    mesh.approve_run(run.id, actor="ann")  # the action explain offered works
+    mesh_factory.clock.advance(61)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).result is True
+
+
 def test_pause_and_approval_happy_path_with_audit(mesh_factory: MeshFactory) -> None:
     mesh = mesh_factory([flows.gated])
     run = mesh.start_run(flows.gated)

@@ -474,8 +474,23 @@ def test_join_with_return_exceptions_returns_failures_as_values() -> None:
 def test_join_rejects_commands_that_cannot_be_branches() -> None:
     with pytest.raises(sm.DefinitionError):
         sm.join(sm.log("no"))
-    with pytest.raises(sm.DefinitionError):
-        sm.join()
+    with pytest.raises(sm.DefinitionError, match="at least one"):
+        sm.first()  # no branch can win
+
+
+@sm.workflow
+def joins_a_list(payload: Any = None):
+    names: list[str] = []
+    nothing = yield sm.join(*[echo(name) for name in names])
+    some = yield sm.join(*[echo(name) for name in ["sam"]])
+    return [list(nothing), list(some)]
+
+
+def test_an_empty_join_returns_an_empty_tuple_at_once() -> None:
+    run = WorkflowTester(joins_a_list).start()
+    assert run.status == "completed", run.error
+    assert run.result == [[], ["sam"]]
+    assert run.trace[:2] == ["join", "join"]
 
 
 # --------------------------------------------------------------------------- first

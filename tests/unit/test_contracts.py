@@ -272,8 +272,8 @@ def test_nan_and_infinity_are_refused_with_a_clear_error() -> None:
 
     for bad in (float("nan"), {"ratio": float("inf")}, [1.0, float("-inf")]):
         data = contracts.encode(bad)
-        with pytest.raises(contracts.EncodeError, match="NaN or Infinity"):
-            contracts.check_size(data, None, what="the result of step ratio")
+        with pytest.raises(sm.UnstorableValueError, match="NaN or Infinity"):
+            contracts.json_text(data, what="the result of step ratio")
 
 
 def test_a_step_returning_nan_fails_once_without_retrying() -> None:

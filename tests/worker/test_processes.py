@@ -200,3 +200,28 @@ def test_join_and_sleep_workflows_across_processes(
         )
         assert float(gap) >= 0.95
     workers.stop_all()
+
+
+def test_the_sweeper_of_a_worker_process_revives_a_run_that_lost_its_job(
+    database: Database, workers: Workers, mesh_on
+) -> None:
+    client = mesh_on()
+    run = client.start_run("sequential")
+    # A bug dropped the run's only job: nothing would ever move it again.
+    assert database.query(f"DELETE FROM {JOBS} WHERE run_id = %s RETURNING id", (str(run.id),))
+    worker = workers.start("--no-scheduler", "--sweep-interval", "0.2", "--lease-seconds", "2")
+
+    wait_for(
+        lambda: (
+            database.scalar(f"SELECT status FROM {RUNS} WHERE id = %s", (str(run.id),))
+            == "completed"
+        ),
+        60,
+        "the swept run to complete",
+    )
+    audit = database.query(
+        "SELECT type FROM squidmesh.squidmesh_audit_events WHERE run_id = %s ORDER BY id",
+        (str(run.id),),
+    )
+    assert ("reactivated",) in audit
+    assert "had no job although it waits on work" in worker.output()
