@@ -338,7 +338,10 @@ def explanation_text(run_id: str, explanation: Explanation) -> str:
         fallback = None
         if attempt and attempt_error.get("traceback"):
             fallback = (f"attempt {attempt['number']}", str(attempt_error["traceback"]))
-        lines.extend(_details(explanation.details, fallback))
+        # Nondeterminism names both sides with file:line (expected, recorded); its
+        # traceback would only show where squidmesh noticed it.
+        show = explanation.reason != "nondeterminism"
+        lines.extend(_details(explanation.details, fallback, tracebacks=show))
     else:
         lines.append("  (none)")
     lines.append("evidence")
@@ -360,16 +363,21 @@ def _is_error(value: Any) -> bool:
     return isinstance(value, dict) and "type" in value and "message" in value
 
 
-def _details(details: Mapping[str, Any], fallback: tuple[str, str] | None = None) -> list[str]:
+def _details(
+    details: Mapping[str, Any],
+    fallback: tuple[str, str] | None = None,
+    *,
+    tracebacks: bool = True,
+) -> list[str]:
     """The explanation's details in words: errors as ``Type: message`` with the last
     lines of their traceback, the replay verdict as a sentence, the rest as JSON."""
     pairs: list[tuple[str, Any]] = []
-    tracebacks: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] = []
     for key, value in sorted(details.items()):
         if _is_error(value):
             pairs.append((key, relative_paths(error_line(value))))
             if value.get("traceback"):
-                tracebacks.append((key, str(value["traceback"])))
+                found.append((key, str(value["traceback"])))
         elif key == "replay" and isinstance(value, dict) and "allowed" in value:
             pairs.append((key, _replay_words(value)))
         elif key == "failures" and isinstance(value, list):
@@ -386,9 +394,9 @@ def _details(details: Mapping[str, Any], fallback: tuple[str, str] | None = None
         else:
             pairs.append((key, relative_paths(cell(value))))
     lines = [facts(pairs, indent="  ")]
-    if not tracebacks and fallback is not None and any(_is_error(v) for v in details.values()):
-        tracebacks.append(fallback)
-    for key, text in tracebacks:
+    if not found and fallback is not None and any(_is_error(v) for v in details.values()):
+        found.append(fallback)
+    for key, text in found if tracebacks else ():
         # Python 3.11+ underlines expressions with ^^^ lines: noise in a short tail.
         tb = [
             line

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 import squidmesh as sm
-from squidmesh.storage.base import RunRecord
+from squidmesh.storage.base import SCHEMA_VERSION, RunRecord
 from tests.cli.test_cli import (
     APP,
     APP_V2,
+    APPLIED,
     Clock,
     Result,
     cli,
@@ -306,8 +307,8 @@ def test_no_command_but_migrate_creates_or_migrates_a_database(tmp_path: Path) -
     created = cli(url, "migrate", app=APP)
     assert created.code == 0, created.err
     assert created.out == (
-        f"squidmesh: applied 0001_initial.sql, 0002_write_function.sql to sqlite:///{missing} "
-        "(a new file); the schema is at version 2\n"
+        f"squidmesh: applied {APPLIED} to sqlite:///{missing} "
+        f"(a new file); the schema is at version {SCHEMA_VERSION}\n"
     )
     deploy = cli(url, "check-deploy", app=APP)
     assert deploy.code == 0, deploy.err
@@ -322,12 +323,13 @@ def test_no_command_but_migrate_creates_or_migrates_a_database(tmp_path: Path) -
 def test_migrate_says_what_it_applied(tmp_path: Path) -> None:
     first = cli("sqlite:///app.db", "migrate", app=BARE, cwd=tmp_path)
     assert first.out == (
-        "squidmesh: applied 0001_initial.sql, 0002_write_function.sql to sqlite:///app.db "
-        "(a new file); the schema is at version 2\n"
+        f"squidmesh: applied {APPLIED} to sqlite:///app.db "
+        f"(a new file); the schema is at version {SCHEMA_VERSION}\n"
     )
     second = cli("sqlite:///app.db", "migrate", app=BARE, cwd=tmp_path)
     assert second.out == (
-        "squidmesh: schema is up to date (version 2) in sqlite:///app.db; nothing to apply\n"
+        f"squidmesh: schema is up to date (version {SCHEMA_VERSION}) in sqlite:///app.db; "
+        "nothing to apply\n"
     )
 
 
@@ -351,6 +353,11 @@ def test_actions_that_break_the_run_are_not_reported_as_success(
     assert "but the history recorded log 'log' at examples/ring_errand.py:" in line
     assert line.endswith(f"; see `squidmesh runs explain {council}`")
     assert mesh.inspect_run(council).status == "suspended"
+    # its explanation names both sides; squidmesh's own traceback would be noise
+    why = cli(db, "runs", "explain", council[:8]).out
+    assert "  expected  sleep 'sleep' at tests/cli/app_v2.py:" in why
+    assert "  recorded  log 'log' at examples/ring_errand.py:" in why
+    assert "traceback" not in why
 
     paused = str(mesh.start_run("risky").id)
     failed = cli(db, "runs", "approve", paused, "--actor", "elrond", "--json")
