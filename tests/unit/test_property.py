@@ -214,7 +214,7 @@ operation = st.one_of(
     st.fixed_dictionaries(
         {
             "op": st.just("log"),
-            "msg": st.text(st.characters(blacklist_characters="\x00"), max_size=8),
+            "msg": st.text(st.characters(exclude_characters="\x00"), max_size=8),
         }
     ),
     st.fixed_dictionaries(
