@@ -3,17 +3,28 @@
 Also runnable as ``python -m squidmesh.demo``. Everything happens in this process: a
 SQLite file in a temporary directory (deleted afterwards), ``InlineExecutor`` (jobs run
 right after each commit) and a virtual clock the demo moves by hand, so the 5-second
-sleep takes no time.
+sleep and the retry's backoff take no time.
+
+The story: the errand sleeps, hides until an operator unblocks it and waits for the
+council's approval. Then Moria goes wrong, on purpose: the demo makes the first attempt
+of ``cross_moria`` fail with a ``ConnectionError`` (retried after the step's 1-second
+backoff) and the second with ``sm.NonRetryable`` (a Balrog). The workflow catches the
+``StepFailed``, ``sm.undo()`` compensates ``pack_lembas`` (the lembas go back to the
+pantry) and the hobbit walks home: a retry and a compensation, recorded and shown.
+The faults are the demo's alone (``_TROUBLE``, keyed by run id): every other run of this
+workflow behaves exactly like the example.
 
 The workflow below is a compact copy of ``examples/ring_errand.py`` (same steps, same
 semantics; tests/cli/test_demo.py checks that both yield the same commands), because an
 installed package cannot import the repository's ``examples/`` folder.
 
 ``app`` builds a ``Mesh`` with this workflow for the command line, so the demo's
-workflow can be operated by hand too::
+workflow can be operated by hand too (the demo's closing lines, ``_NEXT``, give the
+whole sequence)::
 
-    squidmesh --app squidmesh.demo:app --database-url sqlite:///errands.db runs start \\
-        ring_errand --payload '{"ring_id": "one-ring"}'
+    export SQUIDMESH_APP=squidmesh.demo:app SQUIDMESH_DATABASE_URL=sqlite:///errands.db
+    squidmesh migrate
+    squidmesh runs start ring_errand --payload '{"ring_id": "one-ring"}'
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from squidmesh.cli import explanation_text, run_facts, step_runs_table
 from squidmesh.core import commands as c
+from squidmesh.core.context import step_context
 from squidmesh.core.definition import cron, manual, step, workflow
 from squidmesh.core.retry import Backoff, Retry
 from squidmesh.errors import NonRetryable, StepFailed
@@ -77,8 +89,16 @@ def pack_lembas(bearer: str, snack_count: int) -> Provisions:
     return Provisions(lembas=snack_count, packed_by=bearer)
 
 
+#: run id -> the errors the demo makes ``cross_moria``'s next attempts raise, in order.
+#: Only :func:`run_demo` fills it, for its own run; empty, the step is the example's.
+_TROUBLE: dict[str, list[Exception]] = {}
+
+
 @step(retry=Retry(max_attempts=3, backoff=Backoff.exponential(min=1, max=10)))
 def cross_moria(bearer: str, provisions: Provisions) -> MoriaReport:
+    trouble = _TROUBLE.get(step_context().run_id)
+    if trouble:
+        raise trouble.pop(0)
     if provisions.lembas < 1:
         raise NonRetryable("nobody crosses Moria without lembas")
     return MoriaReport(
@@ -193,10 +213,19 @@ class _Narrator:
         why = mesh.explain_run(run.id)
         where = f" at {why.step}" if why.step else ""
         self.block(f"-> run is {why.status.value}: {why.reason}{where}")
-        details = ", ".join(f"{k}={v}" for k, v in sorted(why.details.items()) if k != "replay")
+        details = ", ".join(
+            f"{k}={_short(v)}" for k, v in sorted(why.details.items()) if k != "replay"
+        )
         if details:
             self.block(f"   {details}")
         self.block(f"   next actions: {', '.join(why.next_actions) or '(none)'}")
+
+
+def _short(value: Any) -> Any:
+    """A stored error as ``Type: message`` (its traceback is in the history)."""
+    if isinstance(value, dict) and "type" in value and "message" in value:
+        return f"{str(value['type']).rsplit('.', 1)[-1]}: {value['message']}"
+    return value
 
 
 def run_demo(out: TextIO | None = None) -> int:
@@ -232,30 +261,60 @@ def run_demo(out: TextIO | None = None) -> int:
             say.block(explanation_text(str(run.id), mesh.explain_run(run.id)))
 
             clock.advance(60)
+            _TROUBLE[str(run.id)] = [
+                ConnectionError("the Watcher in the Water grabbed the bearer"),
+                NonRetryable("a Balrog holds the bridge of Khazad-dum"),
+            ]
             say.chapter("approve_run(actor='elrond', comment='the council agrees')")
-            done = mesh.approve_run(run.id, actor="elrond", comment="the council agrees")
-            say.block(
-                f"approval given: Moria, the eagle, the join and the ring ran inline; "
-                f"the run is {done.status.value}"
-            )
-            say.block(f"result: {done.result!r}")
+            say.block("the demo now makes Moria fail (injected faults): cross_moria's first")
+            say.block("attempt raises ConnectionError, its second sm.NonRetryable")
+            mesh.approve_run(run.id, actor="elrond", comment="the council agrees")
+            say.block("attempt 1 failed; the step's retry policy waits 1 s before attempt 2:")
+            say.status(mesh, run)
+
+            say.chapter("advance the clock 1 s and drain(): attempt 2 runs")
+            clock.advance(1)
+            mesh.drain()
+            done = mesh.inspect_run(run.id)
+            say.block("attempt 2 failed for good: the workflow caught sm.StepFailed, and")
+            say.block("sm.undo() compensated pack_lembas (unpack_lembas); then walk_home ran")
+            say.block(f"the run is {done.status.value}; result: {done.result!r}")
 
             say.chapter("the history: inspect_run(include_history=True)")
             full = mesh.inspect_run(run.id, include_history=True)
             say.block(run_facts(full))
             say.say()
-            say.block("step runs")
+            say.block("step runs (attempts, errors and compensations under each row)")
             say.block(step_runs_table(full))
 
             say.chapter("the final explanation: explain_run")
             say.block(explanation_text(str(run.id), mesh.explain_run(run.id)))
+            _TROUBLE.pop(str(run.id), None)
     say.say()
     say.say(
-        f"done in {time.perf_counter() - began:.2f} s: the run completed after its approval. "
-        "Next: `squidmesh --app squidmesh.demo:app runs start ring_errand "
-        """--payload '{"ring_id": "one-ring"}'` on a database of your own."""
+        f"done in {time.perf_counter() - began:.2f} s: a retry, a compensation, and the "
+        "errand walked home."
     )
+    say.say(_NEXT)
     return 0
+
+
+#: The closing hint: the same errand on a database of your own, moved on by hand.
+_NEXT = """\
+Next, the same errand on a database of your own. Each command runs the work that is
+due when it acts, and nothing runs in between: once the errand's 5-second sleep is
+over, `squidmesh drain` runs it on (a worker, `squidmesh worker`, would do that by
+itself). Then the errand waits for you:
+
+  export SQUIDMESH_APP=squidmesh.demo:app SQUIDMESH_DATABASE_URL=sqlite:///errands.db
+  squidmesh migrate
+  squidmesh runs start ring_errand --payload '{"ring_id": "one-ring"}'
+  sleep 5 && squidmesh drain
+  squidmesh runs unblock RUN_ID --actor strider
+  squidmesh runs approve RUN_ID --actor elrond
+  squidmesh runs show RUN_ID
+
+(RUN_ID: the id `runs start` printed; its first 8 characters are enough.)"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,11 +35,16 @@
     RunCancelled(BaseException)   delivered into a cancelled workflow; ``except Exception``
                                   in user code cannot swallow it
 
-Each class's docstring is its default message.
+Each class's docstring is its default message. Errors about a name that does not exist
+(a workflow, a trigger, a payload field) carry the names that do and a "did you mean"
+suggestion (:func:`did_you_mean`), so each front end (Python, the CLI) can phrase its own
+advice from the same facts.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -70,6 +75,7 @@ __all__ = [
     "ValueTooLargeError",
     "WorkerLost",
     "WorkflowSignal",
+    "did_you_mean",
     "shown",
 ]
 
@@ -84,6 +90,18 @@ def shown(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to a mistyped ``name`` (case-insensitive), or None.
+
+    ``did_you_mean("ring_erand", ["ring_errand", "doomed"]) == "ring_errand"``.
+    """
+    by_lower: dict[str, str] = {}
+    for candidate in candidates:
+        by_lower.setdefault(candidate.lower(), candidate)
+    found = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[found[0]] if found else None
+
+
 class SquidmeshError(Exception):
     """A squidmesh operation failed."""
 
@@ -93,7 +111,13 @@ class SquidmeshError(Exception):
 
 
 class PayloadError(SquidmeshError):
-    """The payload does not match the trigger's contract; nothing was persisted."""
+    """The payload does not match the trigger's contract; nothing was persisted.
+
+    ``missing_fields``, ``unknown_fields`` and ``invalid_types`` (field -> expected
+    type) name what is wrong; ``reasons`` keeps the validator's own words per invalid
+    field (``"String should have at least 3 characters"``) and ``suggestions`` maps an
+    unknown field to the declared field it probably meant.
+    """
 
     def __init__(
         self,
@@ -102,23 +126,46 @@ class PayloadError(SquidmeshError):
         missing_fields: list[str] | None = None,
         unknown_fields: list[str] | None = None,
         invalid_types: dict[str, str] | None = None,
+        reasons: Mapping[str, str] | None = None,
+        suggestions: Mapping[str, str] | None = None,
     ) -> None:
         self.missing_fields = list(missing_fields or [])
         self.unknown_fields = sorted(unknown_fields or [])
         self.invalid_types = dict(invalid_types or {})
+        #: field -> why its value was refused, in the validator's words
+        self.reasons = dict(reasons or {})
+        #: unknown field -> the declared field it probably meant
+        self.suggestions = dict(suggestions or {})
         if message is None:
             parts = []
             if self.missing_fields:
                 parts.append("missing " + ", ".join(self.missing_fields))
             if self.unknown_fields:
-                parts.append("unknown " + ", ".join(self.unknown_fields))
-            if self.invalid_types:
                 parts.append(
-                    "invalid "
-                    + ", ".join(f"{k} (expected {v})" for k, v in self.invalid_types.items())
+                    "unknown "
+                    + ", ".join(
+                        f"{name} (did you mean {self.suggestions[name]}?)"
+                        if name in self.suggestions
+                        else name
+                        for name in self.unknown_fields
+                    )
                 )
+            invalid = [
+                *self.invalid_types,
+                *(k for k in self.reasons if k not in self.invalid_types),
+            ]
+            if invalid:
+                parts.append("invalid " + ", ".join(self._invalid(name) for name in invalid))
             message = "invalid payload: " + ("; ".join(parts) or "rejected")
         super().__init__(message)
+
+    def _invalid(self, name: str) -> str:
+        expected, reason = self.invalid_types.get(name), self.reasons.get(name)
+        if expected and reason and expected != reason:
+            return f"{name} (expected {expected}: {reason})"
+        if expected or reason:
+            return f"{name} ({reason if reason else 'expected ' + str(expected)})"
+        return name
 
 
 class DefinitionError(SquidmeshError):
@@ -126,11 +173,70 @@ class DefinitionError(SquidmeshError):
 
 
 class UnknownWorkflowError(SquidmeshError):
-    """No workflow with that name is registered."""
+    """No workflow with that name is registered.
+
+    ``workflow`` is the name asked for (whatever the caller passed), ``registered`` the
+    names the Mesh has, ``suggestion`` the closest of them (or None) and ``run_id`` the
+    run that needs the workflow, when the error is about an existing run.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        workflow: Any = None,
+        registered: Iterable[str] = (),
+        run_id: str | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.registered: tuple[str, ...] = tuple(sorted(registered))
+        self.run_id = run_id
+        self.suggestion = (
+            did_you_mean(workflow, self.registered)
+            if isinstance(workflow, str) and workflow and run_id is None
+            else None
+        )
+        if message is None and workflow is not None:
+            message = (
+                f"workflow {shown(workflow)} is not registered with this Mesh (registered: "
+                f"{', '.join(self.registered) or 'none'})"
+                + (
+                    f"; did you mean {self.suggestion!r}? If not, pass it in Mesh(workflows=[...])"
+                    if self.suggestion
+                    else "; pass it in Mesh(workflows=[...])"
+                )
+            )
+        super().__init__(message)
 
 
 class UnknownTriggerError(SquidmeshError):
-    """The workflow has no trigger with that name."""
+    """The workflow has no trigger with that name.
+
+    ``workflow`` and ``trigger`` name what was asked for, ``known`` the workflow's
+    triggers and ``suggestion`` the closest of them (or None).
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        workflow: str | None = None,
+        trigger: Any = None,
+        known: Sequence[str] = (),
+    ) -> None:
+        self.workflow = workflow
+        self.trigger = trigger
+        self.known: tuple[str, ...] = tuple(known)
+        self.suggestion = (
+            did_you_mean(trigger, self.known) if isinstance(trigger, str) and trigger else None
+        )
+        if message is None and trigger is not None:
+            message = (
+                f"workflow {workflow} has no trigger {shown(trigger)} (known: "
+                f"{', '.join(self.known) or 'none'})"
+                + (f"; did you mean {self.suggestion!r}?" if self.suggestion else "")
+            )
+        super().__init__(message)
 
 
 class RunNotFoundError(SquidmeshError):

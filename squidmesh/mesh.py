@@ -134,10 +134,14 @@ class Mesh(OperatorActions):
                 _validate_cron(workflow, trigger)
         self.workflows[workflow.name] = workflow
 
-    def migrate(self) -> None:
-        """Create or upgrade squidmesh's tables; idempotent and safe to call concurrently."""
-        self.store.migrate()
+    def migrate(self) -> list[str]:
+        """Create or upgrade squidmesh's tables; idempotent and safe to call concurrently.
+
+        Returns the file names of the migrations applied, oldest first (empty when the
+        schema was already up to date)."""
+        applied = self.store.migrate()
         self._schema_ok = True
+        return applied
 
     def _ready(self) -> None:
         if self._schema_ok:
@@ -172,11 +176,7 @@ class Mesh(OperatorActions):
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
         found = self.workflows.get(name) if isinstance(name, str) else None
         if found is None:
-            known = ", ".join(sorted(self.workflows)) or "none"
-            raise UnknownWorkflowError(
-                f"workflow {shown(name)} is not registered with this Mesh (registered: {known}); "
-                "pass it in Mesh(workflows=[...])"
-            )
+            raise UnknownWorkflowError(workflow=name, registered=self.workflows)
         return found
 
     # ------------------------------------------------------------------ starting runs

@@ -46,6 +46,7 @@ class OperatorActions:
 
     _engine: Engine
     store: Store
+    workflows: dict[str, Any]
     max_value_bytes: int | None
     clock: Callable[[], datetime]
 
@@ -141,7 +142,10 @@ class OperatorActions:
         if live is None:
             raise UnknownWorkflowError(
                 f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does not "
-                "have: register it before acting on the run"
+                "have: register it before acting on the run",
+                workflow=run.workflow,
+                registered=self.workflows,
+                run_id=run.id,
             )
         for seq in run.waiting_on:
             entry = live.history[seq]
@@ -343,7 +347,10 @@ class OperatorActions:
             if live is None:
                 raise UnknownWorkflowError(
                     f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does "
-                    "not have"
+                    "not have",
+                    workflow=run.workflow,
+                    registered=self.workflows,
+                    run_id=run.id,
                 )
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))

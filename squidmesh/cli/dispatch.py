@@ -1,4 +1,8 @@
-"""``main``: parse the command line, run its command, turn errors into exit codes."""
+"""``main``: parse the command line, run its command, report its errors.
+
+Every failure ends as one :class:`~squidmesh.cli.errors.CliError`: one line on stderr,
+or under ``--json`` one ``{"error": {...}}`` document on stdout, with its exit code.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from squidmesh.cli.app import EXIT_FAILED, CliError, Context, exit_code
+from squidmesh.cli import style
+from squidmesh.cli.app import Context
+from squidmesh.cli.complete import autocomplete
+from squidmesh.cli.errors import EXIT_FAILED, CliError, from_api
 from squidmesh.cli.parser import build_parser
+from squidmesh.cli.render import dumps
 from squidmesh.cli.runs import (
     cmd_runs_approve,
     cmd_runs_cancel,
@@ -33,7 +41,7 @@ from squidmesh.cli.tools import (
     cmd_prune,
     cmd_worker,
 )
-from squidmesh.errors import SchemaOutOfDateError, SquidmeshError
+from squidmesh.errors import SquidmeshError
 
 __all__ = ["COMMANDS", "main"]
 
@@ -62,15 +70,18 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
 }
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    autocomplete(parser)  # completing a command line (argcomplete) ends here
+    try:
+        args = parser.parse_args(argv)
+    except CliError as exc:
+        return _report(exc, as_json="--json" in argv, colour="auto")
     command = args.command + (f" {args.action}" if args.command == "runs" else "")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --app myapp:mesh finds ./myapp.py, as with -m
+    style.configure(sys.stdout, args.color)
     ctx = Context(args, sys.stdout, sys.stderr)
     try:
         try:
@@ -78,18 +89,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             ctx.close()
     except CliError as exc:
-        message, code = exc.message, exc.code
-    except SchemaOutOfDateError as exc:
-        message = str(exc) if "migrate" in str(exc) else f"{exc} (run `squidmesh migrate`)"
-        code = EXIT_FAILED
+        error = exc
     except (SquidmeshError, ValueError) as exc:
-        message, code = str(exc), exit_code(exc)
+        error = from_api(exc, app=args.app, database=ctx.database_label, run_id=ctx.run_id)
     except KeyboardInterrupt:
-        message, code = "interrupted", 130
+        error = CliError(130, "interrupted", kind="Interrupted")
     except BrokenPipeError:
         # The reader went away (`squidmesh runs history ID | head`): stop quietly.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
-    print(f"squidmesh: error: {_one_line(message)}", file=sys.stderr)
-    return code
+    except Exception as exc:
+        if not ctx.json:
+            raise  # a bug (ours or the --app's code): the traceback is what helps
+        # Under --json, stdout stays one JSON document even then.
+        error = CliError(
+            EXIT_FAILED,
+            f"{type(exc).__name__}: {exc}",
+            hint="an unexpected error: run the command without --json to see its traceback",
+            kind=type(exc).__name__,
+        )
+    return _report(error, as_json=ctx.json, colour=args.color)
+
+
+def _report(error: CliError, *, as_json: bool, colour: str) -> int:
+    if as_json:
+        print(dumps(error.to_json()), file=sys.stdout)
+        return error.code
+    line = error.line()
+    if style.colour_wanted(sys.stderr, colour):
+        head = "squidmesh: error:"
+        line = f"\033[1;31m{head}\033[0m{line[len(head) :]}"
+    print(line, file=sys.stderr)
+    return error.code

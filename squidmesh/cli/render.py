@@ -1,15 +1,24 @@
-"""What the commands print: JSON encoding, aligned tables and run/step/audit views."""
+"""What the commands print: JSON encoding, aligned tables and run/step/audit views.
+
+Human views follow :mod:`squidmesh.cli.style`: statuses in colour on a terminal, free
+text (the last column of a table, notes under step runs, explanation details) wrapped to
+the terminal's width; with neither (a pipe, or a library caller) the text is plain and
+each record stays on one line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
 import json
+import os
+import textwrap
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from squidmesh.cli import style
 from squidmesh.runtime.views import Explanation, Run
 
 __all__ = [
@@ -18,9 +27,11 @@ __all__ = [
     "clip",
     "compact",
     "dumps",
+    "error_line",
     "explanation_json",
     "explanation_text",
     "facts",
+    "relative_paths",
     "run_detail",
     "run_facts",
     "run_json",
@@ -94,24 +105,92 @@ def cell(value: Any) -> str:
     return compact(value)
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, indent: str = "") -> str:
-    """Aligned columns, two spaces apart; ``None`` and empty values print as ``-``."""
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    indent: str = "",
+    colours: Mapping[int, Callable[[str], str]] | None = None,
+    wrap: Sequence[int] | None = None,
+) -> str:
+    """Aligned columns, two spaces apart; ``None`` and empty values print as ``-``.
+
+    ``colours`` maps a column index to a function that colours its (padded) cells.
+    ``wrap`` names the free-text columns (default: the last one): when the table is
+    wider than the terminal, the widest of them narrow, and their text wraps within
+    the column, until the table fits (or they are down to a minimum width).
+    """
     body = [[cell(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in body:
         for i, text in enumerate(row):
             widths[i] = max(widths[i], len(text))
-    lines = [
-        indent + "  ".join(text.ljust(widths[i]) for i, text in enumerate(row)).rstrip()
-        for row in [list(headers), *body]
-    ]
+    wrappable = list(wrap) if wrap is not None else [len(headers) - 1]
+    _narrow(widths, wrappable, len(indent), style.current.width)
+    lines = [style.paint(_row(indent, headers, widths).rstrip(), "bold")]
+    for row in body:
+        pieces = [_fit(text, widths[i]) if i in wrappable else [text] for i, text in enumerate(row)]
+        for n in range(max(len(p) for p in pieces)):
+            cells = [p[n] if n < len(p) else "" for p in pieces]
+            lines.append(_row(indent, cells, widths, colours if n == 0 else None).rstrip())
     return "\n".join(lines)
 
 
+def _narrow(widths: list[int], wrappable: Sequence[int], indent: int, limit: int | None) -> None:
+    """Shrink the widest wrappable column, repeatedly, until the row fits ``limit``."""
+    if limit is None:
+        return
+    floor = style.MIN_WRAP
+    while indent + sum(widths) + 2 * (len(widths) - 1) > limit:
+        candidates = [i for i in wrappable if widths[i] > floor]
+        if not candidates:
+            return
+        widest = max(candidates, key=lambda i: widths[i])
+        excess = indent + sum(widths) + 2 * (len(widths) - 1) - limit
+        others = [widths[i] for i in candidates if i != widest]
+        target = max(floor, widths[widest] - excess, max(others, default=floor))
+        widths[widest] = target if target < widths[widest] else widths[widest] - 1
+
+
+def _row(
+    indent: str,
+    cells: Sequence[str],
+    widths: Sequence[int],
+    colours: Mapping[int, Callable[[str], str]] | None = None,
+) -> str:
+    out = []
+    for i, text in enumerate(cells):
+        padded = text.ljust(widths[i])
+        colour = (colours or {}).get(i)
+        out.append(colour(padded) if colour else padded)
+    return indent + "  ".join(out)
+
+
+def _fit(text: str, room: int) -> list[str]:
+    """``text`` cut into lines of at most ``room`` characters, at spaces where possible."""
+    if len(text) <= room:
+        return [text]
+    return textwrap.wrap(text, width=room, break_long_words=True, break_on_hyphens=False) or [""]
+
+
 def facts(pairs: Sequence[tuple[str, Any]], *, indent: str = "") -> str:
-    """``key   value`` lines with the values aligned."""
+    """``key   value`` lines with the values aligned (long values wrap under themselves)."""
     width = max(len(k) for k, _ in pairs)
-    return "\n".join(f"{indent}{k.ljust(width)}  {cell(v)}".rstrip() for k, v in pairs)
+    lines: list[str] = []
+    for key, value in pairs:
+        text = cell(value)
+        if key == "status":
+            text = style.status(text)
+        head = f"{indent}{key.ljust(width)}  "
+        wrapped = style.wrap(text, indent=head, hanging="")
+        lines.append(wrapped[0].rstrip())
+        lines.extend((" " * len(head) + line[len(head) :]).rstrip() for line in wrapped[1:])
+    return "\n".join(lines)
+
+
+def relative_paths(text: str) -> str:
+    """``text`` with the working directory's prefix dropped from the paths it names."""
+    return text.replace(os.path.join(os.getcwd(), ""), "")
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -144,6 +223,7 @@ def runs_table(runs: Sequence[Run]) -> str:
     return table(
         ("ID", "WORKFLOW", "STATUS", "CREATED", "DETAIL"),
         [(str(r.id), r.workflow, r.status.value, when(r.created_at), run_detail(r)) for r in runs],
+        colours={2: style.status},
     )
 
 
@@ -173,9 +253,7 @@ def run_facts(run: Run) -> str:
 
 
 def _error_line(error: dict[str, Any] | None) -> str | None:
-    if not error:
-        return None
-    return f"{error.get('type', 'error')}: {' '.join(str(error.get('message', '')).split())}"
+    return error_line(error) if error else None
 
 
 def step_runs_table(run: Run) -> str:
@@ -209,12 +287,19 @@ def step_runs_table(run: Run) -> str:
     if not rows:
         return "  (no commands recorded yet)"
     text = table(
-        ("SEQ", "KIND", "NAME", "STATUS", "ATTEMPTS", "STARTED", "COMPLETED"), rows, indent="  "
+        ("SEQ", "KIND", "NAME", "STATUS", "ATTEMPTS", "STARTED", "COMPLETED"),
+        rows,
+        indent="  ",
+        colours={3: style.status},
     ).splitlines()
     out = [text[0]]
     for line, row in zip(text[1:], rows, strict=True):
         out.append(line)
-        out.extend(f"        {clip(n, 120)}" for n in notes.get(int(row[0]), []))
+        for note in notes.get(int(row[0]), []):
+            if style.current.width is None:
+                out.append(f"        {clip(note, 120)}")
+            else:
+                out.extend(style.wrap(" ".join(note.split()), indent="        "))
     return "\n".join(out)
 
 
@@ -222,11 +307,17 @@ def audit_table(run: Run) -> str:
     events = run.audit_events or ()
     if not events:
         return "  (none)"
+    # COMMENT is the free text; METADATA (JSON) stays last and wraps when it must.
     return table(
         ("AT", "TYPE", "STEP", "ACTOR", "COMMENT", "METADATA"),
         [(when(e.at), e.type, e.step, e.actor, e.comment, e.metadata) for e in events],
         indent="  ",
+        wrap=(4, 5),
     )
+
+
+#: How many lines of a traceback the human explanation shows (JSON has all of them).
+TRACEBACK_LINES = 6
 
 
 def explanation_text(run_id: str, explanation: Explanation) -> str:
@@ -238,13 +329,21 @@ def explanation_text(run_id: str, explanation: Explanation) -> str:
         ("next actions", ", ".join(explanation.next_actions) or "(none)"),
     ]
     lines = [facts(pairs), "details"]
-    if explanation.details:
-        lines.append(facts(sorted(explanation.details.items()), indent="  "))
-    else:
-        lines.append("  (none)")
     evidence = explanation.evidence
     step_run = evidence.get("step_run")
     attempt = evidence.get("attempt")
+    attempt_error = (attempt or {}).get("error") or {}
+    if explanation.details:
+        # A step's failure keeps its traceback on the attempt: show that one too.
+        fallback = None
+        if attempt and attempt_error.get("traceback"):
+            fallback = (f"attempt {attempt['number']}", str(attempt_error["traceback"]))
+        # Nondeterminism names both sides with file:line (expected, recorded); its
+        # traceback would only show where squidmesh noticed it.
+        show = explanation.reason != "nondeterminism"
+        lines.extend(_details(explanation.details, fallback, tracebacks=show))
+    else:
+        lines.append("  (none)")
     lines.append("evidence")
     ev: list[tuple[str, Any]] = [("run", f"{evidence['run']['status']}")]
     if step_run:
@@ -258,3 +357,74 @@ def explanation_text(run_id: str, explanation: Explanation) -> str:
         ev.append(("attempt", f"{attempt['number']} {attempt['status']}"))
     lines.append(facts(ev, indent="  "))
     return "\n".join(lines)
+
+
+def _is_error(value: Any) -> bool:
+    return isinstance(value, dict) and "type" in value and "message" in value
+
+
+def _details(
+    details: Mapping[str, Any],
+    fallback: tuple[str, str] | None = None,
+    *,
+    tracebacks: bool = True,
+) -> list[str]:
+    """The explanation's details in words: errors as ``Type: message`` with the last
+    lines of their traceback, the replay verdict as a sentence, the rest as JSON."""
+    pairs: list[tuple[str, Any]] = []
+    found: list[tuple[str, str]] = []
+    for key, value in sorted(details.items()):
+        if _is_error(value):
+            pairs.append((key, relative_paths(error_line(value))))
+            if value.get("traceback"):
+                found.append((key, str(value["traceback"])))
+        elif key == "replay" and isinstance(value, dict) and "allowed" in value:
+            pairs.append((key, _replay_words(value)))
+        elif key == "failures" and isinstance(value, list):
+            pairs.append(
+                (
+                    key,
+                    "; ".join(
+                        f"{f.get('step')} (seq {f.get('seq')}): {error_line(f.get('error'))}"
+                        for f in value
+                        if isinstance(f, dict)
+                    ),
+                )
+            )
+        else:
+            pairs.append((key, relative_paths(cell(value))))
+    lines = [facts(pairs, indent="  ")]
+    if not found and fallback is not None and any(_is_error(v) for v in details.values()):
+        found.append(fallback)
+    for key, text in found if tracebacks else ():
+        # Python 3.11+ underlines expressions with ^^^ lines: noise in a short tail.
+        tb = [
+            line
+            for line in relative_paths(text).splitlines()
+            if line.strip() and line.strip().strip("^~") != ""
+        ]
+        shown = tb[-TRACEBACK_LINES:]
+        more = f", last {len(shown)} of {len(tb)} lines" if len(shown) < len(tb) else ""
+        lines.append(f"  traceback ({key}{more}; --json has it all)")
+        for line in shown:
+            lines.extend(style.wrap(line.rstrip(), indent="    ", hanging="    "))
+    return lines
+
+
+def _replay_words(replay: Mapping[str, Any]) -> str:
+    if replay.get("allowed"):
+        return "allowed"
+    if replay.get("workflow_definition") == "unavailable":
+        return "not allowed: this Mesh does not have the workflow"
+    blocked = ", ".join(replay.get("blocked_by") or ())
+    override = replay.get("required_override")
+    return f"not allowed: the run completed {blocked}" + (
+        f" (needs {override})" if override else ""
+    )
+
+
+def error_line(error: Any) -> str:
+    """``Type: message`` of a stored error dict, on one line."""
+    if not isinstance(error, dict):
+        return cell(error)
+    return f"{error.get('type', 'error')}: {' '.join(str(error.get('message', '')).split())}"

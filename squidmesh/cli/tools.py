@@ -8,18 +8,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from squidmesh.cli.app import (
-    EXIT_FAILED,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    CliError,
-    Context,
-    _import,
-    workflows_in,
-)
+from squidmesh.cli import database
+from squidmesh.cli.app import Context, _import, workflows_in
+from squidmesh.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, NEEDS_APP, CliError
 from squidmesh.cli.parser import TERMINAL
-from squidmesh.cli.render import dumps, table
+from squidmesh.cli.render import dumps, relative_paths, table
+from squidmesh.cli.style import paint
 from squidmesh.core.definition import WorkflowDefinition
+from squidmesh.storage.base import SCHEMA_VERSION
 
 __all__ = [
     "cmd_check",
@@ -35,8 +31,22 @@ __all__ = [
 
 
 def cmd_migrate(ctx: Context) -> int:
-    ctx.mesh.migrate()
-    ctx.print(f"squidmesh: schema is up to date ({ctx.mesh.store.dialect})")
+    """The one command that may create a database: it says which, and what it applied."""
+    mesh = ctx.mesh
+    path = database.sqlite_path(mesh.store)
+    created = path is not None and not path.exists()
+    applied = mesh.migrate()
+    where = database.label(mesh.store) + (" (a new file)" if created else "")
+    if applied:
+        ctx.print(
+            f"squidmesh: applied {', '.join(applied)} to {where}; "
+            f"the schema is at version {SCHEMA_VERSION}"
+        )
+    else:
+        ctx.print(
+            f"squidmesh: schema is up to date (version {SCHEMA_VERSION}) in {where}; "
+            "nothing to apply"
+        )
     return EXIT_OK
 
 
@@ -48,7 +58,6 @@ def cmd_worker(ctx: Context) -> int:
 
     args = ctx.args
     mesh = ctx.need_workflows("the worker")
-    mesh._ready()
     worker = Worker(
         mesh,
         concurrency=args.concurrency,
@@ -86,8 +95,10 @@ def resolve_workflow(ctx: Context, spec: str) -> WorkflowDefinition:
     if not ctx.args.app:
         raise CliError(
             EXIT_NOT_FOUND,
-            f"unknown workflow {spec!r}: name it as module:attr, or pass --app module:mesh "
-            "whose Mesh registers it",
+            f"unknown workflow {spec!r}: name it as module:attr (like "
+            "examples.ring_errand:ring_errand)",
+            hint=NEEDS_APP,
+            kind="UnknownWorkflowError",
         )
     return ctx.mesh._workflow(spec)
 
@@ -114,11 +125,6 @@ def _display_path(file: str | None) -> str:
     here = os.path.join(os.getcwd(), "")
     full = os.path.abspath(file)
     return full[len(here) :] if full.startswith(here) else file
-
-
-def _relative_paths(text: str) -> str:
-    """``text`` with the working directory's prefix dropped from the paths it names."""
-    return text.replace(os.path.join(os.getcwd(), ""), "")
 
 
 def cmd_check(ctx: Context) -> int:
@@ -169,11 +175,16 @@ def cmd_check(ctx: Context) -> int:
 
 
 def cmd_check_deploy(ctx: Context) -> int:
-    from squidmesh.deploy import check_deploy
+    from squidmesh.deploy import ACTIVE_STATUSES, check_deploy
 
     mesh = ctx.need_workflows("check-deploy")
+    where = database.label(mesh.store)
+    counts = database.run_counts(mesh.store)
+    stored = sum(counts.values())
+    in_flight = sum(n for status, n in counts.items() if status in ACTIVE_STATUSES)
     ctx.progress(
-        f"check-deploy: replaying runs in flight against {', '.join(sorted(mesh.workflows))}"
+        f"check-deploy: {where} holds {stored} run(s), {in_flight} in flight; replaying them "
+        f"against {', '.join(sorted(mesh.workflows))}"
     )
     report = check_deploy(
         mesh,
@@ -182,7 +193,7 @@ def cmd_check_deploy(ctx: Context) -> int:
     )
 
     def human() -> str:
-        lines: list[str] = []
+        lines = [f"database: {where} ({stored} run(s) stored, {in_flight} in flight)"]
         if report.problems:
             lines.append(
                 table(
@@ -194,7 +205,7 @@ def cmd_check_deploy(ctx: Context) -> int:
                             p.status,
                             p.kind,
                             p.seq,
-                            _relative_paths(
+                            relative_paths(
                                 f"code yields {p.expected}; history has {p.recorded}"
                                 if p.kind == "nondeterminism"
                                 else p.message
@@ -202,26 +213,40 @@ def cmd_check_deploy(ctx: Context) -> int:
                         )
                         for p in report.problems
                     ],
+                    wrap=(5,),
                 )
             )
             lines.append(
-                f"{len(report.problems)} of {report.checked} run(s) in flight would break: "
-                "keep the old code path (or guard the change with sm.patched), or deal with "
-                "these runs before deploying"
+                paint(
+                    f"{len(report.problems)} of {report.checked} run(s) in flight would break: "
+                    "keep the old code path (or guard the change with sm.patched), or deal with "
+                    "these runs before deploying",
+                    "red",
+                )
             )
         else:
-            lines.append(f"{report.checked} run(s) in flight replay cleanly: safe to deploy")
+            lines.append(
+                paint(f"{report.checked} run(s) in flight replay cleanly: safe to deploy", "green")
+            )
+        if stored == 0:
+            lines.append(
+                "note: this database holds no runs at all; check that it is the one your "
+                "application uses"
+            )
         return "\n".join(lines)
 
-    ctx.emit(report.to_json(), human)
+    data = report.to_json()
+    data["database"] = {"label": where, "runs": stored, "in_flight": in_flight}
+    ctx.emit(data, human)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_prune(ctx: Context) -> int:
     a = ctx.args
+    mesh = ctx.database()
     statuses = tuple(dict.fromkeys(a.status or TERMINAL))
     ctx.progress(f"prune: deleting {'/'.join(statuses)} runs older than {a.older_than:g} day(s)")
-    deleted = ctx.mesh.prune(
+    deleted = mesh.prune(
         timedelta(days=a.older_than),
         statuses,
         batch_size=a.batch_size,

@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 import pydantic_core
 
-from squidmesh.errors import PayloadError, UnstorableValueError, ValueTooLargeError
+from squidmesh.errors import PayloadError, UnstorableValueError, ValueTooLargeError, did_you_mean
 
 __all__ = [
     "EncodeError",
@@ -213,6 +213,7 @@ def validate_payload(
     unknown = sorted(str(k) for k in data if k not in known)
     missing: list[str] = []
     invalid: dict[str, str] = {}
+    reasons: dict[str, str] = {}
     try:
         instance = model.model_validate(dict(data))
     except pydantic.ValidationError as exc:
@@ -226,20 +227,37 @@ def validate_payload(
                     unknown.append(top)
             else:
                 field = model.model_fields.get(top)
-                invalid[loc] = type_label(field.annotation) if field else err["msg"]
+                invalid[loc] = type_label(field.annotation) if field else str(err["msg"])
+                # pydantic's own words ("String should have at least 3 characters"):
+                # the expected type alone cannot explain a failed constraint.
+                reasons[loc] = str(err["msg"])
         order = list(model.model_fields)
         missing.sort(key=lambda f: order.index(f.split(".")[0]) if f.split(".")[0] in order else 0)
         raise PayloadError(
-            missing_fields=missing, unknown_fields=unknown, invalid_types=invalid
+            missing_fields=missing,
+            unknown_fields=unknown,
+            invalid_types=invalid,
+            reasons=reasons,
+            suggestions=_suggestions(unknown, model),
         ) from exc
     if unknown:
-        raise PayloadError(unknown_fields=unknown)
+        raise PayloadError(unknown_fields=unknown, suggestions=_suggestions(unknown, model))
     dumped = instance.model_dump(mode="json", by_alias=False)
     try:
         return dict(stored(dumped, what="the payload"))
     except UnstorableValueError as exc:
         where = (exc.path or "$").removeprefix("$").lstrip(".") or "payload"
         raise PayloadError(str(exc), invalid_types={where: "a storable JSON value"}) from None
+
+
+def _suggestions(unknown: list[str], model: type[pydantic.BaseModel]) -> dict[str, str]:
+    """Unknown field -> the declared field it is probably a typo of."""
+    found: dict[str, str] = {}
+    for name in unknown:
+        match = did_you_mean(name, model.model_fields)
+        if match is not None:
+            found[name] = match
+    return found
 
 
 def load_payload(model: type[pydantic.BaseModel] | None, stored: Mapping[str, Any]) -> Any:

@@ -15,7 +15,7 @@ from typing_extensions import ParamSpec
 from squidmesh.core import contracts, unyielded
 from squidmesh.core.retry import Retry
 from squidmesh.core.yielding import Yieldable
-from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError, shown
+from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError
 
 __all__ = [
     "CronTrigger",
@@ -412,9 +412,8 @@ class WorkflowDefinition:
         for trig in self.triggers:
             if trig.name == name:
                 return trig
-        known = ", ".join(t.name for t in self.triggers)
         raise UnknownTriggerError(
-            f"workflow {self.name} has no trigger {shown(name)} (known: {known})"
+            workflow=self.name, trigger=name, known=[t.name for t in self.triggers]
         )
 
     def validate_payload(self, payload: Any, trigger: str | None = None) -> dict[str, Any]:

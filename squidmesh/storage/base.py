@@ -185,6 +185,14 @@ class Transaction(Protocol):
         earlier; with ``before_id`` too, it is a keyset cursor: runs that sort after
         (before, before_id), so runs created in the same instant are not skipped."""
 
+    def run_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Ids of up to ``limit`` runs whose id starts with ``prefix`` (lower-case, as
+        ids are stored: ``"d506e45a"``, ``"d506e45a-20"``), in id order. A range scan of
+        the primary key, so a short prefix among millions of runs stays cheap."""
+
+    def count_runs_by_status(self) -> dict[str, int]:
+        """How many runs are stored, by status (statuses without runs are absent)."""
+
     # history ---------------------------------------------------------------
     def load_entries(self, run_id: str) -> list[Entry]:
         """Every history entry of a run, ordered by seq, in one read."""
@@ -324,8 +332,9 @@ class Store(Protocol):
 
     dialect: str
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema; idempotent and safe when called concurrently."""
+    def migrate(self) -> list[str]:
+        """Create or upgrade the schema; idempotent and safe when called concurrently.
+        Returns the names of the migrations applied (empty when already up to date)."""
 
     def check_schema(self) -> None:
         """Raise ``SchemaOutOfDateError`` when the database is older than this code."""

@@ -285,6 +285,16 @@ class InMemoryTransaction:
         picked.sort(key=lambda row: (row["created_at"], row["id"]), reverse=True)
         return [_RUNS.unpack(row) for row in picked[: max(limit, 0)]]
 
+    def run_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        runs = self._read("run_ids_with_prefix").runs
+        return sorted(run_id for run_id in runs if run_id.startswith(prefix))[: max(limit, 0)]
+
+    def count_runs_by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._read("count_runs_by_status").runs.values():
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        return counts
+
     # history ---------------------------------------------------------------
     def load_entries(self, run_id: str) -> list[Entry]:
         rows = self._read("load_entries").entries.get(run_id, {})
@@ -609,8 +619,9 @@ class InMemoryStore:
             self._data = _Data()
             self.calls.clear()
 
-    def migrate(self) -> None:
+    def migrate(self) -> list[str]:
         self.calls.append("migrate")
+        return []
 
     def hold(self, owner: str) -> _Held:
         liveness.held(owner)

@@ -47,6 +47,7 @@ from squidmesh.storage.sql_queries import (
     entry_params,
     entry_update_params,
     job_from_row,
+    prefix_upper_bound,
     queries_for,
     run_from_row,
     run_params,
@@ -150,8 +151,8 @@ class SqlStore:
     def __repr__(self) -> str:
         return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
 
-    def migrate(self) -> None:
-        sql_migrate.migrate(self.engine, self.dialect, self.schema)
+    def migrate(self) -> list[str]:
+        return sql_migrate.migrate(self.engine, self.dialect, self.schema)
 
     def check_schema(self) -> None:
         sql_migrate.check_schema(self.engine, self.dialect, self.schema)
@@ -336,6 +337,22 @@ class SqlTransaction:
             "limit": max(limit, 0),
         }
         return [run_from_row(row) for row in self.connection.execute(query, params)]
+
+    @translated("find runs by id prefix")
+    def run_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        # id >= prefix AND id < the next prefix: a primary-key range scan on both
+        # dialects (LIKE 'prefix%' would need text_pattern_ops under a non-C collation).
+        high = prefix_upper_bound(prefix)
+        params = {"low": prefix, "high": high, "n": max(limit, 0)}
+        query = self._q.run_ids_from if high is None else self._q.run_ids_in_range
+        found = self.connection.execute(query, params).scalars()
+        # The range is exact in bytewise order; the filter guards exotic collations.
+        return [run_id for run_id in found if run_id.startswith(prefix)]
+
+    @translated("count runs")
+    def count_runs_by_status(self) -> dict[str, int]:
+        rows = self.connection.execute(self._q.count_runs_by_status)
+        return {str(status): int(count) for status, count in rows}
 
     # history ---------------------------------------------------------------
     @translated("load the history")

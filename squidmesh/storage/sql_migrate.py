@@ -99,17 +99,19 @@ def statements(sql: str, schema: str | None) -> list[str]:
 SQLITE_MIGRATING = "squidmesh_sqlite_migrating"
 
 
-def migrate(engine: sa.Engine, dialect: str, schema: str) -> None:
-    """Create or upgrade the schema; idempotent and safe to run concurrently."""
+def migrate(engine: sa.Engine, dialect: str, schema: str) -> list[str]:
+    """Create or upgrade the schema; idempotent and safe to run concurrently.
+
+    Returns the file names of the migrations this call applied, oldest first (empty when
+    the schema was already up to date, or another migrator applied them first)."""
     try:
         with engine.connect() as conn:
             if dialect == "postgresql":
-                _migrate(conn, dialect, schema)
-                return
+                return _migrate(conn, dialect, schema)
             info = conn.connection.info
             info[SQLITE_MIGRATING] = True
             try:
-                _migrate(conn, dialect, None)
+                return _migrate(conn, dialect, None)
             finally:
                 info.pop(SQLITE_MIGRATING, None)
                 # Outside any transaction (SQLite ignores this pragma inside one).
@@ -119,9 +121,11 @@ def migrate(engine: sa.Engine, dialect: str, schema: str) -> None:
         raise storage_error("migrate the squidmesh schema", exc) from driver_error(exc)
 
 
-def _migrate(conn: sa.Connection, dialect: str, target: str | None) -> None:
-    """Apply what is missing in one transaction (``target``: the PostgreSQL schema)."""
+def _migrate(conn: sa.Connection, dialect: str, target: str | None) -> list[str]:
+    """Apply what is missing in one transaction (``target``: the PostgreSQL schema);
+    returns the names of the migrations applied."""
     pg = dialect == "postgresql"
+    applied: list[str] = []
     with conn.begin():
         if pg:
             # Held until commit: concurrent migrators queue here, before any DDL.
@@ -140,6 +144,7 @@ def _migrate(conn: sa.Connection, dialect: str, target: str | None) -> None:
                 sa.insert(version_table),
                 {"version": migration.version, "applied_at": datetime.now(timezone.utc)},
             )
+            applied.append(migration.name)
         if not pg:
             broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
             if broken:
@@ -147,6 +152,7 @@ def _migrate(conn: sa.Connection, dialect: str, target: str | None) -> None:
                     f"migrating left {len(broken)} rows whose run does not exist "
                     f"(first: {tuple(broken[0])}); nothing was changed"
                 )
+    return applied
 
 
 def schema_version(engine: sa.Engine, dialect: str, schema: str) -> int:

@@ -21,7 +21,7 @@ from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import RunRecord
 
-__all__ = ["Queries", "queries_for"]
+__all__ = ["Queries", "prefix_upper_bound", "queries_for"]
 
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
 # Entry fields in declaration order, so a selected row is Entry(*row).
@@ -86,6 +86,23 @@ def job_from_row(row: Sequence[Any]) -> Job:
     )
 
 
+_HEX = "0123456789abcdef"
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest id-like string above every id that starts with ``prefix``, built of
+    hex digits only (so that no collation can sort it oddly), or None when no bound
+    exists (``"ffff"``): ``"d506e45a"`` -> ``"d506e45b"``, ``"d506e45f-"`` ->
+    ``"d506e46"``."""
+    chars = list(prefix)
+    while chars:
+        last = chars.pop()
+        if last in _HEX[:-1]:
+            return "".join(chars) + _HEX[_HEX.index(last) + 1]
+        # "f" carries into the character before it; a "-" is skipped the same way.
+    return None
+
+
 class Queries:
     """The statements of one dialect ("sqlite" or "postgresql")."""
 
@@ -104,6 +121,15 @@ class Queries:
         # checks of rows inserted for it (those take KEY SHARE locks on the run).
         self.lock_run = self.get_run.with_for_update(key_share=True) if pg else self.get_run
         self.update_run = sa.update(runs).where(runs.c.id == b("b_id"))
+        # Id-prefix lookup as a primary-key range: id >= :low (AND id < :high).
+        by_id_from = sa.select(runs.c.id).where(runs.c.id >= b("low"))
+        self.run_ids_from = by_id_from.order_by(runs.c.id).limit(b("n"))
+        self.run_ids_in_range = (
+            by_id_from.where(runs.c.id < b("high")).order_by(runs.c.id).limit(b("n"))
+        )
+        self.count_runs_by_status = sa.select(runs.c.status, sa.func.count()).group_by(
+            runs.c.status
+        )
         self.find_run_by_key = select_run.where(
             runs.c.workflow == b("workflow"), runs.c.idempotency_key == b("key")
         )

@@ -1,9 +1,12 @@
 """``--app tests.cli.app_v2:mesh``: version 2 of the application, whose ``ring_errand``
-changed in a way that breaks runs in flight (no log before the sleep any more)."""
+changed in a way that breaks runs in flight (no log before the sleep any more).
+
+``mesh`` is a factory the CLI calls with the ``--database-url`` (or
+``SQUIDMESH_DATABASE_URL``) value, so docs/operations.md can point it at any database.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import squidmesh as sm
@@ -20,6 +23,7 @@ def ring_errand_v2(payload: Errand) -> Any:
     return "went home"
 
 
-mesh = sm.Mesh(
-    os.environ["SQUIDMESH_TEST_URL"], workflows=[ring_errand_v2], executor=sm.InlineExecutor()
-)
+def mesh(url: str | None = None) -> sm.Mesh:
+    return sm.Mesh(
+        url or "sqlite:///squidmesh.db", workflows=[ring_errand_v2], executor=sm.InlineExecutor()
+    )

@@ -22,6 +22,8 @@ import pytest
 
 import squidmesh as sm
 from examples.ring_errand import ring_errand
+from squidmesh.storage.base import SCHEMA_VERSION
+from squidmesh.storage.sql_migrate import migrations
 from squidmesh.testing import replay
 from tests.cli.workflows import WORKFLOWS
 from tests.support import postgres
@@ -29,6 +31,9 @@ from tests.support import postgres
 REPO = Path(__file__).resolve().parents[2]
 APP = "tests.cli.app:mesh"
 APP_V2 = "tests.cli.app_v2:mesh"
+#: what `squidmesh migrate` applies to an empty database (the same files on both dialects)
+APPLIED = ", ".join(m.name for m in migrations("sqlite"))
+assert APPLIED == ", ".join(m.name for m in migrations("postgresql"))
 HAZARDS = REPO / "tests" / "cli" / "hazards.py"
 
 
@@ -42,16 +47,29 @@ class Result:
         return json.loads(self.out)
 
 
-def cli(url: str | None, *args: str, app: str | None = APP, timeout: float = 60) -> Result:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUIDMESH_")}
+def cli(
+    url: str | None,
+    *args: str,
+    app: str | None = APP,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+) -> Result:
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SQUIDMESH_") and k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS")
+    }
+    full["PYTHONPATH"] = str(REPO)  # tests.cli.app and examples/ from any directory
     if url is not None:
-        env["SQUIDMESH_TEST_URL"] = url
+        full["SQUIDMESH_DATABASE_URL"] = url
     if app is not None:
-        env["SQUIDMESH_APP"] = app
+        full["SQUIDMESH_APP"] = app
+    full.update(env or {})
     done = subprocess.run(
         [sys.executable, "-m", "squidmesh.cli", *args],
-        cwd=REPO,
-        env=env,
+        cwd=cwd,
+        env=full,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -113,7 +131,16 @@ def runs(url: str) -> Iterator[dict[str, str]]:
     """The module's runs, by role; `squidmesh migrate` created the schema."""
     migrated = cli(url, "migrate")
     assert migrated.code == 0, migrated.err
-    assert "schema is up to date (postgresql)" in migrated.out
+    database = url.replace("postgresql+psycopg://", "postgresql://")
+    assert migrated.out == (
+        f"squidmesh: applied {APPLIED} to "
+        f"{database} (schema squidmesh); the schema is at version {SCHEMA_VERSION}\n"
+    )
+    again = cli(url, "migrate")
+    assert again.out == (
+        f"squidmesh: schema is up to date (version {SCHEMA_VERSION}) in {database} (schema squidmesh); "
+        "nothing to apply\n"
+    )
     mesh, clock = local_mesh(url)
     try:
         found = {
@@ -332,9 +359,14 @@ def test_replay_fork_resume_send_event(url: str, runs: dict[str, str]) -> None:
     out_of_range = cli(url, "runs", "fork", runs["done"], "--at-seq", "99")
     assert out_of_range.code == 2 and "at_seq" in one_error_line(out_of_range)
 
+    # the code is still wrong: resuming suspends the run again, and that is no success
     resumed = cli(url, "runs", "resume", runs["suspended"])
-    assert resumed.code == 0, resumed.err
-    assert resumed.out.startswith(f"resumed run {runs['suspended']}: now suspended")
+    assert resumed.code == 1 and resumed.out == "", resumed
+    assert one_error_line(resumed) == (
+        f"squidmesh: error: resumed run {runs['suspended']}, but the run is now suspended "
+        "(workflow_error): builtins.KeyError: 'a bug in the workflow code'; "
+        f"see `squidmesh runs explain {runs['suspended']}`"
+    )
     not_suspended = cli(url, "runs", "resume", runs["done"])
     assert not_suspended.code == 4 and "not suspended" in one_error_line(not_suspended)
 
@@ -358,8 +390,10 @@ def test_replay_fork_resume_send_event(url: str, runs: dict[str, str]) -> None:
 def test_errors_are_one_line_with_exit_codes(url: str, runs: dict[str, str]) -> None:
     missing = cli(url, "runs", "show", "00000000-0000-0000-0000-000000000000")
     assert missing.code == 3 and missing.out == ""
+    database = url.replace("postgresql+psycopg://", "postgresql://")
     assert one_error_line(missing) == (
-        "squidmesh: error: run 00000000-0000-0000-0000-000000000000 not found"
+        "squidmesh: error: run 00000000-0000-0000-0000-000000000000 not found; the database "
+        f"is {database} (schema squidmesh); `squidmesh runs list` shows its runs"
     )
     not_uuid = cli(url, "runs", "explain", "frodo")
     assert not_uuid.code == 3 and "not found" in one_error_line(not_uuid)
@@ -465,7 +499,11 @@ def test_check_deploy_finds_runs_broken_by_new_code(pg_database_url: str) -> Non
 
     v1 = cli(url, "check-deploy")
     assert v1.code == 0, v1.err
-    assert v1.out.strip() == "2 run(s) in flight replay cleanly: safe to deploy"
+    database = url.replace("postgresql+psycopg://", "postgresql://") + " (schema squidmesh)"
+    assert v1.out.splitlines() == [
+        f"database: {database} (3 run(s) stored, 2 in flight)",
+        "2 run(s) in flight replay cleanly: safe to deploy",
+    ]
     assert "check-deploy: 2 run(s) checked" in v1.err
 
     v2 = cli(url, "check-deploy", "--batch-size", "1", app=APP_V2)
@@ -478,6 +516,7 @@ def test_check_deploy_finds_runs_broken_by_new_code(pg_database_url: str) -> Non
     ]
     report = cli(url, "check-deploy", "--json", app=APP_V2).json()
     assert (report["checked"], report["ok"]) == (2, False)
+    assert report["database"] == {"label": database, "runs": 3, "in_flight": 2}
     problems = {p["run_id"]: p for p in report["problems"]}
     assert problems[council]["kind"] == "nondeterminism"
     assert (problems[council]["workflow"], problems[council]["seq"]) == ("ring_errand", 1)
@@ -527,7 +566,7 @@ def test_worker_runs_jobs_and_drains_on_sigterm(pg_database_url: str) -> None:
         run = mesh.start_run("doomed")
         assert mesh.inspect_run(run.id).status == "pending"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SQUIDMESH_")}
-        env.update(SQUIDMESH_TEST_URL=url, SQUIDMESH_APP=APP)
+        env.update(SQUIDMESH_DATABASE_URL=url, SQUIDMESH_APP=APP)
         worker = subprocess.Popen(
             [sys.executable, "-m", "squidmesh.cli", "worker", "--poll-interval", "0.2"],
             cwd=REPO,
@@ -558,7 +597,20 @@ def test_demo_runs_end_to_end() -> None:
     assert demo.code == 0, demo.err
     assert "approve_run(actor='elrond'" in demo.out
     assert "paused_for_approval" in demo.out
-    assert "the run is completed" in demo.out
-    assert "Frodo crossed Moria on 11 lembas" in demo.out
-    assert "toss_ring" in demo.out  # the history table
+    # the story it tells happens: a retry, then a compensation, then the way home
+    assert "-> run is retrying: waiting_for_retry at cross_moria" in demo.out
+    assert "last_error=ConnectionError: the Watcher in the Water" in demo.out
+    rows = {
+        cells[2]: cells
+        for cells in (line.split() for line in demo.out.splitlines())
+        if len(cells) == 7 and cells[1] == "step"
+    }
+    assert rows["cross_moria"][3:5] == ["failed", "1:failed,2:failed"]
+    assert rows["walk_home"][3:5] == ["completed", "1:completed"]
+    assert "compensation completed: returned 11 lembas" in demo.out
+    assert "the run is completed; result: 'retreated'" in demo.out
+    assert "toss_ring" not in demo.out  # the errand turned back before the end
+    # the closing hint says that drain (or a worker) moves the run on, with the commands
+    assert "squidmesh drain" in demo.out and "squidmesh worker" in demo.out
+    assert "squidmesh migrate" in demo.out
     assert elapsed < 3.0, elapsed

@@ -89,4 +89,26 @@ def test_run_demo_in_process() -> None:
     out = io.StringIO()
     assert demo.run_demo(out) == 0
     text = out.getvalue()
-    assert "paused_for_approval" in text and "the run is completed" in text
+    assert "paused_for_approval" in text and "the run is completed; result: 'retreated'" in text
+    assert demo._TROUBLE == {}  # the injected faults were the demo run's alone
+
+
+def test_the_demo_faults_touch_only_the_run_they_are_for() -> None:
+    clock = demo.VirtualClock()
+    mesh = sm.Mesh(
+        "memory://", workflows=[demo.ring_errand], executor=sm.InlineExecutor(), clock=clock
+    )
+    try:
+        troubled = mesh.start_run(demo.ring_errand, PAYLOAD)
+        calm = mesh.start_run(demo.ring_errand, PAYLOAD)
+        demo._TROUBLE[str(troubled.id)] = [sm.NonRetryable("a Balrog")]
+        clock.advance(5)
+        mesh.drain()
+        for run in (troubled, calm):
+            mesh.unblock_run(run.id, actor="strider")
+            mesh.approve_run(run.id, actor="elrond")
+        assert mesh.inspect_run(troubled.id).result == "retreated"
+        assert mesh.inspect_run(calm.id).result == "Frodo crossed Moria on 11 lembas"
+    finally:
+        demo._TROUBLE.clear()
+        mesh.close()

@@ -33,4 +33,11 @@ def listener() -> Any:
     return {"got": data}
 
 
-WORKFLOWS = [ring_errand, doomed, buggy, listener]
+@sm.workflow
+def risky() -> Any:
+    """Fails right after its approval: its next step raises and has no retries."""
+    yield sm.approval("go_ahead")
+    return (yield fall_over("after the approval"))
+
+
+WORKFLOWS = [ring_errand, doomed, buggy, listener, risky]

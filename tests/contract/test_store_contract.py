@@ -281,6 +281,79 @@ def test_list_runs_newest_first_with_filters(store: Store) -> None:
         assert tx.list_runs(limit=1)[0] == high
 
 
+def test_run_ids_with_prefix_is_an_exact_prefix_match(store: Store) -> None:
+    ids = [
+        "d506e45a-20fa-4e20-bd59-732b7856905b",
+        "d506e45a-2f00-4000-8000-000000000000",
+        "d506e45b-0000-4000-8000-000000000000",
+        "d506e459-ffff-4fff-bfff-ffffffffffff",
+        "d506e45f-0000-4000-8000-000000000000",
+        "d506e460-0000-4000-8000-000000000000",
+        "ffffffff-ffff-4fff-bfff-ffffffffffff",
+    ]
+    add_runs(store, *(run_record(run_id) for run_id in reversed(ids)))
+
+    def find(prefix: str, limit: int = 10) -> list[str]:
+        with store.transaction() as tx:
+            return tx.run_ids_with_prefix(prefix, limit)
+
+    assert find("d506e45a") == ids[:2]  # in id order, neighbours on both sides excluded
+    assert find("d506e45a-2") == ids[:2]
+    assert find("d506e45a-20") == ids[:1]
+    assert find("d506e45a-") == ids[:2]
+    assert find("d506e45f") == [ids[4]]  # "f" carries: the range ends before d506e460
+    assert find("d506e45") == sorted(ids[:5])
+    assert find("ffff") == [ids[6]]  # no upper bound
+    assert find(ids[0]) == [ids[0]]
+    assert find("d506e45", limit=2) == sorted(ids[:5])[:2]
+    assert find("0") == []
+    assert find("d506e45a", limit=0) == []
+
+
+def test_count_runs_by_status(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.count_runs_by_status() == {}
+    add_runs(
+        store,
+        run_record(),
+        run_record(),
+        run_record(status="completed"),
+        run_record(status="paused", workflow="other"),
+    )
+    with store.transaction() as tx:
+        assert tx.count_runs_by_status() == {"pending": 2, "completed": 1, "paused": 1}
+
+
+@pytest.mark.postgres
+def test_run_id_prefix_lookup_is_a_primary_key_range_scan(pg_migrated_url: str) -> None:
+    from squidmesh.storage.sql_queries import prefix_upper_bound, queries_for
+
+    engine = pg_engine(pg_migrated_url)
+    try:
+        store = SqlStore(engine)
+        add_runs(store, *(run_record() for _ in range(200)))
+        query = queries_for("postgresql").run_ids_in_range
+        compiled = query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": False})
+        with store.transaction() as tx:
+            conn = tx.connection
+            conn.exec_driver_sql("ANALYZE squidmesh.squidmesh_runs")
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = (
+                conn.exec_driver_sql(
+                    "EXPLAIN " + str(compiled),
+                    {"low": "d506e45a", "high": prefix_upper_bound("d506e45a"), "n": 10},
+                )
+                .scalars()
+                .all()
+            )
+        text = "\n".join(plan)
+        # Both bounds are index conditions of the primary key: no scan of other rows.
+        assert "Index Only Scan using squidmesh_runs_pkey" in text, text
+        assert "Index Cond: ((id >= 'd506e45a'::text) AND (id < 'd506e45b'::text))" in text, text
+    finally:
+        engine.dispose()
+
+
 # --------------------------------------------------------------------------- history
 
 

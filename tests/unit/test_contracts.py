@@ -106,7 +106,42 @@ def test_invalid_types_map_field_to_expected_type_label() -> None:
     error = _payload_error({"ring_id": "one", "bearer": "Sam", "snacks": "many"}, "errand")
     assert error.invalid_types == {"snacks": "int"}
     assert error.missing_fields == []
-    assert "snacks (expected int)" in str(error)
+    assert "snacks (expected int: Input should be a valid integer" in str(error)
+    assert error.reasons["snacks"].startswith("Input should be a valid integer")
+
+
+class Signup(pydantic.BaseModel):
+    email: str = pydantic.Field(min_length=3)
+    age: int = pydantic.Field(ge=0)
+
+
+@sm.workflow(triggers=[sm.manual("signup", payload=Signup)])
+def signup_flow(payload: Signup):
+    yield sm.log("hi")
+
+
+def test_a_failed_constraint_keeps_pydantic_reason() -> None:
+    # The value has the right type: "expected str" alone would be wrong advice.
+    with pytest.raises(sm.PayloadError) as info:
+        signup_flow.validate_payload({"email": "a", "age": -1}, "signup")
+    error = info.value
+    assert error.invalid_types == {"email": "str", "age": "int"}
+    assert error.reasons == {
+        "email": "String should have at least 3 characters",
+        "age": "Input should be greater than or equal to 0",
+    }
+    assert "email (expected str: String should have at least 3 characters)" in str(error)
+    assert "age (expected int: Input should be greater than or equal to 0)" in str(error)
+
+
+def test_unknown_fields_suggest_the_declared_field_they_resemble() -> None:
+    error = _payload_error({"ringid": "one", "bearer": "Sam", "zebra": 1}, "errand")
+    assert error.unknown_fields == ["ringid", "zebra"]
+    assert error.suggestions == {"ringid": "ring_id"}
+    assert "unknown ringid (did you mean ring_id?), zebra" in str(error)
+    assert error.missing_fields == ["ring_id"]
+    strict = _payload_error({"ring_id": "one", "cuont": 1}, "strict")
+    assert strict.suggestions == {"cuont": "count"}
 
 
 def test_several_problems_are_reported_together() -> None:

@@ -106,6 +106,51 @@ def test_payload_error_attributes_and_message() -> None:
     )
 
 
+def test_payload_error_message_with_reasons_and_suggestions() -> None:
+    error = sm.PayloadError(
+        unknown_fields=["rign_id"],
+        invalid_types={"email": "str"},
+        reasons={"email": "String should have at least 3 characters"},
+        suggestions={"rign_id": "ring_id"},
+    )
+    assert str(error) == (
+        "invalid payload: unknown rign_id (did you mean ring_id?); "
+        "invalid email (expected str: String should have at least 3 characters)"
+    )
+
+
+def test_did_you_mean() -> None:
+    from squidmesh.errors import did_you_mean
+
+    assert did_you_mean("ring_erand", ["doomed", "ring_errand"]) == "ring_errand"
+    assert did_you_mean("RING_ERRAND", ["ring_errand"]) == "ring_errand"
+    assert did_you_mean("frobnicate", ["ring_errand", "doomed"]) is None
+    assert did_you_mean("x", []) is None
+
+
+def test_unknown_workflow_error_carries_names_and_python_advice() -> None:
+    error = sm.UnknownWorkflowError(workflow="ring_erand", registered=["ring_errand", "doomed"])
+    assert (error.workflow, error.registered, error.suggestion) == (
+        "ring_erand",
+        ("doomed", "ring_errand"),
+        "ring_errand",
+    )
+    assert str(error) == (
+        "workflow 'ring_erand' is not registered with this Mesh (registered: doomed, "
+        "ring_errand); did you mean 'ring_errand'? If not, pass it in Mesh(workflows=[...])"
+    )
+    bare = sm.UnknownWorkflowError(workflow="x")
+    assert "(registered: none); pass it in Mesh(workflows=[...])" in str(bare)
+
+
+def test_unknown_trigger_error_suggests_a_trigger() -> None:
+    error = sm.UnknownTriggerError(workflow="w", trigger="nightli", known=["manual", "nightly"])
+    assert error.suggestion == "nightly"
+    assert str(error) == (
+        "workflow w has no trigger 'nightli' (known: manual, nightly); did you mean 'nightly'?"
+    )
+
+
 def test_payload_error_defaults_to_empty_collections() -> None:
     error = sm.PayloadError("bad payload")
     assert str(error) == "bad payload"
