@@ -35,10 +35,12 @@ from squidmesh.storage.base import (
     Store,
     WriteBatch,
     iter_chunks,
+    run_id_prefix_range,
     write_batch,
 )
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
+    ALL_STATUSES,
     CHUNK,
     attempt_params,
     audit_params,
@@ -277,6 +279,53 @@ class SqlTransaction:
             "limit": max(limit, 0),
         }
         return [run_from_row(row) for row in self.connection.execute(query, params)]
+
+    @translated("search runs")
+    def search_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+        id_prefix: str | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+        before_id: str | None = None,
+    ) -> list[RunRecord]:
+        params: dict[str, Any] = {
+            "status": status,
+            "workflow": workflow,
+            "trigger": trigger,
+            "idempotency_key": idempotency_key,
+            "before": before,
+            "before_id": before_id,
+            "limit": max(limit, 0),
+        }
+        given = {name for name, value in params.items() if value is not None}
+        if id_prefix is not None:
+            given.add("id_prefix")
+            params["id_low"], params["id_high"] = run_id_prefix_range(id_prefix)
+            params["id_like"] = id_prefix + "%"
+        if step is not None:
+            given.add("step")
+            params["step"], params["step_json"] = step, [step]
+        cursor = "keyset" if before is not None and before_id is not None else bool(before)
+        filters = frozenset(given - {"before", "before_id", "limit"})
+        query = self._q.search_runs(filters, cursor)
+        return [run_from_row(row) for row in self.connection.execute(query, params)]
+
+    @translated("count runs")
+    def count_runs(
+        self, *, workflow: str | None = None, limit: int | None = None
+    ) -> dict[str, int]:
+        counts = dict.fromkeys(ALL_STATUSES, 0)
+        query = self._q.count_runs(workflow is not None, limit is not None)
+        params = {"workflow": workflow, "cap": None if limit is None else max(limit, 0)}
+        for status, n in self.connection.execute(query, params):
+            counts[status] = int(n)
+        return counts
 
     # history ---------------------------------------------------------------
     @translated("load the history")

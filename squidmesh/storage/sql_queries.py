@@ -19,6 +19,7 @@ from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import RunRecord
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["Queries", "queries_for"]
 
@@ -28,6 +29,9 @@ _ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
 _ENTRY_COLUMNS = tuple("ord" if name == "order" else name for name in _ENTRY_FIELDS)
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
 _AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
+
+ALL_STATUSES = tuple(s.value for s in RunStatus)
+UNFINISHED = tuple(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
 
 # SQLite's default cap on bound variables is 999 in old builds; stay well below it.
 CHUNK = 500
@@ -279,6 +283,57 @@ class Queries:
         elif before:
             query = query.where(runs.c.created_at < b("before", type_=t.UtcDateTime()))
         return query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(b("limit"))
+
+    @functools.cache  # noqa: B019 - one Queries per dialect, kept forever
+    def search_runs(self, filters: frozenset[str], before: bool | str) -> sa.Select[Any]:
+        """The search_runs query for one set of filters (built once each).
+
+        ``filters`` names the filters given: status, workflow, trigger, idempotency_key
+        (equality), id_prefix (a range on the primary key, then the exact LIKE) and step.
+        """
+        runs, b = t.runs, sa.bindparam
+        query = self.list_runs("status" in filters, "workflow" in filters, before)
+        if "trigger" in filters:
+            query = query.where(runs.c.trigger == b("trigger"))
+        if "idempotency_key" in filters:
+            query = query.where(runs.c.idempotency_key == b("idempotency_key"))
+        if "id_prefix" in filters:
+            # The range is what the primary key's index serves; LIKE keeps the answer
+            # exact whatever the column's collation (the prefix is plain hex and dashes).
+            query = query.where(
+                runs.c.id >= b("id_low"), runs.c.id < b("id_high"), runs.c.id.like(b("id_like"))
+            )
+        if "step" in filters:
+            # Only unfinished runs are at a step: the status index narrows the scan to them.
+            query = query.where(runs.c.status.in_(UNFINISHED), self._at_step())
+        return query
+
+    def _at_step(self) -> sa.ColumnElement[bool]:
+        runs, b = t.runs, sa.bindparam
+        if self.dialect == "postgresql":
+            # The column is json (values kept as written); jsonb has the containment test.
+            steps = sa.cast(runs.c.current_steps, postgresql.JSONB)
+            return steps.contains(b("step_json", type_=postgresql.JSONB))
+        names = sa.func.json_each(runs.c.current_steps).table_valued("value")
+        return sa.exists(sa.select(1).select_from(names).where(names.c.value == b("step")))
+
+    @functools.cache  # noqa: B019 - one Queries per dialect, kept forever
+    def count_runs(self, workflow: bool, capped: bool) -> sa.Executable:
+        """Rows of (status, count). Capped: one bounded index range per status, so the
+        cost stays the same however many runs are stored; else one grouped count."""
+        runs, b = t.runs, sa.bindparam
+        if not capped:
+            query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
+            return query.where(runs.c.workflow == b("workflow")) if workflow else query
+        parts = []
+        for status in ALL_STATUSES:
+            inner = sa.select(sa.literal(1)).where(runs.c.status == status)
+            if workflow:
+                inner = inner.where(runs.c.workflow == b("workflow"))
+            bounded = inner.limit(b("cap")).subquery()
+            count = sa.select(sa.func.count()).select_from(bounded).scalar_subquery()
+            parts.append(sa.select(sa.literal(status).label("status"), count.label("n")))
+        return sa.union_all(*parts)
 
 
 _QUERIES: dict[str, Queries] = {}
