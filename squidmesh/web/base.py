@@ -166,6 +166,8 @@ class Console:
             "js": self.asset(request, "console.js"),
             "icon": self.asset(request, "favicon.svg"),
             "poll_ms": self.poll_ms,
+            "live_url": "",
+            "nav": "",
         }
 
     def render(self, template: str, **values: Any) -> str:
@@ -210,4 +212,5 @@ def region_hash(html: str) -> str:
 
 
 def version_of(updated_at: datetime, status: str) -> str:
-    return f"{updated_at.isoformat()}|{status}"
+    """A short, URL-safe token that changes whenever the run changes."""
+    return hashlib.sha256(f"{updated_at.isoformat()}|{status}".encode()).hexdigest()[:16]

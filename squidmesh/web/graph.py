@@ -283,13 +283,21 @@ def layout(graph: StepGraph, states: dict[str, str]) -> Drawing:
     swings = 0
     for edge in graph.edges:
         s, t = outer(edge.source), outer(edge.target)
-        if s not in boxes or t not in boxes or s == t:
+        if s not in boxes or t not in boxes:
             continue
         a, b = boxes[s], boxes[t]
         label = edge.label or ""
         title = edge.kind + (f" if {edge.condition} is {label}" if edge.condition else "")
         if edge.kind == "error":
             title = f"error: except {label}" if label else "error"
+        if s == t:  # a loop over one node: a small ring on its right side
+            x, y1, y2 = a.x + a.w, a.y + a.h * 0.3, a.y + a.h * 0.7
+            d = (
+                f"M{x:.1f},{y1:.1f} C{x + 30:.1f},{y1 - 12:.1f} "
+                f"{x + 30:.1f},{y2 + 12:.1f} {x:.1f},{y2:.1f}"
+            )
+            lines.append(Line(edge.kind, d, label, x + 26, (y1 + y2) / 2, scrub(title)))
+            continue
         if b.y > a.y:
             d, mx, my = _curve(a.x + a.w / 2, a.y + a.h, b.x + b.w / 2, b.y)
         else:  # back up the graph: swing out to the right
@@ -300,5 +308,5 @@ def layout(graph: StepGraph, states: dict[str, str]) -> Drawing:
             d = f"M{x1:.1f},{y1:.1f} C{out:.1f},{y1:.1f} {out:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
             mx, my = out - 8, (y1 + y2) / 2
         lines.append(Line(edge.kind, d, label, mx, my, scrub(title)))
-    width = right + MARGIN + LOOP_SWING * swings
+    width = right + MARGIN + LOOP_SWING * max(swings, 1)
     return Drawing(width, max(y - GAP_Y + MARGIN, 2 * MARGIN), list(boxes.values()), lines)

@@ -138,16 +138,17 @@ def runs_regions(
     counts = console.mesh.count_runs(workflow=query.workflow, limit=console.count_limit + 1)
     limit = console.count_limit
     shown = {
-        status.value: (f"{limit:,}+" if n > limit else f"{n:,}") for status, n in counts.items()
+        str(status): (f"{limit:,}+" if n > limit else f"{n:,}") for status, n in counts.items()
     }
-    total = sum(counts.values())
+    # "N+" means more than N: a capped status adds "more than the limit" to the total.
+    total = sum(min(n, limit) for n in counts.values())
     capped = any(n > limit for n in counts.values())
     values = {
         **ctx,
         "query": query,
         "runs": runs,
         "counts": shown,
-        "raw_counts": {s.value: n for s, n in counts.items()},
+        "raw_counts": {str(s): n for s, n in counts.items()},
         "total": f"{total:,}" + ("+" if capped else ""),
         "next_link": query.link(before=str(runs[-1].id)) if more and runs else None,
         "first_link": query.link(before=None) if query.before else None,
@@ -371,7 +372,7 @@ def _trigger_facts(workflow: WorkflowDefinition) -> list[dict[str, Any]]:
 def _counts(console: Console, workflow: str) -> dict[str, str]:
     limit = console.count_limit
     counts = console.mesh.count_runs(workflow=workflow, limit=limit + 1)
-    return {s.value: (f"{limit:,}+" if n > limit else f"{n:,}") for s, n in counts.items()}
+    return {str(s): (f"{limit:,}+" if n > limit else f"{n:,}") for s, n in counts.items()}
 
 
 async def workflows_page(console: Console, request: Request) -> Response:

@@ -408,7 +408,9 @@ def test_count_runs_by_status(store: Store) -> None:
 def test_run_id_prefix_is_canonical() -> None:
     assert run_id_prefix("1A2B3C4D5E") == "1a2b3c4d-5e"
     assert run_id_prefix(" 1a2b-3c4d5e ") == "1a2b3c4d-5e"
-    assert run_id_prefix("1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d") == "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
+    assert (
+        run_id_prefix("1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d") == "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
+    )
     whole = str(uuid.uuid4())
     assert run_id_prefix(whole) == whole
     assert run_id_prefix("12345678") == "12345678"
