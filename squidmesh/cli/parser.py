@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any, NoReturn
 
+from squidmesh.cli import ui
 from squidmesh.cli.app import DEFAULT_URL, EXIT_USAGE
 from squidmesh.types import RunStatus
 
@@ -242,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--batch-size", type=_positive_int, default=500, metavar="N")
 
+    ui.add_parser(commands)
+
     commands.add_parser(
-        "demo", help="run the Ring Errand end to end on a throwaway SQLite database"
+        "demo", help="run the Ring Errand end to end, keeping the run for `squidmesh ui`"
     )
     return parser
