@@ -329,9 +329,9 @@ class Mesh(OperatorActions):
     ) -> dict[str, int]:
         """How many runs have each status (every status, zero included, keyed by
         ``RunStatus`` in its order), optionally of one workflow. With ``limit``, each
-        count stops there: ``count_runs(limit=10_001)`` reads at most 10,001 index
-        entries per status however many runs are stored, and a count of 10,001 then
-        means "more than 10,000"."""
+        count stops there: ``count_runs(limit=1_001)`` reads at most 1,001 index
+        entries per status however many runs are stored, and a count of 1,001 then
+        means "more than 1,000"."""
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1

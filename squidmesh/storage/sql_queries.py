@@ -305,7 +305,8 @@ class Queries:
             )
         if "step" in filters:
             # Only unfinished runs are at a step: the status index narrows the scan to them.
-            query = query.where(runs.c.status.in_(UNFINISHED), self._at_step())
+            unfinished = [_constant(status) for status in UNFINISHED]
+            query = query.where(runs.c.status.in_(unfinished), self._at_step())
         return query
 
     def _at_step(self) -> sa.ColumnElement[bool]:
@@ -327,13 +328,21 @@ class Queries:
             return query.where(runs.c.workflow == b("workflow")) if workflow else query
         parts = []
         for status in ALL_STATUSES:
-            inner = sa.select(sa.literal(1)).where(runs.c.status == status)
+            # The status is written into the SQL, not bound: a prepared statement's generic
+            # plan would otherwise pick one access path for common and rare statuses alike.
+            inner = sa.select(sa.literal(1)).where(runs.c.status == _constant(status))
             if workflow:
                 inner = inner.where(runs.c.workflow == b("workflow"))
             bounded = inner.limit(b("cap")).subquery()
             count = sa.select(sa.func.count()).select_from(bounded).scalar_subquery()
-            parts.append(sa.select(sa.literal(status).label("status"), count.label("n")))
+            parts.append(sa.select(_constant(status).label("status"), count.label("n")))
         return sa.union_all(*parts)
+
+
+def _constant(status: str) -> sa.ColumnElement[str]:
+    """A run status as an SQL string literal (statuses are fixed identifiers)."""
+    assert status in ALL_STATUSES
+    return sa.literal_column(f"'{status}'", sa.Text)
 
 
 _QUERIES: dict[str, Queries] = {}

@@ -28,7 +28,7 @@ def console(
     read_only: bool = False,
     title: str = "squidmesh",
     poll_seconds: float = 2.0,
-    count_limit: int = 10_000,
+    count_limit: int = 1_000,
 ) -> Starlette:
     """The operator console of ``mesh``, an ASGI application to mount under any path.
 
@@ -36,7 +36,7 @@ def console(
     names the person acting, from the host's own authentication; it is recorded on
     every action. When it returns None, or with ``read_only=True``, no action is offered
     and every action is refused with 403. ``poll_seconds`` is how often an open page
-    asks for changes; ``count_limit`` caps each status count (shown as "10,000+"), so
+    asks for changes; ``count_limit`` caps each status count (shown as "1,000+"), so
     counting stays cheap however many runs are stored.
     """
     state = Console(
