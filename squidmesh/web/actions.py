@@ -98,15 +98,17 @@ async def _guard(console: Console, request: Request) -> tuple[str, Any]:
     return who, form
 
 
-def _refusal_response(console: Console, request: Request, message: str, status: int) -> Response:
+async def _refusal_response(
+    console: Console, request: Request, message: str, status: int
+) -> Response:
     if _wants_json(request):
         return JSONResponse({"ok": False, "message": message}, status_code=status)
     token, new = security.csrf_token(request)
     values = {
-        **console.context(request, None, token),
+        **console.context(request, await console.who(request), token),
+        "read_only_reason": "",  # the page says why itself
         "nav": "runs",
         "message": message,
-        "live_url": "",
     }
     return console.page(
         request, "refused.html", values, token=token, new_token=new, status_code=status
@@ -183,7 +185,7 @@ async def run_action(console: Console, request: Request) -> Response:
     try:
         who, form = await _guard(console, request)
     except Refused as refused:
-        return _refusal_response(console, request, refused.message, refused.status)
+        return await _refusal_response(console, request, refused.message, refused.status)
     base = console.base(request)
 
     def act() -> Response:
@@ -214,7 +216,7 @@ def _error(
     try:
         version, regions, run = pages.run_regions(console, request, run_id, ctx)
     except RunNotFoundError:
-        values = {**ctx, "nav": "runs", "message": message, "live_url": ""}
+        values = {**ctx, "nav": "runs", "message": message}
         return console.page(
             request, "refused.html", values, token=token, new_token=new, status_code=status
         )
@@ -261,11 +263,11 @@ async def start_run(console: Console, request: Request) -> Response:
     try:
         who, form = await _guard(console, request)
     except Refused as refused:
-        return _refusal_response(console, request, refused.message, refused.status)
+        return await _refusal_response(console, request, refused.message, refused.status)
     base = console.base(request)
     workflow = console.mesh.workflows.get(name)
     if workflow is None:
-        return _refusal_response(
+        return await _refusal_response(
             console, request, f"This console's Mesh has no workflow {name!r}.", 404
         )
     found = workflow

@@ -226,6 +226,19 @@ def _fork_choices(run: Run) -> list[tuple[int, str]]:
     return choices
 
 
+#: A run page shows at most this many history entries (the latest ones).
+HISTORY_LIMIT = 500
+
+
+def _shown_entries(run: Run) -> dict[str, Any]:
+    steps = run.step_runs or ()
+    return {
+        "items": steps[-HISTORY_LIMIT:],
+        "total": len(steps),
+        "hidden": max(0, len(steps) - HISTORY_LIMIT),
+    }
+
+
 def _lineage(run: Run) -> list[tuple[str, str]]:
     """(label, run id) of the runs this one came from and the runs made from it."""
     links: list[tuple[str, str]] = []
@@ -281,6 +294,7 @@ def run_regions(
         "drawing": drawing,
         "workflow_known": workflow is not None,
         "published": getattr(run, "published", None),
+        "entries": _shown_entries(run),
         "run_url": f"{ctx['base']}/runs/{run.id}",
     }
     regions = {

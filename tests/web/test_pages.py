@@ -7,6 +7,7 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -319,3 +320,16 @@ def test_static_assets_are_served_from_the_package(env: Console) -> None:
     assert client.get("/static/console.css").headers["content-type"].startswith("text/css")
     assert client.get("/static/../base.py").status_code == 404
     assert client.get("/static/nothing.js").status_code == 404
+
+
+def test_long_histories_show_their_latest_entries(
+    env: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from squidmesh.web import pages
+
+    run = env.mesh.start_run(flows.review, {"item": "rope"})
+    env.mesh.unblock_run(run.id)
+    monkeypatch.setattr(pages, "HISTORY_LIMIT", 2)
+    page = env.client().get(f"/runs/{run.id}").text
+    assert [a["data-seq"] for a in Hooks(page).with_attr("data-seq")] == ["1", "2"]
+    assert "The latest 2 of 3 entries" in page and f"squidmesh runs history {run.id}" in page
