@@ -233,7 +233,7 @@ HISTORY_LIMIT = 500
 def _shown_entries(run: Run) -> dict[str, Any]:
     steps = run.step_runs or ()
     return {
-        "items": steps[-HISTORY_LIMIT:],
+        "shown": steps[-HISTORY_LIMIT:],
         "total": len(steps),
         "hidden": max(0, len(steps) - HISTORY_LIMIT),
     }
