@@ -75,6 +75,12 @@ def cmd_ui(ctx: Context) -> int:
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
     ctx.progress(f"operator console at http://{host}:{args.port}/ ({mode}); Ctrl-C stops it")
+    if actor and not args.read_only and args.host not in ("127.0.0.1", "localhost", "::1"):
+        ctx.progress(
+            f"warning: {args.host} is reachable from other machines and `squidmesh ui` has "
+            f"no login: anyone who reaches it acts as {actor}. Mount the console behind "
+            "your application's authentication instead (docs/console.md)"
+        )
     if not mesh.workflows:
         ctx.progress(
             "no --app: runs are shown, but no workflow is registered here (no graphs, "
