@@ -1,7 +1,8 @@
-"""``squidmesh demo``: the Ring Errand, end to end, on a throwaway SQLite database.
+"""``squidmesh demo``: the Ring Errand, end to end, on SQLite.
 
-Also runnable as ``python -m squidmesh.demo``. Everything happens in this process: a
-SQLite file in a temporary directory (deleted afterwards), ``InlineExecutor`` (jobs run
+Also runnable as ``python -m squidmesh.demo``. Everything happens in this process: the
+CLI's database (``./squidmesh.db`` by default, kept so ``squidmesh ui`` shows the run;
+``python -m squidmesh.demo`` uses a temporary file), ``InlineExecutor`` (jobs run
 right after each commit) and a virtual clock the demo moves by hand, so the 5-second
 sleep and the retry's backoff take no time.
 
@@ -228,19 +229,22 @@ def _short(value: Any) -> Any:
     return value
 
 
-def run_demo(out: TextIO | None = None) -> int:
-    """Run the narrated demo, writing to ``out`` (stdout); returns the exit code (0)."""
+def run_demo(out: TextIO | None = None, database: str | None = None) -> int:
+    """Run the narrated demo, writing to ``out`` (stdout); returns the exit code (0).
+
+    ``database`` (a URL; ``squidmesh demo`` passes the CLI's, ``sqlite:///squidmesh.db``
+    by default) keeps the run there for ``squidmesh ui``; without it a throwaway file."""
     say = _Narrator(out or sys.stdout)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="squidmesh-demo-") as tmp:
-        db = Path(tmp) / "demo.db"
+        url = database or f"sqlite:///{Path(tmp) / 'demo.db'}"
         clock = VirtualClock()
         say.say("squidmesh demo: the Ring Errand, end to end")
-        say.block(f"database: sqlite:///{db} (a throwaway file, deleted at the end)")
+        say.block(f"database: {_kept(database) if database else url + ' (deleted at the end)'}")
         say.block("executor: InlineExecutor (each job runs in this process after its commit)")
         say.block(f"clock:    virtual, starting at {T0.isoformat()} (moved by hand)")
         with Mesh(
-            f"sqlite:///{db}", workflows=[ring_errand], executor=InlineExecutor(), clock=clock
+            url, workflows=[ring_errand], executor=InlineExecutor(), clock=clock, auto_migrate=True
         ) as mesh:
             payload = {"ring_id": "one-ring", "started_on": T0.date().isoformat()}
             say.chapter(f"start_run('ring_errand', {payload})")
@@ -291,6 +295,8 @@ def run_demo(out: TextIO | None = None) -> int:
             say.block(explanation_text(str(run.id), mesh.explain_run(run.id)))
             _TROUBLE.pop(str(run.id), None)
     say.say()
+    if database:
+        say.say(f"See it in the operator console: {_ui_command(database)}")
     say.say(
         f"done in {time.perf_counter() - began:.2f} s: a retry, a compensation, and the "
         "errand walked home."
@@ -315,6 +321,20 @@ itself). Then the errand waits for you:
   squidmesh runs show RUN_ID
 
 (RUN_ID: the id `runs start` printed; its first 8 characters are enough.)"""
+
+
+def _kept(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return f"{make_url(url).render_as_string(hide_password=True)} (kept: `squidmesh ui` shows it)"
+
+
+def _ui_command(url: str) -> str:
+    where = "" if url == "sqlite:///squidmesh.db" else f" --database-url '{_kept(url).split()[0]}'"
+    return (
+        f"`squidmesh{where} ui`, or `squidmesh --app squidmesh.demo:app{where} ui` to see "
+        "its step graph too (pip install 'squidmesh[web]')"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.presence import Presence
 from squidmesh.runtime.views import Explanation, Run, build_run
 from squidmesh.runtime.worker import Worker
-from squidmesh.storage.base import Store
+from squidmesh.storage.base import Store, run_id_prefix
 from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
@@ -189,8 +189,11 @@ class Mesh(OperatorActions):
         trigger: str | None = None,
         idempotency_key: str | None = None,
         schedule: dict[str, Any] | None = None,
+        actor: str | None = None,
     ) -> Run:
-        """Validate, persist and dispatch a new run (or return the run with this key)."""
+        """Validate, persist and dispatch a new run (or return the run with this key).
+
+        ``actor`` (who started it) is recorded on the ``run_started`` audit event."""
         wf = self._workflow(workflow)
         trig = wf.trigger(trigger)
         stored = self._sized_payload(wf, payload, trig.name)
@@ -203,7 +206,12 @@ class Mesh(OperatorActions):
         self._ready()
         try:
             created = self._create_run(
-                wf.name, trig.name, stored, idempotency_key=idempotency_key, schedule=schedule
+                wf.name,
+                trig.name,
+                stored,
+                idempotency_key=idempotency_key,
+                schedule=schedule,
+                actor=actor,
             )
         except StorageError:
             if idempotency_key is None:
@@ -256,8 +264,16 @@ class Mesh(OperatorActions):
         workflow: str | WorkflowDefinition | None = None,
         limit: int = 50,
         before: datetime | Run | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+        id_prefix: str | None = None,
     ) -> list[Run]:
-        """Runs newest first, optionally filtered by status and workflow."""
+        """Runs newest first, filtered by every filter given.
+
+        ``step`` matches a step an unfinished run is at now (``current_steps``);
+        ``id_prefix`` the beginning of the run id, dashes optional (``"1a2b3c4d"``).
+        """
         if status is not None:
             try:
                 status = RunStatus(status).value
@@ -277,16 +293,65 @@ class Mesh(OperatorActions):
             raise InvalidArgumentError(
                 f"list_runs(before=...) takes a datetime or a Run, got {shown(before)}"
             )
+        for label, value in (
+            ("trigger", trigger),
+            ("step", step),
+            ("idempotency_key", idempotency_key),
+            ("id_prefix", id_prefix),
+        ):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidArgumentError(
+                    f"list_runs {label}= must be a non-empty string, got {shown(value)}"
+                )
+        prefix = run_id_prefix(id_prefix) if id_prefix is not None else None
+        if id_prefix is not None and prefix is None:
+            return []  # not hex digits (and dashes): no run id starts with it
         # A Run is a keyset cursor (created_at, id): runs created in the same instant as
         # the cursor are not skipped. A bare datetime keeps runs created before it.
         cursor = before.created_at if isinstance(before, Run) else before
         cursor_id = str(before.id) if isinstance(before, Run) else None
         self._ready()
         with self.store.transaction() as tx:
-            records = tx.list_runs(
-                status=status, workflow=name, limit=limit, before=cursor, before_id=cursor_id
-            )
+            if trigger is None and step is None and idempotency_key is None and prefix is None:
+                records = tx.list_runs(
+                    status=status, workflow=name, limit=limit, before=cursor, before_id=cursor_id
+                )
+            else:
+                records = tx.search_runs(
+                    status=status,
+                    workflow=name,
+                    trigger=trigger,
+                    step=step,
+                    idempotency_key=idempotency_key,
+                    id_prefix=prefix,
+                    limit=limit,
+                    before=cursor,
+                    before_id=cursor_id,
+                )
         return [build_run(r) for r in records]
+
+    def count_runs(
+        self,
+        *,
+        workflow: str | WorkflowDefinition | None = None,
+        limit: int | None = None,
+    ) -> dict[str, int]:
+        """How many runs have each status (every status, zero included, keyed by
+        ``RunStatus`` in its order), optionally of one workflow. With ``limit``, each
+        count stops there: ``count_runs(limit=1_001)`` reads at most 1,001 index
+        entries per status however many runs are stored, and a count of 1,001 then
+        means "more than 1,000"."""
+        name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise InvalidArgumentError(
+                f"count_runs limit must be a positive integer or None, got {shown(limit)}"
+            )
+        self._ready()
+        with self.store.transaction() as tx:
+            counts = tx.count_runs(workflow=name, limit=limit)
+        return {status: counts.get(status.value, 0) for status in RunStatus}
 
     def export_history(self, run_id: Any) -> dict[str, Any]:
         """The run's history as JSON, for ``squidmesh.testing.replay``."""

@@ -96,6 +96,7 @@ class OperatorActions:
         source_audit: tuple[str, str] | None = None,
         cron_tick: datetime | None = None,
         run_id: str | None = None,
+        actor: str | None = None,
     ) -> Run:
         with self._engine.change() as ch:
             if idempotency_key is not None:
@@ -120,11 +121,11 @@ class OperatorActions:
                 ch.tx.add_cron_tick(workflow, trigger, cron_tick, run.id)
             if prefix:
                 ch.tx.insert_entries(run.id, prefix)
-            ch.audit(run.id, "run_started", metadata={"trigger": trigger})
+            ch.audit(run.id, "run_started", actor=actor, metadata={"trigger": trigger})
             if source_audit is not None:
                 kind, source = source_audit
-                ch.audit(run.id, kind, metadata={"source_run_id": source})
-                ch.audit(source, kind, metadata={"new_run_id": run.id})
+                ch.audit(run.id, kind, actor=actor, metadata={"source_run_id": source})
+                ch.audit(source, kind, actor=actor, metadata={"new_run_id": run.id})
             ch.jobs.append(Job("activate", run.id, run_at=ch.now))
         return self._fresh(build_run(run))
 
@@ -258,7 +259,9 @@ class OperatorActions:
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
-    def send_event(self, run_id: Any, name: str, data: Any = None) -> Run:
+    def send_event(
+        self, run_id: Any, name: str, data: Any = None, *, actor: str | None = None
+    ) -> Run:
         """Deliver an event to ``wait_for_event(name)``; buffered if the run is not waiting yet."""
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("send_event needs a non-empty event name")
@@ -279,13 +282,15 @@ class OperatorActions:
                 entry = state.deliver_event(live.history, name, data, ch.now)
             if entry is None:
                 ch.tx.add_event(run.id, name, data, ch.now)
-                ch.audit(run.id, "event_received", step=name, metadata={"buffered": True})
+                ch.audit(
+                    run.id, "event_received", step=name, actor=actor, metadata={"buffered": True}
+                )
                 ch.runs.pop(run.id)  # nothing about the run itself changed
                 ch.lives.pop(run.id, None)
             else:
                 assert live is not None
                 ch.touched(run.id, entry)
-                ch.audit(run.id, "event_received", step=name)
+                ch.audit(run.id, "event_received", step=name, actor=actor)
                 self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
@@ -327,7 +332,7 @@ class OperatorActions:
                 self._engine.finish_cancel(ch, run, live)
         return self._fresh(build_run(run))
 
-    def resume_run(self, run_id: Any) -> Run:
+    def resume_run(self, run_id: Any, *, actor: str | None = None) -> Run:
         """Re-activate a suspended run (after the workflow code was fixed)."""
         self._ready()
         with self._engine.change() as ch:
@@ -339,7 +344,7 @@ class OperatorActions:
                     action="resume_run",
                 )
             self._engine.evict(run.id)
-            ch.audit(run.id, "resumed")
+            ch.audit(run.id, "resumed", actor=actor)
             run.status = RunStatus.RUNNING.value
             run.error = None
             run.reason = None
@@ -355,7 +360,9 @@ class OperatorActions:
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
-    def replay_run(self, run_id: Any, *, allow_irreversible: bool = False) -> Run:
+    def replay_run(
+        self, run_id: Any, *, allow_irreversible: bool = False, actor: str | None = None
+    ) -> Run:
         """Start a new run of the same workflow, trigger and stored payload."""
         with self._reading(run_id) as (tx, source):
             entries = tx.load_entries(source.id)
@@ -376,9 +383,10 @@ class OperatorActions:
             schedule=source.schedule,
             replayed_from=source.id,
             source_audit=("replayed", source.id),
+            actor=actor,
         )
 
-    def fork_run(self, run_id: Any, *, at_seq: int) -> Run:
+    def fork_run(self, run_id: Any, *, at_seq: int, actor: str | None = None) -> Run:
         """A new run that reuses the source's recorded results before ``at_seq``."""
         with self._reading(run_id) as (tx, source):
             entries = tx.load_entries(source.id)
@@ -410,6 +418,7 @@ class OperatorActions:
             forked_from=source.id,
             prefix=prefix,
             source_audit=("forked", source.id),
+            actor=actor,
         )
 
     # ------------------------------------------------------------------ retention

@@ -216,7 +216,7 @@ def test_command_blocks_run_or_are_marked(
     if any("$DATABASE_URL" in c.text for b in runnable for c in b.commands):
         env["DATABASE_URL"] = postgres.sqlalchemy_url(request.getfixturevalue("pg_database_url"))
     if not runnable:
-        pytest.skip(f"{doc_id(doc)}: every command block is marked not run")
+        return  # every block says why it is not run (checked above): nothing to run
     assert run_transcript(runnable, tmp_path, env) == sum(len(b.commands) for b in runnable)
 
 

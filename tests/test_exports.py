@@ -107,3 +107,35 @@ def test_testing_api_is_pinned() -> None:
     assert sorted(squidmesh.testing.__all__) == sorted(TESTING_API)
     missing = [name for name in squidmesh.testing.__all__ if not hasattr(squidmesh.testing, name)]
     assert missing == []
+
+
+# The public methods of ``sm.Mesh`` (SPEC section 4, plus count_runs for the console).
+MESH_METHODS = [
+    "approve_run",
+    "cancel_run",
+    "close",
+    "count_runs",
+    "drain",
+    "explain_run",
+    "export_history",
+    "fire_cron",
+    "fork_run",
+    "inspect_run",
+    "list_runs",
+    "migrate",
+    "perform",
+    "prune",
+    "register",
+    "reject_run",
+    "replay_run",
+    "resume_run",
+    "send_event",
+    "start_run",
+    "unblock_run",
+    "worker",
+]
+
+
+def test_mesh_methods_are_pinned() -> None:
+    public = sorted(name for name in dir(squidmesh.Mesh) if not name.startswith("_"))
+    assert public == sorted(MESH_METHODS)

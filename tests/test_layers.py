@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "squidmesh.testing",
         "squidmesh.__main__",
         "squidmesh.demo",
+        "squidmesh.web",
     ),
 )
 PURE_LAYERS = frozenset({0, 1})

@@ -12,6 +12,10 @@ workflows 404, actions the run's state does not allow 409, invalid payloads and 
 422 (with the ``PayloadError`` fields). The endpoints are plain ``def`` functions because
 squidmesh's API is blocking: FastAPI runs them in its thread pool.
 
+With ``operators={"name": "password", ...}`` the operator console
+(``squidmesh.web.console``) is mounted at ``/ops/`` behind the app's own (demo) HTTP Basic
+authentication; the signed-in name is the actor recorded on every action.
+
 The steps themselves run in a worker thread that the app's lifespan starts
 (``mesh.worker()``) and stops on shutdown (``mesh.close()`` drains it). Workers in other
 processes (``squidmesh --app ... worker``) can share the same database.
@@ -19,8 +23,11 @@ processes (``squidmesh --app ... worker``) can share the same database.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -85,19 +92,38 @@ def _error_body(exc: sm.SquidmeshError) -> dict[str, Any]:
     return body
 
 
+def basic_user(request: Request, operators: Mapping[str, str]) -> str | None:
+    """The operator named by the request's HTTP Basic credentials, if they are right.
+
+    A demo: a real host asks its own login (sessions, SSO, a proxy) instead."""
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        name, _, password = base64.b64decode(encoded).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    expected = operators.get(name)
+    if expected is None or not hmac.compare_digest(password.encode(), expected.encode()):
+        return None
+    return name
+
+
 def create_app(
     database_url: str,
     *,
     migrate: bool = True,
     worker: bool = True,
     worker_options: dict[str, Any] | None = None,
+    operators: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving the Ring Errand and the order saga from ``database_url``.
 
     ``migrate`` runs ``mesh.migrate()`` at startup (idempotent and safe with several
     replicas; larger deployments run ``squidmesh migrate`` as a deploy step instead).
     ``worker`` starts a worker thread for the app's lifetime, with ``worker_options``
-    passed to ``mesh.worker()``.
+    passed to ``mesh.worker()``. ``operators`` (name -> password) mounts the operator
+    console at ``/ops/`` for them.
     """
     mesh = build_mesh(database_url)
 
@@ -156,6 +182,24 @@ def create_app(
         body = body or Unblock()
         run = mesh.unblock_run(run_id, actor=body.actor, comment=body.comment, data=body.data)
         return jsonable_encoder(run)
+
+    if operators:
+        from squidmesh.web import console
+
+        staff = dict(operators)
+
+        @app.middleware("http")
+        async def operators_only(request: Request, call_next: Any) -> Any:
+            # Mounted apps do not run FastAPI dependencies: guard the mount here.
+            if request.url.path.startswith("/ops") and basic_user(request, staff) is None:
+                return JSONResponse(
+                    {"error": "sign in as an operator"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="squidmesh operators"'},
+                )
+            return await call_next(request)
+
+        app.mount("/ops", console(mesh, actor=lambda request: basic_user(request, staff)))
 
     return app
 

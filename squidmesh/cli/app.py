@@ -37,6 +37,7 @@ from squidmesh.cli.render import dumps
 from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.mesh import Mesh
 from squidmesh.storage import DEFAULT_URL
+from squidmesh.storage.base import run_id_prefix
 
 __all__ = [
     "DEFAULT_URL",
@@ -283,26 +284,13 @@ class Context:
         return run_id
 
 
-def _canonical_prefix(text: str) -> str | None:
-    """``text`` as the start of a canonical (lower-case, dashed) UUID, or None."""
-    digits = text.strip().lower().replace("-", "")
-    if not digits or len(digits) >= 32 or any(c not in "0123456789abcdef" for c in digits):
-        return None
-    out = []
-    for i, c in enumerate(digits):
-        if i in (8, 12, 16, 20):
-            out.append("-")
-        out.append(c)
-    return "".join(out)
-
-
 def resolve_run_id(mesh: Mesh, text: str) -> str:
     """A full run id, or the only run whose id starts with the hex digits of ``text``."""
     try:
         return str(uuid.UUID(text.strip()))
     except ValueError:
         pass
-    prefix = _canonical_prefix(text)
+    prefix = run_id_prefix(text)
     if prefix is None:
         raise CliError(
             EXIT_NOT_FOUND,

@@ -41,6 +41,7 @@ from squidmesh.cli.tools import (
     cmd_prune,
     cmd_worker,
 )
+from squidmesh.cli.ui import cmd_ui
 from squidmesh.errors import SquidmeshError
 
 __all__ = ["COMMANDS", "main"]
@@ -67,6 +68,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "check-deploy": cmd_check_deploy,
     "prune": cmd_prune,
     "demo": cmd_demo,
+    "ui": cmd_ui,
 }
 
 

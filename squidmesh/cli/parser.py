@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, NoReturn
 
+from squidmesh.cli import ui
 from squidmesh.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE, CliError
 from squidmesh.storage import DEFAULT_URL
 from squidmesh.types import RunStatus
@@ -340,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=500, metavar="N", help="runs per transaction"
     )
 
+    ui.add_parser(commands)
+
     commands.add_parser(
-        "demo", help="run the Ring Errand end to end on a throwaway SQLite database"
+        "demo", help="run the Ring Errand end to end, keeping the run for squidmesh ui"
     )
     return parser

@@ -262,6 +262,8 @@ def cmd_prune(ctx: Context) -> int:
 
 
 def cmd_demo(ctx: Context) -> int:
+    from squidmesh.cli.app import DEFAULT_URL
     from squidmesh.demo import run_demo
 
-    return run_demo(ctx.out)
+    # The run stays in the database every command uses, so `squidmesh ui` shows it.
+    return run_demo(ctx.out, database=ctx.args.database_url or DEFAULT_URL)

@@ -32,6 +32,8 @@ __all__ = [
     "Store",
     "Transaction",
     "WriteBatch",
+    "run_id_prefix",
+    "run_id_prefix_range",
     "write_batch",
 ]
 
@@ -40,7 +42,7 @@ PARKED = "parked"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclasses.dataclass
@@ -186,12 +188,34 @@ class Transaction(Protocol):
         (before, before_id), so runs created in the same instant are not skipped."""
 
     def run_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
-        """Ids of up to ``limit`` runs whose id starts with ``prefix`` (lower-case, as
-        ids are stored: ``"d506e45a"``, ``"d506e45a-20"``), in id order. A range scan of
-        the primary key, so a short prefix among millions of runs stays cheap."""
+        """Ids of up to ``limit`` runs whose id starts with ``prefix`` (in the canonical
+        form of ``run_id_prefix``), in id order. A range scan of the primary key
+        (``run_id_prefix_range``), so a short prefix among millions of runs stays cheap."""
 
-    def count_runs_by_status(self) -> dict[str, int]:
-        """How many runs are stored, by status (statuses without runs are absent)."""
+    def search_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+        id_prefix: str | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+        before_id: str | None = None,
+    ) -> list[RunRecord]:
+        """``list_runs`` with more filters, all of which must match: ``step`` is a name in
+        ``current_steps`` (only unfinished runs are at a step), ``id_prefix`` the start of
+        the run id in the canonical form of ``run_id_prefix``. Index-backed for every
+        filter except ``step``, which scans the unfinished runs (status index)."""
+
+    def count_runs(
+        self, *, workflow: str | None = None, limit: int | None = None
+    ) -> dict[str, int]:
+        """How many runs have each status (every status a key, zero included),
+        optionally of one workflow. With ``limit`` each count stops there (index-backed
+        and bounded however many runs are stored)."""
 
     # history ---------------------------------------------------------------
     def load_entries(self, run_id: str) -> list[Entry]:
@@ -383,6 +407,39 @@ def write_batch(tx: Transaction, batch: WriteBatch) -> list[Job]:
     for job, worker, lease_until in batch.jobs_insert:
         inserted.extend(tx.insert_jobs([job], worker=worker, lease_until=lease_until))
     return inserted
+
+
+_HEX = frozenset("0123456789abcdef")
+# Where the dashes of a canonical run id (8-4-4-4-12 hex digits) fall.
+_DASHES = (8, 12, 16, 20)
+
+
+def run_id_prefix(text: str) -> str | None:
+    """The canonical form (lower-case, dashed like ``str(uuid)``) of the beginning of a
+    run id, or None when no run id can start with ``text``.
+
+    ``"1A2B3C4D5E"`` and ``"1a2b3c4d-5e"`` both become ``"1a2b3c4d-5e"``; dashes may be
+    left out or put anywhere. ``search_runs(id_prefix=...)`` takes this form.
+    """
+    digits = text.strip().lower().replace("-", "")
+    if not digits or len(digits) > 32 or not _HEX.issuperset(digits):
+        return None
+    parts, start = [], 0
+    for end in (*_DASHES, 32):
+        if start < len(digits):
+            parts.append(digits[start:end])
+        start = end
+    return "-".join(parts)
+
+
+def run_id_prefix_range(prefix: str) -> tuple[str, str]:
+    """``(low, high)`` with ``low <= id < high`` for exactly the canonical ids starting
+    with the canonical ``prefix``: a range an index on the id column serves. ``high``
+    raises the last digit by one, to the next hex digit or to "g", so the bound stays
+    alphanumeric and sorts the same under the C and the usual language collations."""
+    last = prefix[-1]
+    bump = "a" if last == "9" else "g" if last == "f" else chr(ord(last) + 1)
+    return prefix, prefix[:-1] + bump
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -32,10 +32,12 @@ from squidmesh.storage.base import (
     WriteBatch,
     write_batch,
 )
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["InMemoryStore", "InMemoryTransaction"]
 
 _T = TypeVar("_T")
+_FINISHED = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 def utc(value: datetime) -> datetime:
@@ -289,10 +291,56 @@ class InMemoryTransaction:
         runs = self._read("run_ids_with_prefix").runs
         return sorted(run_id for run_id in runs if run_id.startswith(prefix))[: max(limit, 0)]
 
-    def count_runs_by_status(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self._read("count_runs_by_status").runs.values():
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    def search_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+        id_prefix: str | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+        before_id: str | None = None,
+    ) -> list[RunRecord]:
+        wanted = {
+            "status": status,
+            "workflow": workflow,
+            "trigger": trigger,
+            "idempotency_key": idempotency_key,
+        }
+        wanted = {name: value for name, value in wanted.items() if value is not None}
+        cutoff = utc(before) if before is not None else None
+        picked = []
+        for row in self._read("search_runs").runs.values():
+            if any(row[name] != value for name, value in wanted.items()):
+                continue
+            if id_prefix is not None and not row["id"].startswith(id_prefix):
+                continue
+            if step is not None and (
+                row["status"] in _FINISHED or step not in json.loads(row["current_steps"])
+            ):
+                continue
+            if cutoff is not None and (
+                row["created_at"] >= cutoff
+                if before_id is None
+                else (row["created_at"], row["id"]) >= (cutoff, before_id)
+            ):
+                continue
+            picked.append(row)
+        picked.sort(key=lambda row: (row["created_at"], row["id"]), reverse=True)
+        return [_RUNS.unpack(row) for row in picked[: max(limit, 0)]]
+
+    def count_runs(
+        self, *, workflow: str | None = None, limit: int | None = None
+    ) -> dict[str, int]:
+        counts = dict.fromkeys((s.value for s in RunStatus), 0)
+        for row in self._read("count_runs").runs.values():
+            if workflow is None or row["workflow"] == workflow:
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if limit is not None:
+            counts = {status: min(n, max(limit, 0)) for status, n in counts.items()}
         return counts
 
     # history ---------------------------------------------------------------

@@ -37,17 +37,18 @@ from squidmesh.storage.base import (
     Store,
     WriteBatch,
     iter_chunks,
+    run_id_prefix_range,
     write_batch,
 )
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
+    ALL_STATUSES,
     CHUNK,
     attempt_params,
     audit_params,
     entry_params,
     entry_update_params,
     job_from_row,
-    prefix_upper_bound,
     queries_for,
     run_from_row,
     run_params,
@@ -340,19 +341,59 @@ class SqlTransaction:
 
     @translated("find runs by id prefix")
     def run_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
-        # id >= prefix AND id < the next prefix: a primary-key range scan on both
-        # dialects (LIKE 'prefix%' would need text_pattern_ops under a non-C collation).
-        high = prefix_upper_bound(prefix)
-        params = {"low": prefix, "high": high, "n": max(limit, 0)}
-        query = self._q.run_ids_from if high is None else self._q.run_ids_in_range
-        found = self.connection.execute(query, params).scalars()
-        # The range is exact in bytewise order; the filter guards exotic collations.
+        # id >= low AND id < high: a primary-key range scan on both dialects (LIKE
+        # 'prefix%' would need text_pattern_ops under a non-C collation).
+        low, high = run_id_prefix_range(prefix)
+        params = {"low": low, "high": high, "n": max(limit, 0)}
+        found = self.connection.execute(self._q.run_ids_in_range, params).scalars()
         return [run_id for run_id in found if run_id.startswith(prefix)]
 
+    @translated("search runs")
+    def search_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+        id_prefix: str | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+        before_id: str | None = None,
+    ) -> list[RunRecord]:
+        params: dict[str, Any] = {
+            "status": status,
+            "workflow": workflow,
+            "trigger": trigger,
+            "idempotency_key": idempotency_key,
+            "before": before,
+            "before_id": before_id,
+            "limit": max(limit, 0),
+        }
+        given = {name for name, value in params.items() if value is not None}
+        if id_prefix is not None:
+            given.add("id_prefix")
+            params["id_low"], params["id_high"] = run_id_prefix_range(id_prefix)
+            params["id_like"] = id_prefix + "%"
+        if step is not None:
+            given.add("step")
+            params["step"], params["step_json"] = step, [step]
+        cursor = "keyset" if before is not None and before_id is not None else bool(before)
+        filters = frozenset(given - {"before", "before_id", "limit"})
+        query = self._q.search_runs(filters, cursor)
+        return [run_from_row(row) for row in self.connection.execute(query, params)]
+
     @translated("count runs")
-    def count_runs_by_status(self) -> dict[str, int]:
-        rows = self.connection.execute(self._q.count_runs_by_status)
-        return {str(status): int(count) for status, count in rows}
+    def count_runs(
+        self, *, workflow: str | None = None, limit: int | None = None
+    ) -> dict[str, int]:
+        counts = dict.fromkeys(ALL_STATUSES, 0)
+        query = self._q.count_runs(workflow is not None, limit is not None)
+        params = {"workflow": workflow, "cap": None if limit is None else max(limit, 0)}
+        for status, n in self.connection.execute(query, params):
+            counts[status] = int(n)
+        return counts
 
     # history ---------------------------------------------------------------
     @translated("load the history")

@@ -20,8 +20,9 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import RunRecord
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
-__all__ = ["Queries", "prefix_upper_bound", "queries_for"]
+__all__ = ["Queries", "queries_for"]
 
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
 # Entry fields in declaration order, so a selected row is Entry(*row).
@@ -29,6 +30,9 @@ _ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
 _ENTRY_COLUMNS = tuple("ord" if name == "order" else name for name in _ENTRY_FIELDS)
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
 _AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
+
+ALL_STATUSES = tuple(s.value for s in RunStatus)
+UNFINISHED = tuple(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
 
 # SQLite's default cap on bound variables is 999 in old builds; stay well below it.
 CHUNK = 500
@@ -86,23 +90,6 @@ def job_from_row(row: Sequence[Any]) -> Job:
     )
 
 
-_HEX = "0123456789abcdef"
-
-
-def prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest id-like string above every id that starts with ``prefix``, built of
-    hex digits only (so that no collation can sort it oddly), or None when no bound
-    exists (``"ffff"``): ``"d506e45a"`` -> ``"d506e45b"``, ``"d506e45f-"`` ->
-    ``"d506e46"``."""
-    chars = list(prefix)
-    while chars:
-        last = chars.pop()
-        if last in _HEX[:-1]:
-            return "".join(chars) + _HEX[_HEX.index(last) + 1]
-        # "f" carries into the character before it; a "-" is skipped the same way.
-    return None
-
-
 class Queries:
     """The statements of one dialect ("sqlite" or "postgresql")."""
 
@@ -121,14 +108,12 @@ class Queries:
         # checks of rows inserted for it (those take KEY SHARE locks on the run).
         self.lock_run = self.get_run.with_for_update(key_share=True) if pg else self.get_run
         self.update_run = sa.update(runs).where(runs.c.id == b("b_id"))
-        # Id-prefix lookup as a primary-key range: id >= :low (AND id < :high).
-        by_id_from = sa.select(runs.c.id).where(runs.c.id >= b("low"))
-        self.run_ids_from = by_id_from.order_by(runs.c.id).limit(b("n"))
+        # Id-prefix lookup as a primary-key range: id >= :low AND id < :high.
         self.run_ids_in_range = (
-            by_id_from.where(runs.c.id < b("high")).order_by(runs.c.id).limit(b("n"))
-        )
-        self.count_runs_by_status = sa.select(runs.c.status, sa.func.count()).group_by(
-            runs.c.status
+            sa.select(runs.c.id)
+            .where(runs.c.id >= b("low"), runs.c.id < b("high"))
+            .order_by(runs.c.id)
+            .limit(b("n"))
         )
         self.find_run_by_key = select_run.where(
             runs.c.workflow == b("workflow"), runs.c.idempotency_key == b("key")
@@ -372,6 +357,66 @@ class Queries:
         elif before:
             query = query.where(runs.c.created_at < b("before", type_=t.UtcDateTime()))
         return query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(b("limit"))
+
+    @functools.cache  # noqa: B019 - one Queries per dialect, kept forever
+    def search_runs(self, filters: frozenset[str], before: bool | str) -> sa.Select[Any]:
+        """The search_runs query for one set of filters (built once each).
+
+        ``filters`` names the filters given: status, workflow, trigger, idempotency_key
+        (equality), id_prefix (a range on the primary key, then the exact LIKE) and step.
+        """
+        runs, b = t.runs, sa.bindparam
+        query = self.list_runs("status" in filters, "workflow" in filters, before)
+        if "trigger" in filters:
+            query = query.where(runs.c.trigger == b("trigger"))
+        if "idempotency_key" in filters:
+            query = query.where(runs.c.idempotency_key == b("idempotency_key"))
+        if "id_prefix" in filters:
+            # The range is what the primary key's index serves; LIKE keeps the answer
+            # exact whatever the column's collation (the prefix is plain hex and dashes).
+            query = query.where(
+                runs.c.id >= b("id_low"), runs.c.id < b("id_high"), runs.c.id.like(b("id_like"))
+            )
+        if "step" in filters:
+            # Only unfinished runs are at a step: the status index narrows the scan to them.
+            unfinished = [_constant(status) for status in UNFINISHED]
+            query = query.where(runs.c.status.in_(unfinished), self._at_step())
+        return query
+
+    def _at_step(self) -> sa.ColumnElement[bool]:
+        runs, b = t.runs, sa.bindparam
+        if self.dialect == "postgresql":
+            # The column is json (values kept as written); jsonb has the containment test.
+            steps = sa.cast(runs.c.current_steps, postgresql.JSONB)
+            return steps.contains(b("step_json", type_=postgresql.JSONB))
+        names = sa.func.json_each(runs.c.current_steps).table_valued("value")
+        return sa.exists(sa.select(1).select_from(names).where(names.c.value == b("step")))
+
+    @functools.cache  # noqa: B019 - one Queries per dialect, kept forever
+    def count_runs(self, workflow: bool, capped: bool) -> sa.Executable:
+        """Rows of (status, count). Capped: one bounded index range per status, so the
+        cost stays the same however many runs are stored; else one grouped count."""
+        runs, b = t.runs, sa.bindparam
+        if not capped:
+            query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
+            return query.where(runs.c.workflow == b("workflow")) if workflow else query
+        parts = []
+        for status in ALL_STATUSES:
+            # The status is written into the SQL, not bound: a prepared statement's generic
+            # plan would otherwise pick one access path for common and rare statuses alike.
+            inner = sa.select(sa.literal(1)).where(runs.c.status == _constant(status))
+            if workflow:
+                inner = inner.where(runs.c.workflow == b("workflow"))
+            bounded = inner.limit(b("cap")).subquery()
+            count = sa.select(sa.func.count()).select_from(bounded).scalar_subquery()
+            parts.append(sa.select(_constant(status).label("status"), count.label("n")))
+        return sa.union_all(*parts)
+
+
+def _constant(status: str) -> sa.ColumnElement[str]:
+    """A run status as an SQL string literal (statuses are fixed identifiers)."""
+    assert status in ALL_STATUSES
+    return sa.literal_column(f"'{status}'", sa.Text)
 
 
 _QUERIES: dict[str, Queries] = {}

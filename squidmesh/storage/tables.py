@@ -172,6 +172,10 @@ runs = sa.Table(
     sa.Index("squidmesh_runs_status_idx", "status", "created_at", "id"),
     sa.Index("squidmesh_runs_workflow_idx", "workflow", "created_at", "id"),
     sa.Index("squidmesh_runs_created_idx", "created_at", "id"),
+    # Schema version 4: searching and counting (list_runs filters, count_runs).
+    sa.Index("squidmesh_runs_workflow_status_idx", "workflow", "status", "created_at", "id"),
+    sa.Index("squidmesh_runs_trigger_idx", "trigger", "created_at", "id"),
+    sa.Index("squidmesh_runs_key_idx", "idempotency_key", "created_at", "id"),
     schema=SCHEMA,
 )
 

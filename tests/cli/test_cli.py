@@ -590,9 +590,9 @@ def test_worker_runs_jobs_and_drains_on_sigterm(pg_database_url: str) -> None:
         mesh.close()
 
 
-def test_demo_runs_end_to_end() -> None:
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     began = time.monotonic()
-    demo = cli(None, "demo", app=None)
+    demo = cli(None, "--database-url", f"sqlite:///{tmp_path / 'demo.db'}", "demo", app=None)
     elapsed = time.monotonic() - began
     assert demo.code == 0, demo.err
     assert "approve_run(actor='elrond'" in demo.out

@@ -28,7 +28,13 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.errors import SchemaOutOfDateError, StorageError
 from squidmesh.storage import open_store
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import SCHEMA_VERSION, RunRecord, Store
+from squidmesh.storage.base import (
+    SCHEMA_VERSION,
+    RunRecord,
+    Store,
+    run_id_prefix,
+    run_id_prefix_range,
+)
 from squidmesh.storage.memory import InMemoryStore
 from squidmesh.storage.sql import SqlStore, create_engine
 from tests.contract.conftest import SQL_KINDS, pg_engine
@@ -303,30 +309,17 @@ def test_run_ids_with_prefix_is_an_exact_prefix_match(store: Store) -> None:
     assert find("d506e45a-") == ids[:2]
     assert find("d506e45f") == [ids[4]]  # "f" carries: the range ends before d506e460
     assert find("d506e45") == sorted(ids[:5])
-    assert find("ffff") == [ids[6]]  # no upper bound
+    assert find("ffff") == [ids[6]]  # the bound after "f" is "g"
     assert find(ids[0]) == [ids[0]]
     assert find("d506e45", limit=2) == sorted(ids[:5])[:2]
     assert find("0") == []
     assert find("d506e45a", limit=0) == []
 
 
-def test_count_runs_by_status(store: Store) -> None:
-    with store.transaction() as tx:
-        assert tx.count_runs_by_status() == {}
-    add_runs(
-        store,
-        run_record(),
-        run_record(),
-        run_record(status="completed"),
-        run_record(status="paused", workflow="other"),
-    )
-    with store.transaction() as tx:
-        assert tx.count_runs_by_status() == {"pending": 2, "completed": 1, "paused": 1}
-
-
 @pytest.mark.postgres
 def test_run_id_prefix_lookup_is_a_primary_key_range_scan(pg_migrated_url: str) -> None:
-    from squidmesh.storage.sql_queries import prefix_upper_bound, queries_for
+    from squidmesh.storage.base import run_id_prefix_range
+    from squidmesh.storage.sql_queries import queries_for
 
     engine = pg_engine(pg_migrated_url)
     try:
@@ -341,7 +334,7 @@ def test_run_id_prefix_lookup_is_a_primary_key_range_scan(pg_migrated_url: str) 
             plan = (
                 conn.exec_driver_sql(
                     "EXPLAIN " + str(compiled),
-                    {"low": "d506e45a", "high": prefix_upper_bound("d506e45a"), "n": 10},
+                    dict(zip(("low", "high"), run_id_prefix_range("d506e45a"), strict=True), n=10),
                 )
                 .scalars()
                 .all()
@@ -352,6 +345,141 @@ def test_run_id_prefix_lookup_is_a_primary_key_range_scan(pg_migrated_url: str) 
         assert "Index Cond: ((id >= 'd506e45a'::text) AND (id < 'd506e45b'::text))" in text, text
     finally:
         engine.dispose()
+
+
+def test_search_runs_matches_every_filter_newest_first(store: Store) -> None:
+    def at(minutes: int) -> datetime:
+        return T0 + timedelta(minutes=minutes)
+
+    a = run_record("1a2b3c4d-0000-4000-8000-000000000001", created_at=at(1))
+    b = run_record(
+        "1a2b3c4d-5e00-4000-8000-000000000002",
+        created_at=at(2),
+        status="paused",
+        current_steps=["council_vote"],
+        idempotency_key="order-7",
+    )
+    c = run_record(
+        "1a2b3c4e-0000-4000-8000-000000000003",
+        created_at=at(3),
+        trigger="nightly",
+        status="running",
+        current_steps=["march", "council_vote"],
+    )
+    d = run_record(
+        "ffffffff-0000-4000-8000-000000000004",
+        created_at=at(4),
+        workflow="other",
+        idempotency_key="order-7",
+        status="completed",
+    )
+    # A finished run keeps no current steps; this row says it does, to prove the step
+    # filter only ever looks at unfinished runs (the status index narrows the scan).
+    e = run_record(
+        "0fffffff-0000-4000-8000-000000000005",
+        created_at=at(5),
+        status="failed",
+        current_steps=["council_vote"],
+    )
+    add_runs(store, a, b, c, d, e)
+
+    def ids(**filters: Any) -> list[str]:
+        with store.transaction() as tx:
+            return [r.id for r in tx.search_runs(**filters)]
+
+    assert ids() == [e.id, d.id, c.id, b.id, a.id]
+    assert ids(trigger="nightly") == [c.id]
+    assert ids(idempotency_key="order-7") == [d.id, b.id]
+    assert ids(idempotency_key="order-7", workflow="ring_errand") == [b.id]
+    assert ids(step="council_vote") == [c.id, b.id]
+    assert ids(step="march") == [c.id]
+    assert ids(step="counc") == []  # names match whole, not in part
+    assert ids(id_prefix="1a2b3c4d") == [b.id, a.id]
+    assert ids(id_prefix="1a2b3c4d-5e") == [b.id]
+    assert ids(id_prefix="1a2b3c4") == [c.id, b.id, a.id]
+    assert ids(id_prefix="f") == [d.id]  # "f" is the last digit: the range ends at "g"
+    assert ids(id_prefix="0") == [e.id]
+    assert ids(id_prefix="2") == []
+    assert ids(id_prefix=d.id) == [d.id]
+    assert ids(status="paused", step="council_vote") == [b.id]
+    assert ids(workflow="ring_errand", status="pending") == [a.id]
+    assert ids(limit=2) == [e.id, d.id]
+    assert ids(before=c.created_at, before_id=c.id, id_prefix="1a2b3c4") == [b.id, a.id]
+    assert ids(before=c.created_at) == [b.id, a.id]
+    with store.transaction() as tx:
+        assert tx.search_runs(trigger="nightly") == [c]
+
+
+def test_search_runs_pages_through_ties_with_the_keyset(store: Store) -> None:
+    same = T0 + timedelta(minutes=1)
+    records = [run_record(created_at=same, trigger="t") for _ in range(5)]
+    add_runs(store, *records, run_record(created_at=same, trigger="other"))
+    seen: list[str] = []
+    cursor: RunRecord | None = None
+    while True:
+        with store.transaction() as tx:
+            page = tx.search_runs(
+                trigger="t",
+                limit=2,
+                before=cursor.created_at if cursor else None,
+                before_id=cursor.id if cursor else None,
+            )
+        if not page:
+            break
+        seen.extend(r.id for r in page)
+        cursor = page[-1]
+    assert seen == sorted((r.id for r in records), reverse=True)
+
+
+def test_count_runs_by_status(store: Store) -> None:
+    add_runs(
+        store,
+        *[run_record(status="completed") for _ in range(5)],
+        *[run_record(status="paused", workflow="other") for _ in range(2)],
+        run_record(status="paused"),
+        run_record(status="failed", workflow="other"),
+    )
+    every = {
+        "pending": 0,
+        "running": 0,
+        "retrying": 0,
+        "paused": 3,
+        "suspended": 0,
+        "cancelling": 0,
+        "cancelled": 0,
+        "failed": 1,
+        "completed": 5,
+    }
+    with store.transaction() as tx:
+        assert tx.count_runs() == every
+        assert tx.count_runs(workflow="other") == {**every, "paused": 2, "completed": 0}
+        assert tx.count_runs(workflow="nobody") == dict.fromkeys(every, 0)
+        # Capped: each count stops at the limit.
+        assert tx.count_runs(limit=2) == {**every, "paused": 2, "completed": 2}
+        assert tx.count_runs(limit=2, workflow="ring_errand") == {
+            **every,
+            "paused": 1,
+            "failed": 0,
+            "completed": 2,
+        }
+        assert tx.count_runs(limit=0) == dict.fromkeys(every, 0)
+
+
+def test_run_id_prefix_is_canonical() -> None:
+    assert run_id_prefix("1A2B3C4D5E") == "1a2b3c4d-5e"
+    assert run_id_prefix(" 1a2b-3c4d5e ") == "1a2b3c4d-5e"
+    assert (
+        run_id_prefix("1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d") == "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
+    )
+    whole = str(uuid.uuid4())
+    assert run_id_prefix(whole) == whole
+    assert run_id_prefix("12345678") == "12345678"
+    assert run_id_prefix("123456789") == "12345678-9"
+    for nothing in ("", "-", "xyz", "1a2b'--", whole + "0"):
+        assert run_id_prefix(nothing) is None
+    assert run_id_prefix_range("1a2b") == ("1a2b", "1a2c")
+    assert run_id_prefix_range("1a29") == ("1a29", "1a2a")
+    assert run_id_prefix_range("1a2f") == ("1a2f", "1a2g")
 
 
 # --------------------------------------------------------------------------- history

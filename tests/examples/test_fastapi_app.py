@@ -156,3 +156,39 @@ def test_the_order_saga_rolls_back_over_http(client: TestClient) -> None:
     assert by_name["reserve_inventory"]["compensation"]["output"] == "released res-o-9"
     compensated = [e["step"] for e in failed["audit_events"] if e["type"] == "compensated"]
     assert compensated == ["charge_card", "reserve_inventory"]
+
+
+def test_the_console_is_mounted_behind_the_apps_own_login(pg_database_url: str) -> None:
+    import base64
+    import re
+
+    app = create_app(
+        postgres.sqlalchemy_url(pg_database_url),
+        worker_options={"poll_interval": 0.2},
+        operators={"ana": "correct horse"},
+    )
+    ana = "Basic " + base64.b64encode(b"ana:correct horse").decode()
+    wrong = "Basic " + base64.b64encode(b"ana:guess").decode()
+    with TestClient(app) as client:
+        assert client.get("/ops/").status_code == 401
+        assert client.get("/ops/", headers={"authorization": wrong}).status_code == 401
+        started = client.post("/runs/ring_errand", json={"ring_id": "one-ring"}).json()
+        run_id = started["id"]
+        poll(client, f"/runs/{run_id}/explain", lambda b: b["reason"] == "paused_for_manual_action")
+        page = client.get(f"/ops/runs/{run_id}", headers={"authorization": ana})
+        assert page.status_code == 200
+        assert "acting as <b data-actor>ana</b>" in page.text
+        assert 'data-action="unblock_run"' in page.text
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert token is not None
+        done = client.post(
+            f"/ops/runs/{run_id}/actions/unblock_run",
+            data={"csrf": token.group(1), "comment": "Strider is here"},
+            headers={"authorization": ana},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+        audit = client.get(f"/runs/{run_id}").json()["audit_events"]
+        assert {"type": "unblocked", "actor": "ana"}.items() <= next(
+            e for e in audit if e["type"] == "unblocked"
+        ).items()
