@@ -38,11 +38,22 @@ from squidmesh.contrib.outbox import MeshRegistry, Outbox, due_at, payload
 from squidmesh.core.records import Job
 from squidmesh.mesh import Mesh
 
-__all__ = ["CONF_KEY", "TASK_NAME", "CeleryExecutor", "mesh_for", "register_task", "set_mesh"]
+__all__ = [
+    "CONF_KEY",
+    "REDELIVER_AFTER",
+    "TASK_NAME",
+    "CeleryExecutor",
+    "mesh_for",
+    "register_task",
+    "set_mesh",
+]
 
 TASK_NAME = "squidmesh.perform"
 #: the Celery conf key naming the Mesh as "module:attribute"
 CONF_KEY = "squidmesh_mesh"
+#: seconds before Redis or SQS hand an unacknowledged message to another worker, unless
+#: the host configured ``broker_transport_options["visibility_timeout"]`` itself
+REDELIVER_AFTER = 300
 
 _meshes = MeshRegistry()
 
@@ -56,6 +67,17 @@ class CeleryExecutor(Outbox):
         self.queue = queue
         if mesh_loader is not None:
             app.conf[CONF_KEY] = mesh_loader
+        # With Redis or SQS, a message whose worker was killed comes back only after the
+        # visibility timeout (an hour by default): a dead worker's runs would wait that
+        # long. squidmesh makes early redeliveries safe (a step job arriving while its
+        # attempt runs in a live process is only looked at again later), so a short one
+        # is harmless. Kept if the host set its own; RabbitMQ ignores it.
+        options = dict(app.conf.broker_transport_options or {})
+        options.setdefault("visibility_timeout", REDELIVER_AFTER)
+        # Kombu's Redis transport looks for such messages every interval x throttle
+        # seconds (10 x 10 by default): look every 10 s instead (one cheap index read).
+        options.setdefault("unacked_restore_throttle", 1)
+        app.conf.broker_transport_options = options
         register_task(app)
 
     def bind(self, mesh: Any) -> None:

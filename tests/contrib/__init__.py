@@ -7,3 +7,5 @@ from __future__ import annotations
 DATABASE_ENV = "SQUIDMESH_TEST_CONTRIB_DATABASE"
 QUEUE_ENV = "SQUIDMESH_TEST_CONTRIB_QUEUE"
 CELERY_BROKER_ENV = "SQUIDMESH_TEST_CELERY_BROKER"
+#: the Celery worker's visibility_timeout (seconds), when a test wants a short one
+VISIBILITY_ENV = "SQUIDMESH_TEST_CELERY_VISIBILITY"

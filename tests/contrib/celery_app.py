@@ -14,15 +14,21 @@ import celery
 
 import squidmesh as sm
 from squidmesh.contrib.celery import CeleryExecutor
-from tests.contrib import CELERY_BROKER_ENV, DATABASE_ENV, QUEUE_ENV, flows
+from tests.contrib import CELERY_BROKER_ENV, DATABASE_ENV, QUEUE_ENV, VISIBILITY_ENV, flows
 
 QUEUE = os.environ.get(QUEUE_ENV, "squidmesh")
 
 app = celery.Celery("squidmesh_contrib_tests", broker=os.environ[CELERY_BROKER_ENV])
 app.conf.update(broker_connection_retry_on_startup=True, task_default_queue=QUEUE)
+if os.environ.get(VISIBILITY_ENV):
+    # The host's own setting (CeleryExecutor keeps it): the kill test's is seconds.
+    app.conf.broker_transport_options = {
+        "visibility_timeout": int(os.environ[VISIBILITY_ENV]),
+        "unacked_restore_interval": 1,
+    }
 
 mesh = sm.Mesh(
     os.environ[DATABASE_ENV],
-    workflows=[flows.parcel],
+    workflows=[flows.parcel, flows.lingering],
     executor=CeleryExecutor(app, mesh_loader=f"{__name__}:mesh", queue=QUEUE),
 )

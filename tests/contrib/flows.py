@@ -4,6 +4,7 @@ the broker workers (``celery_app``, ``procrastinate_app``) alike."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -40,3 +41,39 @@ def parcel(payload: Parcel):
     charged = yield charge(payload.item)
     shipped = yield ship(payload.item)
     return {"packed": packed, "charged": charged, **shipped}
+
+
+class Linger(BaseModel):
+    seconds: float
+
+
+LINGER_DDL = (
+    "CREATE TABLE IF NOT EXISTS public.linger_log (run_id text NOT NULL, "
+    "attempt integer NOT NULL, pid integer NOT NULL, phase text NOT NULL, "
+    "at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
+
+
+def _linger_log(phase: str) -> None:
+    import psycopg
+
+    ctx = sm.step_context()
+    with psycopg.connect(os.environ["SQUIDMESH_TEST_CONTRIB_DATABASE"], autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.linger_log (run_id, attempt, pid, phase) VALUES (%s, %s, %s, %s)",
+            (ctx.run_id, ctx.attempt, os.getpid(), phase),
+        )
+
+
+@sm.step
+def linger(seconds: float) -> int:
+    """A slow step whose executions are logged (by which process, which attempt)."""
+    _linger_log("start")
+    time.sleep(seconds)
+    _linger_log("done")
+    return os.getpid()
+
+
+@sm.workflow(triggers=[sm.manual("linger", payload=Linger)])
+def lingering(payload: Linger) -> Any:
+    return (yield from linger(payload.seconds))
