@@ -27,7 +27,14 @@ from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import invoke
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
-from squidmesh.storage.base import RunRecord, Store, Transaction, WriteBatch
+from squidmesh.storage.base import (
+    RUN_FIXED_FIELDS,
+    JobWrite,
+    RunRecord,
+    Store,
+    Transaction,
+    WriteBatch,
+)
 from squidmesh.types import RunStatus
 
 __all__ = ["Change", "Engine", "Live"]
@@ -42,6 +49,17 @@ STEP_RUNNABLE = frozenset({"running", "retrying", "paused", "cancelling"})
 
 class _NeedsLock(Exception):
     """An optimistic change found it needs the run's lock; it is redone with it."""
+
+
+def _check_fixed(before: RunRecord, after: RunRecord) -> None:
+    """A state change alters only ``RUN_MUTABLE_FIELDS``; stores do not write the rest,
+    so a change that alters them would be lost silently: fail loudly instead."""
+    altered = [f for f in RUN_FIXED_FIELDS if getattr(before, f) != getattr(after, f)]
+    if altered:
+        raise SquidmeshError(
+            f"internal error: a state change of run {after.id} alters {', '.join(altered)}, "
+            "which are fixed when a run is created; please report this"
+        )
 
 
 def _copy_run(run: RunRecord) -> RunRecord:
@@ -172,7 +190,10 @@ class Engine:
         """One transaction; jobs are enqueued inside it, logs emitted after commit."""
         ch: Change | None = None
         try:
-            with self.store.transaction(autocommit=optimistic) as tx:
+            # A change made without the run's lock writes one batch and nothing else, so
+            # it needs no explicit transaction (the batch checks and commits as a whole),
+            # unless an executor of its own enqueues jobs in it too.
+            with self.store.transaction(autocommit=optimistic and self.batches_jobs) as tx:
                 ch = Change(tx=tx, now=self.clock(), optimistic=optimistic)
                 yield ch
                 self._flush(ch)
@@ -228,12 +249,15 @@ class Engine:
                 if ch.optimistic:
                     batch.guards.append((run.id, run.version))
                 continue
+            before = ch.read.get(run.id)
+            if before is not None:
+                _check_fixed(before, run)
             run.version += 1
             run.updated_at = ch.now
             batch.runs.append(run)
         if ch.jobs and self.batches_jobs:
             # The default executor's jobs are rows of this very batch.
-            batch.jobs_insert.extend((job, None, None) for job in ch.jobs)
+            batch.jobs_insert.extend(JobWrite(job) for job in ch.jobs)
             ch.jobs_written = True
         if not batch:
             return

@@ -41,7 +41,7 @@ from squidmesh.runtime.engine import (
     _Begun,
     _NeedsLock,
 )
-from squidmesh.storage.base import RunRecord, Transaction
+from squidmesh.storage.base import JobWrite, RunRecord, Transaction
 from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
@@ -483,11 +483,14 @@ class JobRunner:
                 len(ch.batch.jobs_insert),
                 (run, entry, definition, number, started),
             )
+            # The row of the job this change finishes carries on as the next step's job.
+            replaces = ch.batch.jobs_delete.pop() if ch.batch.jobs_delete else None
             ch.batch.jobs_insert.append(
-                (
+                JobWrite(
                     Job("step", run.id, entry.seq, number, run_at=ch.now),
                     lease.worker,
                     ch.now + timedelta(seconds=lease.seconds),
+                    replaces=replaces,
                 )
             )
             return

@@ -25,8 +25,11 @@ from squidmesh.errors import ConcurrentChangeError
 
 __all__ = [
     "PARKED",
+    "RUN_FIXED_FIELDS",
+    "RUN_MUTABLE_FIELDS",
     "SCHEMA_VERSION",
     "Holding",
+    "JobWrite",
     "QueuedJob",
     "RunRecord",
     "Store",
@@ -42,7 +45,7 @@ PARKED = "parked"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclasses.dataclass
@@ -114,13 +117,51 @@ class QueuedJob:
     last_error: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class JobWrite:
+    """A job a change writes: new, or taking over the row of a job it finishes."""
+
+    job: Job
+    #: the worker it is leased to at once (and until when), or None: anyone may claim it
+    worker: str | None = None
+    lease_until: datetime | None = None
+    #: the id of a job this change finishes whose row becomes this job (a worker running
+    #: a run step after step keeps one row instead of deleting and inserting one per step)
+    replaces: int | None = None
+
+
+#: The fields of a run its state changes alter. The others (what it runs, with what,
+#: where it came from, when it was made) are fixed when the run is created: a change does
+#: not send them again (``Transaction.write`` writes these fields only).
+RUN_MUTABLE_FIELDS = (
+    "status",
+    "result",
+    "error",
+    "reason",
+    "current_steps",
+    "waiting_on",
+    "cancel_request",
+    "pending_outcome",
+    "version",
+    "updated_at",
+)
+#: the fields fixed when a run is created (the engine checks no change alters them)
+RUN_FIXED_FIELDS = tuple(
+    f.name for f in dataclasses.fields(RunRecord) if f.name not in RUN_MUTABLE_FIELDS
+)
+
+
 @dataclasses.dataclass
 class WriteBatch:
     """Every write of one state change, applied together by ``Transaction.write``.
 
     Collecting them lets PostgreSQL apply a whole change in one round trip. Each run in
-    ``runs`` carries its NEW version; the write fails with ``StorageError`` unless the
-    stored version is the one before it (so it is also an optimistic concurrency check).
+    ``runs`` carries its NEW version; the write fails with ``ConcurrentChangeError``
+    unless the stored version is the one before it (so it is also an optimistic
+    concurrency check), and only its ``RUN_MUTABLE_FIELDS`` are written. A job's
+    ``replaces`` must name an existing job (else ``ConcurrentChangeError``: someone
+    else finished it). When the write fails, nothing of the batch was written (the
+    caller's transaction rolls back; on PostgreSQL the single statement applies nothing).
     """
 
     runs: list[RunRecord] = dataclasses.field(default_factory=list)
@@ -133,10 +174,8 @@ class WriteBatch:
     attempts: list[tuple[str, int, Attempt]] = dataclasses.field(default_factory=list)
     audits: list[tuple[str, AuditEvent]] = dataclasses.field(default_factory=list)
     jobs_delete: list[int] = dataclasses.field(default_factory=list)
-    #: jobs to insert, each with the worker it is leased to (and until when), or None
-    jobs_insert: list[tuple[Job, str | None, datetime | None]] = dataclasses.field(
-        default_factory=list
-    )
+    #: jobs to write, in order (``write`` returns them stored, with their ids)
+    jobs_insert: list[JobWrite] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -263,6 +302,17 @@ class Transaction(Protocol):
         """Store jobs; returns them with their ids. With ``worker`` the jobs are stored
         already leased to it (and no other worker is woken)."""
 
+    def replace_job(
+        self,
+        job_id: int,
+        job: Job,
+        *,
+        worker: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> Job | None:
+        """Make the job ``job_id`` into ``job`` (same id, failures forgotten), leased like
+        ``insert_jobs``; returns it stored, or None when there is no job ``job_id``."""
+
     def claim_jobs(
         self, *, now: datetime, limit: int, worker: str, lease_until: datetime
     ) -> list[Job]:
@@ -386,7 +436,9 @@ def write_batch(tx: Transaction, batch: WriteBatch) -> list[Job]:
         current = tx.get_run(run.id)
         if current is None or current.version != run.version - 1:
             raise ConcurrentChangeError(f"run {run.id} was changed concurrently; retry the change")
-        tx.update_run(run)
+        tx.update_run(
+            dataclasses.replace(current, **{f: getattr(run, f) for f in RUN_MUTABLE_FIELDS})
+        )
     by_run: dict[str, list[Entry]] = {}
     for run_id, entry in batch.entries_insert:
         by_run.setdefault(run_id, []).append(entry)
@@ -404,8 +456,21 @@ def write_batch(tx: Transaction, batch: WriteBatch) -> list[Job]:
     for job_id in batch.jobs_delete:
         tx.delete_job(job_id)
     inserted: list[Job] = []
-    for job, worker, lease_until in batch.jobs_insert:
-        inserted.extend(tx.insert_jobs([job], worker=worker, lease_until=lease_until))
+    for write in batch.jobs_insert:
+        if write.replaces is None:
+            inserted.extend(
+                tx.insert_jobs([write.job], worker=write.worker, lease_until=write.lease_until)
+            )
+            continue
+        replaced = tx.replace_job(
+            write.replaces, write.job, worker=write.worker, lease_until=write.lease_until
+        )
+        if replaced is None:
+            raise ConcurrentChangeError(
+                f"job {write.replaces} of run {write.job.run_id} is gone: another worker "
+                "finished it; retry the change"
+            )
+        inserted.append(replaced)
     return inserted
 
 

@@ -120,6 +120,25 @@ class _JobRow:
     failures: int = 0
     last_error: str | None = None
 
+    @classmethod
+    def of(cls, job_id: int, job: Job, worker: str | None, lease_until: datetime | None) -> _JobRow:
+        """The row of a job stored now, leased to ``worker`` when given."""
+        now = datetime.now(timezone.utc)
+        row = cls(
+            id=job_id,
+            kind=job.kind,
+            run_id=job.run_id,
+            seq=job.seq,
+            attempt=job.attempt,
+            run_at=utc(job.run_at) if job.run_at is not None else now,
+            data=_encode(job.data, f"{job.kind} job data"),
+            created_at=now,
+        )
+        if worker is not None:
+            row.worker = worker
+            row.lease_until = utc(lease_until) if lease_until is not None else None
+        return row
+
     def queued(self) -> QueuedJob:
         return QueuedJob(self.job(), self.worker, self.lease_until, self.failures, self.last_error)
 
@@ -438,25 +457,26 @@ class InMemoryTransaction:
         lease_until: datetime | None = None,
     ) -> list[Job]:
         data = self._write("insert_jobs")
-        now = datetime.now(timezone.utc)
         stored: list[Job] = []
         for job in jobs:
-            row = _JobRow(
-                id=next(self._store._job_ids),
-                kind=job.kind,
-                run_id=job.run_id,
-                seq=job.seq,
-                attempt=job.attempt,
-                run_at=utc(job.run_at) if job.run_at is not None else now,
-                data=_encode(job.data, f"{job.kind} job data"),
-                created_at=now,
-            )
-            if worker is not None:
-                row.worker = worker
-                row.lease_until = utc(lease_until) if lease_until is not None else None
+            row = _JobRow.of(next(self._store._job_ids), job, worker, lease_until)
             data.jobs[row.id] = row
             stored.append(row.job())
         return stored
+
+    def replace_job(
+        self,
+        job_id: int,
+        job: Job,
+        *,
+        worker: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> Job | None:
+        data = self._write("replace_job")
+        if job_id not in data.jobs:
+            return None
+        row = data.jobs[job_id] = _JobRow.of(job_id, job, worker, lease_until)
+        return row.job()
 
     def claim_jobs(
         self, *, now: datetime, limit: int, worker: str, lease_until: datetime

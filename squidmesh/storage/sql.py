@@ -14,7 +14,6 @@ IMMEDIATE``, so transactions that may write serialize on the database lock (wait
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -27,7 +26,7 @@ from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
-from squidmesh.storage import liveness, sql_migrate
+from squidmesh.storage import liveness, pg_write, sql_migrate
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import (
     PARKED,
@@ -57,23 +56,19 @@ from squidmesh.storage.sql_queries import (
 __all__ = ["SqlStore", "SqlTransaction", "create_engine"]
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return t.utc(value).isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _job_doc(job: Job, worker: str | None, lease_until: datetime | None) -> dict[str, Any]:
+def _job_params(
+    job: Job, worker: str | None, lease_until: datetime | None, now: datetime
+) -> dict[str, Any]:
     return {
         "kind": job.kind,
         "run_id": job.run_id,
         "seq": job.seq,
         "attempt": job.attempt,
-        "run_at": job.run_at or datetime.now(timezone.utc),
+        "run_at": job.run_at or now,
         "data": job.data,
+        "created_at": now,
         "worker": worker,
         "lease_until": lease_until,
-        "created_at": datetime.now(timezone.utc),
     }
 
 
@@ -143,8 +138,9 @@ class SqlStore:
         #: the LISTEN/NOTIFY channel announcing new jobs (PostgreSQL)
         self.notify_channel = f"{self.schema}_jobs"
         self._notify_sql = f'NOTIFY "{self.notify_channel}"' if dialect == "postgresql" else None
+        #: PostgreSQL writes a state change with one call (SQLite statement by statement)
         self._write_sql = (
-            f"SELECT {self.schema}.squidmesh_write_v2(%s::json)"
+            f"SELECT {self.schema}.{pg_write.WRITE_FUNCTION}(%s::json)"
             if dialect == "postgresql"
             else None
         )
@@ -167,8 +163,10 @@ class SqlStore:
         return _Hold(self.conninfo() if self.dialect == "postgresql" else None, owner)
 
     def transaction(self, *, autocommit: bool = False) -> SqlTransaction:
-        # Only PostgreSQL gains from skipping BEGIN/COMMIT round trips; SQLite keeps its
-        # BEGIN IMMEDIATE so writers still serialize.
+        # On PostgreSQL a change's writes are one statement that checks what the change
+        # was decided on before writing anything (``pg_write``), so without BEGIN/COMMIT
+        # it is still all or nothing, and it saves two round trips. SQLite keeps its
+        # BEGIN IMMEDIATE so writers serialize.
         return SqlTransaction(self, autocommit=autocommit and self.dialect == "postgresql")
 
     def close(self) -> None:
@@ -470,29 +468,30 @@ class SqlTransaction:
     def write(self, batch: WriteBatch) -> list[Job]:
         if self._write_sql is None:  # SQLite: in-process, so statements are cheap
             return write_batch(self, batch)
-        doc = {
-            "guards": [{"id": run_id, "version": version} for run_id, version in batch.guards],
-            "runs": [run_params(run) for run in batch.runs],
-            "entries_insert": [entry_params(r, e) for r, e in batch.entries_insert],
-            "entries_update": [entry_params(r, e) for r, e in batch.entries_update],
-            "attempts": [attempt_params(r, s, a) for r, s, a in batch.attempts],
-            "audits": [audit_params(r, a) for r, a in batch.audits],
-            "jobs_delete": batch.jobs_delete,
-            "jobs_insert": [
-                _job_doc(job, worker, until) for job, worker, until in batch.jobs_insert
-            ],
-            # Jobs leased at insert are already someone's: waking other workers is waste.
-            "notify": any(worker is None for _, worker, _ in batch.jobs_insert),
-            "channel": self._store.notify_channel,
-        }
-        text = json.dumps(doc, default=_json_default, allow_nan=False)
-        ids = self.connection.exec_driver_sql(self._write_sql, (text,)).scalar_one()
-        return [
-            dataclasses.replace(job, id=job_id, run_at=t.utc(job.run_at) if job.run_at else None)
-            for (job, _, _), job_id in zip(batch.jobs_insert, ids, strict=True)
-        ]
+        now = datetime.now(timezone.utc)
+        doc = pg_write.write_document(batch, self._store.notify_channel, now)
+        ids = self.connection.exec_driver_sql(self._write_sql, (doc,)).scalar_one()
+        return pg_write.stored_jobs(batch, ids, now)
 
     # jobs ------------------------------------------------------------------
+    @translated("replace a job")
+    def replace_job(
+        self,
+        job_id: int,
+        job: Job,
+        *,
+        worker: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> Job | None:
+        now = datetime.now(timezone.utc)
+        params = _job_params(job, worker, lease_until, now)
+        params["b_id"] = job_id
+        if self.connection.execute(self._q.replace_job, params).rowcount != 1:
+            return None
+        if self._notify_sql is not None and worker is None:
+            self.connection.exec_driver_sql(self._notify_sql)
+        return dataclasses.replace(job, id=job_id, run_at=t.utc(job.run_at or now))
+
     @translated("insert jobs")
     def insert_jobs(
         self,
@@ -504,20 +503,7 @@ class SqlTransaction:
         if not jobs:
             return []
         now = datetime.now(timezone.utc)
-        params = [
-            {
-                "kind": job.kind,
-                "run_id": job.run_id,
-                "seq": job.seq,
-                "attempt": job.attempt,
-                "run_at": job.run_at or now,
-                "data": job.data,
-                "created_at": now,
-                "worker": worker,
-                "lease_until": lease_until,
-            }
-            for job in jobs
-        ]
+        params = [_job_params(job, worker, lease_until, now) for job in jobs]
         conn = self.connection
         if len(params) == 1:
             ids = [conn.execute(self._q.insert_job, params[0]).scalar_one()]

@@ -186,6 +186,10 @@ class Queries:
         )
         self.insert_job = sa.insert(jobs).returning(jobs.c.id)
         self.insert_jobs = sa.insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
+        # A job carried on in place (``Transaction.replace_job``): its failures start over.
+        self.replace_job = (
+            sa.update(jobs).where(jobs.c.id == b("b_id")).values(failures=0, last_error=None)
+        )
         now = b("now", type_=t.UtcDateTime())
         lease = {"worker": b("w"), "lease_until": b("until", type_=t.UtcDateTime())}
         self.claim_jobs: sa.Executable

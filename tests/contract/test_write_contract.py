@@ -1,0 +1,228 @@
+"""``Transaction.write``: a whole state change, all or nothing, on every store.
+
+PostgreSQL applies a batch with one call of ``squidmesh_write_v3`` (optionally without
+an explicit transaction); memory and SQLite apply it statement by statement
+(``write_batch``). Both must agree on what a batch writes and on when it writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.errors import ConcurrentChangeError, StorageError
+from squidmesh.storage.base import JobWrite, RunRecord, Store, WriteBatch
+from squidmesh.storage.sql import SqlStore
+from tests.contract.test_store_contract import T0, add_runs, dump, full_entry, run_record
+
+LATER = T0 + timedelta(minutes=1)
+
+
+def advanced(run: RunRecord, **fields: Any) -> RunRecord:
+    """``run`` as a change leaves it: one version on, with ``fields`` changed."""
+    return dataclasses.replace(run, version=run.version + 1, updated_at=LATER, **fields)
+
+
+def write(store: Store, batch: WriteBatch, *, autocommit: bool = False) -> list[Job]:
+    with store.transaction(autocommit=autocommit) as tx:
+        return tx.write(batch)
+
+
+def queued(store: Store, run_id: str) -> list[tuple[int | None, int | None, str | None]]:
+    with store.transaction() as tx:
+        return [(q.job.id, q.job.seq, q.worker) for q in tx.load_jobs(run_id)]
+
+
+@pytest.fixture
+def started(store: Store) -> tuple[RunRecord, Job]:
+    """A run at version 0 with its first history entry and one queued job."""
+    run = run_record(status="running")
+    add_runs(store, run)
+    with store.transaction() as tx:
+        tx.insert_entries(run.id, [full_entry(1, status="running", result=None)])
+        (job,) = tx.insert_jobs([Job("step", run.id, 1, 1, run_at=T0)])
+    return run, job
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+def test_a_batch_writes_every_section(
+    store: Store, started: tuple[RunRecord, Job], autocommit: bool
+) -> None:
+    run, job = started
+    moved = advanced(run, current_steps=["two"], waiting_on=[2], result={"so": "far"})
+    done = full_entry(1, status="completed", result={"n": 1})
+    attempt = Attempt(1, "completed", None, "2024-05-01T12:00:01+00:00", None, "w1", None)
+    audit = AuditEvent("approved", "gate", "ops", "fine", {"k": [1]}, "2024-05-01T12:01:00")
+    batch = WriteBatch(
+        runs=[moved],
+        entries_insert=[(run.id, full_entry(2, status="running", result=None))],
+        entries_update=[(run.id, done)],
+        attempts=[(run.id, 1, attempt)],
+        audits=[(run.id, audit)],
+        jobs_insert=[
+            JobWrite(Job("step", run.id, 2, 1, run_at=LATER), "w1", LATER, replaces=job.id),
+            JobWrite(Job("wake", run.id, 3, 1, run_at=LATER)),
+        ],
+    )
+
+    jobs = write(store, batch, autocommit=autocommit)
+
+    # The job carrying on keeps the row of the one it replaces; the new one gets an id.
+    assert [j.id for j in jobs][0] == job.id
+    assert jobs[1].id is not None and jobs[1].id != job.id
+    assert [(j.kind, j.seq, j.run_at) for j in jobs] == [("step", 2, LATER), ("wake", 3, LATER)]
+    with store.transaction() as tx:
+        assert tx.get_run(run.id) == moved
+        assert tx.load_entries(run.id) == [done, full_entry(2, status="running", result=None)]
+        assert tx.load_attempts(run.id) == {1: [attempt]}
+        assert tx.load_audit(run.id) == [audit]
+    assert queued(store, run.id) == [(job.id, 2, "w1"), (jobs[1].id, 3, None)]
+
+
+def test_only_the_fields_a_change_alters_are_written(
+    store: Store, started: tuple[RunRecord, Job]
+) -> None:
+    run, _ = started
+    # A run's identity (what it runs, with what, from where) is fixed at creation; a
+    # batch carrying other values for it does not rewrite them.
+    tampered = advanced(run, status="completed", payload={"other": 1}, workflow="other")
+    write(store, WriteBatch(runs=[tampered]))
+    with store.transaction() as tx:
+        stored = tx.get_run(run.id)
+    assert stored is not None
+    assert (stored.status, stored.version) == ("completed", 1)
+    assert (stored.payload, stored.workflow) == (run.payload, run.workflow)
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+def test_a_version_conflict_writes_nothing(
+    store: Store, started: tuple[RunRecord, Job], autocommit: bool
+) -> None:
+    run, job = started
+    write(store, WriteBatch(runs=[advanced(run)]))  # someone else's change: version 1
+    before = dump(store)
+    stale = WriteBatch(
+        runs=[advanced(run, status="completed")],  # decided at version 0
+        entries_insert=[(run.id, full_entry(2))],
+        jobs_delete=[job.id],
+        jobs_insert=[JobWrite(Job("step", run.id, 2, 1, run_at=LATER))],
+    )
+    with pytest.raises(ConcurrentChangeError):
+        write(store, stale, autocommit=autocommit)
+    assert dump(store) == before
+
+
+def test_a_guard_holds_the_change_to_the_version_it_read(
+    store: Store, started: tuple[RunRecord, Job]
+) -> None:
+    run, job = started
+    other = run_record()
+    add_runs(store, other)
+    # Reading ``other`` at version 0 and writing only ``run``: fine while ``other`` stays.
+    write(store, WriteBatch(runs=[advanced(run)], guards=[(other.id, 0)]))
+    write(store, WriteBatch(runs=[advanced(other)]))
+    before = dump(store)
+    late = WriteBatch(runs=[advanced(advanced(run))], guards=[(other.id, 0)], jobs_delete=[job.id])
+    with pytest.raises(ConcurrentChangeError):
+        write(store, late, autocommit=True)
+    assert dump(store) == before
+
+
+def test_a_guard_alone_writes_nothing_and_passes(
+    store: Store, started: tuple[RunRecord, Job]
+) -> None:
+    run, _ = started
+    before = dump(store)
+    assert write(store, WriteBatch(guards=[(run.id, 0)]), autocommit=True) == []
+    assert dump(store) == before
+    with pytest.raises(ConcurrentChangeError):
+        write(store, WriteBatch(guards=[(run.id, 5)]), autocommit=True)
+
+
+def test_updating_a_missing_entry_writes_nothing(
+    store: Store, started: tuple[RunRecord, Job]
+) -> None:
+    run, _ = started
+    before = dump(store)
+    batch = WriteBatch(runs=[advanced(run)], entries_update=[(run.id, full_entry(9))])
+    with pytest.raises(StorageError) as caught:
+        write(store, batch, autocommit=True)
+    assert not isinstance(caught.value, ConcurrentChangeError)
+    assert dump(store) == before
+
+
+def test_carrying_on_a_job_that_is_gone_writes_nothing(
+    store: Store, started: tuple[RunRecord, Job]
+) -> None:
+    run, job = started
+    with store.transaction() as tx:
+        tx.delete_job(int(job.id or 0))  # another worker finished it
+    before = dump(store)
+    batch = WriteBatch(
+        runs=[advanced(run)],
+        jobs_insert=[JobWrite(Job("step", run.id, 2, 1), "w1", LATER, replaces=job.id)],
+    )
+    with pytest.raises(ConcurrentChangeError):
+        write(store, batch, autocommit=True)
+    assert dump(store) == before
+
+
+def test_of_two_changes_decided_at_one_version_exactly_one_lands(store: Store) -> None:
+    run = run_record(status="running")
+    add_runs(store, run)
+    mine = WriteBatch(runs=[advanced(run, result="mine")])
+    theirs = WriteBatch(runs=[advanced(run, result="theirs")])
+    write(store, mine, autocommit=True)
+    with pytest.raises(ConcurrentChangeError):
+        write(store, theirs, autocommit=True)
+    with store.transaction() as tx:
+        stored = tx.get_run(run.id)
+    assert stored is not None and (stored.result, stored.version) == ("mine", 1)
+
+
+@pytest.mark.postgres
+def test_a_write_waits_for_a_concurrent_writer_then_sees_its_version(
+    pg_migrated_url: str,
+) -> None:
+    """Two writers of one run at once on PostgreSQL: the second blocks on the first's row
+    lock (seen in pg_stat_activity), and once the first commits, it finds the version
+    moved on and writes nothing."""
+    from tests.contract.conftest import pg_engine
+
+    store = SqlStore(pg_engine(pg_migrated_url), owns_engine=True)
+    try:
+        run = run_record(status="running")
+        add_runs(store, run)
+        outcome: list[BaseException | list[Job]] = []
+
+        def second() -> None:
+            try:
+                outcome.append(
+                    write(store, WriteBatch(runs=[advanced(run, result="b")]), autocommit=True)
+                )
+            except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+                outcome.append(exc)
+
+        with store.transaction() as tx:
+            tx.write(WriteBatch(runs=[advanced(run, result="a")]))
+            thread = threading.Thread(target=second)
+            thread.start()
+            with psycopg.connect(pg_migrated_url, autocommit=True) as watch:
+                while not watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE '%squidmesh_write_v3%'"
+                ).fetchone()[0]:  # type: ignore[index]
+                    assert thread.is_alive(), outcome
+        thread.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], ConcurrentChangeError)
+        with store.transaction() as tx:
+            stored = tx.get_run(run.id)
+        assert stored is not None and (stored.result, stored.version) == ("a", 1)
+    finally:
+        store.close()
