@@ -32,6 +32,7 @@ PUBLIC_API = [
     "InvalidArgumentError",
     "InvalidTransitionError",
     "Job",
+    "LifecycleEvent",
     "ManualTrigger",
     "Mesh",
     "NonRetryable",
