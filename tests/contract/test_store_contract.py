@@ -694,7 +694,7 @@ def test_count_ready_jobs_counts_due_unleased_jobs(store: Store) -> None:
     # The squidmesh.jobs.ready gauge: the backlog no worker has claimed yet.
     with store.transaction() as tx:
         assert tx.count_ready_jobs(T0) == 0
-        due, later, leased, parked = tx.insert_jobs(
+        *_, parked = tx.insert_jobs(
             [
                 Job("activate", "r1", run_at=T0 - timedelta(seconds=1)),
                 Job("activate", "r2", run_at=T0 + timedelta(seconds=60)),
@@ -709,7 +709,7 @@ def test_count_ready_jobs_counts_due_unleased_jobs(store: Store) -> None:
         tx.claim_jobs(now=T0, limit=2, worker="w", lease_until=T0 + timedelta(seconds=30))
         assert tx.release_job(parked.id, run_at=T0, failure="boom", park_after=1)
     with store.transaction() as tx:
-        assert tx.count_ready_jobs(T0) == 1  # `due`; `leased` is held, `parked` parked
+        assert tx.count_ready_jobs(T0) == 1  # r1; r3 is leased, r4 parked, r2 not due
         # once the lease runs out the job is ready again; the later job falls due
         assert tx.count_ready_jobs(T0 + timedelta(seconds=60)) == 3
         assert tx.count_ready_jobs(T0 + timedelta(days=365 * 100)) == 3
