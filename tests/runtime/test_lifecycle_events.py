@@ -129,7 +129,7 @@ def test_a_run_tells_its_whole_lifecycle_in_order(mesh_factory: MeshFactory) -> 
     assert all(e.duration == 0.0 for e in ends)
     # the events agree with what inspect_run records
     step_runs = mesh.inspect_run(run.id, include_history=True).step_runs
-    wobbly_run = next(s for s in step_runs if s.name == "wobbly")
+    wobbly_run = next(s for s in step_runs or () if s.name == "wobbly")
     assert [a.status for a in wobbly_run.attempts] == ["failed", "completed"]
     assert retry.at.isoformat() == wobbly_run.attempts[0].finished_at
 
@@ -200,8 +200,8 @@ def _outcome(mesh: sm.Mesh, run_id: Any) -> Any:
         found.status,
         found.reason,
         found.result,
-        [(s.name, s.status, [a.status for a in s.attempts]) for s in found.step_runs],
-        [(a.type, a.step) for a in found.audit_events],
+        [(s.name, s.status, [a.status for a in s.attempts]) for s in found.step_runs or ()],
+        [(a.type, a.step) for a in found.audit_events or ()],
     )
 
 
