@@ -216,7 +216,7 @@ def test_a_suspended_activation_is_an_error_span(otel: Otel, factory: MeshFactor
     assert "a bug in the workflow" in str(exception.attributes["exception.message"])
 
 
-def _sum(points: list[Any], **attributes: Any) -> float:
+def _sum(points: list[Any], **attributes: Any) -> Any:
     wanted = {f"squidmesh.{k}": v for k, v in attributes.items()}
     return sum(
         p.value if hasattr(p, "value") else p.count
