@@ -40,3 +40,21 @@ def test_every_record_of_a_squidmesh_logger_has_fields() -> None:
             logger.removeHandler(handler)
     assert len(records) == 2 * len(LOGGERS)
     assert [r.squidmesh for r in records] == [{}, {"run_id": "r"}] * len(LOGGERS)  # type: ignore[attr-defined]
+
+
+def test_the_otlp_recipe_builds_exporting_providers() -> None:
+    # examples/otel_collector.py, quoted by docs/observability.md: its providers export
+    # over OTLP/HTTP to the collector's endpoint (building them sends nothing).
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from examples.otel_collector import otlp_providers
+
+    tracer_provider, meter_provider = otlp_providers("http://127.0.0.1:9")
+    try:
+        processor = tracer_provider._active_span_processor._span_processors[0]
+        exporter = processor.span_exporter  # type: ignore[attr-defined]
+        assert isinstance(exporter, OTLPSpanExporter)
+        assert exporter._endpoint == "http://127.0.0.1:9/v1/traces"
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown(timeout_millis=1000)
