@@ -132,6 +132,7 @@ MESH_METHODS = [
     "resume_run",
     "send_event",
     "start_run",
+    "subscribe",
     "unblock_run",
     "worker",
 ]
