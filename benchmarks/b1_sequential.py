@@ -21,8 +21,8 @@ __all__ = ["run", "run_once"]
 TARGET = 0.5  # of the baseline rate
 
 
-def run_once(url: str, steps: int, *, profile: Any = None) -> dict[str, Any]:
-    with open_mesh(url) as mesh, Completion(url) as done:
+def run_once(url: str, steps: int, *, profile: Any = None, **mesh_options: Any) -> dict[str, Any]:
+    with open_mesh(url, **mesh_options) as mesh, Completion(url) as done:
         mesh.worker(concurrency=1)
         # Warm-up run: connections, statement cache, imports.
         flows.PROBE.reset()

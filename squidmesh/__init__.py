@@ -66,6 +66,7 @@ from squidmesh.errors import (
     WorkflowSignal,
 )
 from squidmesh.mesh import Mesh
+from squidmesh.runtime.events import LifecycleEvent
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
 from squidmesh.runtime.views import DeclaredStep, Explanation, Run, StepRun
 from squidmesh.types import RunStatus
@@ -95,6 +96,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidTransitionError",
     "Job",
+    "LifecycleEvent",
     "ManualTrigger",
     "Mesh",
     "NonRetryable",

@@ -24,10 +24,12 @@ from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
 from squidmesh.runtime.clock import DatabaseClock, local_now
 from squidmesh.runtime.engine import Engine
+from squidmesh.runtime.events import EventBus, LifecycleEvent
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
 from squidmesh.runtime.explain import explain
 from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.presence import Presence
+from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Explanation, Run, build_run
 from squidmesh.runtime.worker import Worker
 from squidmesh.storage.base import Store, run_id_prefix
@@ -48,6 +50,10 @@ class Mesh(OperatorActions):
     ``Mesh("postgresql+psycopg://app@localhost/app", workflows=[...])``, or
     ``Mesh(engine=host_engine, schema="squidmesh", ...)`` to share the host's engine, or
     ``Mesh()`` for the embedded default, a SQLite file ``./squidmesh.db``.
+
+    ``telemetry=False`` turns off the lifecycle log lines (loggers ``squidmesh.step``
+    and ``squidmesh.run``) and OpenTelemetry spans and metrics; ``subscribe`` callbacks
+    are still called (docs/observability.md).
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class Mesh(OperatorActions):
         auto_migrate: bool | None = None,
         cache_size: int = 1024,
         max_value_bytes: int | None = 1_048_576,
+        telemetry: bool = True,
     ) -> None:
         if store is None:
             from squidmesh.storage import open_store
@@ -81,8 +88,18 @@ class Mesh(OperatorActions):
         self.clock = clock or (
             DatabaseClock(self.store) if self.store.dialect == "postgresql" else local_now
         )
+        self._telemetry: Telemetry | None = (
+            Telemetry(database=_database_label(self.store), ready_jobs=self._count_ready_jobs)
+            if telemetry
+            else None
+        )
         self._engine = Engine(
-            self.store, self.workflows, self.executor, self.clock, cache_size=cache_size
+            self.store,
+            self.workflows,
+            self.executor,
+            self.clock,
+            cache_size=cache_size,
+            events=EventBus(self._telemetry),
         )
         #: this process's presence as a performer of jobs (started by the first job)
         self._presence = Presence(self.store, self.clock)
@@ -156,6 +173,8 @@ class Mesh(OperatorActions):
 
     def close(self) -> None:
         """Stop this Mesh's workers (gracefully), release connections and caches."""
+        if self._telemetry is not None:
+            self._telemetry.close()
         for worker in self._workers:
             worker.stop()
         self._workers.clear()
@@ -179,8 +198,29 @@ class Mesh(OperatorActions):
             raise UnknownWorkflowError(workflow=name, registered=self.workflows)
         return found
 
+    # ------------------------------------------------------------------ observing
+
+    def subscribe(self, callback: Callable[[LifecycleEvent], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` with each ``sm.LifecycleEvent`` of this Mesh's runs
+        (``run.created``, ``run.transition``, ``step.started``, ``step.completed``,
+        ``step.failed``, ``step.retry_scheduled``, ``run.compensation``), after the
+        transaction that recorded it committed, in the thread that committed it. A
+        callback that raises is logged and changes nothing. Returns a function that
+        unsubscribes."""
+        return self._engine.events.subscribe(callback)
+
+    def _count_ready_jobs(self) -> int | None:
+        """Jobs due and unclaimed (the ``squidmesh.jobs.ready`` gauge); None when this
+        Mesh's executor keeps no jobs table or the schema is not there."""
+        if not getattr(self.executor, "jobs_in_table", False) or not self._schema_ok:
+            return None
+        now = self.clock()
+        with self.store.transaction() as tx:
+            return tx.count_ready_jobs(now)
+
     # ------------------------------------------------------------------ starting runs
 
+    @api_call
     def start_run(
         self,
         workflow: str | WorkflowDefinition,
@@ -446,6 +486,7 @@ class Mesh(OperatorActions):
     def _run_scheduler(self, stop: Any) -> None:
         cron.Scheduler(self).run(stop)
 
+    @api_call
     def fire_cron(
         self,
         workflow: str | WorkflowDefinition,
@@ -485,6 +526,17 @@ class Mesh(OperatorActions):
             if existing is None:
                 raise
             return self._fresh(build_run(existing))
+
+
+def _database_label(store: Store) -> str:
+    """The database as the ready-jobs gauge names it (never with a password)."""
+    engine = getattr(store, "engine", None)
+    if engine is None:
+        return store.dialect
+    url = engine.url.set(drivername=engine.url.get_backend_name())
+    shown = str(url.render_as_string(hide_password=True))
+    schema = getattr(store, "schema", None)
+    return f"{shown} (schema {schema})" if schema and store.dialect == "postgresql" else shown
 
 
 def _validate_cron(workflow: WorkflowDefinition, trigger: CronTrigger) -> None:

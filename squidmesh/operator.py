@@ -24,6 +24,7 @@ from squidmesh.errors import (
 )
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
+from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Run, build_run
 from squidmesh.storage.base import RunRecord, Store, Transaction
 from squidmesh.types import RunStatus
@@ -49,6 +50,8 @@ class OperatorActions:
     workflows: dict[str, Any]
     max_value_bytes: int | None
     clock: Callable[[], datetime]
+    #: spans of API calls (``api_call``); None when ``Mesh(telemetry=False)``
+    _telemetry: Telemetry | None
 
     if TYPE_CHECKING:  # provided by Mesh
 
@@ -115,8 +118,10 @@ class OperatorActions:
                 schedule=schedule,
                 replayed_from_run_id=replayed_from,
                 forked_from_run_id=forked_from,
+                trace_context=self._engine.events.trace_context(),
             )
             ch.tx.insert_run(run)
+            ch.events.run_created(run, ch.now)
             if cron_tick is not None:
                 ch.tx.add_cron_tick(workflow, trigger, cron_tick, run.id)
             if prefix:
@@ -163,6 +168,7 @@ class OperatorActions:
             action=action,
         )
 
+    @api_call
     def approve_run(
         self,
         run_id: Any,
@@ -174,6 +180,7 @@ class OperatorActions:
         """Approve the approval the run is paused at; the workflow continues."""
         return self._decide(run_id, True, actor, comment, metadata)
 
+    @api_call
     def reject_run(
         self,
         run_id: Any,
@@ -227,6 +234,7 @@ class OperatorActions:
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
+    @api_call
     def unblock_run(
         self,
         run_id: Any,
@@ -259,6 +267,7 @@ class OperatorActions:
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
+    @api_call
     def send_event(
         self, run_id: Any, name: str, data: Any = None, *, actor: str | None = None
     ) -> Run:
@@ -294,6 +303,7 @@ class OperatorActions:
                 self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
+    @api_call
     def cancel_run(
         self,
         run_id: Any,
@@ -332,6 +342,7 @@ class OperatorActions:
                 self._engine.finish_cancel(ch, run, live)
         return self._fresh(build_run(run))
 
+    @api_call
     def resume_run(self, run_id: Any, *, actor: str | None = None) -> Run:
         """Re-activate a suspended run (after the workflow code was fixed)."""
         self._ready()
@@ -360,6 +371,7 @@ class OperatorActions:
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
+    @api_call
     def replay_run(
         self, run_id: Any, *, allow_irreversible: bool = False, actor: str | None = None
     ) -> Run:
@@ -386,6 +398,7 @@ class OperatorActions:
             actor=actor,
         )
 
+    @api_call
     def fork_run(self, run_id: Any, *, at_seq: int, actor: str | None = None) -> Run:
         """A new run that reuses the source's recorded results before ``at_seq``."""
         with self._reading(run_id) as (tx, source):

@@ -32,6 +32,7 @@ PUBLIC_API = [
     "InvalidArgumentError",
     "InvalidTransitionError",
     "Job",
+    "LifecycleEvent",
     "ManualTrigger",
     "Mesh",
     "NonRetryable",
@@ -131,6 +132,7 @@ MESH_METHODS = [
     "resume_run",
     "send_event",
     "start_run",
+    "subscribe",
     "unblock_run",
     "worker",
 ]

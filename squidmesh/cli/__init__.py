@@ -6,6 +6,7 @@ Usage and exit codes: ``squidmesh --help`` (built in :mod:`squidmesh.cli.parser`
 - ``database``: which database a command works on; refusing to create one by accident;
 - ``errors``: exit codes, ``CliError`` and the CLI's advice for API errors;
 - ``parser``: the argument parser; ``complete``: shell completion (argcomplete);
+- ``logs``: logging for ``worker``, ``drain`` and ``ui`` (``--log-level``, ``--log-format``);
 - ``render``: JSON encoding, tables and run views (``squidmesh.demo`` prints with them);
 - ``style``: colour and terminal width;
 - ``runs``: the ``runs ...`` commands; ``tools``: every other command;

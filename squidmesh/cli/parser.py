@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, NoReturn
 
-from squidmesh.cli import ui
+from squidmesh.cli import logs, ui
 from squidmesh.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE, CliError
 from squidmesh.storage import DEFAULT_URL
 from squidmesh.types import RunStatus
@@ -156,12 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print JSON (sorted keys); errors too"
     )
 
+    # worker, drain and ui run work: they configure logging (squidmesh.cli.logs).
+    log_flags = _Parser(add_help=False)
+    logs.add_options(log_flags)
+
     commands.add_parser(
         "migrate",
         help="create or upgrade squidmesh's tables (the only command that creates a database)",
     )
 
-    worker = commands.add_parser("worker", help="run jobs until SIGTERM/SIGINT (needs --app)")
+    worker = commands.add_parser(
+        "worker", parents=[log_flags], help="run jobs until SIGTERM/SIGINT (needs --app)"
+    )
     worker.add_argument(
         "--concurrency", type=_positive_int, default=4, metavar="N", help="threads running jobs"
     )
@@ -188,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     drain = commands.add_parser(
-        "drain", parents=[json_flag], help="run every due job in this process, then exit"
+        "drain", parents=[json_flag, log_flags], help="run every due job in this process, then exit"
     )
     drain.add_argument(
         "--limit", type=_positive_int, default=None, metavar="N", help="stop after N jobs"
@@ -341,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=500, metavar="N", help="runs per transaction"
     )
 
-    ui.add_parser(commands)
+    ui.add_parser(commands, parents=[log_flags])
 
     commands.add_parser(
         "demo", help="run the Ring Errand end to end, keeping the run for squidmesh ui"

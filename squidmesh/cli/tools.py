@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from squidmesh.cli import database
+from squidmesh.cli import database, logs
 from squidmesh.cli.app import Context, _import, workflows_in
 from squidmesh.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, NEEDS_APP, CliError
 from squidmesh.cli.parser import TERMINAL
@@ -57,6 +57,7 @@ def cmd_worker(ctx: Context) -> int:
     from squidmesh.runtime.worker import Worker
 
     args = ctx.args
+    logs.configure(args.log_level, args.log_format)
     mesh = ctx.need_workflows("the worker")
     worker = Worker(
         mesh,
@@ -79,6 +80,7 @@ def cmd_worker(ctx: Context) -> int:
 
 
 def cmd_drain(ctx: Context) -> int:
+    logs.configure(ctx.args.log_level, ctx.args.log_format)
     ran = ctx.need_workflows("drain").drain(limit=ctx.args.limit)
     ctx.emit({"jobs": ran}, lambda: f"ran {ran} job(s)")
     return EXIT_OK

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from squidmesh.cli import logs
 from squidmesh.cli.app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Context
 
 __all__ = ["add_parser", "cmd_ui"]
@@ -28,10 +29,12 @@ def _port(text: str) -> int:
     return value
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, parents: list[Any]) -> None:
     """The ``ui`` subcommand, on the parser's subcommands."""
     ui = commands.add_parser(
-        "ui", help="serve the operator console at http://127.0.0.1:8400 (needs squidmesh[web])"
+        "ui",
+        parents=parents,
+        help="serve the operator console at http://127.0.0.1:8400 (needs squidmesh[web])",
     )
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on")
     ui.add_argument("--port", type=_port, default=8400, help="port to listen on")
@@ -56,6 +59,7 @@ def cmd_ui(ctx: Context) -> int:
             "pip install 'squidmesh[web]'",
         ) from exc
     args = ctx.args
+    logs.configure(args.log_level, args.log_format)
     mesh = ctx.need_workflows("ui --worker") if args.worker else ctx.mesh
     mesh.count_runs(limit=1)  # the schema is there (else: run `squidmesh migrate`)
     actor = args.actor.strip() if args.actor else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import invoke
+from squidmesh.runtime.events import EventBus, Recorder
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
 from squidmesh.storage.base import (
     RUN_FIXED_FIELDS,
@@ -120,6 +122,8 @@ class Change:
     optimistic: bool = False
     #: runs written (with a new version) even if nothing else about them changed
     forced: set[str] = dataclasses.field(default_factory=set)
+    #: the lifecycle facts this change reports, delivered after its commit
+    events: Recorder = dataclasses.field(default_factory=lambda: Recorder(False))
 
     def force_write(self, run: RunRecord) -> None:
         """Write ``run`` with a new version even if this change altered nothing in it, so
@@ -162,8 +166,11 @@ class Engine:
         clock: Callable[[], datetime],
         *,
         cache_size: int = 1024,
+        events: EventBus | None = None,
     ) -> None:
         self.store = store
+        #: lifecycle events and telemetry: told after each commit (squidmesh.runtime.events)
+        self.events = events if events is not None else EventBus()
         self.workflows = workflows
         self.executor = executor
         self.clock = clock
@@ -194,7 +201,9 @@ class Engine:
             # it needs no explicit transaction (the batch checks and commits as a whole),
             # unless an executor of its own enqueues jobs in it too.
             with self.store.transaction(autocommit=optimistic and self.batches_jobs) as tx:
-                ch = Change(tx=tx, now=self.clock(), optimistic=optimistic)
+                ch = Change(
+                    tx=tx, now=self.clock(), optimistic=optimistic, events=self.events.recorder()
+                )
                 yield ch
                 self._flush(ch)
                 if ch.jobs and not ch.jobs_written:
@@ -208,6 +217,7 @@ class Engine:
                             f"{', '.join(sorted({j.run_id or '-' for j in ch.jobs}))}: {exc}; "
                             "nothing was changed"
                         ) from exc
+                sealed = ch.events.seal(ch.read, ch.runs.values())
         except BaseException:
             if ch is not None:
                 for run_id, run in ch.read.items():
@@ -222,6 +232,7 @@ class Engine:
             live = ch.lives.get(run_id)
             keep = live is not None and live.interpreter.is_live and run.status in ACTIVE
             self._publish(run_id, run, live if keep else None)
+        self.events.publish(sealed)
         for run_id, entry in ch.logs:
             _emit(run_id, entry)
         if ch.jobs:
@@ -432,7 +443,9 @@ class Engine:
 
     def advance(self, ch: Change, run: RunRecord, live: Live) -> None:
         """Run the workflow as far as it can go and record what it decided."""
+        started = time.time_ns()
         act = live.interpreter.advance(live.history, now=ch.now)
+        ch.events.activated(run, started, act.outcome, act.error)
         if self.on_activation is not None:
             self.on_activation(run, live.history, act)
         self.apply(ch, run, live, act)
@@ -552,6 +565,7 @@ class Engine:
     def _start_compensation(self, ch: Change, run: RunRecord, plan: tuple[int, ...]) -> None:
         first = plan[0]
         ch.audit(run.id, "compensation_started", step=None, metadata={"plan": list(plan)})
+        ch.events.compensation(run, "started", ch.now)
         ch.jobs.append(Job("compensate", run.id, first, run_at=ch.now))
 
     def in_flight(self, live: Live) -> list[Entry]:

@@ -122,6 +122,7 @@ class JobRunner:
             # Before any transaction: starting the presence writes (and SQLite has one
             # writer at a time).
             self.owner()
+        self.engine.events.job_started(job.kind, job.run_at, self.engine.clock)
         if job.kind == "activate":
             return self._perform_activate(job, lease)
         if job.kind == "step":
@@ -247,12 +248,13 @@ class JobRunner:
             )
         else:
             try:
-                value = self.invoker.call_step(
-                    definition,
-                    entry.input or {},
-                    self._context(run, entry, number, None, running),
-                    override=self.engine.override(definition, number),
-                )
+                with self.engine.events.step_span(run, entry.name, seq, number):
+                    value = self.invoker.call_step(
+                        definition,
+                        entry.input or {},
+                        self._context(run, entry, number, None, running),
+                        override=self.engine.override(definition, number),
+                    )
             except Exception as exc:
                 failure = exc
         # A run this process holds in its cache is landed without a lock (one round trip
@@ -365,6 +367,7 @@ class JobRunner:
             return None
         definition = self.engine.step_definition(live, entry)
         number = state.begin_attempt(entry, ch.now)
+        ch.events.step_started(run, entry.name, seq, number, ch.now)
         ch.touched(run.id, entry)
         started = ch.now.isoformat()
         if run.status == RunStatus.RETRYING.value:
@@ -381,9 +384,10 @@ class JobRunner:
             try:
                 context = self._context(run, entry, number, ch.tx, running)
                 override = self.engine.override(definition, number)
-                result = self.invoker.call_step(
-                    definition, entry.input or {}, context, override=override
-                )
+                with self.engine.events.step_span(run, entry.name, seq, number):
+                    result = self.invoker.call_step(
+                        definition, entry.input or {}, context, override=override
+                    )
                 # A result that cannot be stored fails the attempt: roll its writes back.
                 contracts.stored(
                     result,
@@ -474,6 +478,7 @@ class JobRunner:
                 return
             del ch.jobs[index]
             number = state.begin_attempt(entry, ch.now)
+            ch.events.step_started(run, entry.name, entry.seq, number, ch.now)
             ch.touched(run.id, entry)
             started = ch.now.isoformat()
             ch.attempt(
@@ -526,6 +531,17 @@ class JobRunner:
             ),
         )
         ch.touched(run.id, entry)
+        retry_in = 0.0 if lost < LOST_LIMIT else None
+        ch.events.step_ended(
+            run,
+            entry.name,
+            entry.seq,
+            entry.attempts,
+            entry.started_at,
+            ch.now,
+            error=info,
+            retry_in=retry_in,
+        )
         log.warning("run %s: %s", run.id, info["message"])
         if lost >= LOST_LIMIT:
             entry.status = "running"
@@ -648,6 +664,7 @@ class JobRunner:
             if entry.status != "pending":
                 return
             number = state.begin_attempt(entry, ch.now)
+            ch.events.step_started(run, entry.name, seq, number, ch.now)
             ch.touched(run.id, entry)
             self.land(ch, run, live, entry, number, ch.now.isoformat(), value=None, error=exc)
 
@@ -713,6 +730,17 @@ class JobRunner:
                 entry.seq,
                 Attempt(number, "failed", info, started, finished, worker=worker, heartbeat=beat),
             )
+            retrying = decision.retry and run.status != RunStatus.CANCELLING.value
+            ch.events.step_ended(
+                run,
+                entry.name,
+                entry.seq,
+                number,
+                started,
+                finished,
+                error=info,
+                retry_in=decision.delay if retrying else None,
+            )
             ch.touched(run.id, entry)
             if decision.retry and run.status == RunStatus.CANCELLING.value:
                 # Being cancelled: no next attempt; the run ends once nothing is in flight.
@@ -741,6 +769,7 @@ class JobRunner:
                     number, "completed", None, started, finished, worker=worker, heartbeat=beat
                 ),
             )
+            ch.events.step_ended(run, entry.name, entry.seq, number, started, finished)
             ch.touched(run.id, entry)
         if run.status == RunStatus.CANCELLING.value:
             if not self.engine.in_flight(live):
@@ -777,6 +806,7 @@ class JobRunner:
             entry.compensation = {"status": "running"}
             ch.touched(run.id, entry)
             failure = (run.pending_outcome or {}).get("error")
+            marked = ch.now
         output: Any = None
         error: dict[str, Any] | None = None
         if compensate is None:
@@ -790,13 +820,16 @@ class JobRunner:
             )
             for number in range(1, attempts + 1):
                 try:
-                    output = self.invoker.call_compensation(
-                        self.engine.override(compensate, number) or compensate,
-                        input=entry.input,
-                        output=entry.result,
-                        failure=failure,
-                        context=self._context(run, entry, number, None),
-                    )
+                    with self.engine.events.step_span(
+                        run, entry.name, seq, number, kind="compensate"
+                    ):
+                        output = self.invoker.call_compensation(
+                            self.engine.override(compensate, number) or compensate,
+                            input=entry.input,
+                            output=entry.result,
+                            failure=failure,
+                            context=self._context(run, entry, number, None),
+                        )
                     error = None
                     break
                 except Exception as exc:
@@ -837,6 +870,15 @@ class JobRunner:
                 "compensation_failed" if error else "compensated",
                 step=entry.name,
                 comment=(error or {}).get("message"),
+            )
+            ch.events.compensation(
+                run,
+                "failed" if error else "completed",
+                ch.now,
+                step=entry.name,
+                seq=seq,
+                started=marked,
+                error=error,
             )
             self._after_compensation(ch, run, live, history)
 

@@ -45,7 +45,7 @@ PARKED = "parked"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @dataclasses.dataclass
@@ -75,6 +75,9 @@ class RunRecord:
     pending_outcome: dict[str, Any] | None = None
     #: bumped on every state change; a cached interpreter is valid only at this version
     version: int = 0
+    #: the W3C trace context (``traceparent``, ``tracestate``) of the span that started
+    #: the run, so every process continues the run's trace; written once, at insert
+    trace_context: dict[str, str] | None = None
 
     def history(self, entries: list[Entry]) -> History:
         """The run's history over ``entries``, with what replay needs to know of the run."""
@@ -359,6 +362,10 @@ class Transaction(Protocol):
 
     def load_jobs(self, run_id: str) -> list[QueuedJob]:
         """The jobs of one run, in claim order (run_at, id)."""
+
+    def count_ready_jobs(self, now: datetime) -> int:
+        """How many jobs are due at ``now`` and held by no lease (the backlog waiting
+        for a worker; parked jobs are not counted)."""
 
     def find_orphans(
         self,

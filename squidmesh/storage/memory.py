@@ -97,6 +97,7 @@ _RUNS = _Codec(
         "schedule",
         "cancel_request",
         "pending_outcome",
+        "trace_context",
     ),
     ("created_at", "updated_at"),
 )
@@ -570,6 +571,14 @@ class InMemoryTransaction:
             for row in self._read("next_job_time").jobs.values()
         ]
         return min(times, default=None)
+
+    def count_ready_jobs(self, now: datetime) -> int:
+        now = utc(now)
+        return sum(
+            1
+            for row in self._read("count_ready_jobs").jobs.values()
+            if row.run_at <= now and (row.lease_until is None or row.lease_until <= now)
+        )
 
     def load_jobs(self, run_id: str) -> list[QueuedJob]:
         rows = [row for row in self._read("load_jobs").jobs.values() if row.run_id == run_id]

@@ -627,6 +627,10 @@ class SqlTransaction:
         found: datetime | None = self.connection.execute(self._q.next_job_time).scalar()
         return found
 
+    @translated("count the jobs ready to run")
+    def count_ready_jobs(self, now: datetime) -> int:
+        return int(self.connection.execute(self._q.count_ready_jobs, {"now": now}).scalar_one())
+
     @translated("load the jobs of a run")
     def load_jobs(self, run_id: str) -> list[QueuedJob]:
         rows = self.connection.execute(self._q.load_jobs, {"run_id": run_id})

@@ -285,6 +285,13 @@ class Queries:
             else_=jobs.c.lease_until,
         )
         self.next_job_time = sa.select(sa.func.min(claimable_at, type_=t.UtcDateTime()))
+        # Due and held by no lease: the backlog workers have yet to claim (parked jobs
+        # hold a lease until the year 9999).
+        ready_at = b("now", type_=t.UtcDateTime())
+        self.count_ready_jobs = sa.select(sa.func.count()).where(
+            jobs.c.run_at <= ready_at,
+            sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= ready_at),
+        )
         self.load_jobs = (
             sa.select(
                 *job_columns, jobs.c.worker, jobs.c.lease_until, jobs.c.failures, jobs.c.last_error

@@ -167,6 +167,8 @@ runs = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Schema version 6: the trace the run's spans join (written once, at insert).
+    sa.Column("trace_context", JSON),
     sa.UniqueConstraint("workflow", "idempotency_key", name="squidmesh_runs_idempotency_key"),
     # list_runs: newest first, optionally filtered by status or by workflow.
     sa.Index("squidmesh_runs_status_idx", "status", "created_at", "id"),

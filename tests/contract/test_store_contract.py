@@ -80,6 +80,7 @@ def full_run(run_id: str | None = None) -> RunRecord:
         pending_outcome={"status": "failed", "plan": [2, 1], "failure": {}},
         version=7,
         updated_at=T0 + timedelta(seconds=5),
+        trace_context={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
     )
 
 
@@ -687,6 +688,31 @@ def test_delete_job_and_next_job_time(store: Store) -> None:
         tx.delete_job(b.id)
         tx.delete_job(b.id)  # deleting twice is harmless
         assert tx.next_job_time() is None
+
+
+def test_count_ready_jobs_counts_due_unleased_jobs(store: Store) -> None:
+    # The squidmesh.jobs.ready gauge: the backlog no worker has claimed yet.
+    with store.transaction() as tx:
+        assert tx.count_ready_jobs(T0) == 0
+        *_, parked = tx.insert_jobs(
+            [
+                Job("activate", "r1", run_at=T0 - timedelta(seconds=1)),
+                Job("activate", "r2", run_at=T0 + timedelta(seconds=60)),
+                Job("activate", "r3", run_at=T0 - timedelta(seconds=5)),
+                Job("activate", "r4", run_at=T0 - timedelta(seconds=9)),
+            ]
+        )
+        assert tx.count_ready_jobs(T0) == 3
+    assert parked.id is not None
+    with store.transaction() as tx:
+        # claim order is (run_at, id): the parked-to-be job, then the leased one
+        tx.claim_jobs(now=T0, limit=2, worker="w", lease_until=T0 + timedelta(seconds=30))
+        assert tx.release_job(parked.id, run_at=T0, failure="boom", park_after=1)
+    with store.transaction() as tx:
+        assert tx.count_ready_jobs(T0) == 1  # r1; r3 is leased, r4 parked, r2 not due
+        # once the lease runs out the job is ready again; the later job falls due
+        assert tx.count_ready_jobs(T0 + timedelta(seconds=60)) == 3
+        assert tx.count_ready_jobs(T0 + timedelta(days=365 * 100)) == 3
 
 
 def test_concurrent_claimers_never_share_a_job(store: Store) -> None:

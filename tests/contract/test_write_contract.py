@@ -34,6 +34,11 @@ def write(store: Store, batch: WriteBatch, *, autocommit: bool = False) -> list[
         return tx.write(batch)
 
 
+def ident(job: Job) -> int:
+    assert job.id is not None, job
+    return job.id
+
+
 def queued(store: Store, run_id: str) -> list[tuple[int | None, int | None, str | None]]:
     with store.transaction() as tx:
         return [(q.job.id, q.job.seq, q.worker) for q in tx.load_jobs(run_id)]
@@ -74,8 +79,9 @@ def test_a_batch_writes_every_section(
     jobs = write(store, batch, autocommit=autocommit)
 
     # The job carrying on keeps the row of the one it replaces; the new one gets an id.
-    assert [j.id for j in jobs][0] == job.id
-    assert jobs[1].id is not None and jobs[1].id != job.id
+    carried, fresh = jobs
+    assert carried.id == job.id
+    assert fresh.id is not None and fresh.id != job.id
     assert [(j.kind, j.seq, j.run_at) for j in jobs] == [("step", 2, LATER), ("wake", 3, LATER)]
     with store.transaction() as tx:
         assert tx.get_run(run.id) == moved
@@ -110,7 +116,7 @@ def test_a_version_conflict_writes_nothing(
     stale = WriteBatch(
         runs=[advanced(run, status="completed")],  # decided at version 0
         entries_insert=[(run.id, full_entry(2))],
-        jobs_delete=[job.id],
+        jobs_delete=[ident(job)],
         jobs_insert=[JobWrite(Job("step", run.id, 2, 1, run_at=LATER))],
     )
     with pytest.raises(ConcurrentChangeError):
@@ -128,7 +134,9 @@ def test_a_guard_holds_the_change_to_the_version_it_read(
     write(store, WriteBatch(runs=[advanced(run)], guards=[(other.id, 0)]))
     write(store, WriteBatch(runs=[advanced(other)]))
     before = dump(store)
-    late = WriteBatch(runs=[advanced(advanced(run))], guards=[(other.id, 0)], jobs_delete=[job.id])
+    late = WriteBatch(
+        runs=[advanced(advanced(run))], guards=[(other.id, 0)], jobs_delete=[ident(job)]
+    )
     with pytest.raises(ConcurrentChangeError):
         write(store, late, autocommit=True)
     assert dump(store) == before
@@ -162,7 +170,7 @@ def test_carrying_on_a_job_that_is_gone_writes_nothing(
 ) -> None:
     run, job = started
     with store.transaction() as tx:
-        tx.delete_job(int(job.id or 0))  # another worker finished it
+        tx.delete_job(ident(job))  # another worker finished it
     before = dump(store)
     batch = WriteBatch(
         runs=[advanced(run)],
@@ -206,7 +214,7 @@ def test_a_write_waits_for_a_concurrent_writer_then_sees_its_version(
                 outcome.append(
                     write(store, WriteBatch(runs=[advanced(run, result="b")]), autocommit=True)
                 )
-            except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            except BaseException as exc:  # reported to the test thread
                 outcome.append(exc)
 
         with store.transaction() as tx:
