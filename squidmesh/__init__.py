@@ -39,6 +39,7 @@ from squidmesh.core.retry import Backoff, Retry
 from squidmesh.errors import (
     CompensationFailed,
     ConcurrentChangeError,
+    ConflictError,
     DefinitionError,
     DispatchError,
     Fail,
@@ -79,6 +80,7 @@ __all__ = [
     "Backoff",
     "CompensationFailed",
     "ConcurrentChangeError",
+    "ConflictError",
     "CronTrigger",
     "CurrentRun",
     "DatabaseExecutor",

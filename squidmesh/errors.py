@@ -361,6 +361,11 @@ class ConcurrentChangeError(StorageError):
     """Another process changed the run at the same time; this change was not applied."""
 
 
+class ConflictError(StorageError):
+    """A row with the same unique key exists (a run id, an idempotency key, a history
+    position, a cron tick): someone recorded it first; nothing was written."""
+
+
 class WorkflowSignal(SquidmeshError):
     """An outcome delivered into workflow code."""
 

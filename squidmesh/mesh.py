@@ -10,11 +10,11 @@ from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
 from squidmesh.errors import (
+    ConflictError,
     DefinitionError,
     InvalidArgumentError,
     PayloadError,
     SchemaOutOfDateError,
-    StorageError,
     UnknownTriggerError,
     UnknownWorkflowError,
     ValueTooLargeError,
@@ -253,7 +253,7 @@ class Mesh(OperatorActions):
                 schedule=schedule,
                 actor=actor,
             )
-        except StorageError:
+        except ConflictError:
             if idempotency_key is None:
                 raise
             # A concurrent caller inserted the run with this key first (unique index):
@@ -518,7 +518,7 @@ class Mesh(OperatorActions):
                 schedule=facts,
                 cron_tick=fire_time,
             )
-        except StorageError:
+        except ConflictError:
             # Another scheduler or host fired this tick concurrently (unique run key /
             # cron tick): its run is the tick's run.
             with self.store.transaction() as tx:

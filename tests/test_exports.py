@@ -15,6 +15,7 @@ PUBLIC_API = [
     "Backoff",
     "CompensationFailed",
     "ConcurrentChangeError",
+    "ConflictError",
     "CronTrigger",
     "CurrentRun",
     "DatabaseExecutor",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
-from squidmesh.errors import StorageError
+from squidmesh.errors import ConflictError, StorageError
 from squidmesh.storage import liveness
 from squidmesh.storage.base import (
     PARKED,
@@ -233,7 +233,7 @@ class InMemoryTransaction:
     def insert_run(self, run: RunRecord) -> None:
         data = self._write("insert_run")
         if run.id in data.runs:
-            raise StorageError(f"cannot insert run {run.id}: a run with that id exists")
+            raise ConflictError(f"cannot insert run {run.id}: a run with that id exists")
         row = _RUNS.pack(run)
         self._claim_key(data, run, "insert")
         data.runs[run.id] = row
@@ -267,7 +267,7 @@ class InMemoryTransaction:
         key = (run.workflow, run.idempotency_key)
         holder = data.keys.get(key)
         if holder is not None and holder != run.id:
-            raise StorageError(
+            raise ConflictError(
                 f"cannot {action} run {run.id}: workflow {run.workflow!r} already has a run "
                 f"with idempotency key {run.idempotency_key!r}"
             )
@@ -378,7 +378,7 @@ class InMemoryTransaction:
         fresh: dict[int, dict[str, Any]] = {}
         for row in packed:
             if row["seq"] in rows or row["seq"] in fresh:
-                raise StorageError(
+                raise ConflictError(
                     f"cannot insert history of run {run_id}: seq {row['seq']} exists"
                 )
             fresh[row["seq"]] = row
@@ -610,7 +610,7 @@ class InMemoryTransaction:
         ticks = self._write("add_cron_tick").cron_ticks
         key = (workflow, trigger, utc(fire_time))
         if key in ticks:
-            raise StorageError(
+            raise ConflictError(
                 f"cannot record cron tick {workflow}/{trigger} at {key[2].isoformat()}: "
                 "it was recorded already"
             )

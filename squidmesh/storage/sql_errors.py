@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
-from squidmesh.errors import ConcurrentChangeError, StorageError
+from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
 
 __all__ = ["driver_error", "is_transient", "storage_error", "translated"]
 
@@ -19,9 +20,30 @@ def storage_error(action: str, exc: BaseException) -> StorageError:
     """A ``StorageError`` saying what failed; raise it ``from driver_error(exc)``."""
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = detail[0] if detail else type(exc).__name__
-    if getattr(driver_error(exc), "sqlstate", None) == "40001":
+    driver = driver_error(exc)
+    if getattr(driver, "sqlstate", None) == "40001":
         return ConcurrentChangeError(f"could not {action}: {reason}")
+    if _is_unique_violation(driver):
+        return ConflictError(f"could not {action}: {reason}")
     return StorageError(f"could not {action}: {reason}")
+
+
+#: SQLITE_CONSTRAINT_UNIQUE and SQLITE_CONSTRAINT_PRIMARYKEY (sqlite3 has the names from
+#: Python 3.11, typeshed not yet)
+_SQLITE_DUPLICATE_CODES = (2067, 1555)
+
+
+def _is_unique_violation(driver: BaseException) -> bool:
+    """A duplicate key: SQLSTATE 23505 on PostgreSQL; SQLite has no SQLSTATE, only its
+    extended result codes (SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY)."""
+    if getattr(driver, "sqlstate", None) == "23505":
+        return True
+    if not isinstance(driver, sqlite3.IntegrityError):
+        return False
+    code = getattr(driver, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code in _SQLITE_DUPLICATE_CODES
+    return str(driver).startswith("UNIQUE constraint failed")
 
 
 def driver_error(exc: BaseException) -> BaseException:

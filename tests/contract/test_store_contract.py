@@ -25,7 +25,7 @@ import sqlalchemy as sa
 import squidmesh as sm
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
-from squidmesh.errors import SchemaOutOfDateError, StorageError
+from squidmesh.errors import ConflictError, SchemaOutOfDateError, StorageError
 from squidmesh.storage import open_store
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import (
@@ -248,12 +248,12 @@ def test_find_run_by_key(store: Store) -> None:
         assert tx.find_run_by_key("ring_errand", "k1") == first
         assert tx.find_run_by_key("other", "k1") == other_workflow
         assert tx.find_run_by_key("ring_errand", "k2") is None
-    with pytest.raises(StorageError), store.transaction() as tx:
+    with pytest.raises(ConflictError), store.transaction() as tx:
         tx.insert_run(run_record(idempotency_key="k1"))
 
 
-def test_duplicate_run_id_is_a_storage_error(store: Store, run: RunRecord) -> None:
-    with pytest.raises(StorageError) as caught, store.transaction() as tx:
+def test_duplicate_run_id_is_a_conflict(store: Store, run: RunRecord) -> None:
+    with pytest.raises(ConflictError) as caught, store.transaction() as tx:
         tx.insert_run(run_record(run.id))
     assert "insert" in str(caught.value)
 
@@ -522,10 +522,12 @@ def test_update_entries_overwrites(store: Store, run: RunRecord) -> None:
 def test_entry_key_violations_are_storage_errors(store: Store, run: RunRecord) -> None:
     with store.transaction() as tx:
         tx.insert_entries(run.id, [Entry(0, "step", "a")])
-    with pytest.raises(StorageError), store.transaction() as tx:
+    with pytest.raises(ConflictError), store.transaction() as tx:
         tx.insert_entries(run.id, [Entry(1, "step", "b"), Entry(0, "step", "a")])
-    with pytest.raises(StorageError), store.transaction() as tx:
+    # A run that does not exist is no duplicate: a StorageError, but no conflict.
+    with pytest.raises(StorageError) as caught, store.transaction() as tx:
         tx.insert_entries(str(uuid.uuid4()), [Entry(0, "step", "a")])
+    assert not isinstance(caught.value, ConflictError)
     with pytest.raises(StorageError), store.transaction() as tx:
         tx.update_entries(run.id, [Entry(0, "step", "a"), Entry(5, "step", "missing")])
     with store.transaction() as tx:
@@ -757,7 +759,7 @@ def test_cron_ticks_fire_once(store: Store) -> None:
         tx.add_cron_tick("w", "hourly", T0 + timedelta(days=9), "r3")
         tx.add_cron_tick("other", "nightly", T0 + timedelta(days=9), "r4")
     # the same tick again violates the unique constraint (rolling back its run)
-    with pytest.raises(StorageError), store.transaction() as tx:
+    with pytest.raises(ConflictError), store.transaction() as tx:
         tx.insert_run(run_record())
         tx.add_cron_tick("w", "nightly", T0.astimezone(timezone(timedelta(hours=2))), "r5")
     with store.transaction() as tx:
