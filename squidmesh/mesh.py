@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
@@ -42,7 +43,7 @@ __all__ = ["Mesh"]
 DRAIN_LEASE_SECONDS = 300.0
 
 
-class Mesh(OperatorActions):
+class Mesh(OperatorActions, AsyncMeshMethods):
     """Durable workflows in the host's database.
 
     ``Mesh("postgresql+psycopg://app@localhost/app", workflows=[...])``, or
@@ -63,7 +64,9 @@ class Mesh(OperatorActions):
         auto_migrate: bool | None = None,
         cache_size: int = 1024,
         max_value_bytes: int | None = 1_048_576,
+        async_threads: int = DEFAULT_ASYNC_THREADS,
     ) -> None:
+        self._init_async(async_threads)  # the pool of the _async twins (async_api.py)
         if store is None:
             from squidmesh.storage import open_store
 
@@ -156,6 +159,7 @@ class Mesh(OperatorActions):
 
     def close(self) -> None:
         """Stop this Mesh's workers (gracefully), release connections and caches."""
+        self._close_async()
         for worker in self._workers:
             worker.stop()
         self._workers.clear()
