@@ -2,7 +2,7 @@
 
 ``await mesh.start_run_async(...)`` does exactly what ``mesh.start_run(...)`` does, and
 never blocks the event loop: the sync method runs on a small thread pool this Mesh owns
-(``Mesh(async_threads=8)``, created on the first twin call and shut down by ``close()``).
+(``Mesh(async_threads=4)``, created on the first twin call and shut down by ``close()``).
 SPEC 17 allows native async drivers or a bounded executor; the executor is the right
 trade here. Every database call squidmesh makes is short (one transaction, a few
 statements), the sync code path is the one the test suite, the benchmarks and the crash
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ASYNC_THREADS", "AsyncMeshMethods"]
 
 #: how many sync calls the twins of one Mesh run at once (``Mesh(async_threads=...)``)
-DEFAULT_ASYNC_THREADS = 8
+DEFAULT_ASYNC_THREADS = 4
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")

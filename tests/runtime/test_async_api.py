@@ -90,7 +90,7 @@ def test_a_mesh_used_only_synchronously_starts_no_thread() -> None:
         assert not [t for t in threading.enumerate() if t.name.startswith("squidmesh-async")]
     finally:
         mesh.close()
-    assert DEFAULT_ASYNC_THREADS == 8
+    assert DEFAULT_ASYNC_THREADS == 4
 
 
 # --------------------------------------------------------------------------- every twin
