@@ -40,5 +40,10 @@ def order_status(request: HttpRequest, run_id: str) -> HttpResponse:
         return JsonResponse({"error": "no such order"}, status=404)
     explanation = mesh.explain_run(run_id)
     return JsonResponse(
-        {"id": str(run.id), "status": run.status, "reason": explanation.reason, "result": run.result}
+        {
+            "id": str(run.id),
+            "status": run.status,
+            "reason": explanation.reason,
+            "result": run.result,
+        }
     )

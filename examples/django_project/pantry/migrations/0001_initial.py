@@ -6,21 +6,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies: list[tuple[str, str]] = []
 
     operations = [
         migrations.CreateModel(
-            name='Invoice',
+            name="Invoice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('order_ref', models.CharField(max_length=64, unique=True)),
-                ('amount_cents', models.PositiveIntegerField()),
-                ('run_id', models.CharField(max_length=36)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("order_ref", models.CharField(max_length=64, unique=True)),
+                ("amount_cents", models.PositiveIntegerField()),
+                ("run_id", models.CharField(max_length=36)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
     ]
