@@ -178,13 +178,11 @@ class DjangoStore(SqlStore):
         extra = {"use_native_hstore": False} if postgres else {}
         engine = sa.create_engine(url, creator=borrow, poolclass=NullPool, **extra)
         if not postgres:
-            # Django begins SQLite transactions itself (BEGIN, or BEGIN IMMEDIATE with
-            # OPTIONS transaction_mode): squidmesh's own BEGIN IMMEDIATE would nest.
-            if event.contains(engine, "begin", sql_store._sqlite_begin):
-                event.remove(engine, "begin", sql_store._sqlite_begin)
             engine.dialect.colspecs = {**engine.dialect.colspecs, sa.DateTime: _ParsedDateTime}
         super().__init__(engine, schema=schema, owns_engine=True)
         if not postgres and event.contains(engine, "begin", sql_store._sqlite_begin):
+            # Django begins SQLite transactions itself (BEGIN, or BEGIN IMMEDIATE with
+            # OPTIONS transaction_mode): the BEGIN IMMEDIATE SqlStore adds would nest.
             event.remove(engine, "begin", sql_store._sqlite_begin)
         self._url = url
         self._independent: SqlStore | None = None
