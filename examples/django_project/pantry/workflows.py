@@ -9,7 +9,6 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 import squidmesh as sm
-from examples.django_project.pantry.models import Invoice
 
 APPROVAL_ABOVE_CENTS = 100_00
 
@@ -26,6 +25,8 @@ def check_stock(order_ref: str) -> bool:
 
 @sm.step(transaction=True, retry=sm.Retry(max_attempts=3))
 def issue_invoice(order_ref: str, amount_cents: int) -> int:
+    from examples.django_project.pantry.models import Invoice  # models need Django set up
+
     invoice = Invoice.objects.create(
         order_ref=order_ref, amount_cents=amount_cents, run_id=sm.step_context().run_id
     )
