@@ -50,6 +50,9 @@ def configure(database: str) -> None:
     import django
     from django.core.management import call_command
 
+    # The settings module reads the environment when it is imported: another test may
+    # have imported it already (the example walkers of tests/analysis do).
+    sys.modules.pop(SETTINGS, None)
     django.setup()
     call_command("migrate", verbosity=0)
     _configured = database
