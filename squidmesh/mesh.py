@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
@@ -44,7 +45,7 @@ __all__ = ["Mesh"]
 DRAIN_LEASE_SECONDS = 300.0
 
 
-class Mesh(OperatorActions):
+class Mesh(OperatorActions, AsyncMeshMethods):
     """Durable workflows in the host's database.
 
     ``Mesh("postgresql+psycopg://app@localhost/app", workflows=[...])``, or
@@ -70,7 +71,9 @@ class Mesh(OperatorActions):
         cache_size: int = 1024,
         max_value_bytes: int | None = 1_048_576,
         telemetry: bool = True,
+        async_threads: int = DEFAULT_ASYNC_THREADS,
     ) -> None:
+        self._init_async(async_threads)  # the pool of the _async twins (async_api.py)
         if store is None:
             from squidmesh.storage import open_store
 
@@ -173,13 +176,14 @@ class Mesh(OperatorActions):
 
     def close(self) -> None:
         """Stop this Mesh's workers (gracefully), release connections and caches."""
-        if self._telemetry is not None:
-            self._telemetry.close()
+        self._close_async()
         for worker in self._workers:
             worker.stop()
         self._workers.clear()
         self._presence.close()
         self._jobs.invoker.close()
+        if self._telemetry is not None:
+            self._telemetry.close()
         self._engine.close()
         self.store.close()
 

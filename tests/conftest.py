@@ -15,7 +15,7 @@ from tests.support import postgres
 
 pytest_plugins = ["pytester", "tests.support.skips"]
 
-_POSTGRES_FIXTURES = frozenset({"pg_server_url", "pg_database_url"})
+_POSTGRES_FIXTURES = frozenset({"pg_server_url", "pg_database_url", "django_project"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,4 +47,25 @@ def pg_database_url(pg_server_url: str, request: pytest.FixtureRequest) -> Itera
     try:
         yield url
     finally:
+        postgres.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def django_project(pg_server_url: str) -> Iterator[str]:
+    """The example Django project, set up in this process on a fresh, migrated
+    PostgreSQL database (one per session: Django's settings are global); its libpq URL."""
+    pytest.importorskip("django")
+    from tests.support import django_project
+
+    url = postgres.create_database(pg_server_url, "django")
+    try:
+        django_project.configure(url)
+        yield url
+    finally:
+        from django.db import connections
+
+        from squidmesh.contrib.django import close_mesh
+
+        close_mesh()
+        connections.close_all()
         postgres.drop_database(url)

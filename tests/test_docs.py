@@ -318,6 +318,8 @@ API_MODULES = {
     "squidmesh": "docs/reference/squidmesh.md",
     "squidmesh.testing": "docs/reference/testing.md",
     "squidmesh.analysis": "docs/reference/analysis.md",
+    "squidmesh.contrib.fastapi": "docs/reference/contrib.md",
+    "squidmesh.contrib.django": "docs/reference/contrib.md",
 }
 
 

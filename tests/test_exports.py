@@ -138,7 +138,10 @@ MESH_METHODS = [
     "worker",
 ]
 
+# Every method has an ``_async`` twin (SPEC section 17, squidmesh/async_api.py).
+MESH_ASYNC_METHODS = [f"{name}_async" for name in MESH_METHODS]
+
 
 def test_mesh_methods_are_pinned() -> None:
     public = sorted(name for name in dir(squidmesh.Mesh) if not name.startswith("_"))
-    assert public == sorted(MESH_METHODS)
+    assert public == sorted(MESH_METHODS + MESH_ASYNC_METHODS)

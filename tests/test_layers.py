@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("squidmesh.analysis",),
     ("squidmesh.storage",),
     ("squidmesh.runtime",),
-    ("squidmesh.mesh", "squidmesh.operator", "squidmesh.deploy"),
+    ("squidmesh.mesh", "squidmesh.operator", "squidmesh.deploy", "squidmesh.async_api"),
     (
         "squidmesh.cli",
         "squidmesh.contrib",
