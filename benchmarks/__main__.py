@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("baseline", "B1", "B2", "B3", "B4", "B5", "ASYNC")
+ALL = ("baseline", "B1", "B2", "B3", "B4", "B5", "B6", "B8", "ASYNC")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +39,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated subset of baseline,B1,B2,B3,B4,B5,ASYNC (B1 implies baseline)",
+        help="comma-separated subset of baseline,B1,B2,B3,B4,B5,B6,B8,ASYNC (B1 implies baseline)",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     parser.add_argument(
@@ -179,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import b5_scale
 
             attempt("B5", lambda: b5_scale.run(dbs, quick=quick))
+        if "B6" in args.selected:
+            from benchmarks import b6_embedded
+
+            attempt("B6", lambda: b6_embedded.run(quick=quick))
+        if "B8" in args.selected:
+            from benchmarks import b8_footprint
+
+            attempt("B8", lambda: b8_footprint.run(dbs, quick=quick))
         if "ASYNC" in args.selected:
             from benchmarks import async_lag
 

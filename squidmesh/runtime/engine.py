@@ -354,6 +354,11 @@ class Engine:
         for run_id in list(self._cache):
             self.discard(run_id)
 
+    def cached_runs(self) -> int:
+        """How many runs have a live interpreter in this process's cache."""
+        with self._cache_lock:
+            return sum(1 for slot in self._cache.values() if slot.live is not None)
+
     # ------------------------------------------------------------------ loading
 
     def workflow_for(self, run: RunRecord) -> WorkflowDefinition | None:

@@ -21,7 +21,6 @@ from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent, Interpreter
-from squidmesh.errors import ConcurrentChangeError
 
 __all__ = [
     "PARKED",
@@ -37,7 +36,6 @@ __all__ = [
     "WriteBatch",
     "run_id_prefix",
     "run_id_prefix_range",
-    "write_batch",
 ]
 
 #: the ``worker`` of a parked job, and its lease (no claim ever reaches it)
@@ -430,55 +428,6 @@ class Store(Protocol):
         saves nothing may ignore it."""
 
     def close(self) -> None: ...
-
-
-def write_batch(tx: Transaction, batch: WriteBatch) -> list[Job]:
-    """``Transaction.write`` from the finer-grained methods, for stores where a round
-    trip is cheap (memory, SQLite)."""
-    for run_id, version in batch.guards:
-        current = tx.get_run(run_id)
-        if current is None or current.version != version:
-            raise ConcurrentChangeError(f"run {run_id} was changed concurrently; retry the change")
-    for run in batch.runs:
-        current = tx.get_run(run.id)
-        if current is None or current.version != run.version - 1:
-            raise ConcurrentChangeError(f"run {run.id} was changed concurrently; retry the change")
-        tx.update_run(
-            dataclasses.replace(current, **{f: getattr(run, f) for f in RUN_MUTABLE_FIELDS})
-        )
-    by_run: dict[str, list[Entry]] = {}
-    for run_id, entry in batch.entries_insert:
-        by_run.setdefault(run_id, []).append(entry)
-    for run_id, entries in by_run.items():
-        tx.insert_entries(run_id, entries)
-    by_run = {}
-    for run_id, entry in batch.entries_update:
-        by_run.setdefault(run_id, []).append(entry)
-    for run_id, entries in by_run.items():
-        tx.update_entries(run_id, entries)
-    for run_id, seq, attempt in batch.attempts:
-        tx.save_attempt(run_id, seq, attempt)
-    for run_id, event in batch.audits:
-        tx.add_audit(run_id, event)
-    for job_id in batch.jobs_delete:
-        tx.delete_job(job_id)
-    inserted: list[Job] = []
-    for write in batch.jobs_insert:
-        if write.replaces is None:
-            inserted.extend(
-                tx.insert_jobs([write.job], worker=write.worker, lease_until=write.lease_until)
-            )
-            continue
-        replaced = tx.replace_job(
-            write.replaces, write.job, worker=write.worker, lease_until=write.lease_until
-        )
-        if replaced is None:
-            raise ConcurrentChangeError(
-                f"job {write.replaces} of run {write.job.run_id} is gone: another worker "
-                "finished it; retry the change"
-            )
-        inserted.append(replaced)
-    return inserted
 
 
 _HEX = frozenset("0123456789abcdef")

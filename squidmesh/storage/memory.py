@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
-from squidmesh.errors import ConflictError, StorageError
+from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
 from squidmesh.storage import liveness
 from squidmesh.storage.base import (
     PARKED,
     PARKED_UNTIL,
+    RUN_MUTABLE_FIELDS,
     QueuedJob,
     RunRecord,
     Store,
     WriteBatch,
-    write_batch,
 )
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
@@ -726,3 +726,53 @@ class InMemoryStore:
 
 if TYPE_CHECKING:
     _check: Store = InMemoryStore()
+
+
+def write_batch(tx: InMemoryTransaction, batch: WriteBatch) -> list[Job]:
+    """``Transaction.write`` from the finer-grained methods (PostgreSQL and SQLite have
+    their own: ``pg_write``, ``sqlite_write``; the contract suite holds all three to the
+    same behaviour)."""
+    for run_id, version in batch.guards:
+        current = tx.get_run(run_id)
+        if current is None or current.version != version:
+            raise ConcurrentChangeError(f"run {run_id} was changed concurrently; retry the change")
+    for run in batch.runs:
+        current = tx.get_run(run.id)
+        if current is None or current.version != run.version - 1:
+            raise ConcurrentChangeError(f"run {run.id} was changed concurrently; retry the change")
+        tx.update_run(
+            dataclasses.replace(current, **{f: getattr(run, f) for f in RUN_MUTABLE_FIELDS})
+        )
+    by_run: dict[str, list[Entry]] = {}
+    for run_id, entry in batch.entries_insert:
+        by_run.setdefault(run_id, []).append(entry)
+    for run_id, entries in by_run.items():
+        tx.insert_entries(run_id, entries)
+    by_run = {}
+    for run_id, entry in batch.entries_update:
+        by_run.setdefault(run_id, []).append(entry)
+    for run_id, entries in by_run.items():
+        tx.update_entries(run_id, entries)
+    for run_id, seq, attempt in batch.attempts:
+        tx.save_attempt(run_id, seq, attempt)
+    for run_id, event in batch.audits:
+        tx.add_audit(run_id, event)
+    for job_id in batch.jobs_delete:
+        tx.delete_job(job_id)
+    inserted: list[Job] = []
+    for write in batch.jobs_insert:
+        if write.replaces is None:
+            inserted.extend(
+                tx.insert_jobs([write.job], worker=write.worker, lease_until=write.lease_until)
+            )
+            continue
+        replaced = tx.replace_job(
+            write.replaces, write.job, worker=write.worker, lease_until=write.lease_until
+        )
+        if replaced is None:
+            raise ConcurrentChangeError(
+                f"job {write.replaces} of run {write.job.run_id} is gone: another worker "
+                "finished it; retry the change"
+            )
+        inserted.append(replaced)
+    return inserted

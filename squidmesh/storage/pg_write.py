@@ -14,9 +14,9 @@ this (``benchmarks/README.md``): one statement of data-modifying CTEs over ``unn
 arrays planned and started every node on each call and cost the client more to adapt
 its arrays; a pipeline of plain statements cost the client more still.
 
-SQLite and the in-memory store apply the same batch statement by statement
-(``write_batch`` in ``storage/base.py``); the contract suite runs every write on all
-three.
+SQLite applies the same batch statement by statement (``storage/sqlite_write.py``), the
+in-memory store with its own methods (``write_batch`` in ``storage/memory.py``); the
+contract suite (``tests/contract/test_write_contract.py``) runs every write on all three.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ IMMEDIATE``, so transactions that may write serialize on the database lock (wait
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -37,7 +38,6 @@ from squidmesh.storage.base import (
     WriteBatch,
     iter_chunks,
     run_id_prefix_range,
-    write_batch,
 )
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
@@ -52,6 +52,7 @@ from squidmesh.storage.sql_queries import (
     run_from_row,
     run_params,
 )
+from squidmesh.storage.sqlite_write import SqliteWriter
 
 __all__ = ["SqlStore", "SqlTransaction", "create_engine"]
 
@@ -138,6 +139,8 @@ class SqlStore:
         #: the LISTEN/NOTIFY channel announcing new jobs (PostgreSQL)
         self.notify_channel = f"{self.schema}_jobs"
         self._notify_sql = f'NOTIFY "{self.notify_channel}"' if dialect == "postgresql" else None
+        #: SQLite writes a state change statement by statement on the driver's cursor
+        self._sqlite_writer = SqliteWriter() if dialect == "sqlite" else None
         #: PostgreSQL writes a state change with one call (SQLite statement by statement)
         self._write_sql = (
             f"SELECT {self.schema}.{pg_write.WRITE_FUNCTION}(%s::json)"
@@ -226,7 +229,15 @@ class _Hold:
 class SqlTransaction:
     """One connection and one database transaction; use as ``with store.transaction()``."""
 
-    __slots__ = ("_autocommit", "_conn", "_notify_sql", "_q", "_store", "_write_sql")
+    __slots__ = (
+        "_autocommit",
+        "_conn",
+        "_notify_sql",
+        "_q",
+        "_sqlite_writer",
+        "_store",
+        "_write_sql",
+    )
 
     def __init__(self, store: SqlStore, *, autocommit: bool = False) -> None:
         self._store = store
@@ -234,6 +245,7 @@ class SqlTransaction:
         self._q = store.queries
         self._notify_sql = store._notify_sql
         self._write_sql = store._write_sql
+        self._sqlite_writer = store._sqlite_writer
         self._conn: sa.Connection | None = None
 
     # the context manager ---------------------------------------------------
@@ -466,8 +478,10 @@ class SqlTransaction:
     # batches ---------------------------------------------------------------
     @translated("write a state change")
     def write(self, batch: WriteBatch) -> list[Job]:
-        if self._write_sql is None:  # SQLite: in-process, so statements are cheap
-            return write_batch(self, batch)
+        if self._sqlite_writer is not None:  # in-process: statements on the driver's cursor
+            driver = cast(sqlite3.Connection, self.connection.connection.driver_connection)
+            return self._sqlite_writer.write(driver, batch)
+        assert self._write_sql is not None  # PostgreSQL: one call of the write function
         now = datetime.now(timezone.utc)
         doc = pg_write.write_document(batch, self._store.notify_channel, now)
         ids = self.connection.exec_driver_sql(self._write_sql, (doc,)).scalar_one()

@@ -67,6 +67,8 @@ def translated(action: str) -> Callable[[_F], _F]:
                 return method(*args, **kwargs)
             except sa.exc.SQLAlchemyError as exc:
                 raise storage_error(action, exc) from driver_error(exc)
+            except sqlite3.Error as exc:  # SQLite's write path uses the driver directly
+                raise storage_error(action, exc) from exc
             except (TypeError, ValueError) as exc:
                 # psycopg serializes JSON parameters itself, so a value that is not JSON
                 # fails inside the driver without being wrapped by SQLAlchemy.

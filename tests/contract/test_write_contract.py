@@ -1,8 +1,10 @@
 """``Transaction.write``: a whole state change, all or nothing, on every store.
 
 PostgreSQL applies a batch with one call of ``squidmesh_write_v3`` (optionally without
-an explicit transaction); memory and SQLite apply it statement by statement
-(``write_batch``). Both must agree on what a batch writes and on when it writes nothing.
+an explicit transaction, ``storage/pg_write.py``); SQLite statement by statement on the
+driver's cursor (``storage/sqlite_write.py``); the in-memory store through its own
+methods (``write_batch``). All three must agree on what a batch writes and on when it
+writes nothing.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 -- squidmesh schema version 5 (SQLite): nothing to change.
 --
 -- PostgreSQL's write function gets leaner (squidmesh_write_v3). SQLite writes a change
--- statement by statement under its database lock (write_batch in
--- squidmesh/storage/base.py); the version keeps the dialects in step.
+-- statement by statement under its database lock (squidmesh/storage/sqlite_write.py);
+-- the version keeps the dialects in step.
