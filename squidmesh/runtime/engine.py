@@ -39,7 +39,7 @@ from squidmesh.storage.base import (
 )
 from squidmesh.types import RunStatus
 
-__all__ = ["Change", "Engine", "Live"]
+__all__ = ["BegunStep", "Change", "Engine", "Live", "NeedsLock"]
 
 log = logging.getLogger("squidmesh")
 workflow_log = logging.getLogger("squidmesh.workflow")
@@ -49,7 +49,7 @@ ACTIVE = frozenset({"pending", "running", "retrying", "paused", "cancelling"})
 STEP_RUNNABLE = frozenset({"running", "retrying", "paused", "cancelling"})
 
 
-class _NeedsLock(Exception):
+class NeedsLock(Exception):
     """An optimistic change found it needs the run's lock; it is redone with it."""
 
 
@@ -70,8 +70,16 @@ def _copy_run(run: RunRecord) -> RunRecord:
     )
 
 
-#: what an eagerly begun step needs to run: run, entry, definition, attempt, started at
-_Begun = tuple[RunRecord, Entry, Any, int, str]
+@dataclasses.dataclass(frozen=True)
+class BegunStep:
+    """An attempt of a step that a change began: what running it needs."""
+
+    run: RunRecord
+    entry: Entry
+    definition: StepDefinition[Any, Any] | None
+    #: the attempt's number, and when it started (ISO 8601, as its attempt row says)
+    number: int
+    started: str
 
 
 @dataclasses.dataclass
@@ -113,7 +121,7 @@ class Change:
     #: every write of this change, applied in one ``tx.write`` just before commit
     batch: WriteBatch = dataclasses.field(default_factory=WriteBatch)
     #: an eagerly begun step: its index in batch.jobs_insert and what it needs to run
-    eager: tuple[int, _Begun] | None = None
+    eager: tuple[int, BegunStep] | None = None
     #: that step's job once written (with its id), for the worker to run next
     eager_job: Job | None = None
     #: True once ``jobs`` went into the batch (the database executor)
@@ -182,7 +190,7 @@ class Engine:
         #: the largest JSON value (bytes) a step may return; None means no limit
         self.max_value_bytes: int | None = None
         #: steps begun by eager continuation, by job id, until the worker runs them
-        self.begun: dict[int, _Begun] = {}
+        self.begun: dict[int, BegunStep] = {}
         #: called after a commit that produced jobs (wakes this process's workers)
         self.wakers: list[Callable[[], None]] = []
         #: testing hooks (``squidmesh.testing``), None in production: what to call instead
@@ -371,7 +379,7 @@ class Engine:
             with self._cache_lock:
                 slot = self._cache.get(run_id)
                 if slot is None or slot.live is None or not slot.live.interpreter.is_live:
-                    raise _NeedsLock()
+                    raise NeedsLock()
                 found: RunRecord | None = _copy_run(slot.run)
         else:
             found = ch.tx.lock_run(run_id)
@@ -511,7 +519,7 @@ class Engine:
                 run.error = act.error
                 self._start_compensation(ch, run, act.compensate)
             else:
-                self._end(ch, run, RunStatus.FAILED, error=act.error, reason=act.reason)
+                self.end(ch, run, RunStatus.FAILED, error=act.error, reason=act.reason)
         elif act.outcome == "suspended":
             run.status = RunStatus.SUSPENDED.value
             run.error = act.error
@@ -528,9 +536,9 @@ class Engine:
                 run.status = RunStatus.CANCELLING.value
                 self._start_compensation(ch, run, act.compensate)
             else:
-                self._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
+                self.end(ch, run, RunStatus.CANCELLED, reason="cancelled")
 
-    def _end(
+    def end(
         self,
         ch: Change,
         run: RunRecord,
@@ -556,7 +564,7 @@ class Engine:
         if not any(e.kind == "event" and e.status == "running" for e in act.new_entries):
             return False
         if ch.optimistic:
-            raise _NeedsLock()  # consuming buffered events needs reads and a lock
+            raise NeedsLock()  # consuming buffered events needs reads and a lock
         delivered = False
         for event in ch.tx.load_events(run.id):
             entry = state.deliver_event(live.history, event.name, event.data, ch.now)
@@ -592,7 +600,7 @@ class Engine:
                 run.status = RunStatus.CANCELLING.value
                 self._start_compensation(ch, run, tuple(plan))
                 return
-            self._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
+            self.end(ch, run, RunStatus.CANCELLED, reason="cancelled")
             return
         act = live.interpreter.cancel(live.history, now=ch.now, compensate=compensate)
         self.apply(ch, run, live, act)

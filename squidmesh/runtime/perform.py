@@ -35,11 +35,11 @@ from squidmesh.runtime import invoke
 from squidmesh.runtime.attempts import RunningAttempt, RunningAttempts
 from squidmesh.runtime.engine import (
     STEP_RUNNABLE,
+    BegunStep,
     Change,
     Engine,
     Live,
-    _Begun,
-    _NeedsLock,
+    NeedsLock,
 )
 from squidmesh.storage.base import JobWrite, RunRecord, Transaction
 from squidmesh.storage.sql_errors import is_transient
@@ -201,17 +201,17 @@ class JobRunner:
     def _perform_step(self, job: Job, lease: Lease | None) -> Job | None:
         seq = int(job.seq if job.seq is not None else -1)
         begun = self.engine.begun.pop(int(job.id), None) if job.id is not None else None
-        if begun is not None:
-            run, entry, definition, number, started = begun
-        else:
+        if begun is None:
             with self.engine.change() as ch:
                 prepared = self._begin_step(ch, job, lease, seq)
             if prepared is None:
                 return None
             if prepared is _LANDED:  # a transactional step, finished in that transaction
                 return ch.eager_job
-            assert isinstance(prepared, tuple)
-            run, entry, definition, number, started = prepared
+            assert isinstance(prepared, BegunStep)
+            begun = prepared
+        run, entry, definition = begun.run, begun.entry, begun.definition
+        number, started = begun.number, begun.started
         running = self.running.start(
             RunningAttempt(
                 run.id,
@@ -311,14 +311,14 @@ class JobRunner:
                     )
                     self._continue(ch, run, live, lease)
                 return ch.eager_job
-            except (_NeedsLock, ConcurrentChangeError):
+            except (NeedsLock, ConcurrentChangeError):
                 if not optimistic:
                     raise
         return None
 
     def _begin_step(
         self, ch: Change, job: Job, lease: Lease | None, seq: int
-    ) -> _Begun | object | None:
+    ) -> BegunStep | object | None:
         """Validate a step job and begin its attempt (or finish a transactional step)."""
         run = self.engine.lock(ch, str(job.run_id))
         if run is None or run.status not in STEP_RUNNABLE:
@@ -406,7 +406,7 @@ class JobRunner:
             self._continue(ch, run, live, lease)
             return _LANDED
         ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
-        return (run, entry, definition, number, started)
+        return BegunStep(run, entry, definition, number, started)
 
     def _possibly_running(
         self, ch: Change, run_id: str, entry: Entry, job: Job, lease: Lease | None
@@ -486,7 +486,7 @@ class JobRunner:
             )
             ch.eager = (
                 len(ch.batch.jobs_insert),
-                (run, entry, definition, number, started),
+                BegunStep(run, entry, definition, number, started),
             )
             # The row of the job this change finishes carries on as the next step's job.
             replaces = ch.batch.jobs_delete.pop() if ch.batch.jobs_delete else None
@@ -692,7 +692,7 @@ class JobRunner:
             # its record still says running: one recorded lost (and retried) stays lost,
             # so exactly one attempt of a step ever completes.
             if ch.optimistic:
-                raise _NeedsLock()  # reading the attempt's record needs the lock
+                raise NeedsLock()  # reading the attempt's record needs the lock
             tries = ch.tx.load_attempts(run.id).get(entry.seq, [])
             mine = next((a for a in tries if a.number == number), None)
             if mine is not None and mine.status == "running":
@@ -906,7 +906,7 @@ class JobRunner:
             error = dict(outcome.get("error") or {})
             if failures:
                 error["compensation_failures"] = failures
-            self.engine._end(
+            self.engine.end(
                 ch,
                 run,
                 RunStatus.FAILED,
@@ -920,7 +920,7 @@ class JobRunner:
                     "message": "compensation failed while cancelling",
                     "compensation_failures": failures,
                 }
-            self.engine._end(ch, run, RunStatus.CANCELLED, reason="cancelled")
+            self.engine.end(ch, run, RunStatus.CANCELLED, reason="cancelled")
 
     def _context(
         self,
