@@ -20,13 +20,14 @@ from croniter import croniter
 
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 
-__all__ = ["ADVISORY_KEY", "due_fire_times", "fire_times_between", "next_fire_time", "signal_id"]
+__all__ = ["LEADERSHIP", "due_fire_times", "fire_times_between", "next_fire_time", "signal_id"]
 
 log = logging.getLogger("squidmesh.cron")
 
 #: prefix of the PostgreSQL advisory lock name (the schema is appended, so apps with
 #: their own schemas in one database elect their own schedulers)
-ADVISORY_KEY = "squidmesh-cron:"
+#: the name of the scheduler's leadership lock (``Store.leadership``): one per schema
+LEADERSHIP = "cron"
 #: with catchup="none", a tick this late still counts as "now" rather than "missed"
 NONE_GRACE = timedelta(seconds=30)
 #: with catchup="all", at most this many missed ticks are started at once
@@ -118,7 +119,7 @@ class Scheduler:
             return
         started = self.mesh.clock()
         while not stop.is_set():
-            leader = _Leadership(self.mesh)
+            leader = self.mesh.store.leadership(LEADERSHIP)
             try:
                 if not leader.acquire():
                     stop.wait(max(self.tick, 1.0) * 5)
@@ -151,45 +152,3 @@ class Scheduler:
         soonest = min(next_fire_time(trig, now) for _, trig in pairs)
         wait: float = (soonest - now).total_seconds()
         return max(0.01, min(self.tick, wait))
-
-
-class _Leadership:
-    """The scheduler lock: a session advisory lock on PostgreSQL; a no-op elsewhere."""
-
-    def __init__(self, mesh: Any) -> None:
-        self.mesh = mesh
-        self.conn: Any = None
-
-    def acquire(self) -> bool:
-        store = self.mesh.store
-        if getattr(store, "dialect", "") != "postgresql":
-            return True
-        import psycopg
-
-        from squidmesh.runtime.worker import _libpq_url
-
-        self.conn = psycopg.connect(_libpq_url(store.engine), autocommit=True)
-        row = self.conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s))", (ADVISORY_KEY + store.schema,)
-        ).fetchone()
-        if not row or not row[0]:
-            self.release()
-            return False
-        return True
-
-    def alive(self) -> bool:
-        if self.conn is None:
-            return True
-        try:
-            self.conn.execute("SELECT 1")
-            return True
-        except Exception:
-            return False
-
-    def release(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()  # closing the session releases the advisory lock
-            except Exception:
-                pass
-            self.conn = None

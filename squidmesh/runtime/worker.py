@@ -23,6 +23,7 @@ from typing import Any
 from squidmesh.core.records import Job
 from squidmesh.errors import InvalidArgumentError, StorageError
 from squidmesh.runtime.perform import Lease
+from squidmesh.storage.base import Wakeups
 from squidmesh.storage.sql_errors import is_transient
 
 __all__ = ["Worker"]
@@ -30,7 +31,6 @@ __all__ = ["Worker"]
 log = logging.getLogger("squidmesh.worker")
 
 MAX_BACKOFF = 30.0
-LISTEN_MAX_BACKOFF = 2.0
 #: a job whose performing failed this many times (not for database reasons) is parked
 PARK_AFTER = 5
 #: seconds before a job whose performing failed is due again (doubling at each failure)
@@ -135,9 +135,12 @@ class Worker:
         helpers = [
             threading.Thread(target=self._heartbeat, name="squidmesh-heartbeat", daemon=True)
         ]
-        if self.listen and getattr(self.mesh.store, "dialect", "") == "postgresql":
+        wakeups = self.mesh.store.wakeups() if self.listen else None
+        if wakeups is not None:
             helpers.append(
-                threading.Thread(target=self._listen, name="squidmesh-listen", daemon=True)
+                threading.Thread(
+                    target=self._listen, args=(wakeups,), name="squidmesh-listen", daemon=True
+                )
             )
         if self.scheduler:
             helpers.append(
@@ -309,31 +312,9 @@ class Worker:
             for job, failure in retry:
                 self._give_back(job, failure)
 
-    def _listen(self) -> None:
-        """Turn NOTIFYs on the jobs channel into wake-ups; reconnect with backoff."""
-        import psycopg
-
-        store = self.mesh.store
-        channel = store.notify_channel
-        conninfo = _libpq_url(store.engine)
-        backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f'LISTEN "{channel}"')
-                    backoff = 0.5
-                    self._wake.set()  # catch anything committed while we were away
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._wake.set()
-            except psycopg.Error as exc:
-                if self._stopping.is_set():
-                    return
-                log.warning("worker %s lost its LISTEN connection (%s); retrying", self.name, exc)
-                self._stopping.wait(backoff)
-                # Short: a failed connect is cheap, and this reconnect is what tells the
-                # claim loop that the database is back.
-                backoff = min(backoff * 2, LISTEN_MAX_BACKOFF)
+    def _listen(self, wakeups: Wakeups) -> None:
+        """Turn the store's wake-ups (NOTIFYs on the jobs channel) into claims."""
+        wakeups.listen(self._wake.set, self._stopping, name=self.name)
 
     def _sweep(self) -> None:
         from squidmesh.runtime.sweeper import Sweeper
@@ -354,11 +335,6 @@ class Worker:
         )
         if run_scheduler is not None:
             run_scheduler(self._stopping)
-
-
-def _libpq_url(engine: Any) -> str:
-    url = engine.url.set(drivername="postgresql")
-    return str(url.render_as_string(hide_password=False))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

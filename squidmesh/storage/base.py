@@ -12,7 +12,8 @@ exception rolls everything back, including the jobs written through it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -29,10 +30,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "Holding",
     "JobWrite",
+    "Leadership",
     "QueuedJob",
     "RunRecord",
     "Store",
     "Transaction",
+    "Wakeups",
     "WriteBatch",
     "run_id_prefix",
     "run_id_prefix_range",
@@ -406,6 +409,25 @@ class Holding(Protocol):
     def release(self) -> None: ...
 
 
+class Wakeups(Protocol):
+    """What ``Store.wakeups`` returns (see ``storage/sessions.py``)."""
+
+    def listen(self, wake: Callable[[], None], stopping: threading.Event, *, name: str) -> None:
+        """Call ``wake()`` whenever jobs may have been committed, until ``stopping``."""
+
+
+class Leadership(Protocol):
+    """What ``Store.leadership`` returns: a lock at most one process holds."""
+
+    def acquire(self) -> bool:
+        """Take it if no one holds it; False otherwise."""
+
+    def alive(self) -> bool:
+        """Whether it is still held."""
+
+    def release(self) -> None: ...
+
+
 class Store(Protocol):
     """A durable home for runs. ``dialect`` is "memory", "sqlite" or "postgresql"."""
 
@@ -421,6 +443,12 @@ class Store(Protocol):
     def hold(self, owner: str) -> Holding:
         """Hold ``owner`` for as long as this process lives, so that other processes can
         tell it is alive (``Transaction.owner_alive``); ``release()`` lets go."""
+
+    def wakeups(self) -> Wakeups | None:
+        """A way for workers to be woken when jobs are committed, or None: they poll."""
+
+    def leadership(self, name: str) -> Leadership:
+        """The lock ``name`` (e.g. "cron") that at most one process holds at a time."""
 
     def transaction(self, *, autocommit: bool = False) -> AbstractContextManager[Transaction]:
         """A transaction. ``autocommit=True`` asks for no explicit transaction, for a

@@ -32,6 +32,7 @@ from squidmesh.storage.base import (
     Store,
     WriteBatch,
 )
+from squidmesh.storage.sessions import EveryoneLeads
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["InMemoryStore", "InMemoryTransaction"]
@@ -699,6 +700,12 @@ class InMemoryStore:
     def migrate(self) -> list[str]:
         self.calls.append("migrate")
         return []
+
+    def wakeups(self) -> None:
+        return None  # in-process: Mesh wakes its own workers after each commit
+
+    def leadership(self, name: str) -> EveryoneLeads:
+        return EveryoneLeads()
 
     def hold(self, owner: str) -> _Held:
         liveness.held(owner)

@@ -39,6 +39,7 @@ from squidmesh.storage.base import (
     iter_chunks,
     run_id_prefix_range,
 )
+from squidmesh.storage.sessions import EveryoneLeads, PgLeadership, PgWakeups, advisory_key
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
     ALL_STATUSES,
@@ -161,6 +162,16 @@ class SqlStore:
         """A libpq connection string for the engine's database (PostgreSQL)."""
         url = self._raw_engine.url.set(drivername="postgresql")
         return str(url.render_as_string(hide_password=False))
+
+    def wakeups(self) -> PgWakeups | None:
+        if self.dialect != "postgresql":
+            return None
+        return PgWakeups(self.conninfo(), self.notify_channel)
+
+    def leadership(self, name: str) -> PgLeadership | EveryoneLeads:
+        if self.dialect != "postgresql":
+            return EveryoneLeads()  # duplicates are refused by unique keys anyway
+        return PgLeadership(self.conninfo(), advisory_key(name, self.schema))
 
     def hold(self, owner: str) -> _Hold:
         return _Hold(self.conninfo() if self.dialect == "postgresql" else None, owner)

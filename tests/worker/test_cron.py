@@ -14,7 +14,8 @@ import pytest
 
 import squidmesh as sm
 from squidmesh.runtime import cron
-from squidmesh.runtime.cron import ADVISORY_KEY, Scheduler, due_fire_times, next_fire_time
+from squidmesh.runtime.cron import LEADERSHIP, Scheduler, due_fire_times, next_fire_time
+from squidmesh.storage.sessions import advisory_key
 from tests.worker import apps
 from tests.worker.conftest import Database, Workers
 
@@ -46,7 +47,7 @@ def _advisory_locks(db: Database) -> int:
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND objsubid = 1 AND classid::bigint = ((k.key >> 32) & 4294967295) "
             "AND objid::bigint = (k.key & 4294967295)",
-            (ADVISORY_KEY + "squidmesh",),
+            (advisory_key(LEADERSHIP, "squidmesh"),),
         )
     )
 

@@ -1,0 +1,74 @@
+"""``Store.leadership`` and ``Store.wakeups``: what a store offers outside transactions."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from squidmesh.core.records import Job
+from squidmesh.storage.base import Store
+
+
+def test_one_leader_at_a_time_and_the_next_once_it_lets_go(store: Store) -> None:
+    first, second = store.leadership("cron"), store.leadership("cron")
+    try:
+        assert first.acquire() and first.alive()
+        if store.dialect == "postgresql":
+            assert not second.acquire()
+            other = store.leadership("another")  # another name is another lock
+            assert other.acquire()
+            other.release()
+            first.release()
+            assert not first.alive()
+            assert second.acquire() and second.alive()
+        else:
+            # One process per store here; duplicates are refused by unique keys anyway.
+            assert second.acquire()
+    finally:
+        first.release()
+        second.release()
+
+
+def test_a_committed_job_wakes_a_listener(store: Store) -> None:
+    wakeups = store.wakeups()
+    if store.dialect != "postgresql":
+        assert wakeups is None  # workers of these stores are woken in-process, or poll
+        return
+    assert wakeups is not None
+    woken = threading.Semaphore(0)
+    stopping = threading.Event()
+    listener = threading.Thread(
+        target=wakeups.listen, args=(woken.release, stopping), kwargs={"name": "test"}
+    )
+    listener.start()
+    try:
+        # The first wake-up comes with the connection (jobs may have been committed
+        # while no one listened); the next only from a commit.
+        assert woken.acquire(timeout=30)
+        with store.transaction() as tx:
+            tx.insert_jobs([Job("activate", None)])
+        assert woken.acquire(timeout=30)
+    finally:
+        stopping.set()
+        listener.join(30)
+    assert not listener.is_alive()
+
+
+@pytest.mark.postgres
+def test_leadership_is_per_schema(pg_migrated_url: str) -> None:
+    from squidmesh.storage.sql import SqlStore
+    from tests.contract.conftest import pg_engine
+
+    stores = [
+        SqlStore(pg_engine(pg_migrated_url), schema=schema, owns_engine=True)
+        for schema in ("squidmesh", "tenant_b")
+    ]
+    try:
+        leaders = [s.leadership("cron") for s in stores]
+        assert all(leader.acquire() for leader in leaders)
+        for leader in leaders:
+            leader.release()
+    finally:
+        for s in stores:
+            s.close()
