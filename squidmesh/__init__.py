@@ -8,15 +8,19 @@ from __future__ import annotations
 from squidmesh.core.commands import (
     Decision,
     approval,
+    child,
+    continue_as_new,
     first,
     join,
     log,
     now,
     patched,
     pause,
+    publish,
     random,
     sleep,
     sleep_until,
+    start_child,
     undo,
     uuid4,
     wait_for_event,
@@ -37,6 +41,7 @@ from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.retry import Backoff, Retry
 from squidmesh.errors import (
+    ChildFailed,
     CompensationFailed,
     ConcurrentChangeError,
     DefinitionError,
@@ -67,7 +72,7 @@ from squidmesh.errors import (
 )
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
-from squidmesh.runtime.views import DeclaredStep, Explanation, Run, StepRun
+from squidmesh.runtime.views import ChildRun, DeclaredStep, Explanation, Run, StepRun
 from squidmesh.types import RunStatus
 
 __version__ = "0.1.0"
@@ -76,6 +81,8 @@ __all__ = [
     "Attempt",
     "AuditEvent",
     "Backoff",
+    "ChildFailed",
+    "ChildRun",
     "CompensationFailed",
     "ConcurrentChangeError",
     "CronTrigger",
@@ -126,6 +133,8 @@ __all__ = [
     "WorkflowSignal",
     "__version__",
     "approval",
+    "child",
+    "continue_as_new",
     "cron",
     "current_run",
     "first",
@@ -135,9 +144,11 @@ __all__ = [
     "now",
     "patched",
     "pause",
+    "publish",
     "random",
     "sleep",
     "sleep_until",
+    "start_child",
     "step",
     "step_context",
     "undo",

@@ -13,6 +13,7 @@ from squidmesh.errors import (
     DefinitionError,
     InvalidArgumentError,
     PayloadError,
+    RunNotFoundError,
     SchemaOutOfDateError,
     StorageError,
     UnknownTriggerError,
@@ -23,12 +24,13 @@ from squidmesh.errors import (
 from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
 from squidmesh.runtime.clock import DatabaseClock, local_now
+from squidmesh.runtime.composition import CHILD_KINDS
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
 from squidmesh.runtime.explain import explain
 from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.presence import Presence
-from squidmesh.runtime.views import Explanation, Run, build_run
+from squidmesh.runtime.views import Explanation, Run, build_children, build_run
 from squidmesh.runtime.worker import Worker
 from squidmesh.storage.base import Store, run_id_prefix
 from squidmesh.storage.sql_errors import is_transient
@@ -36,6 +38,9 @@ from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
 
+
+#: how deep ``explain_run`` follows a chain of runs waiting for child runs
+_EXPLAIN_DEPTH = 16
 
 #: how long ``drain()`` leases the job it performs (a step longer than this could be
 #: claimed again by a worker beside it)
@@ -228,26 +233,74 @@ class Mesh(OperatorActions):
     # ------------------------------------------------------------------ reading
 
     def inspect_run(self, run_id: Any, *, include_history: bool = False) -> Run:
-        """The run's persisted facts; with history also steps, step runs and audit events."""
+        """The run's persisted facts and its published state (``Run.published``); with
+        history also steps, step runs, audit events and the runs it started
+        (``Run.children``)."""
         with self._reading(run_id) as (tx, run):
             rid = run.id
+            published = tx.load_published(rid)
             if not include_history:
-                return build_run(run)
+                return build_run(run, published=published)
+            entries = tx.load_entries(rid)
+            children = tx.list_children(rid)
+            known = {child.id for child in children}
+            for entry in entries:  # runs reused by key name another parent (or none)
+                other = entry.meta.get("run_id") if entry.kind in CHILD_KINDS else None
+                if other and other not in known:
+                    found = tx.get_run(str(other))
+                    if found is not None:
+                        children.append(found)
+                        known.add(found.id)
             return build_run(
                 run,
-                entries=tx.load_entries(rid),
+                entries=entries,
                 attempts=tx.load_attempts(rid),
                 audit=tx.load_audit(rid),
                 workflow=self.workflows.get(run.workflow),
+                published=published,
+                children=build_children(entries, children),
             )
 
+    def get_published(self, run_id: Any, name: str | None = None) -> Any:
+        """The state the run published with ``sm.publish``: every name's latest value as
+        a dict, or with ``name`` that name's latest value (None if never published).
+        Readable while the run is active; replay never publishes again."""
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidArgumentError(
+                f"get_published name= must be a non-empty string, got {shown(name)}"
+            )
+        with self._reading(run_id) as (tx, run):
+            published = tx.load_published(run.id)
+        return published if name is None else published.get(name)
+
     def explain_run(self, run_id: Any) -> Explanation:
-        """Why the run is where it is, and what can be done next."""
+        """Why the run is where it is, and what can be done next. A run waiting for a
+        child run (``waiting_for_child``) names the child and its own reason."""
+        return self._explain(run_id, depth=0)
+
+    def _explain(self, run_id: Any, *, depth: int) -> Explanation:
         with self._reading(run_id) as (tx, run):
             entries = tx.load_entries(run.id)
             attempts = tx.load_attempts(run.id)
             events = len(tx.load_events(run.id))
             jobs = tx.load_jobs(run.id)
+
+        def child(child_id: str) -> Explanation | None:
+            if depth >= _EXPLAIN_DEPTH:
+                return None
+            try:
+                with self._reading(child_id) as (tx, found):
+                    # a child that continued as new: explain the run that carries on
+                    final = found
+                    while final.reason == "continued_as_new" and final.continued_as_run_id:
+                        nxt = tx.get_run(final.continued_as_run_id)
+                        if nxt is None:
+                            break
+                        final = nxt
+                return self._explain(final.id, depth=depth + 1)
+            except RunNotFoundError:
+                return None
+
         return explain(
             run,
             entries,
@@ -255,6 +308,7 @@ class Mesh(OperatorActions):
             workflow_available=run.workflow in self.workflows,
             events_waiting=events,
             jobs=jobs,
+            explain_child=child,
         )
 
     def list_runs(

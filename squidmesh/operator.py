@@ -22,6 +22,7 @@ from squidmesh.errors import (
     UnsafeReplayError,
     shown,
 )
+from squidmesh.runtime import composition
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
 from squidmesh.runtime.views import Run, build_run
@@ -314,22 +315,11 @@ class OperatorActions:
                     status=run.status,
                     action="cancel_run",
                 )
-            ch.audit(
-                run.id,
-                "cancel_requested",
-                actor=actor,
-                comment=reason,
-                metadata={"compensate": compensate},
+            # Attached child runs are cancelled first (with their compensations); the run
+            # stays cancelling until they have ended (see runtime/composition.py).
+            composition.request_cancel(
+                self._engine, ch, run, actor=actor, reason=reason, compensate=compensate
             )
-            run.cancel_request = {"actor": actor, "reason": reason, "compensate": compensate}
-            live = self._engine.live(ch, run) if run.status != "suspended" else None
-            if live is not None and self._engine.in_flight(live):
-                run.status = RunStatus.CANCELLING.value
-            else:
-                if run.status == "suspended":
-                    self._engine.evict(run.id)
-                    live = None
-                self._engine.finish_cancel(ch, run, live)
         return self._fresh(build_run(run))
 
     def resume_run(self, run_id: Any, *, actor: str | None = None) -> Run:
@@ -357,6 +347,8 @@ class OperatorActions:
                     registered=self.workflows,
                     run_id=run.id,
                 )
+            # Children that ended while it was suspended told it then (and were ignored).
+            composition.settle(ch, run, live.history)
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 

@@ -48,8 +48,8 @@ from squidmesh.core.recording import (
 from squidmesh.errors import (
     DefinitionError,
     Fail,
-    PayloadError,
     NondeterminismError,
+    PayloadError,
     RunCancelled,
     StepFailed,
     TimedOut,

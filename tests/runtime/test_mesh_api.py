@@ -6,6 +6,7 @@ from __future__ import annotations
 # Error paths are checked with ``fails_unchanged``: the call must raise the documented
 # error AND leave the whole database (runs, history, attempts, audit, events, jobs)
 # exactly as it was.
+import dataclasses
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -413,7 +414,10 @@ def test_list_runs_newest_first_with_filters(mesh_factory: MeshFactory) -> None:
     page = mesh.list_runs(limit=2)
     assert ids(limit=2, before=page[-1]) == [r2.id, r1.id]
     listed = mesh.list_runs(workflow="chain")[0]
-    assert listed == mesh.inspect_run(r3.id)
+    inspected = mesh.inspect_run(r3.id)
+    # inspect_run also reads the run's published state; list_runs leaves it unread (None)
+    assert listed.published is None and inspected.published == {}
+    assert listed == dataclasses.replace(inspected, published=None)
 
     fails_unchanged(mesh_factory, ValueError, mesh.list_runs, status="sleepy")
     fails_unchanged(mesh_factory, ValueError, mesh.list_runs, limit=0)
