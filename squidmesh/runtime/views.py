@@ -26,7 +26,7 @@ __all__ = [
     "build_step_runs",
 ]
 
-WAITABLE = frozenset({"step", "sleep", "pause", "approval", "event"})
+WAITABLE = frozenset({"step", "sleep", "pause", "approval", "event", "child"})
 
 
 @dataclasses.dataclass(frozen=True)
