@@ -17,9 +17,11 @@ and ``first`` (their branches are child nodes with ``parent`` set; a ``join`` wi
 workflow), ``publish`` (named for what it publishes), ``continue_as_new`` (the run ends
 there, like ``return``), ``log``, ``undo``, ``now``, ``uuid4``, ``random``, ``patched`` (a
 branch point for versioning), ``return``, ``raise``, ``end`` (falling off the function)
-and ``dynamic``: anything the analyzer
-cannot resolve statically (a step picked from a dict at run time, ``yield some_var``, a
-list built by a comprehension). Analysis never raises for odd code: it degrades to
+and ``dynamic``: anything the analyzer cannot resolve statically (a step picked from a
+dict at run time, ``yield some_var``, a list built beforehand: ``sm.join(*calls)``). A
+branch list written in place as a comprehension of one command
+(``sm.join(*[sm.child(wf, x) for x in xs], limit=20)``) is that command, drawn once, with
+the comprehension as its detail. Analysis never raises for odd code: it degrades to
 ``dynamic`` nodes.
 
 Callees are resolved through the function's closure and ``__globals__`` only, so a step
@@ -352,7 +354,25 @@ class _Builder:
         return _Spec(kind, text, lineno, detail=f"workflow chosen at run time: {text}")
 
     def _branch_spec(self, arg: ast.expr) -> _Spec:
-        if isinstance(arg, ast.Starred):  # `*[step(x) for x in xs]`: count unknown
+        if isinstance(arg, ast.Starred):
+            inner = arg.value
+            if isinstance(inner, (ast.ListComp, ast.GeneratorExp)) and not isinstance(
+                inner.elt, (ast.Starred, ast.Yield, ast.YieldFrom)
+            ):
+                # `*[sm.child(wf, x) for x in xs]`: one branch per item, all alike. Drawn
+                # as that command once, the comprehension as its detail.
+                found = self._describe(inner.elt, self._line(inner.elt))
+                if found.kind != "dynamic":
+                    loops = " ".join(
+                        f"for {self._text(g.target)} in {self._text(g.iter)}"
+                        + "".join(f" if {self._text(c)}" for c in g.ifs)
+                        for g in inner.generators
+                    )
+                    found.detail = f"{loops} (a branch each)" + (
+                        f"; {found.detail}" if found.detail else ""
+                    )
+                    return found
+            # `*calls`: what and how many is known only at run time
             return _dynamic(self._text(arg), self._line(arg), self._text(arg))
         return self._describe(arg, self._line(arg))
 
