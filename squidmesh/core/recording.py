@@ -501,6 +501,7 @@ def _release(
         if branch.status != _PENDING or not branch.meta.get(HELD):
             continue
         del branch.meta[HELD]
+        branch.started_at = iso(now)  # when it got its slot (created_at: when recorded)
         _start_leaf(commands[offset], branch, history, act, now, [])
         act._touch(branch)
         act.started.append(branch)

@@ -166,6 +166,7 @@ def _start(
     )
     ch.jobs.append(Job("activate", rid, run_at=ch.now))
     entry.meta["run_id"] = rid
+    entry.started_at = ch.now.isoformat()  # the child run exists from now on
     ch.touched(run.id, entry)
     if definition.name not in engine.workflows:
         log.warning(

@@ -273,9 +273,7 @@ def test_list_children_finds_the_runs_a_run_started_oldest_first(store: Store) -
         assert tx.list_children(stranger.id) == []
 
 
-def test_load_published_gives_the_latest_value_of_each_name(
-    store: Store, run: RunRecord
-) -> None:
+def test_load_published_gives_the_latest_value_of_each_name(store: Store, run: RunRecord) -> None:
     def published(seq: int, name: str, value: Any) -> Entry:
         return Entry(seq=seq, kind="publish", name=name, status="completed", result=value)
 

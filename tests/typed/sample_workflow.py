@@ -112,13 +112,17 @@ def typed(payload: Any) -> Generator[Any, Any, dict[str, Any]]:
         reveal_type(dice)  # T: float
         reveal_type(new_code)  # T: bool
         reveal_type(undone)  # T: list[dict[str, Any]]
+        # fmt: off
         reveal_type(receipt_child)  # T: squidmesh.core.definition.WorkflowDefinition[tests.typed.sample_workflow.Receipt]
+        # fmt: on
         reveal_type(child)  # T: tests.typed.sample_workflow.Receipt
         reveal_type(by_name)  # T: Any
         reveal_type(detached)  # T: uuid.UUID
         reveal_type(capped)  # T: tuple[tests.typed.sample_workflow.Receipt, int]
         reveal_type(sm.continue_as_new())  # T: squidmesh.core.commands.ContinueAsNew
+        # fmt: off
         reveal_type(iter(sm.continue_as_new()))  # T: typing.Generator[squidmesh.core.commands.ContinueAsNew, Any, Never]
+        # fmt: on
         reveal_type(untyped)  # T: Any
         nap, note = iter(sm.sleep(1)), iter(sm.log("x"))
         reveal_type(nap)  # T: typing.Generator[squidmesh.core.commands.Sleep, Any, None]
