@@ -436,11 +436,13 @@ def _resolve_group(
     container = history[blocked.seq]
     branches = history.branches(blocked.seq)
     commands: tuple[Any, ...] = blocked.command.commands
-    finished = sorted((b for b in branches if b.resolved), key=lambda b: b.order or 0)
+    # One pass, no sort: a fan-out's join is looked at once per finished branch, so
+    # this stays linear in its branches (earliest = lowest resolution order).
+    finished = [b for b in branches if b.resolved]
     feed: Feed | None = None
     if blocked.kind == "first":
         if finished:
-            winner = finished[0]
+            winner = min(finished, key=lambda b: b.order or 0)
             index = winner.seq - blocked.seq - 1
             if winner.status == _FAILED:
                 feed = Feed(True, exception_for(winner))
@@ -449,10 +451,9 @@ def _resolve_group(
     else:
         return_exceptions = bool(blocked.command.return_exceptions)
         if not return_exceptions:
-            for branch in finished:
-                if branch.status == _FAILED:
-                    feed = Feed(True, exception_for(branch))
-                    break
+            failed = [b for b in finished if b.status == _FAILED]
+            if failed:
+                feed = Feed(True, exception_for(min(failed, key=lambda b: b.order or 0)))
         if feed is None and len(finished) == len(branches):
             values = []
             for offset, branch in enumerate(branches):
