@@ -38,7 +38,7 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 #: what a workflow returns (its generator's return type); ``Any`` when unannotated, and
 #: for a bare ``WorkflowDefinition`` annotation (a default, PEP 696)
-W = DefaultTypeVar("W", default=Any)
+W = DefaultTypeVar("W", covariant=True, default=Any)
 
 _STEP_OPTIONS = frozenset(
     {

@@ -352,7 +352,7 @@ def test_join_limit_waiting_branches_are_shown_and_explained(mesh_factory: MeshF
     assert all("child_run_id" in b for b in why.details["branches"] if not b.get("held"))
     steps = mesh.inspect_run(run.id, include_history=True).steps or ()
     assert [s.status for s in steps if s.kind == "child"] == ["waiting"] * 4
-    (first, second) = (r for r in _runs(mesh, "kid") if r.status == "paused")
+    (first, _second) = (r for r in _runs(mesh, "kid") if r.status == "paused")
     mesh.approve_run(first.id, actor="ops")
     assert _active_children(mesh) == 2  # the third branch took the free slot
     for _ in range(3):
