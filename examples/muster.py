@@ -132,9 +132,7 @@ def most_in_flight(entries: Sequence[sm.StepRun]) -> int:
     return most
 
 
-def call_the_muster(
-    mesh: sm.Mesh, *, riders: int, limit: int, timeout: float = 600.0
-) -> Figures:
+def call_the_muster(mesh: sm.Mesh, *, riders: int, limit: int, timeout: float = 600.0) -> Figures:
     """Start a muster on ``mesh`` (whose workers run it) and wait for it to end."""
     started = time.monotonic()
     run = mesh.start_run(muster_of_rohan, {"riders": riders, "limit": limit})
