@@ -358,9 +358,11 @@ class OperatorActions:
         """Start a new run of the same workflow, trigger and stored payload."""
         with self._reading(run_id) as (tx, source):
             entries = tx.load_entries(source.id)
+            # The replay's children are new runs: their irreversible steps would repeat.
+            children = composition.children_replay_blockers(tx, entries)
         rid = source.id
         self._workflow(source.workflow)
-        blocked = replay_blockers(entries)
+        blocked = replay_blockers(entries) + children
         if blocked and allow_irreversible is not True:
             raise UnsafeReplayError(
                 f"run {rid} completed irreversible or non-compensatable steps "

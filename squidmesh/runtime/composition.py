@@ -48,6 +48,7 @@ from squidmesh.errors import (
     UnknownWorkflowError,
     UnstorableValueError,
 )
+from squidmesh.runtime.explain import replay_blockers
 from squidmesh.storage.base import RunRecord, Transaction
 from squidmesh.types import EntryStatus, RunStatus
 
@@ -59,6 +60,7 @@ __all__ = [
     "cancel_abandoned",
     "cancel_children",
     "child_run_id",
+    "children_replay_blockers",
     "continuation_run_id",
     "continue_as_new",
     "final_run",
@@ -447,6 +449,40 @@ def final_run_in_change(ch: Change, run_id: str) -> RunRecord | None:
             continue
         return record
     return None
+
+
+# ---------------------------------------------------------------------- replaying
+
+
+def children_replay_blockers(tx: Transaction, entries: list[Entry]) -> list[str]:
+    """Irreversible (or non-compensatable) steps completed by the child runs a replay of
+    the run with ``entries`` would start again, as ``"<workflow>:<step>"``: its children
+    and theirs, with the runs they continued as. Children started with a ``key`` are not
+    started again (the key finds them), so they do not count."""
+
+    def started(found: list[Entry]) -> list[str]:
+        return [
+            str(e.meta["run_id"])
+            for e in found
+            if e.kind in CHILD_KINDS and e.meta.get("run_id") and not (e.input or {}).get("key")
+        ]
+
+    blockers: list[str] = []
+    todo, seen = started(entries), set[str]()
+    while todo and len(seen) < _CHAIN_LIMIT:
+        run_id = todo.pop()
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        record = tx.get_run(run_id)
+        if record is None:
+            continue
+        found = tx.load_entries(run_id)
+        blockers.extend(f"{record.workflow}:{name}" for name in replay_blockers(found))
+        todo.extend(started(found))
+        if record.continued_as_run_id:
+            todo.append(record.continued_as_run_id)
+    return sorted(set(blockers))
 
 
 # ---------------------------------------------------------------------- continuing

@@ -174,3 +174,20 @@ WORKFLOWS = [
     publishing,
     grandparent,
 ]
+
+
+@sm.step(irreversible=True)
+def fire() -> str:
+    count("fire")
+    return "fired"
+
+
+@sm.workflow
+def launch_child(payload: Any) -> Generator[Any, Any, str]:
+    return (yield from fire())
+
+
+@sm.workflow
+def launcher(payload: Any) -> Generator[Any, Any, str]:
+    """Its child completes an irreversible step: replaying it would fire again."""
+    return (yield from sm.child(launch_child))

@@ -460,3 +460,16 @@ def test_published_state_is_readable_mid_run_and_never_published_again(
     assert done.published == {"progress": {"done": 2, "of": 2}, "status": "waiting for a person"}
     kinds = [s.kind for s in done.step_runs or ()]
     assert kinds.count("publish") == 4
+
+
+def test_replay_of_a_parent_is_refused_when_a_child_did_something_irreversible(
+    mesh_factory: MeshFactory,
+) -> None:
+    mesh = mesh_factory([*family.WORKFLOWS, family.launcher, family.launch_child])
+    source = mesh.start_run(family.launcher)
+    assert mesh.inspect_run(source.id).status == "completed"
+    refused = fails_unchanged(mesh_factory, sm.UnsafeReplayError, mesh.replay_run, source.id)
+    assert refused.steps == ["launch_child:fire"]
+    again = mesh.replay_run(source.id, allow_irreversible=True)
+    assert mesh.inspect_run(again.id).status == "completed"
+    assert flows.CALLS["fire"] == 2
