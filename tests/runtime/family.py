@@ -191,3 +191,18 @@ def launch_child(payload: Any) -> Generator[Any, Any, str]:
 def launcher(payload: Any) -> Generator[Any, Any, str]:
     """Its child completes an irreversible step: replaying it would fire again."""
     return (yield from sm.child(launch_child))
+
+
+@sm.workflow
+def keyed_review(payload: Any) -> Generator[Any, Any, Any]:
+    """Waits for a keyed child that waits for a review; a second parent with the same key
+    finds it running."""
+    try:
+        return (yield from sm.child(kid, {"n": 6, "review": True}, key="kid-6"))
+    except sm.ChildFailed as exc:
+        return {"status": exc.child_status, "child": str(exc.child_run_id), "why": str(exc)}
+
+
+@sm.workflow
+def keyed_detached(payload: Any) -> Generator[Any, Any, str]:
+    return str((yield from sm.start_child(kid, {"n": 6, "review": True}, key="kid-6")))

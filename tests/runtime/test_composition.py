@@ -473,3 +473,23 @@ def test_replay_of_a_parent_is_refused_when_a_child_did_something_irreversible(
     again = mesh.replay_run(source.id, allow_irreversible=True)
     assert mesh.inspect_run(again.id).status == "completed"
     assert flows.CALLS["fire"] == 2
+
+
+def test_a_keyed_child_still_running_elsewhere_is_not_waited_for(
+    mesh_factory: MeshFactory,
+) -> None:
+    mesh = mesh_factory([*family.WORKFLOWS, family.keyed_review, family.keyed_detached])
+    first = mesh.start_run(family.keyed_review)
+    (child,) = _runs(mesh, "kid")
+    assert mesh.explain_run(first.id).reason == "waiting_for_child"
+    second = mesh.inspect_run(mesh.start_run(family.keyed_review).id)
+    assert second.status == "completed"
+    assert second.result["status"] == "not_started"
+    assert second.result["child"] == str(child.id)
+    assert "already running" in second.result["why"] and str(first.id) in second.result["why"]
+    # a detached child with the key is that run, as start_run(idempotency_key=...) would be
+    detached = mesh.start_run(family.keyed_detached)
+    assert mesh.inspect_run(detached.id).result == str(child.id)
+    assert len(_runs(mesh, "kid")) == 1
+    mesh.approve_run(child.id, actor="ops")
+    assert mesh.inspect_run(first.id).result == 12
