@@ -38,13 +38,12 @@ muster on SQLite and checks the same figures.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from collections.abc import Generator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -99,8 +98,7 @@ def muster_of_rohan(muster: Muster) -> Generator[Any, Any, str]:
 WORKFLOWS = [muster_of_rohan, muster_rider]
 
 
-@dataclasses.dataclass(frozen=True)
-class Figures:
+class Figures(NamedTuple):
     """What one muster measured (the table in this module's docstring)."""
 
     run_id: str
