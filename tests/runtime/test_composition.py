@@ -493,3 +493,24 @@ def test_a_keyed_child_still_running_elsewhere_is_not_waited_for(
     assert len(_runs(mesh, "kid")) == 1
     mesh.approve_run(child.id, actor="ops")
     assert mesh.inspect_run(first.id).result == 12
+
+
+def test_continue_as_new_is_one_change_with_the_next_runs_start(
+    mesh_factory: MeshFactory,
+) -> None:
+    mesh = mesh_factory(family.WORKFLOWS, executor=Refusing())
+    run = mesh.start_run(family.looping, {"until": 1})
+    mesh.drain()  # publish, work, then the 5 s sleep
+    mesh_factory.clock.advance(5)
+    (row,) = [j for j in peek_jobs(mesh.store) if j["run_id"] == str(run.id)]
+    wake = sm.Job(**row)
+    flows.FLAGS["refuse"] = True  # the change that completes the run and starts the next
+    fails_unchanged(mesh_factory, sm.DispatchError, mesh.perform, wake)
+    assert [r.id for r in _runs(mesh, "looping")] == [run.id]
+    flows.FLAGS["refuse"] = False
+    mesh.perform(wake)
+    done = mesh.inspect_run(run.id)
+    assert done.reason == "continued_as_new" and done.continued_as_run_id is not None
+    assert mesh.inspect_run(done.continued_as_run_id).status == "pending"
+    mesh.perform(wake)  # delivered again: nothing more
+    assert len(_runs(mesh, "looping")) == 2
