@@ -8,15 +8,19 @@ from __future__ import annotations
 from squidmesh.core.commands import (
     Decision,
     approval,
+    child,
+    continue_as_new,
     first,
     join,
     log,
     now,
     patched,
     pause,
+    publish,
     random,
     sleep,
     sleep_until,
+    start_child,
     undo,
     uuid4,
     wait_for_event,
@@ -37,6 +41,7 @@ from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.retry import Backoff, Retry
 from squidmesh.errors import (
+    ChildFailed,
     CompensationFailed,
     ConcurrentChangeError,
     ConflictError,
@@ -69,7 +74,7 @@ from squidmesh.errors import (
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.events import LifecycleEvent
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
-from squidmesh.runtime.views import DeclaredStep, Explanation, Run, StepRun
+from squidmesh.runtime.views import ChildRun, DeclaredStep, Explanation, Run, StepRun
 from squidmesh.types import RunStatus
 
 __version__ = "0.1.0"
@@ -78,6 +83,8 @@ __all__ = [
     "Attempt",
     "AuditEvent",
     "Backoff",
+    "ChildFailed",
+    "ChildRun",
     "CompensationFailed",
     "ConcurrentChangeError",
     "ConflictError",
@@ -130,6 +137,8 @@ __all__ = [
     "WorkflowSignal",
     "__version__",
     "approval",
+    "child",
+    "continue_as_new",
     "cron",
     "current_run",
     "first",
@@ -139,9 +148,11 @@ __all__ = [
     "now",
     "patched",
     "pause",
+    "publish",
     "random",
     "sleep",
     "sleep_until",
+    "start_child",
     "step",
     "step_context",
     "undo",

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from typing_extensions import ParamSpec
 
+from squidmesh.core.arguments import count
 from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.records import Job
-from squidmesh.errors import InvalidArgumentError, shown
 from squidmesh.runtime.events import LifecycleEvent
 from squidmesh.runtime.views import Explanation, Run
 from squidmesh.runtime.worker import Worker
@@ -66,11 +66,7 @@ class AsyncMeshMethods:
     # ------------------------------------------------------------------ the executor
 
     def _init_async(self, threads: int) -> None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise InvalidArgumentError(
-                f"async_threads must be a positive integer, got {shown(threads)}"
-            )
-        self._async_threads = threads
+        self._async_threads = count(threads, what="async_threads")
         self._async_pool = None
         self._async_lock = threading.Lock()
 
@@ -168,6 +164,10 @@ class AsyncMeshMethods:
         return await self._offload(
             self._sync().inspect_run, run_id, include_history=include_history
         )
+
+    async def get_published_async(self, run_id: Any, name: str | None = None) -> Any:
+        """Async twin of [`get_published`][squidmesh.Mesh.get_published]."""
+        return await self._offload(self._sync().get_published, run_id, name)
 
     async def explain_run_async(self, run_id: Any) -> Explanation:
         """Async twin of [`explain_run`][squidmesh.Mesh.explain_run]."""

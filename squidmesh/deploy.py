@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from squidmesh.core.arguments import count
 from squidmesh.errors import PayloadError, SquidmeshError, UnknownTriggerError
 from squidmesh.mesh import Mesh
 from squidmesh.storage.base import RunRecord
@@ -95,8 +96,7 @@ def check_deploy(
     ``progress`` is called with the number of runs checked so far after every
     ``batch_size`` runs (and once at the end).
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    count(batch_size, what="batch_size")
     wanted = tuple(dict.fromkeys(statuses))
     unknown = sorted(set(wanted) - set(ACTIVE_STATUSES))
     if unknown:

@@ -25,6 +25,7 @@
     │   └── ConcurrentChangeError another process changed the run first; nothing applied
     └── WorkflowSignal            exceptions thrown *into* workflow code
         ├── StepFailed            a step failed after its retries (carries the original error)
+        │   └── ChildFailed       a child workflow run failed or was cancelled (.child_run_id)
         ├── TimedOut              an approval or event wait passed its timeout
         └── Fail                  raised by workflow code to fail the run on purpose
 
@@ -44,10 +45,12 @@ advice from the same facts.
 from __future__ import annotations
 
 import difflib
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "ChildFailed",
     "CompensationFailed",
     "ConcurrentChangeError",
     "DefinitionError",
@@ -418,6 +421,60 @@ class StepFailed(WorkflowSignal):
         """
         qual = f"{exc_type.__module__}.{exc_type.__qualname__}"
         return qual in self.error_types
+
+
+class ChildFailed(StepFailed):
+    """A child workflow run (``sm.child``) failed or was cancelled.
+
+    A ``StepFailed`` whose ``step`` is the child's workflow name: ``except sm.StepFailed``
+    catches it too. ``child_run_id`` is the child run (None when no run could be started:
+    its payload did not fit the child's trigger, say), ``child_status`` how it ended
+    (``failed``, ``cancelled``, or ``not_started``), ``child_error`` the child's own error
+    record; ``error_type``/``error_message``/``is_a`` describe that error, so
+    ``exc.is_a(MyError)`` asks whether the child failed with ``MyError``.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        child_run_id: Any = None,
+        workflow: str = "",
+        seq: int = -1,
+        child_status: str = "failed",
+        child_error: dict[str, Any] | None = None,
+    ) -> None:
+        self.child_run_id: uuid.UUID | None = (
+            uuid.UUID(str(child_run_id)) if child_run_id is not None else None
+        )
+        self.child_status = child_status
+        self.child_error: dict[str, Any] = dict(child_error or {})
+        error = self.child_error
+        error_type = str(error.get("type") or "squidmesh.errors.ChildFailed")
+        who = f"child run {self.child_run_id}" if self.child_run_id else "a child run"
+        ended = (
+            "was cancelled"
+            if child_status == "cancelled"
+            else ("could not be started" if child_status == "not_started" else "failed")
+        )
+        detail = f": {error_type.rsplit('.', 1)[-1]}: {error.get('message', '')}" if error else ""
+        super().__init__(
+            message or f"{who} of workflow {workflow!r} (seq {seq}) {ended}{detail}",
+            step=workflow,
+            seq=seq,
+            error_type=error_type,
+            error_types=tuple(error.get("types") or (error_type,)),
+            error_message=str(error.get("message", "")),
+            details=error.get("details"),
+            attempts=0,
+            traceback=error.get("traceback"),
+            retryable=False,
+        )
+
+    @property
+    def workflow(self) -> str:
+        """The child's workflow name (also ``step``)."""
+        return self.step
 
 
 class TimedOut(WorkflowSignal):

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
+from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
 from squidmesh.core.records import Job
@@ -15,6 +16,7 @@ from squidmesh.errors import (
     DefinitionError,
     InvalidArgumentError,
     PayloadError,
+    RunNotFoundError,
     SchemaOutOfDateError,
     UnknownTriggerError,
     UnknownWorkflowError,
@@ -24,6 +26,7 @@ from squidmesh.errors import (
 from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
 from squidmesh.runtime.clock import DatabaseClock, local_now
+from squidmesh.runtime.composition import CHILD_KINDS
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.events import EventBus, LifecycleEvent
 from squidmesh.runtime.executors import DatabaseExecutor, Executor
@@ -31,7 +34,7 @@ from squidmesh.runtime.explain import explain
 from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.presence import Presence
 from squidmesh.runtime.telemetry import Telemetry, api_call
-from squidmesh.runtime.views import Explanation, Run, build_run
+from squidmesh.runtime.views import Explanation, Run, build_children, build_run
 from squidmesh.runtime.worker import Worker
 from squidmesh.storage.base import Store, run_id_prefix
 from squidmesh.storage.sql_errors import is_transient
@@ -39,6 +42,9 @@ from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
 
+
+#: how deep ``explain_run`` follows a chain of runs waiting for child runs
+_EXPLAIN_DEPTH = 16
 
 #: how long ``drain()`` leases the job it performs (a step longer than this could be
 #: claimed again by a worker beside it)
@@ -272,26 +278,74 @@ class Mesh(OperatorActions, AsyncMeshMethods):
     # ------------------------------------------------------------------ reading
 
     def inspect_run(self, run_id: Any, *, include_history: bool = False) -> Run:
-        """The run's persisted facts; with history also steps, step runs and audit events."""
+        """The run's persisted facts and its published state (``Run.published``); with
+        history also steps, step runs, audit events and the runs it started
+        (``Run.children``)."""
         with self._reading(run_id) as (tx, run):
             rid = run.id
+            published = tx.load_published(rid)
             if not include_history:
-                return build_run(run)
+                return build_run(run, published=published)
+            entries = tx.load_entries(rid)
+            children = tx.list_children(rid)
+            known = {child.id for child in children}
+            for entry in entries:  # runs reused by key name another parent (or none)
+                other = entry.meta.get("run_id") if entry.kind in CHILD_KINDS else None
+                if other and other not in known:
+                    found = tx.get_run(str(other))
+                    if found is not None:
+                        children.append(found)
+                        known.add(found.id)
             return build_run(
                 run,
-                entries=tx.load_entries(rid),
+                entries=entries,
                 attempts=tx.load_attempts(rid),
                 audit=tx.load_audit(rid),
                 workflow=self.workflows.get(run.workflow),
+                published=published,
+                children=build_children(entries, children),
             )
 
+    def get_published(self, run_id: Any, name: str | None = None) -> Any:
+        """The state the run published with ``sm.publish``: every name's latest value as
+        a dict, or with ``name`` that name's latest value (None if never published).
+        Readable while the run is active; replay never publishes again."""
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidArgumentError(
+                f"get_published name= must be a non-empty string, got {shown(name)}"
+            )
+        with self._reading(run_id) as (tx, run):
+            published = tx.load_published(run.id)
+        return published if name is None else published.get(name)
+
     def explain_run(self, run_id: Any) -> Explanation:
-        """Why the run is where it is, and what can be done next."""
+        """Why the run is where it is, and what can be done next. A run waiting for a
+        child run (``waiting_for_child``) names the child and its own reason."""
+        return self._explain(run_id, depth=0)
+
+    def _explain(self, run_id: Any, *, depth: int) -> Explanation:
         with self._reading(run_id) as (tx, run):
             entries = tx.load_entries(run.id)
             attempts = tx.load_attempts(run.id)
             events = len(tx.load_events(run.id))
             jobs = tx.load_jobs(run.id)
+
+        def child(child_id: str) -> Explanation | None:
+            if depth >= _EXPLAIN_DEPTH:
+                return None
+            try:
+                with self._reading(child_id) as (tx, found):
+                    # a child that continued as new: explain the run that carries on
+                    final = found
+                    while final.reason == "continued_as_new" and final.continued_as_run_id:
+                        nxt = tx.get_run(final.continued_as_run_id)
+                        if nxt is None:
+                            break
+                        final = nxt
+                return self._explain(final.id, depth=depth + 1)
+            except RunNotFoundError:
+                return None
+
         return explain(
             run,
             entries,
@@ -299,6 +353,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             workflow_available=run.workflow in self.workflows,
             events_waiting=events,
             jobs=jobs,
+            explain_child=child,
         )
 
     def list_runs(
@@ -331,8 +386,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             raise InvalidArgumentError(
                 f"list_runs(workflow=...) takes a name or a workflow, got {shown(workflow)}"
             )
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidArgumentError(f"limit must be a positive integer, got {shown(limit)}")
+        count(limit, what="list_runs limit")
         if before is not None and not isinstance(before, (datetime, Run)):
             raise InvalidArgumentError(
                 f"list_runs(before=...) takes a datetime or a Run, got {shown(before)}"
@@ -386,12 +440,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         entries per status however many runs are stored, and a count of 1,001 then
         means "more than 1,000"."""
         name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-        ):
-            raise InvalidArgumentError(
-                f"count_runs limit must be a positive integer or None, got {shown(limit)}"
-            )
+        optional_count(limit, what="count_runs limit")
         self._ready()
         with self.store.transaction() as tx:
             counts = tx.count_runs(workflow=name, limit=limit)
@@ -435,6 +484,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
 
     def drain(self, *, limit: int | None = None) -> int:
         """Run every due job in this thread until none is left; returns how many ran."""
+        optional_count(limit, what="drain limit")
         self._ready()
         done = 0
         # A lease like a worker's: each job's row is deleted by the transaction that

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from squidmesh.core import state
+from squidmesh.core.arguments import count
 from squidmesh.core.contracts import stored
 from squidmesh.core.records import Job
 from squidmesh.errors import (
@@ -22,6 +23,7 @@ from squidmesh.errors import (
     UnsafeReplayError,
     shown,
 )
+from squidmesh.runtime import composition
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
 from squidmesh.runtime.telemetry import Telemetry, api_call
@@ -324,22 +326,11 @@ class OperatorActions:
                     status=run.status,
                     action="cancel_run",
                 )
-            ch.audit(
-                run.id,
-                "cancel_requested",
-                actor=actor,
-                comment=reason,
-                metadata={"compensate": compensate},
+            # Attached child runs are cancelled first (with their compensations); the run
+            # stays cancelling until they have ended (see runtime/composition.py).
+            composition.request_cancel(
+                self._engine, ch, run, actor=actor, reason=reason, compensate=compensate
             )
-            run.cancel_request = {"actor": actor, "reason": reason, "compensate": compensate}
-            live = self._engine.live(ch, run) if run.status != "suspended" else None
-            if live is not None and self._engine.in_flight(live):
-                run.status = RunStatus.CANCELLING.value
-            else:
-                if run.status == "suspended":
-                    self._engine.evict(run.id)
-                    live = None
-                self._engine.finish_cancel(ch, run, live)
         return self._fresh(build_run(run))
 
     @api_call
@@ -368,6 +359,8 @@ class OperatorActions:
                     registered=self.workflows,
                     run_id=run.id,
                 )
+            # Children that ended while it was suspended told it then (and were ignored).
+            composition.settle(ch, run, live.history)
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
@@ -378,9 +371,11 @@ class OperatorActions:
         """Start a new run of the same workflow, trigger and stored payload."""
         with self._reading(run_id) as (tx, source):
             entries = tx.load_entries(source.id)
+            # The replay's children are new runs: their irreversible steps would repeat.
+            children = composition.children_replay_blockers(tx, entries)
         rid = source.id
         self._workflow(source.workflow)
-        blocked = replay_blockers(entries)
+        blocked = replay_blockers(entries) + children
         if blocked and allow_irreversible is not True:
             raise UnsafeReplayError(
                 f"run {rid} completed irreversible or non-compensatable steps "
@@ -488,10 +483,7 @@ class OperatorActions:
             )
         if not chosen:
             raise InvalidArgumentError("prune needs at least one status")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidArgumentError(
-                f"batch_size must be a positive integer, got {shown(batch_size)}"
-            )
+        count(batch_size, what="prune batch_size")
         self._ready()
         total = 0
         while True:

@@ -3,7 +3,10 @@
 ``WorkflowTester`` runs a workflow on the real runtime engine (an ``sm.Mesh`` over an
 ``InMemoryStore`` with the ``InlineExecutor``), so runs go through exactly the state
 transitions, jobs, retries, timers and compensations of production, with steps executed
-in the test's thread, a virtual clock and optional step stubs. With
+in the test's thread, a virtual clock and optional step stubs. Child runs (``sm.child``,
+``sm.start_child``, ``sm.continue_as_new``) run in the same tester, each a ``TestRun``
+too (``run.children``); ``children={workflow: stub}`` replaces a child workflow by a
+stub. With
 ``replay_each_command=True`` (the default) every activation is re-checked by a fresh
 replay of the history, so every unit test is also a determinism test. A step call the
 workflow creates and never yields (recorded by the runtime as a ``warning`` audit event)
@@ -42,7 +45,9 @@ __all__ = [
 ]
 
 DEFAULT_START = datetime(2030, 1, 1, tzinfo=timezone.utc)
-_NAMELESS = frozenset({"sleep", "join", "first", "log", "undo", "now", "uuid4", "random"})
+_NAMELESS = frozenset(
+    {"sleep", "join", "first", "log", "undo", "now", "uuid4", "random", "continue_as_new"}
+)
 
 
 class raises:
@@ -166,6 +171,50 @@ class TestRun:
         entries = (snap.history[s] for s in snap.record.waiting_on)
         return [Wait(e.kind, e.name, e.seq, e.wake_at) for e in entries]
 
+    @property
+    def published(self) -> dict[str, Any]:
+        """The values published with ``sm.publish`` so far (latest per name)."""
+        published: dict[str, Any] = {}
+        for entry in self.history.entries:
+            if entry.kind == "publish":
+                published[entry.name] = entry.result
+        return published
+
+    @property
+    def children(self) -> list[TestRun]:
+        """The runs this run started (``sm.child``, ``sm.start_child``), in the order
+        they were started; a child that continued as new is followed by its successors."""
+        with self._tester._mesh.store.transaction() as tx:
+            records = tx.list_children(self.id)
+        order = {
+            str(e.meta.get("run_id")): e.seq
+            for e in self.history.entries
+            if e.kind in ("child", "start_child")
+        }
+        records.sort(
+            key=lambda r: (
+                order.get(r.id, r.parent_seq if r.parent_seq is not None else -1),
+                r.created_at,
+            )
+        )
+        return [self._tester._run_for(record) for record in records]
+
+    @property
+    def parent(self) -> TestRun | None:
+        """The run that started this one, if any."""
+        parent_id = self._load().record.parent_run_id
+        return self._tester._run_for(parent_id) if parent_id else None
+
+    @property
+    def continued_as(self) -> TestRun | None:
+        """The run that continues this one (``sm.continue_as_new``), if any."""
+        nxt = self._load().record.continued_as_run_id
+        return self._tester._run_for(nxt) if nxt else None
+
+    @property
+    def workflow(self) -> str:
+        return self._load().record.workflow
+
     def step_attempts(self, name: str) -> list[Attempt]:
         """Every attempt of every call of step ``name``, in order."""
         snap = self._load()
@@ -199,7 +248,12 @@ class WorkflowTester:
         steps: Mapping[Any, Any] | None = None,
         start: datetime | None = None,
         replay_each_command: bool = True,
+        children: Mapping[Any, Any] | None = None,
     ) -> None:
+        """``children`` maps a child workflow (or its name) to what its runs return
+        instead of running it: a value, a callable taking the child's validated payload,
+        or ``raises(exc)`` (the child run fails with ``exc``; the parent gets
+        ``sm.ChildFailed``). Other child workflows run for real, in this tester."""
         if not isinstance(workflow, WorkflowDefinition):
             raise TypeError(f"WorkflowTester needs an @sm.workflow, got {workflow!r}")
         self.workflow = workflow
@@ -213,7 +267,15 @@ class WorkflowTester:
             if not isinstance(name, str):
                 raise TypeError(f"steps= keys must be steps or step names, got {key!r}")
             self._stubs[name] = stub
+        self._child_stubs: dict[str, Any] = {}
+        for key, stub in (children or {}).items():
+            name = key.name if isinstance(key, WorkflowDefinition) else key
+            if not isinstance(name, str):
+                raise TypeError(f"children= keys must be workflows or their names, got {key!r}")
+            self._child_stubs[name] = stub
         self.runs: list[TestRun] = []
+        #: every run known here by id: those started, and child runs once looked at
+        self._by_id: dict[str, TestRun] = {}
         #: run id -> never-yielded warnings already raised for it
         self._warned: dict[str, int] = {}
         self._mesh = Mesh(
@@ -223,8 +285,7 @@ class WorkflowTester:
             clock=lambda: self._now,
         )
         self._mesh._engine.step_override = self._override
-        if replay_each_command:
-            self._mesh._engine.on_activation = self._verify_replay
+        self._mesh._engine.on_activation = self._on_activation
 
     # ------------------------------------------------------------------ clock
 
@@ -252,7 +313,7 @@ class WorkflowTester:
         """Jump to the earliest pending timer (sleep, timeout or retry) and fire it."""
         stamps = [
             e.wake_at
-            for run in self.runs
+            for run in self._all_runs()
             if not run.status.is_terminal and run.status is not RunStatus.SUSPENDED
             for e in run.history.entries
             if e.wake_at is not None and e.status in ("pending", "running")
@@ -278,12 +339,14 @@ class WorkflowTester:
             raise ValueError(f"run_id must be a UUID, got {run_id!r}") from None
         run = TestRun(self, rid, trig.name, stored)
         self.runs.append(run)
+        self._by_id[rid] = run
         try:
             self._mesh._create_run(self.workflow.name, trig.name, stored, run_id=rid)
         except BaseException:
             with self._mesh.store.transaction() as tx:
                 if tx.get_run(rid) is None:  # nothing was started
                     self.runs.remove(run)
+                    self._by_id.pop(rid, None)
             raise
         return self._checked(run)
 
@@ -340,10 +403,31 @@ class WorkflowTester:
         self._raise_unyielded()
         return run
 
+    def _run_for(self, record: RunRecord | str) -> TestRun:
+        """The ``TestRun`` of a stored run (made once per id)."""
+        run_id = record if isinstance(record, str) else record.id
+        found = self._by_id.get(run_id)
+        if found is None:
+            if isinstance(record, str):
+                with self._mesh.store.transaction() as tx:
+                    stored = tx.get_run(record)
+                if stored is None:
+                    raise LookupError(f"run {record} is not stored")
+                record = stored
+            found = TestRun(self, record.id, record.trigger, record.payload)
+            self._by_id[record.id] = found
+        return found
+
+    def _all_runs(self) -> list[TestRun]:
+        """Every run stored in this tester: those started, their children, continuations."""
+        with self._mesh.store.transaction() as tx:
+            records = tx.list_runs(limit=1_000_000)
+        return [self._run_for(record) for record in reversed(records)]
+
     def _raise_unyielded(self) -> None:
         """Fail the test on a step call the workflow created and never yielded: the
         runtime only records it (a ``warning`` audit event), a unit test should not pass."""
-        for run in self.runs:
+        for run in self._all_runs():
             found = [
                 a
                 for a in run._load().audit
@@ -353,7 +437,7 @@ class WorkflowTester:
             if fresh:
                 self._warned[run.id] = len(found)
                 raise DefinitionError(
-                    f"workflow {self.workflow.name} (run {run.id}): "
+                    f"workflow {run.workflow} (run {run.id}): "
                     + "; ".join(str(a.comment) for a in fresh)
                 )
 
@@ -378,11 +462,31 @@ class WorkflowTester:
             return stub  # type: ignore[no-any-return]
         return lambda *_args, **_kwargs: stub
 
+    def _on_activation(self, run: RunRecord, history: History, live: Activation) -> None:
+        self._register_children(live)
+        if self.replay_each_command:
+            self._verify_replay(run, history, live)
+
+    def _register_children(self, act: Activation) -> None:
+        """Child workflows run in this tester: register each the first time a run asks
+        for it (a stub's stand-in when ``children=`` names it)."""
+        workflows = self._mesh.workflows
+        for request in act.children:
+            command = request.command
+            name = command.name
+            if name in workflows:
+                continue
+            definition = command.definition
+            if name in self._child_stubs:
+                workflows[name] = _stand_in(name, definition, self._child_stubs[name])
+            elif definition is not None:
+                workflows[name] = definition
+
     def _verify_replay(self, run: RunRecord, history: History, live: Activation) -> None:
         """Replay a copy of the history with a fresh interpreter: it must agree."""
         if live.outcome == "suspended":
             return
-        fresh = run.interpreter(self.workflow)
+        fresh = run.interpreter(self._mesh.workflows.get(run.workflow, self.workflow))
         again = fresh.advance(history.copy(), now=self._now)
         fresh.close()
         _raise_nondeterminism(again, run.id)
@@ -405,6 +509,21 @@ class WorkflowTester:
 
 
 _REAL = object()
+
+
+def _stand_in(name: str, definition: WorkflowDefinition[Any] | None, stub: Any) -> Any:
+    """A workflow that returns what a ``children=`` stub says, under the child's name and
+    triggers (so its payload is validated as the real child's would be)."""
+
+    def stub_body(payload: Any = None) -> Any:
+        if isinstance(stub, raises):
+            raise _fresh(stub.exc)
+        value = stub(payload) if callable(stub) else stub
+        return value
+        yield  # pragma: no cover - a generator function, as workflows are
+
+    triggers = definition.triggers if definition is not None else ()
+    return WorkflowDefinition(stub_body, name=name, triggers=triggers, on_error="fail")
 
 
 def _fresh(exc: BaseException | type[BaseException]) -> BaseException:

@@ -52,6 +52,10 @@ CONSTRUCTORS: dict[Callable[..., Any], str] = {
     commands.uuid4: "uuid4",
     commands.random: "random",
     commands.patched: "patched",
+    commands.child: "child",
+    commands.start_child: "start_child",
+    commands.continue_as_new: "continue_as_new",
+    commands.publish: "publish",
 }
 
 # Scopes of their own: code inside them is not the workflow body being analysed.

@@ -12,11 +12,16 @@ spelling of the same yield); Python control flow becomes edges:
 - ``loop``   the back edge of a ``for``/``while`` body to the loop's first command.
 
 Node kinds: ``start``, ``step``, ``sleep``, ``pause``, ``approval``, ``event``, ``join``
-and ``first`` (their branches are child nodes with ``parent`` set), ``log``, ``undo``,
-``now``, ``uuid4``, ``random``, ``patched`` (a branch point for versioning), ``return``,
-``raise``, ``end`` (falling off the function) and ``dynamic``: anything the analyzer
-cannot resolve statically (a step picked from a dict at run time, ``yield some_var``, a
-list built by a comprehension). Analysis never raises for odd code: it degrades to
+and ``first`` (their branches are child nodes with ``parent`` set; a ``join`` with
+``limit=`` carries it in ``detail``), ``child`` and ``start_child`` (named for the child's
+workflow), ``publish`` (named for what it publishes), ``continue_as_new`` (the run ends
+there, like ``return``), ``log``, ``undo``, ``now``, ``uuid4``, ``random``, ``patched`` (a
+branch point for versioning), ``return``, ``raise``, ``end`` (falling off the function)
+and ``dynamic``: anything the analyzer cannot resolve statically (a step picked from a
+dict at run time, ``yield some_var``, a list built beforehand: ``sm.join(*calls)``). A
+branch list written in place as a comprehension of one command
+(``sm.join(*[sm.child(wf, x) for x in xs], limit=20)``) is that command, drawn once, with
+the comprehension as its detail. Analysis never raises for odd code: it degrades to
 ``dynamic`` nodes.
 
 Callees are resolved through the function's closure and ``__globals__`` only, so a step
@@ -37,7 +42,13 @@ from squidmesh.analysis.model import DECLARED_KINDS, DeclaredNode, Edge, Node, S
 
 __all__ = ["DECLARED_KINDS", "DeclaredNode", "Edge", "Node", "StepGraph", "step_graph"]
 
-_NAMED_ARG = {"pause": "name", "approval": "name", "event": "name", "patched": "change_id"}
+_NAMED_ARG = {
+    "pause": "name",
+    "approval": "name",
+    "event": "name",
+    "patched": "change_id",
+    "publish": "name",
+}
 _MAX_INLINE_DEPTH = 8  # helper generators inlined inside helper generators...
 
 
@@ -131,7 +142,8 @@ class _Builder:
         node_id = self._add_spec(spec)
         for p in self.frontier:
             self.edges.append(Edge(p.source, node_id, p.kind, p.label, p.condition))
-        self.frontier = [_Pending(node_id)]
+        # The run ends at continue_as_new (the next run starts over): nothing follows.
+        self.frontier = [] if spec.kind == "continue_as_new" else [_Pending(node_id)]
         return node_id
 
     # -- helpers
@@ -295,6 +307,12 @@ class _Builder:
 
     def _command(self, kind: str, call: ast.Call, lineno: int) -> _Spec:
         args = [*call.args, *(kw.value for kw in call.keywords if kw.arg is None)]
+        if kind in ("child", "start_child"):
+            return self._child(kind, call, lineno)
+        if kind == "continue_as_new":
+            payload = call.args[0] if call.args else _keyword(call, "payload")
+            detail = self._text(payload) if payload is not None else None
+            return _Spec(kind, kind, lineno, detail=detail)
         if kind in _NAMED_ARG:
             arg = call.args[0] if call.args else _keyword(call, _NAMED_ARG[kind])
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
@@ -318,8 +336,43 @@ class _Builder:
             return _Spec("sleep", "sleep", lineno, detail=", ".join(parts) or None)
         return _Spec(kind, kind, lineno)
 
+    def _child(self, kind: str, call: ast.Call, lineno: int) -> _Spec:
+        """``sm.child(wf, ...)``: a node named for the child's workflow (its ``name``
+        when ``wf`` resolves to an ``@sm.workflow``, or a string constant)."""
+        target = call.args[0] if call.args else _keyword(call, "workflow")
+        options = [self._text(a) for a in call.args[1:]] + [
+            self._text(kw) for kw in call.keywords if kw.arg not in (None, "workflow")
+        ]
+        detail = ", ".join(options) or None
+        if isinstance(target, ast.Constant) and isinstance(target.value, str):
+            return _Spec(kind, target.value, lineno, detail=detail)
+        found = self.scope.resolve(target) if target is not None else MISSING
+        name = getattr(found, "name", None) if found is not MISSING else None
+        if isinstance(name, str) and isinstance(getattr(found, "triggers", None), tuple):
+            return _Spec(kind, name, lineno, detail=detail)
+        text = self._text(target) if target is not None else "?"
+        return _Spec(kind, text, lineno, detail=f"workflow chosen at run time: {text}")
+
     def _branch_spec(self, arg: ast.expr) -> _Spec:
-        if isinstance(arg, ast.Starred):  # `*[step(x) for x in xs]`: count unknown
+        if isinstance(arg, ast.Starred):
+            inner = arg.value
+            if isinstance(inner, (ast.ListComp, ast.GeneratorExp)) and not isinstance(
+                inner.elt, (ast.Starred, ast.Yield, ast.YieldFrom)
+            ):
+                # `*[sm.child(wf, x) for x in xs]`: one branch per item, all alike. Drawn
+                # as that command once, the comprehension as its detail.
+                found = self._describe(inner.elt, self._line(inner.elt))
+                if found.kind != "dynamic":
+                    loops = " ".join(
+                        f"for {self._text(g.target)} in {self._text(g.iter)}"
+                        + "".join(f" if {self._text(c)}" for c in g.ifs)
+                        for g in inner.generators
+                    )
+                    found.detail = f"{loops} (a branch each)" + (
+                        f"; {found.detail}" if found.detail else ""
+                    )
+                    return found
+            # `*calls`: what and how many is known only at run time
             return _dynamic(self._text(arg), self._line(arg), self._text(arg))
         return self._describe(arg, self._line(arg))
 

@@ -10,7 +10,7 @@ from squidmesh.analysis import render
 __all__ = ["DECLARED_KINDS", "DeclaredNode", "Edge", "Node", "StepGraph"]
 
 #: Node kinds that are "steps" of a run for inspection: they wait for something.
-DECLARED_KINDS = frozenset({"step", "sleep", "pause", "approval", "event"})
+DECLARED_KINDS = frozenset({"step", "sleep", "pause", "approval", "event", "child"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ class StepGraph:
         return [e for e in self.edges if e.target == node_id and (kind is None or e.kind == kind)]
 
     def steps(self) -> list[DeclaredNode]:
-        """The declared steps (step, sleep, pause, approval, event; join branches
+        """The declared steps (step, sleep, pause, approval, event, child; join branches
         included) in source order."""
         return [DeclaredNode(n.name, n.kind) for n in self.nodes if n.kind in DECLARED_KINDS]
 

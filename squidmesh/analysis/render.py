@@ -14,17 +14,23 @@ if TYPE_CHECKING:
 
 __all__ = ["dot", "mermaid"]
 
-_TERMINALS = frozenset({"start", "end", "return", "raise"})
-_WAITS = frozenset({"sleep", "pause", "approval", "event"})
+_TERMINALS = frozenset({"start", "end", "return", "raise", "continue_as_new"})
+_WAITS = frozenset({"sleep", "pause", "approval", "event", "child"})
 
 
 def node_label(node: Node) -> str:
+    if node.kind == "join" and node.detail and "limit=" in node.detail:
+        return f"join ({node.detail})"  # a capped fan-out
     if node.kind == "start":
         return f"start: {node.name}"
     if node.kind in ("end", "join", "first", "undo", "now", "uuid4", "random"):
         return node.kind
     if node.kind == "return":
         return f"return {node.detail}" if node.detail else "return"
+    if node.kind == "continue_as_new":
+        return f"continue as new: {node.detail}" if node.detail else "continue as new"
+    if node.kind == "start_child":
+        return f"start child: {node.name}"
     if node.kind == "log":
         return f"log: {node.detail}" if node.detail else "log"
     if node.kind == "sleep":

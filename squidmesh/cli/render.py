@@ -196,7 +196,7 @@ def relative_paths(text: str) -> str:
 def run_json(run: Run) -> dict[str, Any]:
     """A run as JSON; the history keys only when the run was read with its history."""
     data: dict[str, Any] = to_jsonable(run)
-    for key in ("steps", "step_runs", "audit_events"):
+    for key in ("steps", "step_runs", "audit_events", "children", "published"):
         if data.get(key) is None:
             data.pop(key, None)
     return data
@@ -242,6 +242,9 @@ def run_facts(run: Run) -> str:
         ("waiting on", ", ".join(run.current_steps)),
     ]
     for label, value in (
+        ("parent run", run.parent_run_id),
+        ("continued from", run.continued_from_run_id),
+        ("continued as", run.continued_as_run_id),
         ("replayed from", run.replayed_from_run_id),
         ("forked from", run.forked_from_run_id),
         ("idempotency key", run.idempotency_key),
@@ -250,6 +253,34 @@ def run_facts(run: Run) -> str:
         if value is not None:
             pairs.append((label, str(value) if isinstance(value, uuid.UUID) else value))
     return facts(pairs)
+
+
+def published_facts(run: Run) -> str:
+    """The run's published state (``sm.publish``), one name a line."""
+    if not run.published:
+        return "  (nothing published)"
+    return facts([(name, value) for name, value in run.published.items()])
+
+
+def children_table(run: Run) -> str:
+    """The runs this run started (``sm.child``, ``sm.start_child``)."""
+    if not run.children:
+        return "  (no child runs)"
+    return table(
+        ("SEQ", "RUN", "WORKFLOW", "STATUS", "REASON", "MODE"),
+        [
+            (
+                c.seq if c.seq is not None else "-",
+                str(c.run_id),
+                c.workflow,
+                c.status.value,
+                c.reason or "-",
+                "detached" if c.detached else "attached",
+            )
+            for c in run.children
+        ],
+        colours={3: style.status},
+    )
 
 
 def _error_line(error: dict[str, Any] | None) -> str | None:

@@ -23,10 +23,12 @@ from squidmesh.cli.errors import (
 )
 from squidmesh.cli.render import (
     audit_table,
+    children_table,
     compact,
     dumps,
     explanation_json,
     explanation_text,
+    published_facts,
     relative_paths,
     run_facts,
     run_json,
@@ -188,17 +190,19 @@ def cmd_runs_show(ctx: Context) -> int:
     run = ctx.database().inspect_run(ctx.resolve_run(ctx.args.run_id), include_history=True)
 
     def human() -> str:
-        return "\n".join(
-            [
-                run_facts(run),
-                "",
-                paint("step runs", "bold"),
-                step_runs_table(run),
-                "",
-                paint("audit events", "bold"),
-                audit_table(run),
-            ]
-        )
+        parts = [run_facts(run), ""]
+        if run.published:
+            parts += [paint("published", "bold"), published_facts(run), ""]
+        if run.children:
+            parts += [paint("child runs", "bold"), children_table(run), ""]
+        parts += [
+            paint("step runs", "bold"),
+            step_runs_table(run),
+            "",
+            paint("audit events", "bold"),
+            audit_table(run),
+        ]
+        return "\n".join(parts)
 
     ctx.emit(run_json(run), human)
     return EXIT_OK

@@ -21,6 +21,7 @@ __all__ = [
     "WAITING",
     "Activation",
     "BufferedEvent",
+    "ChildStart",
     "compensation_plan",
 ]
 
@@ -40,6 +41,17 @@ class BufferedEvent:
     id: int
     name: str
     data: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildStart:
+    """A child run this activation asks for: the ``sm.child``/``sm.start_child`` command
+    recorded (or released from a ``join(limit=...)``) at ``seq``. The runtime validates
+    its payload, creates the run in the same transaction and records its id in the
+    entry's ``meta["run_id"]``."""
+
+    seq: int
+    command: Any
 
 
 @dataclasses.dataclass
@@ -65,6 +77,13 @@ class Activation:
     #: yielded), each as audit event fields (``step``, ``comment``, ``metadata``): the
     #: runtime records them as ``warning`` audit events, never as history entries
     warnings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: child runs to create now, in yield order (see ``ChildStart``)
+    children: list[ChildStart] = dataclasses.field(default_factory=list)
+    #: earlier entries started by this activation: branches of a ``join(limit=...)``
+    #: released as others finished (steps among them need a job, like new entries)
+    started: list[Entry] = dataclasses.field(default_factory=list)
+    #: set when the workflow yielded ``sm.continue_as_new``: {"payload": next payload}
+    continued: dict[str, Any] | None = None
 
     @property
     def logs(self) -> list[Entry]:

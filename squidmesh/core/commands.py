@@ -11,16 +11,20 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Literal, TypeVar, overload
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar, overload
 
-from squidmesh.core.definition import StepCall
+import pydantic
+
+from squidmesh.core.definition import StepCall, WorkflowDefinition
 from squidmesh.core.yielding import Yieldable
 from squidmesh.errors import DefinitionError, StepFailed, TimedOut
 
 __all__ = [
     "BRANCH_KINDS",
     "Approval",
+    "Child",
     "Command",
+    "ContinueAsNew",
     "Decision",
     "First",
     "Join",
@@ -28,22 +32,28 @@ __all__ = [
     "Now",
     "Patched",
     "Pause",
+    "Publish",
     "RandomValue",
     "Sleep",
+    "StartChild",
     "Undo",
     "Uuid4",
     "WaitForEvent",
     "Yieldable",
     "approval",
+    "child",
+    "continue_as_new",
     "first",
     "join",
     "log",
     "now",
     "patched",
     "pause",
+    "publish",
     "random",
     "sleep",
     "sleep_until",
+    "start_child",
     "undo",
     "uuid4",
     "wait_for_event",
@@ -57,6 +67,7 @@ C = TypeVar("C")
 D = TypeVar("D")
 E = TypeVar("E")
 F = TypeVar("F")
+W = TypeVar("W")
 
 #: what a failed branch is in ``sm.join(..., return_exceptions=True)``'s tuple
 _Failure = StepFailed | TimedOut
@@ -138,6 +149,8 @@ class WaitForEvent(Yieldable[Any]):
 class Join(Yieldable[T_co]):
     commands: tuple[Any, ...]
     return_exceptions: bool = False
+    #: at most this many branches in flight at once (None: all of them)
+    limit: int | None = None
     kind: ClassVar[str] = "join"
     name: ClassVar[str] = "join"
 
@@ -182,6 +195,64 @@ class RandomValue(Yieldable[float]):
     name: ClassVar[str] = "random"
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Child(Yieldable[T_co]):
+    """Run another workflow as a child and wait for its result (``sm.child``)."""
+
+    #: the child's ``WorkflowDefinition``, or the name of a workflow registered with the Mesh
+    workflow: Any
+    payload: Any = None
+    trigger: str | None = None
+    key: str | None = None
+    kind: ClassVar[str] = "child"
+
+    @property
+    def name(self) -> str:
+        return _workflow_name(self.workflow)
+
+    @property
+    def definition(self) -> WorkflowDefinition[Any] | None:
+        return self.workflow if isinstance(self.workflow, WorkflowDefinition) else None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StartChild(Yieldable[uuid.UUID]):
+    """Start a detached child run and go on at once (``sm.start_child``)."""
+
+    workflow: Any
+    payload: Any = None
+    trigger: str | None = None
+    key: str | None = None
+    kind: ClassVar[str] = "start_child"
+
+    @property
+    def name(self) -> str:
+        return _workflow_name(self.workflow)
+
+    @property
+    def definition(self) -> WorkflowDefinition[Any] | None:
+        return self.workflow if isinstance(self.workflow, WorkflowDefinition) else None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ContinueAsNew(Yieldable[NoReturn]):
+    """End this run and start the next one with an empty history."""
+
+    #: the next run's payload; None keeps this run's payload
+    payload: Any = None
+    kind: ClassVar[str] = "continue_as_new"
+    name: ClassVar[str] = "continue_as_new"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Publish(Yieldable[None]):
+    """Record a named value readable while the run is active (``sm.publish``)."""
+
+    name: str
+    value: Any = None
+    kind: ClassVar[str] = "publish"
+
+
 @dataclasses.dataclass(frozen=True)
 class Patched(Yieldable[bool]):
     change_id: str
@@ -206,10 +277,14 @@ Command = (
     | Uuid4
     | RandomValue
     | Patched
+    | Child[Any]
+    | StartChild
+    | ContinueAsNew
+    | Publish
 )
 
 #: Commands that may be branches of ``join`` and ``first``: they wait for something.
-BRANCH_KINDS = frozenset({"step", "sleep", "pause", "approval", "event"})
+BRANCH_KINDS = frozenset({"step", "sleep", "pause", "approval", "event", "child"})
 COMMAND_TYPES = (
     StepCall,
     Sleep,
@@ -224,6 +299,10 @@ COMMAND_TYPES = (
     Uuid4,
     RandomValue,
     Patched,
+    Child,
+    StartChild,
+    ContinueAsNew,
+    Publish,
 )
 
 
@@ -274,23 +353,31 @@ def _branches(commands: tuple[Any, ...], what: str, *, empty: bool = False) -> t
     for cmd in commands:
         if not isinstance(cmd, COMMAND_TYPES) or cmd.kind not in BRANCH_KINDS:
             raise DefinitionError(
-                f"{what} branches must be steps, sleeps, pauses, approvals or event waits; "
+                f"{what} branches must be steps, sleeps, pauses, approvals, event waits or "
+                "sm.child runs; "
                 f"got {cmd!r}"
             )
     return commands
 
 
 @overload
-def join(*, return_exceptions: bool = False) -> Join[tuple[()]]: ...
-
-
-@overload
-def join(a: Yieldable[A], /, *, return_exceptions: Literal[False] = False) -> Join[tuple[A]]: ...
+def join(*, return_exceptions: bool = False, limit: int | None = None) -> Join[tuple[()]]: ...
 
 
 @overload
 def join(
-    a: Yieldable[A], b: Yieldable[B], /, *, return_exceptions: Literal[False] = False
+    a: Yieldable[A], /, *, return_exceptions: Literal[False] = False, limit: int | None = None
+) -> Join[tuple[A]]: ...
+
+
+@overload
+def join(
+    a: Yieldable[A],
+    b: Yieldable[B],
+    /,
+    *,
+    return_exceptions: Literal[False] = False,
+    limit: int | None = None,
 ) -> Join[tuple[A, B]]: ...
 
 
@@ -302,6 +389,7 @@ def join(
     /,
     *,
     return_exceptions: Literal[False] = False,
+    limit: int | None = None,
 ) -> Join[tuple[A, B, C]]: ...
 
 
@@ -314,6 +402,7 @@ def join(
     /,
     *,
     return_exceptions: Literal[False] = False,
+    limit: int | None = None,
 ) -> Join[tuple[A, B, C, D]]: ...
 
 
@@ -327,6 +416,7 @@ def join(
     /,
     *,
     return_exceptions: Literal[False] = False,
+    limit: int | None = None,
 ) -> Join[tuple[A, B, C, D, E]]: ...
 
 
@@ -341,22 +431,36 @@ def join(
     /,
     *,
     return_exceptions: Literal[False] = False,
+    limit: int | None = None,
 ) -> Join[tuple[A, B, C, D, E, F]]: ...
 
 
 @overload
-def join(a: Yieldable[A], /, *, return_exceptions: Literal[True]) -> Join[tuple[A | _Failure]]: ...
+def join(
+    a: Yieldable[A], /, *, return_exceptions: Literal[True], limit: int | None = None
+) -> Join[tuple[A | _Failure]]: ...
 
 
 @overload
 def join(
-    a: Yieldable[A], b: Yieldable[B], /, *, return_exceptions: Literal[True]
+    a: Yieldable[A],
+    b: Yieldable[B],
+    /,
+    *,
+    return_exceptions: Literal[True],
+    limit: int | None = None,
 ) -> Join[tuple[A | _Failure, B | _Failure]]: ...
 
 
 @overload
 def join(
-    a: Yieldable[A], b: Yieldable[B], c: Yieldable[C], /, *, return_exceptions: Literal[True]
+    a: Yieldable[A],
+    b: Yieldable[B],
+    c: Yieldable[C],
+    /,
+    *,
+    return_exceptions: Literal[True],
+    limit: int | None = None,
 ) -> Join[tuple[A | _Failure, B | _Failure, C | _Failure]]: ...
 
 
@@ -369,6 +473,7 @@ def join(
     /,
     *,
     return_exceptions: Literal[True],
+    limit: int | None = None,
 ) -> Join[tuple[A | _Failure, B | _Failure, C | _Failure, D | _Failure]]: ...
 
 
@@ -382,6 +487,7 @@ def join(
     /,
     *,
     return_exceptions: Literal[True],
+    limit: int | None = None,
 ) -> Join[tuple[A | _Failure, B | _Failure, C | _Failure, D | _Failure, E | _Failure]]: ...
 
 
@@ -396,6 +502,7 @@ def join(
     /,
     *,
     return_exceptions: Literal[True],
+    limit: int | None = None,
 ) -> Join[
     tuple[A | _Failure, B | _Failure, C | _Failure, D | _Failure, E | _Failure, F | _Failure]
 ]: ...
@@ -403,21 +510,23 @@ def join(
 
 @overload
 def join(
-    *commands: Yieldable[A], return_exceptions: Literal[False] = False
+    *commands: Yieldable[A], return_exceptions: Literal[False] = False, limit: int | None = None
 ) -> Join[tuple[A, ...]]: ...
 
 
 @overload
 def join(
-    *commands: Yieldable[A], return_exceptions: Literal[True]
+    *commands: Yieldable[A], return_exceptions: Literal[True], limit: int | None = None
 ) -> Join[tuple[A | _Failure, ...]]: ...
 
 
 @overload
-def join(*commands: Yieldable[Any], return_exceptions: bool) -> Join[tuple[Any, ...]]: ...
+def join(
+    *commands: Yieldable[Any], return_exceptions: bool, limit: int | None = None
+) -> Join[tuple[Any, ...]]: ...
 
 
-def join(*commands: Any, return_exceptions: bool = False) -> Join[Any]:
+def join(*commands: Any, return_exceptions: bool = False, limit: int | None = None) -> Join[Any]:
     """Run branches in parallel; the yield returns their results in argument order.
 
     Typed per position for up to six branches (``yield from sm.join(a(), b())`` is a
@@ -425,8 +534,14 @@ def join(*commands: Any, return_exceptions: bool = False) -> Join[Any]:
     branches' common type. With ``return_exceptions=True`` a failed branch's position
     holds its ``StepFailed`` (or ``TimedOut``) instead of raising. No branches at all
     (``sm.join(*[])``) gives ``()`` at once.
+
+    ``limit=N`` keeps at most N branches in flight: the first N start at once, and each
+    time one finishes the next in argument order starts (a fan-out over thousands of
+    items that must not run all at once). Results stay in argument order.
     """
-    return Join(_branches(commands, "sm.join", empty=True), bool(return_exceptions))
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DefinitionError(f"sm.join limit must be a positive integer or None, got {limit!r}")
+    return Join(_branches(commands, "sm.join", empty=True), bool(return_exceptions), limit)
 
 
 @overload
@@ -476,6 +591,98 @@ def first(*commands: Any) -> First[Any]:
     branches' common type) beyond.
     """
     return First(_branches(commands, "sm.first"))
+
+
+def _workflow_name(workflow: Any) -> str:
+    if isinstance(workflow, WorkflowDefinition):
+        return workflow.name
+    if isinstance(workflow, str) and workflow:
+        return workflow
+    raise DefinitionError(
+        f"a child run needs an @sm.workflow (or a registered workflow's name), got {workflow!r}"
+    )
+
+
+def _child_options(
+    what: str, workflow: Any, payload: Any, trigger: Any, key: Any
+) -> tuple[Any, str | None, str | None]:
+    _workflow_name(workflow)
+    if trigger is not None and (not isinstance(trigger, str) or not trigger):
+        raise DefinitionError(f"{what} trigger= must be a trigger name, got {trigger!r}")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise DefinitionError(f"{what} key= must be a non-empty string, got {key!r}")
+    if isinstance(payload, pydantic.BaseModel):
+        payload = payload.model_dump(mode="json")
+    return payload, trigger, key
+
+
+@overload
+def child(
+    workflow: WorkflowDefinition[W],
+    payload: Any = None,
+    *,
+    trigger: str | None = None,
+    key: str | None = None,
+) -> Child[W]: ...
+
+
+@overload
+def child(
+    workflow: str, payload: Any = None, *, trigger: str | None = None, key: str | None = None
+) -> Child[Any]: ...
+
+
+def child(
+    workflow: Any, payload: Any = None, *, trigger: str | None = None, key: str | None = None
+) -> Child[Any]:
+    """Run ``workflow`` as a child run and wait: the yield returns the child's result.
+
+    The child run is created in the same transaction as the parent's state change that
+    records this command (exactly once, even on replay or redelivery) and may run on any
+    worker. ``payload`` is validated against the child's ``trigger`` (its default trigger
+    when None) like any start; a payload that does not fit, or a child that fails or is
+    cancelled, throws ``sm.ChildFailed`` in here. ``key`` is the child run's idempotency
+    key: a run of that workflow with that key that has already ended is not run again,
+    its outcome is this child's. ``yield from sm.child(wf)`` is typed as ``wf``'s
+    annotated result.
+    """
+    payload, trigger, key = _child_options("sm.child", workflow, payload, trigger, key)
+    return Child(workflow, payload, trigger, key)
+
+
+def start_child(
+    workflow: Any, payload: Any = None, *, trigger: str | None = None, key: str | None = None
+) -> StartChild:
+    """Start ``workflow`` as a detached child run; the yield returns its run id at once.
+
+    The parent does not wait for it, and cancelling the parent leaves it running. With
+    ``key``, a run of that workflow with that idempotency key is reused, as ``start_run``
+    would.
+    """
+    payload, trigger, key = _child_options("sm.start_child", workflow, payload, trigger, key)
+    return StartChild(workflow, payload, trigger, key)
+
+
+def continue_as_new(payload: Any = None) -> ContinueAsNew:
+    """End this run (``completed``, reason ``continued_as_new``) and start a fresh run of
+    the same workflow and trigger with an empty history, in the same transaction.
+
+    ``payload`` is the next run's payload (validated against the trigger); None keeps
+    this run's payload. Nothing after the ``yield`` runs: a loop that runs forever
+    continues as new every so often to keep its history bounded.
+    """
+    if isinstance(payload, pydantic.BaseModel):
+        payload = payload.model_dump(mode="json")
+    return ContinueAsNew(payload)
+
+
+def publish(name: str, value: Any) -> Publish:
+    """Record ``value`` (JSON) under ``name``: readable while the run is active through
+    ``Run.published``, ``mesh.get_published``, the console and the CLI. Recorded in the
+    history, so replay never publishes again; the latest value of a name wins."""
+    if isinstance(value, pydantic.BaseModel):
+        value = value.model_dump(mode="json")
+    return Publish(_name(name, "sm.publish"), value)
 
 
 def log(message: str, *, level: str = "info", **fields: Any) -> Log:

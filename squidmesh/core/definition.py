@@ -11,6 +11,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 import pydantic
 from typing_extensions import ParamSpec
+from typing_extensions import TypeVar as DefaultTypeVar
 
 from squidmesh.core import contracts, unyielded
 from squidmesh.core.retry import Retry
@@ -35,6 +36,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+#: what a workflow returns (its generator's return type); ``Any`` when unannotated, and
+#: for a bare ``WorkflowDefinition`` annotation (a default, PEP 696)
+W = DefaultTypeVar("W", covariant=True, default=Any)
 
 _STEP_OPTIONS = frozenset(
     {
@@ -353,12 +357,16 @@ def cron(
 WorkflowFn = Callable[..., Generator[Any, Any, Any]]
 
 
-class WorkflowDefinition:
-    """A generator function wrapped by ``@sm.workflow``."""
+class WorkflowDefinition(Generic[W]):
+    """A generator function wrapped by ``@sm.workflow``.
+
+    ``W`` is what the workflow returns (the third argument of its ``Generator[...]``
+    return annotation), so ``result = yield from sm.child(wf)`` is typed ``W``.
+    """
 
     def __init__(
         self,
-        fn: WorkflowFn,
+        fn: Callable[..., Generator[Any, Any, W]],
         *,
         name: str | None = None,
         triggers: Sequence[Trigger] = (),
@@ -399,8 +407,23 @@ class WorkflowDefinition:
     def __repr__(self) -> str:
         return f"<workflow {self.name}>"
 
-    def __call__(self, payload: Any = None) -> Generator[Any, Any, Any]:
+    def __call__(self, payload: Any = None) -> Generator[Any, Any, W]:
         return self.fn(payload) if self._takes_payload else self.fn()
+
+    @functools.cached_property
+    def result_annotation(self) -> Any:
+        """The declared result type (``W`` of ``-> Generator[Y, S, W]``), used to rebuild
+        a child run's recorded result in its parent; ``Any`` when not declared."""
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:  # unresolvable forward refs: fall back to plain JSON
+            return Any
+        returned = hints.get("return", Any)
+        origin = typing.get_origin(returned)
+        args = typing.get_args(returned)
+        if origin in (Generator, typing.Generator) and len(args) == 3:
+            return args[2]
+        return Any
 
     @property
     def default_trigger(self) -> Trigger:
@@ -431,7 +454,7 @@ class WorkflowDefinition:
 
 
 @overload
-def workflow(fn: WorkflowFn, /) -> WorkflowDefinition: ...
+def workflow(fn: Callable[..., Generator[Any, Any, W]], /) -> WorkflowDefinition[W]: ...
 
 
 @overload
@@ -441,21 +464,23 @@ def workflow(
     triggers: Sequence[Trigger] = (),
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
-) -> Callable[[WorkflowFn], WorkflowDefinition]: ...
+) -> Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]: ...
 
 
 def workflow(
-    fn: WorkflowFn | None = None,
+    fn: Callable[..., Generator[Any, Any, W]] | None = None,
     /,
     *,
     name: str | None = None,
     triggers: Sequence[Trigger] = (),
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
-) -> WorkflowDefinition | Callable[[WorkflowFn], WorkflowDefinition]:
+) -> (
+    WorkflowDefinition[W] | Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]
+):
     """Declare a workflow: a generator function that yields commands."""
 
-    def wrap(f: WorkflowFn) -> WorkflowDefinition:
+    def wrap(f: Callable[..., Generator[Any, Any, W]]) -> WorkflowDefinition[W]:
         return WorkflowDefinition(
             f, name=name, triggers=triggers, version=version, on_error=on_error
         )

@@ -7,9 +7,16 @@ from typing import Any
 
 from squidmesh.core import contracts
 from squidmesh.core.history import Entry
-from squidmesh.errors import NonRetryable, StepFailed, TimedOut, UnstorableValueError
+from squidmesh.errors import ChildFailed, NonRetryable, StepFailed, TimedOut, UnstorableValueError
 
-__all__ = ["error_info", "exception_for", "qualname", "safe_text", "timeout_error"]
+__all__ = [
+    "child_error",
+    "error_info",
+    "exception_for",
+    "qualname",
+    "safe_text",
+    "timeout_error",
+]
 
 
 def qualname(cls: type[BaseException]) -> str:
@@ -76,11 +83,50 @@ def timeout_error(entry: Entry) -> dict[str, Any]:
     }
 
 
+def child_error(
+    entry: Entry, *, child_run_id: str | None, status: str, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The error recorded on a parent's ``sm.child`` entry when the child run failed, was
+    cancelled (``status``) or could not be started (``not_started``, no run id):
+    ``exception_for`` throws it back in as ``sm.ChildFailed``."""
+    exc = ChildFailed(
+        child_run_id=child_run_id,
+        workflow=entry.name,
+        seq=entry.seq,
+        child_status=status,
+        child_error=error,
+    )
+    return {
+        "type": qualname(ChildFailed),
+        "types": [qualname(c) for c in ChildFailed.__mro__ if issubclass(c, BaseException)],
+        "message": safe_text(str(exc), MESSAGE_CHARS),
+        "details": {
+            "child_run_id": child_run_id,
+            "workflow": entry.name,
+            "status": status,
+            "error": error,
+        },
+        "traceback": None,
+        "retryable": False,
+    }
+
+
 def exception_for(entry: Entry) -> BaseException:
     """The exception thrown into workflow code for a failed entry."""
     error = entry.error or {}
     if entry.kind in ("approval", "event"):
         return TimedOut(name=entry.name, seq=entry.seq)
+    if entry.kind in ("child", "start_child"):
+        found = error.get("details")
+        details: dict[str, Any] = found if isinstance(found, dict) else {}
+        return ChildFailed(
+            str(error.get("message")) if error.get("message") else None,
+            child_run_id=details.get("child_run_id"),
+            workflow=entry.name,
+            seq=entry.seq,
+            child_status=str(details.get("status") or "failed"),
+            child_error=details.get("error"),
+        )
     return StepFailed(
         step=entry.name,
         seq=entry.seq,

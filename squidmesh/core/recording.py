@@ -20,7 +20,7 @@ from typing import Any
 
 from squidmesh.core import commands as cmds
 from squidmesh.core import contracts
-from squidmesh.core.activation import Activation, BufferedEvent, compensation_plan
+from squidmesh.core.activation import Activation, BufferedEvent, ChildStart, compensation_plan
 from squidmesh.core.definition import StepCall
 from squidmesh.core.failures import exception_for
 from squidmesh.core.history import Entry, History
@@ -28,6 +28,7 @@ from squidmesh.errors import DefinitionError, UnstorableValueError
 from squidmesh.types import EntryStatus
 
 __all__ = [
+    "HELD",
     "START",
     "Blocked",
     "Feed",
@@ -45,7 +46,9 @@ _FAILED = EntryStatus.FAILED.value
 _CANCELLED = EntryStatus.CANCELLED.value
 _PENDING = EntryStatus.PENDING.value
 _RUNNING = EntryStatus.RUNNING.value
-_IMMEDIATE = frozenset({"log", "now", "uuid4", "random"})
+_IMMEDIATE = frozenset({"log", "now", "uuid4", "random", "publish"})
+#: ``meta`` flag of a ``join(limit=...)`` branch waiting for a slot: recorded, not started
+HELD = "held"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +166,14 @@ def record_new(
                 run_id,
                 max_bytes,
             )
+        if kind == "publish":
+            where = yield_location(gen) if gen is not None else "?"
+            value = _stored(
+                command.value, f"sm.publish({command.name!r}) at {where}", run_id, max_bytes
+            )
+            entry = append_entry(history, act, now, kind, command.name, gen=gen)
+            history.resolve(entry.seq, _DONE, result=value, at=iso(now))
+            return
         entry = append_entry(history, act, now, kind, command.name, input=logged, gen=gen)
         history.resolve(entry.seq, _DONE, result=_immediate_value(entry, now, run_id), at=iso(now))
         return
@@ -178,20 +189,17 @@ def record_new(
                 act._touch(history[seq])
         return
     if isinstance(command, (cmds.Join, cmds.First)):
+        spec: dict[str, Any] = {
+            "branches": len(command.commands),
+            "return_exceptions": getattr(command, "return_exceptions", False),
+        }
+        limit = getattr(command, "limit", None)
+        if limit is not None:
+            spec["limit"] = limit
         container = append_entry(
-            history,
-            act,
-            now,
-            kind,
-            kind,
-            status=_RUNNING,
-            input={
-                "branches": len(command.commands),
-                "return_exceptions": getattr(command, "return_exceptions", False),
-            },
-            gen=gen,
+            history, act, now, kind, kind, status=_RUNNING, input=spec, gen=gen
         )
-        for branch in command.commands:
+        for index, branch in enumerate(command.commands):
             _new_leaf(
                 branch,
                 history,
@@ -202,6 +210,8 @@ def record_new(
                 run_id=run_id,
                 gen=gen,
                 max_bytes=max_bytes,
+                # beyond the limit: recorded now, started when a slot frees (_release)
+                held=limit is not None and index >= limit,
             )
         return
     _new_leaf(
@@ -220,7 +230,29 @@ def _new_leaf(
     run_id: str,
     gen: Generator[Any, Any, Any] | None,
     max_bytes: int | None = None,
+    held: bool = False,
 ) -> None:
+    entry = _append_leaf(
+        command, history, act, now, parent=parent, run_id=run_id, gen=gen, max_bytes=max_bytes
+    )
+    if held:
+        entry.meta[HELD] = True
+    else:
+        _start_leaf(command, entry, history, act, now, inbox)
+
+
+def _append_leaf(
+    command: Any,
+    history: History,
+    act: Activation,
+    now: datetime,
+    *,
+    parent: int | None,
+    run_id: str,
+    gen: Generator[Any, Any, Any] | None,
+    max_bytes: int | None,
+) -> Entry:
+    """Record what a waiting command asks for (pending: nothing started yet)."""
     if isinstance(command, StepCall):
         where = yield_location(gen) if gen is not None else None
         arguments = _stored(
@@ -229,7 +261,7 @@ def _new_leaf(
             run_id,
             max_bytes,
         )
-        append_entry(
+        return append_entry(
             history,
             act,
             now,
@@ -240,51 +272,80 @@ def _new_leaf(
             meta=command.step.policy(),
             gen=gen,
         )
-    elif isinstance(command, cmds.Sleep):
+    if isinstance(command, cmds.Sleep):
         if command.until is not None:
-            wake = command.until
             spec: dict[str, Any] = {"until": iso(command.until)}
         else:
-            wake = now + timedelta(seconds=command.seconds or 0.0)
             spec = {"seconds": command.seconds}
-        append_entry(
-            history,
-            act,
-            now,
-            "sleep",
-            "sleep",
-            status=_RUNNING,
-            input=spec,
-            parent=parent,
-            wake_at=wake,
-            gen=gen,
-        )
-    elif isinstance(command, cmds.Pause):
-        append_entry(
+        return append_entry(history, act, now, "sleep", "sleep", input=spec, parent=parent, gen=gen)
+    if isinstance(command, cmds.Pause):
+        return append_entry(
             history,
             act,
             now,
             "pause",
             command.name,
-            status=_RUNNING,
             input={"reason": command.reason},
             parent=parent,
             gen=gen,
         )
-    elif isinstance(command, (cmds.Approval, cmds.WaitForEvent)):
-        deadline = now + timedelta(seconds=command.timeout) if command.timeout is not None else None
-        entry = append_entry(
+    if isinstance(command, (cmds.Approval, cmds.WaitForEvent)):
+        return append_entry(
             history,
             act,
             now,
             command.kind,
             command.name,
-            status=_RUNNING,
             input={"timeout": command.timeout},
             parent=parent,
-            wake_at=deadline,
             gen=gen,
         )
+    if isinstance(command, (cmds.Child, cmds.StartChild)):
+        where = yield_location(gen) if gen is not None else None
+        payload = _stored(
+            command.payload,
+            f"the payload of child workflow {command.name}" + (f" at {where}" if where else ""),
+            run_id,
+            max_bytes,
+        )
+        return append_entry(
+            history,
+            act,
+            now,
+            command.kind,
+            command.name,
+            input={
+                "workflow": command.name,
+                "trigger": command.trigger,
+                "payload": payload,
+                "key": command.key,
+            },
+            parent=parent,
+            gen=gen,
+        )
+    # pragma: no cover - commands.join() validates branch kinds
+    raise WorkflowBug(DefinitionError(f"unsupported command {command!r}"))
+
+
+def _start_leaf(
+    command: Any,
+    entry: Entry,
+    history: History,
+    act: Activation,
+    now: datetime,
+    inbox: list[BufferedEvent],
+) -> None:
+    """Start the wait a recorded command asks for, from ``now``: a timer, a wait for a
+    person or an event, a child run. A step stays pending: the runtime schedules it."""
+    if entry.kind == "step":
+        return
+    entry.status = _RUNNING
+    if isinstance(command, cmds.Sleep):
+        wake = command.until or now + timedelta(seconds=command.seconds or 0.0)
+        entry.wake_at = iso(wake)
+    elif isinstance(command, (cmds.Approval, cmds.WaitForEvent)):
+        if command.timeout is not None:
+            entry.wake_at = iso(now + timedelta(seconds=command.timeout))
         if command.kind == "event":
             for index, event in enumerate(inbox):
                 if event.name == command.name:
@@ -292,8 +353,8 @@ def _new_leaf(
                     history.resolve(entry.seq, _DONE, result=event.data, at=iso(now))
                     act.consumed_events = (*act.consumed_events, event.id)
                     break
-    else:  # pragma: no cover - commands.join() validates branch kinds
-        raise WorkflowBug(DefinitionError(f"unsupported command {command!r}"))
+    elif isinstance(command, (cmds.Child, cmds.StartChild)):
+        act.children.append(ChildStart(entry.seq, command))
 
 
 def _immediate_value(entry: Entry, now: datetime, run_id: str) -> Any:
@@ -308,12 +369,23 @@ def _immediate_value(entry: Entry, now: datetime, run_id: str) -> Any:
 
 
 def resolve(
-    blocked: Blocked, history: History, act: Activation, now: datetime, run_id: str
+    blocked: Blocked,
+    history: History,
+    act: Activation,
+    now: datetime,
+    run_id: str,
+    *,
+    start_held: bool = True,
 ) -> Feed | None:
+    """What the generator blocked on ``blocked`` is fed next, or None while undecided.
+
+    ``start_held``: branches of a ``join(limit=...)`` waiting for a slot may be started
+    (False while only replaying, to cancel a run: nothing new may begin then).
+    """
     kind = blocked.kind
     entry = history[blocked.seq]
     if kind in ("join", "first"):
-        return _resolve_group(blocked, history, act, now, run_id)
+        return _resolve_group(blocked, history, act, now, run_id, start_held=start_held)
     if kind == "undo":
         return _resolve_undo(entry, history, act, now)
     if entry.status == _DONE:
@@ -333,6 +405,15 @@ def recorded_value(entry: Entry, command: Any, run_id: str) -> Any:
             return datetime.fromisoformat(entry.result)
         if entry.kind == "uuid4":
             return uuid.UUID(entry.result)
+        if entry.kind == "child":
+            definition = getattr(command, "definition", None)
+            if definition is None:
+                return entry.result
+            return contracts.decode(entry.result, definition.result_annotation)
+        if entry.kind == "start_child":
+            return uuid.UUID(str(entry.result))
+        if entry.kind == "publish":
+            return None  # the yield evaluates to None; the value is what was published
     except Exception as exc:
         raise WorkflowBug(
             DefinitionError(
@@ -344,16 +425,24 @@ def recorded_value(entry: Entry, command: Any, run_id: str) -> Any:
 
 
 def _resolve_group(
-    blocked: Blocked, history: History, act: Activation, now: datetime, run_id: str
+    blocked: Blocked,
+    history: History,
+    act: Activation,
+    now: datetime,
+    run_id: str,
+    *,
+    start_held: bool = True,
 ) -> Feed | None:
     container = history[blocked.seq]
     branches = history.branches(blocked.seq)
     commands: tuple[Any, ...] = blocked.command.commands
-    finished = sorted((b for b in branches if b.resolved), key=lambda b: b.order or 0)
+    # One pass, no sort: a fan-out's join is looked at once per finished branch, so
+    # this stays linear in its branches (earliest = lowest resolution order).
+    finished = [b for b in branches if b.resolved]
     feed: Feed | None = None
     if blocked.kind == "first":
         if finished:
-            winner = finished[0]
+            winner = min(finished, key=lambda b: b.order or 0)
             index = winner.seq - blocked.seq - 1
             if winner.status == _FAILED:
                 feed = Feed(True, exception_for(winner))
@@ -362,10 +451,9 @@ def _resolve_group(
     else:
         return_exceptions = bool(blocked.command.return_exceptions)
         if not return_exceptions:
-            for branch in finished:
-                if branch.status == _FAILED:
-                    feed = Feed(True, exception_for(branch))
-                    break
+            failed = [b for b in finished if b.status == _FAILED]
+            if failed:
+                feed = Feed(True, exception_for(min(failed, key=lambda b: b.order or 0)))
         if feed is None and len(finished) == len(branches):
             values = []
             for offset, branch in enumerate(branches):
@@ -375,6 +463,8 @@ def _resolve_group(
                     values.append(recorded_value(branch, commands[offset], run_id))
             feed = Feed(False, tuple(values))
     if feed is None:
+        if start_held:
+            _release(container, branches, commands, history, act, now)
         return None
     # The group is decided: losers and pending siblings are cancelled, and the
     # container records how it ended.
@@ -387,6 +477,36 @@ def _resolve_group(
         history.resolve(container.seq, _FAILED if feed.throw else _DONE, at=iso(now))
         act._touch(container)
     return feed
+
+
+def _release(
+    container: Entry,
+    branches: list[Entry],
+    commands: tuple[Any, ...],
+    history: History,
+    act: Activation,
+    now: datetime,
+) -> None:
+    """Start held branches of a ``join(limit=N)``, in argument order, until N are in
+    flight. Driven only by the recorded branch states (and the limit recorded with the
+    join), so a replay reaches the same decisions: a consistent history has nothing to
+    release."""
+    limit = (container.input or {}).get("limit")
+    if not limit:
+        return
+    active = (_PENDING, _RUNNING)
+    in_flight = sum(1 for b in branches if b.status in active and not b.meta.get(HELD))
+    for offset, branch in enumerate(branches):
+        if in_flight >= limit:
+            break
+        if branch.status != _PENDING or not branch.meta.get(HELD):
+            continue
+        del branch.meta[HELD]
+        branch.started_at = iso(now)  # when it got its slot (created_at: when recorded)
+        _start_leaf(commands[offset], branch, history, act, now, [])
+        act._touch(branch)
+        act.started.append(branch)
+        in_flight += 0 if branch.resolved else 1
 
 
 def _resolve_undo(entry: Entry, history: History, act: Activation, now: datetime) -> Feed | None:

@@ -34,6 +34,7 @@ from squidmesh.core.definition import StepCall, WorkflowDefinition
 from squidmesh.core.failures import error_info
 from squidmesh.core.history import Entry, History
 from squidmesh.core.recording import (
+    HELD,
     START,
     Blocked,
     Feed,
@@ -48,6 +49,7 @@ from squidmesh.errors import (
     DefinitionError,
     Fail,
     NondeterminismError,
+    PayloadError,
     RunCancelled,
     StepFailed,
     TimedOut,
@@ -278,6 +280,8 @@ class Interpreter:
                 return self._suspend(act, "workflow_error", exc)
             finally:
                 reset_current_run(token)
+            if isinstance(command, cmds.ContinueAsNew):
+                return self._continue_as_new(command, history, act, now, record=record)
             next_feed = self._record(command, history, act, now, inbox, record=record)
         act.waiting_on = self._waiting_seqs(history)
         return act
@@ -312,6 +316,86 @@ class Interpreter:
             act.warnings.extend(call.audit() for call in never)
         act.outcome = COMPLETED
         return act
+
+    def _continue_as_new(
+        self,
+        command: cmds.ContinueAsNew,
+        history: History,
+        act: Activation,
+        now: datetime,
+        *,
+        record: bool,
+    ) -> Activation:
+        """``yield sm.continue_as_new(payload)``: the run completes (reason
+        ``continued_as_new``); the runtime starts the next run in the same transaction.
+        The recorded entry holds the next payload, so a replay decides the same."""
+        gen = self._gen
+        assert gen is not None
+        if self._calls is not None:
+            self._calls.yielded(command)
+        seq = self._skip_markers(history)
+        if seq < len(history):
+            recorded = history[seq]
+            self._check(command, recorded, gen)
+            self._cursor = seq + 1
+            payload = (recorded.input or {}).get("payload")
+        else:
+            if not record:
+                raise _StopReplay()
+            payload = self._next_payload(command, gen)
+            entry = append_entry(
+                history,
+                act,
+                now,
+                "continue_as_new",
+                "continue_as_new",
+                input={"payload": payload},
+                gen=gen,
+            )
+            history.resolve(entry.seq, _DONE, at=iso(now))
+            self._cursor = len(history)
+        cursor = self._skip_markers(history)
+        if cursor < len(history):
+            raise NondeterminismError(
+                run_id=self.run_id,
+                seq=cursor,
+                expected=f"the run to continue as new (code ended after seq {cursor - 1})",
+                recorded=history[cursor].label(),
+            )
+        never = self._calls.remaining() if self._calls is not None else []
+        # Nothing after the yield runs: close the generator (its finally blocks run, what
+        # they yield is dropped), as an evicted interpreter would.
+        self._close_quietly()
+        self._gen = None
+        self._finished = True
+        if history.outcome is None:
+            act.warnings.extend(call.audit() for call in never)
+        act.outcome = COMPLETED
+        act.result = None
+        act.reason = "continued_as_new"
+        act.continued = {"payload": payload}
+        return act
+
+    def _next_payload(self, command: cmds.ContinueAsNew, gen: Any) -> dict[str, Any]:
+        """The next run's payload, validated against this run's trigger like any start."""
+        if command.payload is None:
+            return dict(self.payload)
+        where = yield_location(gen)
+        try:
+            stored = self.workflow.validate_payload(command.payload, self.trigger)
+            contracts.stored(
+                stored,
+                what=f"the payload of sm.continue_as_new at {where}",
+                max_bytes=self.max_value_bytes,
+            )
+        except (PayloadError, UnstorableValueError) as exc:
+            raise WorkflowBug(
+                DefinitionError(
+                    f"run {self.run_id}: sm.continue_as_new at {where} was given a payload "
+                    f"the next run cannot start with: {exc}"
+                )
+            ) from exc
+        return stored
 
     def _fail(
         self, act: Activation, history: History, error: dict[str, Any], reason: str
@@ -459,7 +543,7 @@ class Interpreter:
             if self._calls is not None:
                 act.warnings.extend(call.audit() for call in self._calls.found())
         self._blocked = Blocked(seq, command)
-        return resolve(self._blocked, history, act, now, self.run_id)
+        return resolve(self._blocked, history, act, now, self.run_id, start_held=record)
 
     def _check(self, command: Any, recorded: Entry, gen: Generator[Any, Any, Any]) -> None:
         if command.kind != recorded.kind or command.name != recorded.name:
@@ -511,6 +595,8 @@ class Interpreter:
             return ()
         if blocked.kind in ("join", "first"):
             return tuple(
-                b.seq for b in history.branches(blocked.seq) if b.status in (_PENDING, _RUNNING)
+                b.seq
+                for b in history.branches(blocked.seq)
+                if b.status in (_PENDING, _RUNNING) and not b.meta.get(HELD)
             )
         return (blocked.seq,)

@@ -26,7 +26,7 @@ from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
-from squidmesh.runtime import invoke
+from squidmesh.runtime import composition, invoke
 from squidmesh.runtime.events import EventBus, Recorder
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
 from squidmesh.storage.base import (
@@ -474,11 +474,20 @@ class Engine:
         ch.logs.extend((run.id, e) for e in act.logs)
         for warning in act.warnings:  # step calls never yielded: audit, not history
             ch.audit(run.id, "warning", **warning)
+        if ch.optimistic and (act.children or act.continued or composition.abandoned(act)):
+            raise NeedsLock()  # creating or cancelling runs needs reads and the lock
+        if composition.abandoned(act):
+            composition.cancel_abandoned(self, ch, run, act)
         if act.outcome == "waiting":
             if self._deliver_buffered_events(ch, run, live, act):
                 self.advance(ch, run, live)
                 return
-            for entry in act.new_entries:
+            if act.children and composition.start_children(self, ch, run, live, act):
+                self.advance(ch, run, live)  # some child entry resolved at once
+                return
+            for entry in [*act.new_entries, *act.started]:
+                if entry.meta.get("held"):
+                    continue  # a join(limit=...) branch waiting for a slot
                 if entry.kind == "step" and entry.status == "pending":
                     ch.jobs.append(
                         Job("step", run.id, entry.seq, entry.attempts + 1, run_at=ch.now)
@@ -508,6 +517,9 @@ class Engine:
             run.error = None
             run.reason = "completed"
             run.current_steps = []
+            if act.continued is not None:
+                composition.continue_as_new(ch, run, act)
+            composition.on_end(ch, run)
         elif act.outcome == "failed":
             if act.compensate:
                 run.pending_outcome = {
@@ -557,11 +569,13 @@ class Engine:
         if status is RunStatus.CANCELLED:
             request = run.cancel_request or {}
             ch.audit(run.id, "cancelled", actor=request.get("actor"), comment=request.get("reason"))
+        composition.on_end(ch, run)
 
     def _deliver_buffered_events(
         self, ch: Change, run: RunRecord, live: Live, act: Activation
     ) -> bool:
-        if not any(e.kind == "event" and e.status == "running" for e in act.new_entries):
+        started = [*act.new_entries, *act.started]
+        if not any(e.kind == "event" and e.status == "running" for e in started):
             return False
         if ch.optimistic:
             raise NeedsLock()  # consuming buffered events needs reads and a lock
@@ -582,7 +596,11 @@ class Engine:
         ch.jobs.append(Job("compensate", run.id, first, run_at=ch.now))
 
     def in_flight(self, live: Live) -> list[Entry]:
-        return [e for e in live.history.entries if e.kind == "step" and e.status == "running"]
+        """Steps whose attempt is running, and attached child runs not ended yet: a run
+        being cancelled waits for them before it ends."""
+        return [
+            e for e in live.history.entries if e.kind in ("step", "child") and e.status == "running"
+        ]
 
     def finish_cancel(self, ch: Change, run: RunRecord, live: Live | None) -> None:
         """Deliver cancellation into the workflow and end (or compensate) the run."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from squidmesh.core.history import Entry
@@ -88,6 +88,15 @@ def _failed_reason(
     )
 
 
+def _branch(entry: Entry) -> dict[str, Any]:
+    found = {"seq": entry.seq, "kind": entry.kind, "name": entry.name, "status": entry.status}
+    if entry.meta.get("held") and entry.status == "pending":
+        found["held"] = True  # a join(limit=...) branch waiting for a slot
+    if entry.kind == "child" and entry.meta.get("run_id"):
+        found["child_run_id"] = entry.meta["run_id"]
+    return found
+
+
 def explain(
     run: RunRecord,
     entries: list[Entry],
@@ -96,7 +105,10 @@ def explain(
     workflow_available: bool,
     events_waiting: int = 0,
     jobs: Sequence[QueuedJob] = (),
+    explain_child: Callable[[str], Explanation | None] | None = None,
 ) -> Explanation:
+    """``explain_child(run_id)``: the explanation of a child run the run waits for (the
+    run its ``sm.child`` entry names), or None when it cannot be read."""
     status = RunStatus(run.status)
     waiting = [entries[s] for s in run.waiting_on if 0 <= s < len(entries)]
     entry: Entry | None = waiting[0] if waiting else None
@@ -111,6 +123,9 @@ def explain(
             reason, entry = status.value, None
         if status is RunStatus.COMPLETED:
             details["result"] = run.result
+        if status is RunStatus.COMPLETED and run.reason == "continued_as_new":
+            reason = "continued_as_new"
+            details["continued_as_run_id"] = run.continued_as_run_id
         if not workflow_available:
             replay = {**replay, "allowed": False, "workflow_definition": "unavailable"}
         details["replay"] = replay
@@ -133,8 +148,17 @@ def explain(
         actions = ["resume_run", "cancel_run"]
     elif status is RunStatus.CANCELLING:
         reason = "compensating" if run.pending_outcome else "waiting_for_cancellation"
-        in_flight = [e.name for e in entries if e.kind == "step" and e.status == "running"]
+        in_flight = [
+            e.name for e in entries if e.kind in ("step", "child") and e.status == "running"
+        ]
         details = {"in_flight": in_flight, "request": run.cancel_request}
+        children = [
+            e.meta["run_id"]
+            for e in entries
+            if e.kind == "child" and e.status == "running" and e.meta.get("run_id")
+        ]
+        if children:
+            details["children"] = children  # attached child runs still being cancelled
         actions = ["wait_for_cancellation"]
     elif run.reason == "compensating":
         reason = "compensating"
@@ -173,11 +197,27 @@ def explain(
         reason = "waiting_for_join"
         parent = entry.parent if entry is not None and entry.parent is not None else None
         branches = [e for e in entries if parent is not None and e.parent == parent]
-        details = {
-            "branches": [
-                {"seq": b.seq, "kind": b.kind, "name": b.name, "status": b.status} for b in branches
-            ]
-        }
+        details = {"branches": [_branch(b) for b in branches]}
+        limit = (entries[parent].input or {}).get("limit") if parent is not None else None
+        if limit:
+            details["limit"] = limit
+        actions = ["wait_for_step", "cancel_run"]
+    elif entry is not None and entry.kind == "child":
+        reason = "waiting_for_child"
+        child_id = entry.meta.get("run_id")
+        details = {"child_run_id": child_id, "workflow": entry.name}
+        found = explain_child(str(child_id)) if child_id and explain_child else None
+        if found is not None:
+            details.update(
+                {
+                    "child_run_id": found.evidence["run"]["id"],
+                    "child_status": found.status.value,
+                    "child_reason": found.reason,
+                    "child_step": found.step,
+                    "child_details": found.details,
+                    "child_next_actions": list(found.next_actions),
+                }
+            )
         actions = ["wait_for_step", "cancel_run"]
     elif entry is None:
         reason = "pending_dispatch"

@@ -31,7 +31,7 @@ from squidmesh.errors import (
     UnstorableValueError,
     WorkerLost,
 )
-from squidmesh.runtime import invoke
+from squidmesh.runtime import composition, invoke
 from squidmesh.runtime.attempts import RunningAttempt, RunningAttempts
 from squidmesh.runtime.engine import (
     STEP_RUNNABLE,
@@ -175,8 +175,11 @@ class JobRunner:
             if run is None:
                 return None
             if run.status == RunStatus.CANCELLING.value and not run.pending_outcome:
-                # Nothing left in flight (an activation the sweeper dispatched): end it.
+                # Nothing left in flight (an activation the sweeper dispatched, or a child
+                # that ended): end it.
                 live = self.engine.live(ch, run)
+                if live is not None:
+                    composition.settle(ch, run, live.history, job)
                 if live is None or not self.engine.in_flight(live):
                     self.engine.finish_cancel(ch, run, live)
                 return None
@@ -185,6 +188,7 @@ class JobRunner:
             live = self.engine.live(ch, run)
             if live is None:
                 return None
+            composition.settle(ch, run, live.history, job)  # child runs that ended
             for entry in state.due_entries(live.history, ch.now):
                 if entry.kind == "step":
                     continue

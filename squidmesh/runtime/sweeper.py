@@ -55,7 +55,10 @@ def outstanding_jobs(run: RunRecord, entries: Sequence[Entry], now: datetime) ->
         compensating.sort(key=lambda e: e.order if e.order is not None else -1, reverse=True)
         return [Job("compensate", run.id, compensating[0].seq, run_at=now)]
     in_flight = [e for e in entries if e.kind == "step" and e.status == "running"]
-    if run.status == RunStatus.CANCELLING.value and not in_flight:
+    # An attached child run being cancelled tells its parent when it ends (its own jobs
+    # carry that): the parent has nothing to dispatch meanwhile.
+    children = [e for e in entries if e.kind == "child" and e.status == "running"]
+    if run.status == RunStatus.CANCELLING.value and not in_flight and not children:
         return [Job("activate", run.id, run_at=now)]  # finishes the cancellation
     jobs: list[Job] = []
     waiting = [entries[s] for s in run.waiting_on if 0 <= s < len(entries)]

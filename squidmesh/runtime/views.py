@@ -15,9 +15,18 @@ from squidmesh.core.records import Attempt, AuditEvent
 from squidmesh.storage.base import RunRecord
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
-__all__ = ["DeclaredStep", "Explanation", "Run", "StepRun", "build_run", "build_step_runs"]
+__all__ = [
+    "ChildRun",
+    "DeclaredStep",
+    "Explanation",
+    "Run",
+    "StepRun",
+    "build_children",
+    "build_run",
+    "build_step_runs",
+]
 
-WAITABLE = frozenset({"step", "sleep", "pause", "approval", "event"})
+WAITABLE = frozenset({"step", "sleep", "pause", "approval", "event", "child"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +59,25 @@ class StepRun:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChildRun:
+    """A run started by another (``sm.child``, ``sm.start_child``), as its parent sees it.
+
+    ``seq`` is the parent's history entry that started it; ``detached`` is True for
+    ``sm.start_child`` (the parent does not wait for it, nor cancel it). A child that
+    continued as new is listed with its successors (``continued_from_run_id`` set)."""
+
+    run_id: uuid.UUID
+    workflow: str
+    status: RunStatus
+    reason: str | None
+    seq: int | None
+    detached: bool
+    continued_from_run_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     """The persisted facts of a run."""
 
@@ -71,6 +99,15 @@ class Run:
     steps: tuple[DeclaredStep, ...] | None = None
     step_runs: tuple[StepRun, ...] | None = None
     audit_events: tuple[AuditEvent, ...] | None = None
+    #: the run that started this one (sm.child / sm.start_child), None for a top run
+    parent_run_id: uuid.UUID | None = None
+    #: sm.continue_as_new lineage: the run this one continues, the run continuing it
+    continued_from_run_id: uuid.UUID | None = None
+    continued_as_run_id: uuid.UUID | None = None
+    #: the values recorded with sm.publish (latest per name); from inspect_run only
+    published: dict[str, Any] | None = None
+    #: the runs this one started (with history)
+    children: tuple[ChildRun, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +154,8 @@ def declared_status(entry: Entry) -> str:
     comp = (entry.compensation or {}).get("status")
     if comp == "completed":
         return "compensated"
+    if entry.meta.get("held") and entry.status == "pending":
+        return "waiting"  # a join(limit=...) branch waiting for a slot
     if entry.status == "pending":
         return "scheduled" if entry.attempts == 0 else "waiting"
     if entry.status == "running":
@@ -224,6 +263,44 @@ def declared_steps(
     return tuple(steps)
 
 
+def build_children(entries: list[Entry], records: list[RunRecord]) -> tuple[ChildRun, ...]:
+    """A parent's children: ``records`` (the runs naming it as their parent, and runs its
+    entries reused by key), each with the seq of the parent's entry that started it."""
+    seqs: dict[str, tuple[int, bool]] = {}
+    for entry in entries:
+        rid = entry.meta.get("run_id") if entry.kind in ("child", "start_child") else None
+        if rid:
+            seqs[str(rid)] = (entry.seq, entry.kind == "start_child")
+    out = []
+    # In the parent's order: by the seq that started each (a child and the runs that
+    # continue it share one), then by creation.
+    ordered = sorted(
+        records,
+        key=lambda r: (
+            seqs.get(r.id, (r.parent_seq if r.parent_seq is not None else 1 << 62,))[0],
+            r.created_at,
+            r.id,
+        ),
+    )
+    for record in ordered:
+        # A continuation of a child (same parent link) or a child found by the index.
+        seq, detached = seqs.get(record.id, (record.parent_seq, record.parent_seq is None))
+        out.append(
+            ChildRun(
+                run_id=uuid.UUID(record.id),
+                workflow=record.workflow,
+                status=RunStatus(record.status),
+                reason=record.reason,
+                seq=seq,
+                detached=detached,
+                continued_from_run_id=_uuid(record.continued_from_run_id),
+                created_at=record.created_at,
+                updated_at=record.updated_at,
+            )
+        )
+    return tuple(out)
+
+
 def build_run(
     record: RunRecord,
     *,
@@ -231,6 +308,8 @@ def build_run(
     attempts: dict[int, list[Attempt]] | None = None,
     audit: list[AuditEvent] | None = None,
     workflow: WorkflowDefinition | None = None,
+    published: dict[str, Any] | None = None,
+    children: tuple[ChildRun, ...] | None = None,
 ) -> Run:
     with_history = entries is not None
     return Run(
@@ -254,4 +333,9 @@ def build_run(
         else None,
         step_runs=build_step_runs(entries or [], attempts or {}) if with_history else None,
         audit_events=tuple(audit or ()) if with_history else None,
+        parent_run_id=_uuid(record.parent_run_id),
+        continued_from_run_id=_uuid(record.continued_from_run_id),
+        continued_as_run_id=_uuid(record.continued_as_run_id),
+        published=published,
+        children=children,
     )

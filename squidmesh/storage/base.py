@@ -46,7 +46,7 @@ PARKED = "parked"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @dataclasses.dataclass
@@ -79,6 +79,15 @@ class RunRecord:
     #: the W3C trace context (``traceparent``, ``tracestate``) of the span that started
     #: the run, so every process continues the run's trace; written once, at insert
     trace_context: dict[str, str] | None = None
+    #: the run that started this one with sm.child / sm.start_child (schema version 7)
+    parent_run_id: str | None = None
+    #: the seq of the parent's sm.child entry waiting for this run's outcome; None for a
+    #: detached child (sm.start_child), whose ending the parent does not wait for
+    parent_seq: int | None = None
+    #: lineage of sm.continue_as_new: the run this one continues, and the run that
+    #: continues this one (set when it ended with reason continued_as_new)
+    continued_from_run_id: str | None = None
+    continued_as_run_id: str | None = None
 
     def history(self, entries: list[Entry]) -> History:
         """The run's history over ``entries``, with what replay needs to know of the run."""
@@ -146,6 +155,7 @@ RUN_MUTABLE_FIELDS = (
     "waiting_on",
     "cancel_request",
     "pending_outcome",
+    "continued_as_run_id",
     "version",
     "updated_at",
 )
@@ -217,6 +227,10 @@ class Transaction(Protocol):
 
     def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None: ...
 
+    def list_children(self, parent_run_id: str, limit: int | None = None) -> list[RunRecord]:
+        """The runs started by ``parent_run_id`` (``parent_run_id`` set), oldest first
+        (created_at, then id); up to ``limit`` when given. Index-backed."""
+
     def list_runs(
         self,
         *,
@@ -268,6 +282,10 @@ class Transaction(Protocol):
 
     def update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
         """Overwrite the mutable fields of existing entries (matched by run_id, seq)."""
+
+    def load_published(self, run_id: str) -> dict[str, Any]:
+        """The values the run recorded with ``sm.publish``: the latest per name, names in
+        the order they were first published. Reads only the run's publish entries."""
 
     # attempts --------------------------------------------------------------
     def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:

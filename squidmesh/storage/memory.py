@@ -308,6 +308,17 @@ class InMemoryTransaction:
         picked.sort(key=lambda row: (row["created_at"], row["id"]), reverse=True)
         return [_RUNS.unpack(row) for row in picked[: max(limit, 0)]]
 
+    def list_children(self, parent_run_id: str, limit: int | None = None) -> list[RunRecord]:
+        rows = [
+            row
+            for row in self._read("list_children").runs.values()
+            if row["parent_run_id"] == parent_run_id
+        ]
+        rows.sort(key=lambda row: (row["created_at"], row["id"]))
+        if limit is not None:
+            rows = rows[: max(limit, 0)]
+        return [_RUNS.unpack(row) for row in rows]
+
     def run_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         runs = self._read("run_ids_with_prefix").runs
         return sorted(run_id for run_id in runs if run_id.startswith(prefix))[: max(limit, 0)]
@@ -395,6 +406,15 @@ class InMemoryTransaction:
             raise StorageError(f"cannot update history of run {run_id}: no entries {missing}")
         for entry in entries:
             rows[entry.seq] = _ENTRIES.pack(entry)
+
+    def load_published(self, run_id: str) -> dict[str, Any]:
+        rows = self._read("load_published").entries.get(run_id, {})
+        published: dict[str, Any] = {}
+        for seq in sorted(rows):
+            row = rows[seq]
+            if row["kind"] == "publish":
+                published[row["name"]] = json.loads(row["result"])
+        return published
 
     # attempts --------------------------------------------------------------
     def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:

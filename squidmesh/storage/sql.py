@@ -360,6 +360,14 @@ class SqlTransaction:
         }
         return [run_from_row(row) for row in self.connection.execute(query, params)]
 
+    @translated("list the children of a run")
+    def list_children(self, parent_run_id: str, limit: int | None = None) -> list[RunRecord]:
+        query = self._q.list_children if limit is None else self._q.list_children_limited
+        params: dict[str, Any] = {"parent": parent_run_id}
+        if limit is not None:
+            params["n"] = max(limit, 0)
+        return [run_from_row(row) for row in self.connection.execute(query, params)]
+
     @translated("find runs by id prefix")
     def run_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         # id >= low AND id < high: a primary-key range scan on both dialects (LIKE
@@ -439,6 +447,13 @@ class SqlTransaction:
                 f"cannot update history of run {run_id}: "
                 f"{len(params) - updated} of the entries do not exist"
             )
+
+    @translated("load published values")
+    def load_published(self, run_id: str) -> dict[str, Any]:
+        published: dict[str, Any] = {}
+        for name, value in self.connection.execute(self._q.load_published, {"run_id": run_id}):
+            published[name] = value
+        return published
 
     # attempts --------------------------------------------------------------
     @translated("save an attempt")

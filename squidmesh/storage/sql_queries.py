@@ -119,6 +119,11 @@ class Queries:
             runs.c.workflow == b("workflow"), runs.c.idempotency_key == b("key")
         )
         self._select_run = select_run
+        # The children of a run: the (parent_run_id, created_at, id) index, in order.
+        self.list_children = select_run.where(runs.c.parent_run_id == b("parent")).order_by(
+            runs.c.created_at, runs.c.id
+        )
+        self.list_children_limited = self.list_children.limit(b("n"))
 
         self.load_entries = (
             sa.select(*[entries.c[col] for col in _ENTRY_COLUMNS])
@@ -126,6 +131,12 @@ class Queries:
             .order_by(entries.c.seq)
         )
         self.insert_entries = sa.insert(entries)
+        # Published state: the run's publish entries (a range of the primary key).
+        self.load_published = (
+            sa.select(entries.c.name, entries.c.result)
+            .where(entries.c.run_id == b("run_id"), entries.c.kind == "publish")
+            .order_by(entries.c.seq)
+        )
         self.update_entries = sa.update(entries).where(
             entries.c.run_id == b("b_run_id"), entries.c.seq == b("b_seq")
         )

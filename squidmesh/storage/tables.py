@@ -169,6 +169,11 @@ runs = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     # Schema version 6: the trace the run's spans join (written once, at insert).
     sa.Column("trace_context", JSON),
+    # Schema version 7: composition (child runs, continue-as-new).
+    sa.Column("parent_run_id", RUN_ID),
+    sa.Column("parent_seq", sa.Integer),
+    sa.Column("continued_from_run_id", RUN_ID),
+    sa.Column("continued_as_run_id", RUN_ID),
     sa.UniqueConstraint("workflow", "idempotency_key", name="squidmesh_runs_idempotency_key"),
     # list_runs: newest first, optionally filtered by status or by workflow.
     sa.Index("squidmesh_runs_status_idx", "status", "created_at", "id"),
@@ -178,6 +183,8 @@ runs = sa.Table(
     sa.Index("squidmesh_runs_workflow_status_idx", "workflow", "status", "created_at", "id"),
     sa.Index("squidmesh_runs_trigger_idx", "trigger", "created_at", "id"),
     sa.Index("squidmesh_runs_key_idx", "idempotency_key", "created_at", "id"),
+    # Schema version 7: the children of a run (inspect_run's children, cancellation).
+    sa.Index("squidmesh_runs_parent_idx", "parent_run_id", "created_at", "id"),
     schema=SCHEMA,
 )
 

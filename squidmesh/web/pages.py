@@ -239,9 +239,19 @@ def _shown_entries(run: Run) -> dict[str, Any]:
     }
 
 
+#: child runs listed on a run's page (a fan-out's are all in its history timeline)
+_CHILDREN_SHOWN = 50
+
+
 def _lineage(run: Run) -> list[tuple[str, str]]:
     """(label, run id) of the runs this one came from and the runs made from it."""
     links: list[tuple[str, str]] = []
+    if run.parent_run_id is not None:
+        links.append(("child of", str(run.parent_run_id)))
+    if run.continued_from_run_id is not None:
+        links.append(("continues", str(run.continued_from_run_id)))
+    if run.continued_as_run_id is not None:
+        links.append(("continued as", str(run.continued_as_run_id)))
     if run.replayed_from_run_id is not None:
         links.append(("replay of", str(run.replayed_from_run_id)))
     if run.forked_from_run_id is not None:
@@ -293,7 +303,9 @@ def run_regions(
         "lineage": _lineage(run),
         "drawing": drawing,
         "workflow_known": workflow is not None,
-        "published": getattr(run, "published", None),
+        "published": run.published,
+        "children": (run.children or ())[:_CHILDREN_SHOWN],
+        "children_total": len(run.children or ()),
         "entries": _shown_entries(run),
         "run_url": f"{ctx['base']}/runs/{run.id}",
     }

@@ -268,7 +268,14 @@ def explanation_sentence(why: Explanation, workflow: str) -> str:
     if reason == "waiting_for_join":
         branches = d.get("branches") or []
         done = sum(1 for b in branches if b.get("status") == "completed")
-        return f"Waiting for parallel branches: {done} of {len(branches)} done."
+        limit = f", at most {d['limit']} at a time" if d.get("limit") else ""
+        return f"Waiting for parallel branches: {done} of {len(branches)} done{limit}."
+    if reason == "waiting_for_child":
+        own = d.get("child_reason")
+        why_child = f" ({own.replace('_', ' ')})" if isinstance(own, str) else ""
+        return f"Waiting for child run {d.get('child_run_id', '?')} of {step}{why_child}."
+    if reason == "continued_as_new":
+        return f"The run continued as a new run, {d.get('continued_as_run_id', '?')}."
     if reason == "step_scheduled":
         return f"Step {step} is scheduled (attempt {d.get('attempt', '?')}); a worker picks it up."
     if reason == "step_running":

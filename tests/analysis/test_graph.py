@@ -328,15 +328,18 @@ def test_run_time_choices_become_dynamic_nodes() -> None:
     assert [(graph.node(k).kind, graph.node(k).name) for k in join.branches] == [
         ("dynamic", "*calls")
     ]
+    # A comprehension of one command is that command, once per item: drawn once.
     first = only(graph, "first")
     assert [(graph.node(k).kind, graph.node(k).name) for k in first.branches] == [
         ("step", "look_brave"),
-        ("dynamic", "*[walk_home(str(i)) for i in range(2)]"),
+        ("step", "walk_home"),
     ]
+    assert graph.node(first.branches[1]).detail == "for i in range(2) (a branch each)"
     approval = only(graph, "approval")
     assert approval.name == 'f"review_{payload.kind}"' and "run time" in (approval.detail or "")
     assert graph.steps() == [
         ("look_brave", "step"),
+        ("walk_home", "step"),
         ('f"review_{payload.kind}"', "approval"),
     ]
 
@@ -699,3 +702,47 @@ def test_analysis_does_not_run_user_code() -> None:
     assert calls == []
     assert [n.kind for n in graph.nodes] == ["start", "dynamic", "end"]
     assert inspect.isgeneratorfunction(sneaky_flow.fn)
+
+
+def test_composition_commands_are_nodes() -> None:
+    from tests.runtime import family
+
+    @sm.workflow
+    def composed(payload: Any) -> Any:
+        first = yield from sm.child(family.kid, {"n": 1})
+        by_name = yield sm.child("kid", {"n": 2}, key="k")
+        run_id = yield sm.start_child(family.kid, {"n": 3})
+        results = yield sm.join(*[sm.child(family.kid, {"n": n}) for n in payload.items], limit=20)
+        yield sm.publish("progress", {"done": len(results)})
+        if first > 10:
+            yield sm.continue_as_new({"items": []})
+        return [first, by_name, str(run_id)]
+
+    graph = step_graph(composed)
+    assert [(n.kind, n.name) for n in graph.nodes] == [
+        ("start", "composed"),
+        ("child", "kid"),
+        ("child", "kid"),
+        ("start_child", "kid"),
+        ("join", "join"),
+        ("child", "kid"),
+        ("publish", "progress"),
+        ("continue_as_new", "continue_as_new"),
+        ("return", "return"),
+    ]
+    join = graph.find("join")[0]
+    assert join.detail == "limit=20"
+    (branch,) = [graph.node(b) for b in join.branches]
+    assert branch.detail == 'for n in payload.items (a branch each); {"n": n}'
+    assert graph.find("dynamic") == []
+    # the run ends where it continues as new: no edge leaves that node
+    (again,) = graph.find("continue_as_new")
+    assert graph.edges_from(again.id) == []
+    assert again.detail == '{"items": []}'
+    assert [s.kind for s in graph.steps()] == ["child", "child", "child"]
+    mermaid = graph.to_mermaid()
+    assert '[["join (limit=20)"]]' in mermaid
+    assert '{{"child: kid"}}' in mermaid and '["start child: kid"]' in mermaid
+    assert '(["continue as new: {#quot;items#quot;: []}"])' in mermaid
+    check_mermaid(graph)
+    check_dot(graph)

@@ -170,3 +170,23 @@ def test_an_assigned_step_call_never_yielded_is_found() -> None:
             "write `receipt = yield from toss_ring(...)`",
         ),
     ]
+
+
+def test_composition_commands_called_without_yield_are_found() -> None:
+    from tests.runtime import family
+
+    def flow(payload: Any) -> Any:
+        sm.child(family.kid, {"n": 1})  # <bare-child>
+        sm.publish("progress", 1)  # <bare-publish>
+        sm.continue_as_new()  # <bare-continue>
+        result = yield from sm.child(family.kid, {"n": 2})
+        return result
+
+    lines = {
+        marker: flow.__code__.co_firstlineno + n
+        for n, text in enumerate(inspect.getsource(flow).splitlines())
+        for marker in ("bare-child", "bare-publish", "bare-continue")
+        if text.endswith(f"# <{marker}>")
+    }
+    found = [(f.code, f.lineno) for f in lint(flow)]
+    assert found == [("SM111", lines[m]) for m in ("bare-child", "bare-publish", "bare-continue")]

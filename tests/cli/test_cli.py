@@ -8,6 +8,7 @@ from __future__ import annotations
 # so each test groups several assertions.
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -198,12 +199,15 @@ def test_runs_list_table_json_and_paging(url: str, runs: dict[str, str]) -> None
     assert paused.out.strip() == json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False)
     first = data["runs"][0]
     assert sorted(first) == [
+        "continued_as_run_id",
+        "continued_from_run_id",
         "created_at",
         "current_steps",
         "error",
         "forked_from_run_id",
         "id",
         "idempotency_key",
+        "parent_run_id",
         "payload",
         "reason",
         "replayed_from_run_id",
@@ -292,6 +296,34 @@ def test_runs_show_explain_history(url: str, runs: dict[str, str], tmp_path: Pat
 
 
 # --------------------------------------------------------------------------- acting
+
+
+def test_runs_show_and_explain_a_parent_with_published_state(
+    url: str, runs: dict[str, str]
+) -> None:
+    mesh, _ = local_mesh(url)
+    try:
+        parent = str(mesh.start_run("sender").id)
+        (child,) = mesh.list_runs(workflow="errand_boy")
+    finally:
+        mesh.close()
+    shown = cli(url, "runs", "show", parent)
+    assert shown.code == 0, shown.err
+    assert "published" in shown.out and 'progress  {"of": 1, "sent": 1}' in shown.out
+    assert "child runs" in shown.out
+    row = next(line for line in shown.out.splitlines() if str(child.id) in line)
+    assert row.split()[:6] == ["1", str(child.id), "errand_boy", "paused", "-", "attached"]
+    data = cli(url, "runs", "show", parent, "--json").json()
+    assert data["published"] == {"progress": {"sent": 1, "of": 1}}
+    assert [c["run_id"] for c in data["children"]] == [str(child.id)]
+    child_data = cli(url, "runs", "show", str(child.id), "--json").json()
+    assert child_data["parent_run_id"] == parent
+    child_out = cli(url, "runs", "show", str(child.id)).out
+    assert re.search(rf"^parent run +{parent}$", child_out, re.MULTILINE), child_out
+    why = cli(url, "runs", "explain", parent, "--json").json()
+    assert why["reason"] == "waiting_for_child"
+    assert why["details"]["child_run_id"] == str(child.id)
+    assert why["details"]["child_reason"] == "paused_for_approval"
 
 
 def test_review_unblock_cancel(url: str, runs: dict[str, str]) -> None:

@@ -96,7 +96,7 @@ def test_missing_workflows_get_cli_advice_and_suggestions(db: str, mesh: sm.Mesh
     assert typo.code == 3
     assert one_error_line(typo) == (
         f"squidmesh: error: workflow 'ring_erand' is not registered on the Mesh of --app {APP} "
-        "(registered: buggy, doomed, listener, ring_errand, risky); did you mean 'ring_errand'?"
+        "(registered: buggy, doomed, errand_boy, listener, ring_errand, risky, sender); did you mean 'ring_errand'?"
     )
     trigger = cli(db, "runs", "start", "ring_errand", "--trigger", "leave_shir")
     assert trigger.code == 2
@@ -123,8 +123,9 @@ def test_runs_list_of_an_unknown_workflow_is_an_error(db: str, mesh: sm.Mesh) ->
     assert typo.code == 3 and typo.out == ""
     line = one_error_line(typo)
     assert "no workflow 'domed': no run of it is stored in sqlite:///" in line
-    assert "(registered: buggy, doomed, listener, ring_errand, risky); did you mean 'doomed'?" in (
-        line
+    assert (
+        "(registered: buggy, doomed, errand_boy, listener, ring_errand, risky, sender); did you mean 'doomed'?"
+        in (line)
     )
     # registered but without runs (here: of that status): an empty list, not an error
     none = cli(db, "runs", "list", "--workflow", "listener")

@@ -40,4 +40,18 @@ def risky() -> Any:
     return (yield fall_over("after the approval"))
 
 
-WORKFLOWS = [ring_errand, doomed, buggy, listener, risky]
+@sm.workflow
+def errand_boy() -> Any:
+    """A child run: waits for its approval."""
+    yield sm.approval("errand_ok")
+    return "errand run"
+
+
+@sm.workflow
+def sender() -> Any:
+    """Publishes its progress, then waits for its child run."""
+    yield sm.publish("progress", {"sent": 1, "of": 1})
+    return (yield sm.child(errand_boy))
+
+
+WORKFLOWS = [ring_errand, doomed, buggy, listener, risky, errand_boy, sender]

@@ -81,6 +81,10 @@ def full_run(run_id: str | None = None) -> RunRecord:
         version=7,
         updated_at=T0 + timedelta(seconds=5),
         trace_context={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        parent_run_id=str(uuid.uuid4()),
+        parent_seq=12,
+        continued_from_run_id=str(uuid.uuid4()),
+        continued_as_run_id=str(uuid.uuid4()),
     )
 
 
@@ -250,6 +254,73 @@ def test_find_run_by_key(store: Store) -> None:
         assert tx.find_run_by_key("ring_errand", "k2") is None
     with pytest.raises(ConflictError), store.transaction() as tx:
         tx.insert_run(run_record(idempotency_key="k1"))
+
+
+def test_list_children_finds_the_runs_a_run_started_oldest_first(store: Store) -> None:
+    parent, other = run_record(), run_record()
+    kids = [
+        run_record(parent_run_id=parent.id, parent_seq=3, created_at=T0 + timedelta(seconds=2)),
+        run_record(parent_run_id=parent.id, created_at=T0 + timedelta(seconds=1)),  # detached
+        run_record(parent_run_id=parent.id, parent_seq=9, created_at=T0 + timedelta(seconds=3)),
+    ]
+    stranger = run_record(parent_run_id=other.id, parent_seq=1)
+    add_runs(store, parent, other, *kids, stranger)
+    with store.transaction() as tx:
+        found = tx.list_children(parent.id)
+        assert [r.id for r in found] == [kids[1].id, kids[0].id, kids[2].id]
+        assert [r.parent_seq for r in found] == [None, 3, 9]
+        assert [r.id for r in tx.list_children(parent.id, limit=2)] == [kids[1].id, kids[0].id]
+        assert tx.list_children(other.id) == [stranger]
+        assert tx.list_children(stranger.id) == []
+
+
+def test_load_published_gives_the_latest_value_of_each_name(store: Store, run: RunRecord) -> None:
+    def published(seq: int, name: str, value: Any) -> Entry:
+        return Entry(seq=seq, kind="publish", name=name, status="completed", result=value)
+
+    other = run_record()
+    add_runs(store, other)
+    with store.transaction() as tx:
+        tx.insert_entries(
+            run.id,
+            [
+                published(0, "progress", {"done": 0, "of": 10}),
+                full_entry(1, result="not published"),
+                published(2, "status", "charging"),
+                published(3, "progress", {"done": 7, "of": 10, "deep": NESTED}),
+                published(4, "none", None),
+            ],
+        )
+        tx.insert_entries(other.id, [published(0, "progress", "someone else's")])
+    with store.transaction() as tx:
+        found = tx.load_published(run.id)
+        assert found == {
+            "progress": {"done": 7, "of": 10, "deep": NESTED},
+            "status": "charging",
+            "none": None,
+        }
+        assert list(found) == ["progress", "status", "none"]
+        assert tx.load_published(str(uuid.uuid4())) == {}
+
+
+def test_a_run_continued_as_new_records_its_successor(store: Store) -> None:
+    """A state change writes a run's mutable fields, continued_as_run_id among them (the
+    lineage a child or a continuation got at creation stays as it was)."""
+    from squidmesh.storage.base import WriteBatch
+
+    run = run_record(parent_run_id=str(uuid.uuid4()), parent_seq=4)
+    add_runs(store, run)
+    changed = dataclasses.replace(
+        run,
+        status="completed",
+        reason="continued_as_new",
+        continued_as_run_id=str(uuid.uuid4()),
+        version=run.version + 1,
+    )
+    with store.transaction() as tx:
+        tx.write(WriteBatch(runs=[changed]))
+    with store.transaction() as tx:
+        assert tx.get_run(run.id) == changed
 
 
 def test_duplicate_run_id_is_a_conflict(store: Store, run: RunRecord) -> None:

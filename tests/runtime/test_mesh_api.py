@@ -6,6 +6,7 @@ from __future__ import annotations
 # Error paths are checked with ``fails_unchanged``: the call must raise the documented
 # error AND leave the whole database (runs, history, attempts, audit, events, jobs)
 # exactly as it was.
+import dataclasses
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -413,7 +414,10 @@ def test_list_runs_newest_first_with_filters(mesh_factory: MeshFactory) -> None:
     page = mesh.list_runs(limit=2)
     assert ids(limit=2, before=page[-1]) == [r2.id, r1.id]
     listed = mesh.list_runs(workflow="chain")[0]
-    assert listed == mesh.inspect_run(r3.id)
+    inspected = mesh.inspect_run(r3.id)
+    # inspect_run also reads the run's published state; list_runs leaves it unread (None)
+    assert listed.published is None and inspected.published == {}
+    assert listed == dataclasses.replace(inspected, published=None)
 
     fails_unchanged(mesh_factory, ValueError, mesh.list_runs, status="sleepy")
     fails_unchanged(mesh_factory, ValueError, mesh.list_runs, limit=0)
@@ -895,3 +899,27 @@ def test_list_runs_pages_through_runs_created_at_the_same_instant(
         seen.extend(r.id for r in page)
         page = mesh.list_runs(limit=2, before=page[-1])
     assert len(seen) == len(set(seen)) and set(seen) == started
+
+
+# --------------------------------------------------------------------------- counts
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10", 2**63, 2**64])
+def test_counts_a_database_cannot_take_are_refused_by_name(
+    mesh_factory: MeshFactory, bad: Any
+) -> None:
+    """A limit past 64 bits once reached the driver as an OverflowError (found by the
+    API fuzz test): every count is checked before anything is read or written."""
+    mesh = mesh_factory([flows.chain])
+    mesh.start_run(flows.chain, {"item": "x"})
+    calls = {
+        "list_runs limit": lambda: mesh.list_runs(limit=bad),
+        "count_runs limit": lambda: mesh.count_runs(limit=bad),
+        "prune batch_size": lambda: mesh.prune(timedelta(days=1), batch_size=bad),
+        "drain limit": lambda: mesh.drain(limit=bad),
+    }
+    for what, call in calls.items():
+        err = fails_unchanged(mesh_factory, sm.InvalidArgumentError, call)
+        assert what in str(err), err
+    # The largest count a database takes is fine.
+    assert len(mesh.list_runs(limit=2**63 - 1)) == 1

@@ -58,6 +58,11 @@ def describe(value: Any) -> str:
 
 
 @sm.workflow
+def receipt_child(payload: Any) -> Generator[Any, Any, Receipt]:
+    return (yield from charge("child", 7))
+
+
+@sm.workflow
 def typed(payload: Any) -> Generator[Any, Any, dict[str, Any]]:
     total = yield from add(1, 2)
     receipt = yield from charge("o-1", 4200)
@@ -80,6 +85,11 @@ def typed(payload: Any) -> Generator[Any, Any, dict[str, Any]]:
     dice = yield from sm.random()
     new_code = yield from sm.patched("typed-v2")
     undone = yield from sm.undo()
+    child = yield from sm.child(receipt_child)
+    by_name = yield from sm.child("receipt_child")
+    detached = yield from sm.start_child(receipt_child)
+    capped = yield from sm.join(sm.child(receipt_child), add(1, 1), limit=1)
+    yield from sm.publish("progress", {"done": 1})
     untyped = yield add(4, 4)
     if TYPE_CHECKING:
         reveal_type(total)  # T: int
@@ -102,6 +112,17 @@ def typed(payload: Any) -> Generator[Any, Any, dict[str, Any]]:
         reveal_type(dice)  # T: float
         reveal_type(new_code)  # T: bool
         reveal_type(undone)  # T: list[dict[str, Any]]
+        # fmt: off
+        reveal_type(receipt_child)  # T: squidmesh.core.definition.WorkflowDefinition[tests.typed.sample_workflow.Receipt]
+        # fmt: on
+        reveal_type(child)  # T: tests.typed.sample_workflow.Receipt
+        reveal_type(by_name)  # T: Any
+        reveal_type(detached)  # T: uuid.UUID
+        reveal_type(capped)  # T: tuple[tests.typed.sample_workflow.Receipt, int]
+        reveal_type(sm.continue_as_new())  # T: squidmesh.core.commands.ContinueAsNew
+        # fmt: off
+        reveal_type(iter(sm.continue_as_new()))  # T: typing.Generator[squidmesh.core.commands.ContinueAsNew, Any, Never]
+        # fmt: on
         reveal_type(untyped)  # T: Any
         nap, note = iter(sm.sleep(1)), iter(sm.log("x"))
         reveal_type(nap)  # T: typing.Generator[squidmesh.core.commands.Sleep, Any, None]
@@ -131,6 +152,10 @@ def typed(payload: Any) -> Generator[Any, Any, dict[str, Any]]:
         "dice": dice,
         "new_code": new_code,
         "undone": undone,
+        "child": child,
+        "by_name": by_name,
+        "detached": detached,
+        "capped": capped,
         "untyped": untyped,
     }
     return {name: describe(value) for name, value in values.items()}

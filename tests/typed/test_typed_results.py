@@ -113,5 +113,9 @@ def test_the_runtime_sends_back_what_mypy_promised() -> None:
         "dice": "float",
         "new_code": "bool",
         "undone": "list[]",
+        "child": "Receipt",
+        "by_name": "dict",
+        "detached": "UUID",
+        "capped": "tuple[Receipt, int]",
         "untyped": "int",
     }

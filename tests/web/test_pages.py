@@ -333,3 +333,42 @@ def test_long_histories_show_their_latest_entries(
     page = env.client().get(f"/runs/{run.id}").text
     assert [a["data-seq"] for a in Hooks(page).with_attr("data-seq")] == ["1", "2"]
     assert "The latest 2 of 3 entries" in page and f"squidmesh runs history {run.id}" in page
+
+
+def test_run_page_shows_published_state_children_and_family_links(env: Console) -> None:
+    from tests.runtime import family
+
+    for workflow in family.WORKFLOWS:
+        env.mesh.register(workflow)
+    parent = env.mesh.start_run(family.publishing)  # paused at its approval
+    page = env.client().get(f"/runs/{parent.id}").text
+    assert "<h2>Published</h2>" in page
+    assert "waiting for a person" in page and "progress" in page
+    fan = env.mesh.start_run(family.fan_out, {"items": [1, 2], "review": True})
+    kids = env.mesh.list_runs(workflow="kid")
+    page = env.client().get(f"/runs/{fan.id}").text
+    assert "<h2>Child runs</h2>" in page
+    listed = [(rid, status) for rid, status in rows(page)]
+    assert sorted(listed) == sorted((str(k.id), "paused") for k in kids)
+    assert "waiting for child" not in page  # a join of children: waiting for join
+    child_page = env.client().get(f"/runs/{kids[0].id}").text
+    assert f'href="/runs/{fan.id}" data-lineage="child_of"' in child_page
+    looped = env.mesh.start_run(family.looping, {"until": 1})
+    env.clock.advance(5)
+    env.mesh.drain()
+    nxt = env.mesh.inspect_run(looped.id).continued_as_run_id
+    first_page = env.client().get(f"/runs/{looped.id}").text
+    assert f'href="/runs/{nxt}" data-lineage="continued_as"' in first_page
+    second_page = env.client().get(f"/runs/{nxt}").text
+    assert f'href="/runs/{looped.id}" data-lineage="continues"' in second_page
+
+
+def test_the_explanation_of_a_parent_names_its_child_and_why_it_waits(env: Console) -> None:
+    from tests.runtime import family
+
+    for workflow in family.WORKFLOWS:
+        env.mesh.register(workflow)
+    parent = env.mesh.start_run(family.one_child, {"items": [3], "review": True})
+    (kid,) = env.mesh.list_runs(workflow="kid")
+    page = env.client().get(f"/runs/{parent.id}").text
+    assert f"Waiting for child run {kid.id} of kid (paused for approval)." in page

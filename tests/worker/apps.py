@@ -222,6 +222,39 @@ def ticker(payload: Any) -> Any:
     return schedule
 
 
-WORKFLOWS = [sequential, joined, slow, hogging, sleepy, flaky, ticker]
+# --------------------------------------------------------------------------- children
+
+
+class FanItem(BaseModel):
+    n: int
+
+
+@sm.step
+def square(n: int) -> int:
+    record("square", "start", note=str(n))
+    record("square", "done", note=str(n))
+    return n * n
+
+
+@sm.workflow(name="fan_child", triggers=[sm.manual(payload=FanItem)])
+def fan_child(item: FanItem) -> Any:
+    return (yield square(item.n))
+
+
+class Fan(BaseModel):
+    count: int = 40
+    limit: int = 5
+
+
+@sm.workflow(name="fan_parent", triggers=[sm.manual(payload=Fan)])
+def fan_parent(fan: Fan) -> Any:
+    squares = yield sm.join(
+        *[sm.child(fan_child, {"n": n}) for n in range(fan.count)], limit=fan.limit
+    )
+    total = yield seq_step("total", sum(squares) - 1)
+    return total
+
+
+WORKFLOWS = [sequential, joined, slow, hogging, sleepy, flaky, ticker, fan_parent, fan_child]
 
 mesh = sm.Mesh(os.environ.get(URL_ENV) or "memory://", workflows=WORKFLOWS)

@@ -1,0 +1,145 @@
+-- squidmesh schema version 7 (PostgreSQL): composition.
+--
+-- 1. Child runs (sm.child, sm.start_child) name the run that started them and the seq of
+--    the parent's entry waiting for them; sm.continue_as_new links a run to the run that
+--    continues it. The index finds the children of a run (inspect_run, cancellation).
+--    These columns never change after a run is created except continued_as_run_id, set
+--    once, when the run ends: updates that may be HOT stay HOT.
+-- 2. squidmesh_write_v3 (0005) also writes continued_as_run_id, the one of them a state
+--    change may alter (RUN_MUTABLE_FIELDS in squidmesh/storage/base.py); replaced in
+--    place, same signature, otherwise as in 0005.
+-- {schema} is replaced by the configured schema name (a plain lower-case identifier).
+-- Must equal squidmesh/storage/tables.py; tests/contract compares the two.
+
+ALTER TABLE {schema}.squidmesh_runs
+    ADD COLUMN parent_run_id VARCHAR(36),
+    ADD COLUMN parent_seq INTEGER,
+    ADD COLUMN continued_from_run_id VARCHAR(36),
+    ADD COLUMN continued_as_run_id VARCHAR(36);
+CREATE INDEX squidmesh_runs_parent_idx ON {schema}.squidmesh_runs (parent_run_id, created_at, id);
+
+CREATE OR REPLACE FUNCTION {schema}.squidmesh_write_v3(doc json) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    expected integer;
+    changed integer;
+    section json;
+    item json;
+    new_id bigint;
+    replaced bigint;
+    job_ids bigint[] := '{}';
+BEGIN
+    section := doc->'guards';
+    IF section IS NOT NULL THEN
+        expected := json_array_length(section);
+        SELECT count(*) INTO changed FROM (
+            SELECT 1 FROM {schema}.squidmesh_runs AS r
+            JOIN json_to_recordset(section) AS g(id text, version integer)
+                ON r.id = g.id AND r.version = g.version
+            FOR SHARE OF r
+        ) AS held;
+        IF changed <> expected THEN
+            RAISE EXCEPTION 'squidmesh: a run was changed concurrently'
+                USING ERRCODE = '40001';
+        END IF;
+    END IF;
+    section := doc->'runs';
+    IF section IS NOT NULL THEN
+        expected := json_array_length(section);
+        UPDATE {schema}.squidmesh_runs AS r SET
+            status = x.status, result = x.result, error = x.error, reason = x.reason,
+            current_steps = x.current_steps, waiting_on = x.waiting_on,
+            cancel_request = x.cancel_request, pending_outcome = x.pending_outcome,
+            continued_as_run_id = x.continued_as_run_id,
+            version = x.version, updated_at = x.updated_at
+        FROM json_to_recordset(section) AS x(
+            id text, status text, result json, error json, reason text,
+            current_steps json, waiting_on json, cancel_request json,
+            pending_outcome json, continued_as_run_id text, version integer,
+            updated_at timestamptz)
+        WHERE r.id = x.id AND r.version = x.version - 1;
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        IF changed <> expected THEN
+            RAISE EXCEPTION 'squidmesh: a run was changed concurrently'
+                USING ERRCODE = '40001';
+        END IF;
+    END IF;
+    section := doc->'entries_insert';
+    IF section IS NOT NULL THEN
+        INSERT INTO {schema}.squidmesh_entries
+            SELECT * FROM json_populate_recordset(NULL::{schema}.squidmesh_entries, section);
+    END IF;
+    section := doc->'entries_update';
+    IF section IS NOT NULL THEN
+        UPDATE {schema}.squidmesh_entries AS e SET
+            kind = x.kind, name = x.name, status = x.status, input = x.input,
+            result = x.result, error = x.error, parent = x.parent, ord = x.ord,
+            attempts = x.attempts, meta = x.meta, compensation = x.compensation,
+            loc = x.loc, wake_at = x.wake_at, created_at = x.created_at,
+            started_at = x.started_at, completed_at = x.completed_at
+        FROM json_populate_recordset(NULL::{schema}.squidmesh_entries, section) AS x
+        WHERE e.run_id = x.run_id AND e.seq = x.seq;
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        IF changed <> json_array_length(section) THEN
+            RAISE EXCEPTION 'squidmesh: a history entry to update does not exist'
+                USING ERRCODE = 'P0002';
+        END IF;
+    END IF;
+    section := doc->'attempts';
+    IF section IS NOT NULL THEN
+        INSERT INTO {schema}.squidmesh_attempts
+            SELECT * FROM json_populate_recordset(NULL::{schema}.squidmesh_attempts, section)
+        ON CONFLICT (run_id, seq, number) DO UPDATE SET
+            status = EXCLUDED.status, error = EXCLUDED.error,
+            started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+            worker = EXCLUDED.worker, heartbeat = EXCLUDED.heartbeat;
+    END IF;
+    section := doc->'audits';
+    IF section IS NOT NULL THEN
+        INSERT INTO {schema}.squidmesh_audit_events
+            (run_id, type, step, actor, comment, metadata, at)
+        SELECT x.run_id, x.type, x.step, x.actor, x.comment, x.metadata, x.at
+        FROM json_populate_recordset(NULL::{schema}.squidmesh_audit_events, section)
+            WITH ORDINALITY AS x
+        ORDER BY x.ordinality;
+    END IF;
+    section := doc->'jobs_delete';
+    IF section IS NOT NULL THEN
+        DELETE FROM {schema}.squidmesh_jobs
+            WHERE id IN (SELECT value::bigint FROM json_array_elements_text(section));
+    END IF;
+    section := doc->'jobs_insert';
+    IF section IS NOT NULL THEN
+        FOR item IN SELECT value FROM json_array_elements(section) LOOP
+            replaced := (item->>'replaces')::bigint;
+            IF replaced IS NULL THEN
+                INSERT INTO {schema}.squidmesh_jobs
+                    (kind, run_id, seq, attempt, run_at, data, worker, lease_until, created_at)
+                SELECT x.kind, x.run_id, x.seq, x.attempt, x.run_at, x.data, x.worker,
+                       x.lease_until, x.created_at
+                FROM json_populate_record(NULL::{schema}.squidmesh_jobs, item) AS x
+                RETURNING id INTO new_id;
+            ELSE
+                UPDATE {schema}.squidmesh_jobs AS j SET
+                    kind = x.kind, run_id = x.run_id, seq = x.seq, attempt = x.attempt,
+                    run_at = x.run_at, data = x.data, worker = x.worker,
+                    lease_until = x.lease_until, created_at = x.created_at,
+                    failures = 0, last_error = NULL
+                FROM json_populate_record(NULL::{schema}.squidmesh_jobs, item) AS x
+                WHERE j.id = replaced
+                RETURNING j.id INTO new_id;
+                IF new_id IS NULL THEN
+                    RAISE EXCEPTION 'squidmesh: the job this change carries on is gone'
+                        USING ERRCODE = '40001';
+                END IF;
+            END IF;
+            job_ids := job_ids || new_id;
+            new_id := NULL;
+        END LOOP;
+    END IF;
+    IF (doc->>'notify')::boolean THEN
+        PERFORM pg_notify(doc->>'channel', '');
+    END IF;
+    RETURN job_ids;
+END
+$$;
