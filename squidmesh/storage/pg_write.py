@@ -1,15 +1,17 @@
 """Writing a state change on PostgreSQL: one call, one round trip.
 
-A ``WriteBatch`` (every write of one state change) travels as one JSON document to the
-database function ``squidmesh_write_v3`` (migration 0005), which checks what the change
+A ``WriteBatch`` (every write of one state change) travels to the database function
+``squidmesh_write_v3`` (migrations 0005, 0007), one JSON parameter per section (runs,
+entries, attempts, ...; NULL when the change has none), which checks what the change
 was decided on (each run written still at the version before its new one, each run only
 read still at its version, each entry updated present) and then applies every write, or
 raises and applies nothing. Being one statement, it is all or nothing even without an
 explicit transaction, so a change made of one batch commits in a single round trip
 (``Store.transaction(autocommit=True)``).
 
-Sections a batch does not have are left out of the document (the function skips them),
-and a run carries only its ``RUN_MUTABLE_FIELDS``. The alternatives measured against
+A run carries only its ``RUN_MUTABLE_FIELDS``. Sections are separate parameters
+because a ``json`` value is parsed again at every ``->``: picking them out of one
+document cost a third of the function's time. The alternatives measured against
 this (``benchmarks/README.md``): one statement of data-modifying CTEs over ``unnest``
 arrays planned and started every node on each call and cost the client more to adapt
 its arrays; a pipeline of plain statements cost the client more still.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from squidmesh.core.history import Entry
@@ -32,7 +34,7 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import RUN_MUTABLE_FIELDS, JobWrite, WriteBatch
 
-__all__ = ["WRITE_FUNCTION", "stored_jobs", "write_document"]
+__all__ = ["SECTIONS", "WRITE_FUNCTION", "stored_jobs", "write_call", "write_params"]
 
 #: the database function applying a document (``{schema}.`` goes in front)
 WRITE_FUNCTION = "squidmesh_write_v3"
@@ -72,13 +74,33 @@ def _job(write: JobWrite, now: datetime) -> dict[str, Any]:
     return row
 
 
-def write_document(batch: WriteBatch, channel: str, now: datetime | None = None) -> str:
-    """The JSON document ``squidmesh_write_v3`` applies for ``batch``; ``channel`` is the
-    NOTIFY channel woken when it writes a job anyone may claim."""
-    now = now or datetime.now(timezone.utc)
-    doc: dict[str, Any] = {}
+#: the function's parameters, in order (each a section of the batch, JSON or NULL; then
+#: the NOTIFY channel, or NULL)
+SECTIONS = (
+    "guards",
+    "runs",
+    "entries_insert",
+    "entries_update",
+    "attempts",
+    "audits",
+    "jobs_delete",
+    "jobs_insert",
+)
+
+
+def write_call(schema: str) -> str:
+    """The statement calling the write function of ``schema`` (positional parameters)."""
+    params = ", ".join(["%s::json"] * len(SECTIONS) + ["%s"])
+    return f"SELECT {schema}.{WRITE_FUNCTION}({params})"
+
+
+def write_params(batch: WriteBatch, channel: str, now: datetime) -> tuple[str | None, ...]:
+    """The parameters of ``write_call`` for ``batch``: each section as JSON text, or
+    None when the batch has none; ``channel`` is the NOTIFY channel to wake when the
+    batch writes a job anyone may claim (None otherwise)."""
+    sections: dict[str, list[Any]] = {}
     if batch.guards:
-        doc["guards"] = [{"id": run_id, "version": version} for run_id, version in batch.guards]
+        sections["guards"] = [{"id": run_id, "version": v} for run_id, v in batch.guards]
     if batch.runs:
         runs = []
         for run in batch.runs:
@@ -86,36 +108,40 @@ def write_document(batch: WriteBatch, channel: str, now: datetime | None = None)
             row["id"] = run.id
             row["updated_at"] = _iso(run.updated_at)
             runs.append(row)
-        doc["runs"] = runs
+        sections["runs"] = runs
     if batch.entries_insert:
-        doc["entries_insert"] = [_entry(r, e) for r, e in batch.entries_insert]
+        sections["entries_insert"] = [_entry(r, e) for r, e in batch.entries_insert]
     if batch.entries_update:
-        doc["entries_update"] = [_entry(r, e) for r, e in batch.entries_update]
+        sections["entries_update"] = [_entry(r, e) for r, e in batch.entries_update]
     if batch.attempts:
         attempts = []
         for run_id, seq, attempt in batch.attempts:
             row = {name: getattr(attempt, name) for name in _ATTEMPT_FIELDS}
             row["run_id"], row["seq"] = run_id, seq
             attempts.append(row)
-        doc["attempts"] = attempts
+        sections["attempts"] = attempts
     if batch.audits:
         audits = []
         for run_id, event in batch.audits:
             row = {name: getattr(event, name) for name in _AUDIT_FIELDS}
             row["run_id"] = run_id
             audits.append(row)
-        doc["audits"] = audits
+        sections["audits"] = audits
     if batch.jobs_delete:
-        doc["jobs_delete"] = list(batch.jobs_delete)
+        sections["jobs_delete"] = list(batch.jobs_delete)
     if batch.jobs_insert:
-        doc["jobs_insert"] = [_job(w, now) for w in batch.jobs_insert]
-        # Jobs leased at write are already someone's: waking other workers is waste.
-        if any(w.worker is None for w in batch.jobs_insert):
-            doc["notify"] = True
-            doc["channel"] = channel
+        sections["jobs_insert"] = [_job(w, now) for w in batch.jobs_insert]
+    # Jobs leased at write are already someone's: waking other workers is waste.
+    wake = any(w.worker is None for w in batch.jobs_insert)
     # No ``default=``: every datetime is converted above, so anything else that is not
     # JSON is a bug to hear about, not a value to stringify.
-    return json.dumps(doc, allow_nan=False)
+    return (
+        *(
+            None if name not in sections else json.dumps(sections[name], allow_nan=False)
+            for name in SECTIONS
+        ),
+        channel if wake else None,
+    )
 
 
 def stored_jobs(batch: WriteBatch, ids: Sequence[int], now: datetime) -> list[Job]:

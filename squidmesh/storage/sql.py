@@ -143,11 +143,7 @@ class SqlStore:
         #: SQLite writes a state change statement by statement on the driver's cursor
         self._sqlite_writer = SqliteWriter() if dialect == "sqlite" else None
         #: PostgreSQL writes a state change with one call (SQLite statement by statement)
-        self._write_sql = (
-            f"SELECT {self.schema}.{pg_write.WRITE_FUNCTION}(%s::json)"
-            if dialect == "postgresql"
-            else None
-        )
+        self._write_sql = pg_write.write_call(self.schema) if dialect == "postgresql" else None
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
@@ -509,8 +505,8 @@ class SqlTransaction:
             return self._sqlite_writer.write(driver, batch)
         assert self._write_sql is not None  # PostgreSQL: one call of the write function
         now = datetime.now(timezone.utc)
-        doc = pg_write.write_document(batch, self._store.notify_channel, now)
-        ids = self.connection.exec_driver_sql(self._write_sql, (doc,)).scalar_one()
+        params = pg_write.write_params(batch, self._store.notify_channel, now)
+        ids = self.connection.exec_driver_sql(self._write_sql, params).scalar_one()
         return pg_write.stored_jobs(batch, ids, now)
 
     # jobs ------------------------------------------------------------------

@@ -236,3 +236,56 @@ def test_a_write_waits_for_a_concurrent_writer_then_sees_its_version(
         assert stored is not None and (stored.result, stored.version) == ("a", 1)
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_write_reads_rows_by_key_however_many_are_stored(pg_migrated_url: str) -> None:
+    """Each write touches its rows through their keys. The write function once joined
+    its rows with a JSON recordset, which PostgreSQL estimates at 100 rows, and planned a
+    scan of the whole entries (and runs) table: every step of a long run cost more than
+    the one before. Counted from pg_stat_user_tables, after the writers' sessions ended
+    (a session reports its counters when it ends)."""
+    from tests.contract.conftest import pg_engine
+    from tests.support.waiting import wait_for
+
+    def counters() -> dict[str, tuple[int, int]]:
+        with psycopg.connect(pg_migrated_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT relname, seq_scan, n_tup_upd FROM pg_stat_user_tables "
+                "WHERE schemaname = 'squidmesh'"
+            ).fetchall()
+        return {name: (int(scans), int(updates)) for name, scans, updates in rows}
+
+    setup = SqlStore(pg_engine(pg_migrated_url), owns_engine=True)
+    run = run_record(status="running")
+    others = [run_record() for _ in range(300)]
+    add_runs(setup, run, *others)
+    with setup.transaction() as tx:
+        tx.insert_entries(run.id, [full_entry(seq) for seq in range(3000)])
+    setup.close()
+    with psycopg.connect(pg_migrated_url, autocommit=True) as conn:
+        conn.execute("ANALYZE squidmesh.squidmesh_runs")
+        conn.execute("ANALYZE squidmesh.squidmesh_entries")
+    before = counters()
+
+    writer = SqlStore(pg_engine(pg_migrated_url), owns_engine=True)
+    current = run
+    for seq in range(20):
+        nxt = advanced(current)
+        batch = WriteBatch(
+            runs=[nxt],
+            guards=[(others[seq].id, 0)],
+            entries_update=[(run.id, full_entry(seq, status="failed"))],
+        )
+        write(writer, batch, autocommit=True)
+        current = nxt
+    writer.close()
+
+    def reported() -> dict[str, tuple[int, int]] | None:
+        now = counters()
+        done = now["squidmesh_entries"][1] >= before["squidmesh_entries"][1] + 20
+        return now if done else None
+
+    after = wait_for(reported, 30, "the writer's table counters")
+    scans = {t: after[t][0] - before[t][0] for t in ("squidmesh_runs", "squidmesh_entries")}
+    assert scans == {"squidmesh_runs": 0, "squidmesh_entries": 0}
