@@ -87,7 +87,7 @@ def live_run_cost(url: str, runs: int) -> dict[str, Any]:
             held, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        cached = mesh._engine.cached_runs()  # type: ignore[attr-defined]
+        cached = mesh.runner.engine.cached_runs()
     return {
         "runs": runs,
         "cached_live_runs": cached,

@@ -73,7 +73,12 @@ from squidmesh.errors import (
 )
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.events import LifecycleEvent
-from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
+from squidmesh.runtime.executors import (
+    DatabaseExecutor,
+    Executor,
+    ExecutorCapabilities,
+    InlineExecutor,
+)
 from squidmesh.runtime.views import ChildRun, DeclaredStep, Explanation, Run, StepRun
 from squidmesh.types import RunStatus
 
@@ -97,6 +102,7 @@ __all__ = [
     "DispatchError",
     "Entry",
     "Executor",
+    "ExecutorCapabilities",
     "Explanation",
     "Fail",
     "HeartbeatTimeout",

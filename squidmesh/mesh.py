@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.arguments import count, optional_count
@@ -29,15 +30,13 @@ from squidmesh.runtime.clock import DatabaseClock, local_now
 from squidmesh.runtime.composition import CHILD_KINDS
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.events import EventBus, LifecycleEvent
-from squidmesh.runtime.executors import DatabaseExecutor, Executor
+from squidmesh.runtime.executors import Binds, DatabaseExecutor, Executor, capabilities_of
 from squidmesh.runtime.explain import explain
-from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
-from squidmesh.runtime.presence import Presence
+from squidmesh.runtime.runner import Runner
 from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Explanation, Run, build_children, build_run
 from squidmesh.runtime.worker import Worker
 from squidmesh.storage.base import Store, run_id_prefix
-from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
@@ -45,10 +44,6 @@ __all__ = ["Mesh"]
 
 #: how deep ``explain_run`` follows a chain of runs waiting for child runs
 _EXPLAIN_DEPTH = 16
-
-#: how long ``drain()`` leases the job it performs (a step longer than this could be
-#: claimed again by a worker beside it)
-DRAIN_LEASE_SECONDS = 300.0
 
 
 class Mesh(OperatorActions, AsyncMeshMethods):
@@ -89,9 +84,6 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         for wf in workflows:
             self.register(wf)
         self.executor: Executor = executor if executor is not None else DatabaseExecutor()
-        bind = getattr(self.executor, "bind", None)
-        if bind is not None:
-            bind(self)
         # On PostgreSQL every process reads the database's clock (through a measured
         # offset), so timers, retries and leases agree across machines.
         self.clock = clock or (
@@ -110,10 +102,10 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             cache_size=cache_size,
             events=EventBus(self._telemetry),
         )
-        #: this process's presence as a performer of jobs (started by the first job)
-        self._presence = Presence(self.store, self.clock)
-        self._jobs = JobRunner(self._engine, owner=self._presence.owner)
-        self._presence.tend = self._jobs.tend
+        #: performs this Mesh's jobs (workers, ``drain``, ``perform``)
+        self.runner = Runner(
+            self._engine, fire_cron=self._fire_cron_job, schedule=self._run_scheduler
+        )
         if max_value_bytes is not None and max_value_bytes < 1:
             raise InvalidArgumentError(
                 f"max_value_bytes must be positive or None, got {max_value_bytes}"
@@ -127,11 +119,13 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         )
         self._schema_ok = False
         self._workers: list[Worker] = []
+        if capabilities_of(self.executor).binds:
+            cast(Binds, self.executor).bind(self)  # last: the Mesh is whole now
 
     def _fresh(self, run: Run) -> Run:
         """An executor that works right after commit (inline) may already have moved
         the run on: return what is stored now, not what the call committed."""
-        if getattr(self.executor, "after_commit", None) is None:
+        if not capabilities_of(self.executor).after_commit:
             return run
         return self.inspect_run(run.id)
 
@@ -186,8 +180,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         for worker in self._workers:
             worker.stop()
         self._workers.clear()
-        self._presence.close()
-        self._jobs.invoker.close()
+        self.runner.close()
         if self._telemetry is not None:
             self._telemetry.close()
         self._engine.close()
@@ -222,7 +215,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
     def _count_ready_jobs(self) -> int | None:
         """Jobs due and unclaimed (the ``squidmesh.jobs.ready`` gauge); None when this
         Mesh's executor keeps no jobs table or the schema is not there."""
-        if not getattr(self.executor, "jobs_in_table", False) or not self._schema_ok:
+        if not capabilities_of(self.executor).jobs_in_table or not self._schema_ok:
             return None
         now = self.clock()
         with self.store.transaction() as tx:
@@ -458,53 +451,16 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         """Execute one delivered job; duplicate, late or stale deliveries change nothing."""
         the_job = job if isinstance(job, Job) else Job.from_json(job)
         self._ready()
-        self._perform(the_job, None)
+        self.runner.perform(the_job, None)
 
-    def _perform(self, job: Job, lease: Lease | None) -> Job | None:
-        """Perform a job; with a worker's lease, return the next job begun eagerly."""
-        if job.kind == "cron":
-            data = job.data or {}
-            self.fire_cron(
-                str(data.get("workflow")),
-                str(data.get("trigger")),
-                datetime.fromisoformat(str(data.get("fire_time"))),
-            )
-            if lease is not None and job.id is not None:
-                with self.store.transaction() as tx:
-                    tx.delete_job(job.id)  # the tick's run is idempotent: no harm if twice
-            return None
-        try:
-            return self._jobs.perform(job, lease)
-        except TransactionalStepFailed as failed:
-            if is_transient(failed.error):
-                self._jobs.retry_after_infrastructure_error(job, failed.error, lease)
-            else:
-                self._jobs.retry_transactional_failure(job, failed.error, lease)
-            return None
+    def _fire_cron_job(self, workflow: str, trigger: str, fire_time: datetime) -> None:
+        self.fire_cron(workflow, trigger, fire_time)
 
     def drain(self, *, limit: int | None = None) -> int:
         """Run every due job in this thread until none is left; returns how many ran."""
         optional_count(limit, what="drain limit")
         self._ready()
-        done = 0
-        # A lease like a worker's: each job's row is deleted by the transaction that
-        # records what performing it did. No eager continuation: with a ``limit`` the
-        # drain may stop after any job, and must not leave a step begun behind it.
-        lease = Lease(self._presence.owner(), DRAIN_LEASE_SECONDS, eager=False)
-        while limit is None or done < limit:
-            now = self.clock()
-            with self.store.transaction() as tx:
-                jobs = tx.claim_jobs(
-                    now=now,
-                    limit=1,
-                    worker=lease.worker,
-                    lease_until=now + timedelta(seconds=lease.seconds),
-                )
-            if not jobs:
-                break
-            self._perform(jobs[0], lease)
-            done += 1
-        return done
+        return self.runner.drain(limit)
 
     def worker(
         self,
@@ -519,7 +475,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         """Start a worker thread in this process; ``close()`` stops it (gracefully)."""
         self._ready()
         worker = Worker(
-            self,
+            self.runner,
             concurrency=concurrency,
             poll_interval=poll_interval,
             lease_seconds=lease_seconds,
@@ -530,14 +486,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         self._workers.append(worker)
         return worker.start()
 
-    def _add_waker(self, wake: Callable[[], None]) -> None:
-        self._engine.wakers.append(wake)
-
-    def _remove_waker(self, wake: Callable[[], None]) -> None:
-        if wake in self._engine.wakers:
-            self._engine.wakers.remove(wake)
-
-    def _run_scheduler(self, stop: Any) -> None:
+    def _run_scheduler(self, stop: threading.Event) -> None:
         cron.Scheduler(self).run(stop)
 
     @api_call

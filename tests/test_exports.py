@@ -27,6 +27,7 @@ PUBLIC_API = [
     "DispatchError",
     "Entry",
     "Executor",
+    "ExecutorCapabilities",
     "Explanation",
     "Fail",
     "HeartbeatTimeout",

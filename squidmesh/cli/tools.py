@@ -60,7 +60,7 @@ def cmd_worker(ctx: Context) -> int:
     logs.configure(args.log_level, args.log_format)
     mesh = ctx.need_workflows("the worker")
     worker = Worker(
-        mesh,
+        mesh.runner,
         concurrency=args.concurrency,
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,

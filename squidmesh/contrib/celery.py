@@ -37,6 +37,7 @@ from typing import Any
 from squidmesh.contrib.outbox import MeshRegistry, Outbox, due_at, payload
 from squidmesh.core.records import Job
 from squidmesh.mesh import Mesh
+from squidmesh.runtime.executors import BoundMesh
 
 __all__ = [
     "CONF_KEY",
@@ -80,7 +81,7 @@ class CeleryExecutor(Outbox):
         app.conf.broker_transport_options = options
         register_task(app)
 
-    def bind(self, mesh: Any) -> None:
+    def bind(self, mesh: BoundMesh) -> None:
         super().bind(mesh)
         _meshes.bind(self.app, mesh)
 

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from squidmesh.core.records import Job
 from squidmesh.mesh import Mesh
+from squidmesh.runtime.executors import BoundMesh, ExecutorCapabilities
 from squidmesh.storage import tables as t
 from squidmesh.storage.sql_queries import job_from_row
 
@@ -48,13 +49,15 @@ class Outbox:
     raise. ``job.id`` is the outbox row's id (for logs; ``payload(job)`` drops it).
     """
 
+    capabilities = ExecutorCapabilities(binds=True, after_commit=True)
+
     #: after a failed relay, commits leave relaying to ``start_relay`` for these seconds
     cooldown = 5.0
 
     def __init__(self, name: str, *, batch_size: int = 100) -> None:
         self.worker = f"outbox:{name}"  # the ``worker`` column of this outbox's rows
         self.batch_size = batch_size
-        self.mesh: Any = None
+        self.mesh: BoundMesh | None = None
         # Across processes, PostgreSQL's row locks (SQLite: its database lock) keep
         # relays apart; within one, this lock does (SQLite has no SKIP LOCKED).
         self._relaying = threading.Lock()
@@ -66,7 +69,7 @@ class Outbox:
     def publish(self, job: Job) -> None:
         raise NotImplementedError
 
-    def bind(self, mesh: Any) -> None:
+    def bind(self, mesh: BoundMesh) -> None:
         self.mesh = mesh
 
     def enqueue(self, jobs: Sequence[Job], *, connection: Any) -> None:
@@ -195,7 +198,7 @@ class Outbox:
             query = query.with_for_update(skip_locked=True)
         return [job_from_row(row) for row in conn.execute(query)]
 
-    def _mesh(self) -> Any:
+    def _mesh(self) -> BoundMesh:
         if self.mesh is None:
             raise RuntimeError(f"{type(self).__name__} is not bound: pass it to Mesh(executor=)")
         return self.mesh
@@ -235,8 +238,9 @@ class MeshRegistry:
     def set_loader(self, app: Any, path: str) -> None:
         self._slot(app)["loader"] = path
 
-    def bind(self, app: Any, mesh: Mesh) -> None:
-        self._slot(app)["bound"] = mesh
+    def bind(self, app: Any, mesh: BoundMesh) -> None:
+        if isinstance(mesh, Mesh):  # only a whole Mesh performs delivered jobs
+            self._slot(app)["bound"] = mesh
 
     def find(self, app: Any, *, loader: str | None = None, hint: str = "") -> Mesh:
         slot = self._slot(app)

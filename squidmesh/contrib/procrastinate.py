@@ -36,6 +36,7 @@ import procrastinate
 from squidmesh.contrib.outbox import MeshRegistry, Outbox, due_at, payload
 from squidmesh.core.records import Job
 from squidmesh.mesh import Mesh
+from squidmesh.runtime.executors import BoundMesh
 
 __all__ = ["TASK_NAME", "ProcrastinateExecutor", "mesh_for", "register_task", "set_mesh"]
 
@@ -57,7 +58,7 @@ class ProcrastinateExecutor(Outbox):
             _meshes.set_loader(app, mesh_loader)
         self.task = register_task(app, queue)
 
-    def bind(self, mesh: Any) -> None:
+    def bind(self, mesh: BoundMesh) -> None:
         super().bind(mesh)
         _meshes.bind(self.app, mesh)
 

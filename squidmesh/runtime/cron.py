@@ -12,20 +12,19 @@ from __future__ import annotations
 import logging
 import threading
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from croniter import croniter
 
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
+from squidmesh.storage.base import Store
 
 __all__ = ["LEADERSHIP", "due_fire_times", "fire_times_between", "next_fire_time", "signal_id"]
 
 log = logging.getLogger("squidmesh.cron")
 
-#: prefix of the PostgreSQL advisory lock name (the schema is appended, so apps with
-#: their own schemas in one database elect their own schedulers)
 #: the name of the scheduler's leadership lock (``Store.leadership``): one per schema
 LEADERSHIP = "cron"
 #: with catchup="none", a tick this late still counts as "now" rather than "missed"
@@ -98,10 +97,27 @@ def schedule_facts(
     }
 
 
+class CronHost(Protocol):
+    """What the scheduler uses of a Mesh."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def workflows(self) -> Mapping[str, WorkflowDefinition]: ...
+
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
+
+    def fire_cron(
+        self, workflow: str | WorkflowDefinition, trigger: str, fire_time: datetime
+    ) -> object: ...
+
+
 class Scheduler:
     """Fires the cron triggers of a Mesh's workflows while it holds the leadership."""
 
-    def __init__(self, mesh: Any, *, tick: float = 1.0) -> None:
+    def __init__(self, mesh: CronHost, *, tick: float = 1.0) -> None:
         self.mesh = mesh
         self.tick = tick
 

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from squidmesh.core import state
 from squidmesh.core.definition import StepDefinition, WorkflowDefinition
@@ -28,7 +28,7 @@ from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import composition, invoke
 from squidmesh.runtime.events import EventBus, Recorder
-from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
+from squidmesh.runtime.executors import AfterCommit, Executor, capabilities_of
 from squidmesh.storage.base import (
     RUN_FIXED_FIELDS,
     JobWrite,
@@ -181,6 +181,8 @@ class Engine:
         self.events = events if events is not None else EventBus()
         self.workflows = workflows
         self.executor = executor
+        #: what the executor declares it does beyond ``enqueue``
+        self.capabilities = capabilities_of(executor)
         self.clock = clock
         self.cache_size = cache_size
         #: run id -> the newest version known here and its live interpreter (LRU order)
@@ -246,9 +248,8 @@ class Engine:
         if ch.jobs:
             for wake in list(self.wakers):
                 wake()
-            after = getattr(self.executor, "after_commit", None)
-            if after is not None:
-                after()
+            if self.capabilities.after_commit:
+                cast(AfterCommit, self.executor).after_commit()
 
     def _flush(self, ch: Change) -> None:
         batch = ch.batch
@@ -291,7 +292,7 @@ class Engine:
     def batches_jobs(self) -> bool:
         """True when the executor's jobs are rows written in the change's own batch (the
         built-in executors); other executors enqueue through the open transaction."""
-        return type(self.executor) in (DatabaseExecutor, InlineExecutor)
+        return self.capabilities.batched
 
     def _publish(self, run_id: str, run: RunRecord, live: Live | None) -> None:
         """Record what a committed change left: version ``run.version`` and, for an

@@ -7,13 +7,76 @@ The host later delivers each job back through ``mesh.perform(job)``, which is id
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from squidmesh.core.records import Job
+from squidmesh.storage.base import Store
 
-__all__ = ["DatabaseExecutor", "Executor", "InlineExecutor"]
+__all__ = [
+    "AfterCommit",
+    "Binds",
+    "BoundMesh",
+    "DatabaseExecutor",
+    "Executor",
+    "ExecutorCapabilities",
+    "InlineExecutor",
+    "capabilities_of",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorCapabilities:
+    """What an executor does beyond ``enqueue``, declared by the executor itself as its
+    ``capabilities`` attribute (an executor without one has none of these)."""
+
+    #: every job is a row of squidmesh's jobs table written by the state change itself
+    #: (``enqueue`` is not called): workers claim the rows, and a run without any row
+    #: has nothing that will move it (the sweeper may act on that)
+    jobs_in_table: bool = False
+    #: the Mesh writes the jobs itself, as rows of the change's own batch, instead of
+    #: calling ``enqueue`` (one statement fewer per step); only for executors whose
+    #: ``enqueue`` would insert exactly those rows
+    batched: bool = False
+    #: the Mesh calls ``executor.bind(mesh)`` once, when it is built
+    binds: bool = False
+    #: the Mesh calls ``executor.after_commit()`` after each commit that produced jobs
+    after_commit: bool = False
+
+
+#: an executor that declares nothing: ``enqueue`` is all it does
+NO_CAPABILITIES = ExecutorCapabilities()
+
+
+def capabilities_of(executor: object) -> ExecutorCapabilities:
+    """The capabilities ``executor`` declares (none when it declares none)."""
+    declared = getattr(executor, "capabilities", None)
+    return declared if isinstance(declared, ExecutorCapabilities) else NO_CAPABILITIES
+
+
+class BoundMesh(Protocol):
+    """What an executor that ``binds`` may use of its Mesh."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def perform(self, job: Job | Mapping[str, Any]) -> None: ...
+
+    def drain(self, *, limit: int | None = None) -> int: ...
+
+
+class Binds(Protocol):
+    """An executor with ``ExecutorCapabilities(binds=True)``."""
+
+    def bind(self, mesh: BoundMesh) -> None: ...
+
+
+class AfterCommit(Protocol):
+    """An executor with ``ExecutorCapabilities(after_commit=True)``."""
+
+    def after_commit(self) -> None: ...
 
 
 @runtime_checkable
@@ -33,9 +96,14 @@ class DatabaseExecutor:
     transaction as the change that produced them, and consumed by workers
     (``mesh.worker()``, ``squidmesh worker``) or ``mesh.drain()``."""
 
-    #: every job of a waiting run is a row of the jobs table until it is performed, so a
-    #: worker's sweeper may treat an active run without any row as stuck
-    jobs_in_table = True
+    capabilities = ExecutorCapabilities(jobs_in_table=True, batched=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass with an enqueue of its own wants it called: its jobs cannot be
+        # batched past it unless it says so by declaring capabilities itself.
+        if "enqueue" in vars(cls) and "capabilities" not in vars(cls):
+            cls.capabilities = dataclasses.replace(cls.capabilities, batched=False)
 
     def enqueue(self, jobs: Sequence[Job], *, connection: Any) -> None:
         if jobs:
@@ -49,11 +117,15 @@ class InlineExecutor(DatabaseExecutor):
     durable: a later ``mesh.drain()`` (or a worker) picks it up, even after a restart.
     """
 
+    capabilities = ExecutorCapabilities(
+        jobs_in_table=True, batched=True, binds=True, after_commit=True
+    )
+
     def __init__(self) -> None:
         self._local = threading.local()
-        self._mesh: Any = None
+        self._mesh: BoundMesh | None = None
 
-    def bind(self, mesh: Any) -> None:
+    def bind(self, mesh: BoundMesh) -> None:
         self._mesh = mesh
 
     def after_commit(self) -> None:

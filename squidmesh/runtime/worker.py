@@ -18,11 +18,11 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from squidmesh.core.records import Job
 from squidmesh.errors import InvalidArgumentError, StorageError
 from squidmesh.runtime.perform import Lease
+from squidmesh.runtime.runner import Runner
 from squidmesh.storage.base import Wakeups
 from squidmesh.storage.sql_errors import is_transient
 
@@ -46,7 +46,7 @@ class Worker:
 
     def __init__(
         self,
-        mesh: Any,
+        runner: Runner,
         *,
         concurrency: int = 4,
         poll_interval: float = 2.0,
@@ -64,7 +64,8 @@ class Worker:
             raise InvalidArgumentError(
                 "worker sweep_interval must be >= 0 (0 turns the sweeper off)"
             )
-        self.mesh = mesh
+        #: performs the jobs this worker claims (``mesh.runner``)
+        self.runner = runner
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
@@ -127,7 +128,7 @@ class Worker:
 
     def run(self) -> None:
         """The claim loop; blocks until ``stop()``."""
-        self.owner = self.mesh._presence.owner()
+        self.owner = self.runner.owner()
         log.info("worker %s starting (concurrency %d)", self.name, self.concurrency)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="squidmesh-job"
@@ -135,7 +136,7 @@ class Worker:
         helpers = [
             threading.Thread(target=self._heartbeat, name="squidmesh-heartbeat", daemon=True)
         ]
-        wakeups = self.mesh.store.wakeups() if self.listen else None
+        wakeups = self.runner.store.wakeups() if self.listen else None
         if wakeups is not None:
             helpers.append(
                 threading.Thread(
@@ -146,13 +147,13 @@ class Worker:
             helpers.append(
                 threading.Thread(target=self._schedule, name="squidmesh-cron", daemon=True)
             )
-        if self.sweep_interval > 0 and getattr(self.mesh.executor, "jobs_in_table", False):
+        if self.sweep_interval > 0 and self.runner.jobs_in_table:
             helpers.append(
                 threading.Thread(target=self._sweep, name="squidmesh-sweeper", daemon=True)
             )
         for thread in helpers:
             thread.start()
-        self.mesh._add_waker(self.wake)
+        self.runner.add_waker(self.wake)
         backoff = 0.5
         try:
             while not self._stopping.is_set():
@@ -176,7 +177,7 @@ class Worker:
                     continue  # there may be more due work: claim again at once
                 self._wait_for_work()
         finally:
-            self.mesh._remove_waker(self.wake)
+            self.runner.remove_waker(self.wake)
             log.info("worker %s draining %d job(s) in flight", self.name, self.in_flight)
             self._pool.shutdown(wait=True)
             self._stopped.set()
@@ -188,8 +189,8 @@ class Worker:
         free = self.concurrency - self.in_flight
         if free <= 0:
             return 0
-        now = self.mesh.clock()
-        with self.mesh.store.transaction() as tx:
+        now = self.runner.clock()
+        with self.runner.store.transaction() as tx:
             jobs = tx.claim_jobs(
                 now=now,
                 limit=free,
@@ -218,7 +219,7 @@ class Worker:
             try:
                 # The engine deletes the job row when it records the outcome, and may hand
                 # back the run's next step, already begun and leased to this worker.
-                nxt = self.mesh._perform(current, lease)
+                nxt = self.runner.perform(current, lease)
                 with self._lock:
                     self.performed += 1
             except Exception as exc:
@@ -254,10 +255,10 @@ class Worker:
             exc_info=not transient,
         )
         try:
-            with self.mesh.store.transaction() as tx:
+            with self.runner.store.transaction() as tx:
                 parked = tx.release_job(
                     int(job.id or 0),
-                    run_at=self.mesh.clock() + timedelta(seconds=delay),
+                    run_at=self.runner.clock() + timedelta(seconds=delay),
                     failure=summary,
                     park_after=PARK_AFTER,
                 )
@@ -281,12 +282,12 @@ class Worker:
         timeout = self.poll_interval
         if self.in_flight < self.concurrency:
             try:
-                with self.mesh.store.transaction() as tx:
+                with self.runner.store.transaction() as tx:
                     next_at = tx.next_job_time()
             except StorageError:
                 next_at = None
             if next_at is not None:
-                until = (next_at - self.mesh.clock()).total_seconds()
+                until = (next_at - self.runner.clock()).total_seconds()
                 timeout = max(0.0, min(timeout, until))
         if timeout > 0:
             self._wake.wait(timeout)
@@ -302,10 +303,10 @@ class Worker:
                 retry, self._to_give_back = self._to_give_back, []
                 ids += [int(job.id or 0) for job, _ in retry]
             if ids:
-                now = self.mesh.clock()
+                now = self.runner.clock()
                 until = now + timedelta(seconds=self.lease_seconds)
                 try:
-                    with self.mesh.store.transaction() as tx:
+                    with self.runner.store.transaction() as tx:
                         tx.renew_lease(ids, self.owner, until, now=now)
                 except StorageError as error:
                     log.warning("worker %s could not renew leases: %s", self.name, error)
@@ -317,9 +318,7 @@ class Worker:
         wakeups.listen(self._wake.set, self._stopping, name=self.name)
 
     def _sweep(self) -> None:
-        from squidmesh.runtime.sweeper import Sweeper
-
-        sweeper = Sweeper(self.mesh._engine, grace=max(2 * self.lease_seconds, 5.0))
+        sweeper = self.runner.sweeper(grace=max(2 * self.lease_seconds, 5.0))
         while not self._stopping.wait(self.sweep_interval):
             try:
                 if sweeper.sweep():
@@ -330,11 +329,7 @@ class Worker:
                 log.exception("worker %s: the sweeper failed; it will look again", self.name)
 
     def _schedule(self) -> None:
-        run_scheduler: Callable[[threading.Event], None] | None = getattr(
-            self.mesh, "_run_scheduler", None
-        )
-        if run_scheduler is not None:
-            run_scheduler(self._stopping)
+        self.runner.schedule(self._stopping)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

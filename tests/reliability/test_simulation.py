@@ -427,7 +427,7 @@ class Simulation:
             while current is not None:
                 CHAOS.tick()  # dies with a claimed (or eagerly begun) job in hand
                 self.jobs += 1
-                current = self.mesh._perform(current, self.lease())
+                current = self.mesh.runner.perform(current, self.lease())
             return True
         if self._answer(run_id):
             return True

@@ -160,7 +160,7 @@ class MeshFactory:
 def crash(mesh: sm.Mesh) -> None:
     """Stand in for the process of ``mesh`` being killed: what it held alive (its leases,
     the attempts it ran) is lost to everyone else; nothing is closed or recorded."""
-    mesh._presence.abandon()
+    mesh.runner.presence.abandon()
 
 
 def fails_unchanged(

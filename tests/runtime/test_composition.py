@@ -302,7 +302,7 @@ def test_a_parent_suspended_while_its_child_ended_settles_on_resume(
         assert record is not None
         record.status, record.version = "suspended", record.version + 1
         tx.update_run(record)
-    mesh._engine.evict(str(run.id))
+    mesh.runner.engine.evict(str(run.id))
     mesh.approve_run(child.id, actor="ops")
     mesh.drain()
     assert mesh.inspect_run(child.id).status == "completed"

@@ -49,7 +49,7 @@ def run_with_lease(mesh: sm.Mesh, factory: MeshFactory) -> None:
         for job in jobs:
             nxt: sm.Job | None = job
             while nxt is not None:
-                nxt = mesh._perform(nxt, lease)
+                nxt = mesh.runner.perform(nxt, lease)
 
 
 def test_uncontended_run_lands_optimistically(mesh_factory: MeshFactory) -> None:

@@ -92,7 +92,7 @@ def _lose_jobs(mesh: sm.Mesh, run_id: Any) -> int:
 
 
 def _sweeper(mesh: sm.Mesh) -> Sweeper:
-    return Sweeper(mesh._engine, grace=0)
+    return mesh.runner.sweeper(grace=0)
 
 
 def _audit_types(mesh: sm.Mesh, run_id: Any) -> list[str]:

@@ -42,7 +42,7 @@ def test_without_listen_an_idle_worker_waits_for_its_poll(database: Database, me
     # The control for the test above: the same idle worker with LISTEN off does not see a
     # run committed by another Mesh until its poll interval comes round.
     worker_mesh = mesh_on()
-    worker = Worker(worker_mesh, poll_interval=30, scheduler=False, listen=False).start()
+    worker = Worker(worker_mesh.runner, poll_interval=30, scheduler=False, listen=False).start()
     try:
         time.sleep(0.5)
         client = mesh_on()
