@@ -104,7 +104,7 @@ def check_deploy(
             f"check_deploy checks runs in flight only; not a non-terminal status: "
             f"{', '.join(unknown)} (valid: {', '.join(ACTIVE_STATUSES)})"
         )
-    mesh._ready()
+    mesh.schema_gate.ready()
     checked = 0
     problems: list[DeployProblem] = []
     for status in wanted:

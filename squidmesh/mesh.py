@@ -10,7 +10,7 @@ from typing import Any, cast
 from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
-from squidmesh.core.definition import CronTrigger, WorkflowDefinition
+from squidmesh.core.definition import CronTrigger, WorkflowDefinition, registered_workflow
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     ConflictError,
@@ -18,9 +18,7 @@ from squidmesh.errors import (
     InvalidArgumentError,
     PayloadError,
     RunNotFoundError,
-    SchemaOutOfDateError,
     UnknownTriggerError,
-    UnknownWorkflowError,
     ValueTooLargeError,
     shown,
 )
@@ -28,11 +26,12 @@ from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
 from squidmesh.runtime.clock import DatabaseClock, local_now
 from squidmesh.runtime.composition import CHILD_KINDS
-from squidmesh.runtime.engine import Engine
+from squidmesh.runtime.engine import Engine, EngineHooks
 from squidmesh.runtime.events import EventBus, LifecycleEvent
 from squidmesh.runtime.executors import Binds, DatabaseExecutor, Executor, capabilities_of
 from squidmesh.runtime.explain import explain
 from squidmesh.runtime.runner import Runner
+from squidmesh.runtime.schema_gate import SchemaGate
 from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Explanation, Run, build_children, build_run
 from squidmesh.runtime.worker import Worker
@@ -52,6 +51,9 @@ class Mesh(OperatorActions, AsyncMeshMethods):
     ``Mesh("postgresql+psycopg://app@localhost/app", workflows=[...])``, or
     ``Mesh(engine=host_engine, schema="squidmesh", ...)`` to share the host's engine, or
     ``Mesh()`` for the embedded default, a SQLite file ``./squidmesh.db``.
+
+    ``hooks`` are for ``squidmesh.testing`` (stubbed steps, checks after each
+    activation); applications leave them out.
 
     ``telemetry=False`` turns off the lifecycle log lines (loggers ``squidmesh.step``
     and ``squidmesh.run``) and OpenTelemetry spans and metrics; ``subscribe`` callbacks
@@ -73,6 +75,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         max_value_bytes: int | None = 1_048_576,
         telemetry: bool = True,
         async_threads: int = DEFAULT_ASYNC_THREADS,
+        hooks: EngineHooks | None = None,
     ) -> None:
         self._init_async(async_threads)  # the pool of the _async twins (async_api.py)
         if store is None:
@@ -101,6 +104,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             self.clock,
             cache_size=cache_size,
             events=EventBus(self._telemetry),
+            hooks=hooks,
         )
         #: performs this Mesh's jobs (workers, ``drain``, ``perform``)
         self.runner = Runner(
@@ -114,10 +118,13 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         self.max_value_bytes = max_value_bytes
         self._engine.max_value_bytes = max_value_bytes
         # Embedded stores migrate themselves; on PostgreSQL the operator decides when.
-        self._auto_migrate = (
-            auto_migrate if auto_migrate is not None else self.store.dialect != "postgresql"
+        # Embedded stores migrate themselves; on PostgreSQL the operator decides when.
+        self.schema_gate = SchemaGate(
+            self.store,
+            auto_migrate=(
+                auto_migrate if auto_migrate is not None else self.store.dialect != "postgresql"
+            ),
         )
-        self._schema_ok = False
         self._workers: list[Worker] = []
         if capabilities_of(self.executor).binds:
             cast(Binds, self.executor).bind(self)  # last: the Mesh is whole now
@@ -159,20 +166,10 @@ class Mesh(OperatorActions, AsyncMeshMethods):
 
         Returns the file names of the migrations applied, oldest first (empty when the
         schema was already up to date)."""
-        applied = self.store.migrate()
-        self._schema_ok = True
-        return applied
+        return self.schema_gate.migrate()
 
     def _ready(self) -> None:
-        if self._schema_ok:
-            return
-        try:
-            self.store.check_schema()
-        except SchemaOutOfDateError:
-            if not self._auto_migrate:
-                raise
-            self.store.migrate()
-        self._schema_ok = True
+        self.schema_gate.ready()
 
     def close(self) -> None:
         """Stop this Mesh's workers (gracefully), release connections and caches."""
@@ -195,11 +192,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         return stored
 
     def _workflow(self, workflow: str | WorkflowDefinition) -> WorkflowDefinition:
-        name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        found = self.workflows.get(name) if isinstance(name, str) else None
-        if found is None:
-            raise UnknownWorkflowError(workflow=name, registered=self.workflows)
-        return found
+        return registered_workflow(self.workflows, workflow)
 
     # ------------------------------------------------------------------ observing
 
@@ -215,7 +208,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
     def _count_ready_jobs(self) -> int | None:
         """Jobs due and unclaimed (the ``squidmesh.jobs.ready`` gauge); None when this
         Mesh's executor keeps no jobs table or the schema is not there."""
-        if not capabilities_of(self.executor).jobs_in_table or not self._schema_ok:
+        if not capabilities_of(self.executor).jobs_in_table or not self.schema_gate.checked:
             return None
         now = self.clock()
         with self.store.transaction() as tx:

@@ -30,6 +30,7 @@ from squidmesh.core.records import Attempt, AuditEvent
 from squidmesh.core.replay import Activation, Interpreter
 from squidmesh.errors import DefinitionError, NondeterminismError
 from squidmesh.mesh import Mesh
+from squidmesh.runtime.engine import EngineHooks
 from squidmesh.runtime.executors import InlineExecutor
 from squidmesh.storage.base import RunRecord
 from squidmesh.storage.memory import InMemoryStore
@@ -283,9 +284,8 @@ class WorkflowTester:
             workflows=[workflow],
             executor=InlineExecutor(),
             clock=lambda: self._now,
+            hooks=EngineHooks(step_override=self._override, on_activation=self._on_activation),
         )
-        self._mesh._engine.step_override = self._override
-        self._mesh._engine.on_activation = self._on_activation
 
     # ------------------------------------------------------------------ clock
 

@@ -36,9 +36,9 @@ import ast
 import dataclasses
 from typing import Any, NamedTuple
 
-from squidmesh.analysis import _source as src
-from squidmesh.analysis._source import CONSTRUCTORS, MISSING, FunctionSource, Scope, StepRef
+from squidmesh.analysis import source as src
 from squidmesh.analysis.model import DECLARED_KINDS, DeclaredNode, Edge, Node, StepGraph
+from squidmesh.analysis.source import CONSTRUCTORS, MISSING, FunctionSource, Scope, StepRef
 
 __all__ = ["DECLARED_KINDS", "DeclaredNode", "Edge", "Node", "StepGraph", "step_graph"]
 

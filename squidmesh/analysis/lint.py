@@ -33,8 +33,8 @@ import ast
 import dataclasses
 from typing import Any
 
-from squidmesh.analysis import _source as src
-from squidmesh.analysis._source import MISSING, FunctionSource, Scope, StepRef
+from squidmesh.analysis import source as src
+from squidmesh.analysis.source import MISSING, FunctionSource, Scope, StepRef
 
 __all__ = ["CODES", "Finding", "lint"]
 

@@ -72,7 +72,7 @@ def load_mesh(app: str | None, url: str | None) -> Mesh:
     if app:
         module_name, _, attr = app.partition(":")
         try:
-            module = _import(module_name, what="--app")
+            module = import_named(module_name, what="--app")
         except CliError as exc:
             raise CliError(
                 EXIT_USAGE if exc.code == EXIT_NOT_FOUND else exc.code, exc.message
@@ -187,7 +187,7 @@ def _call_factory(factory: Callable[..., Any], url: str | None) -> Any:
     return factory(url) if params and url is not None else factory()
 
 
-def _import(name: str, *, what: str) -> ModuleType:
+def import_named(name: str, *, what: str) -> ModuleType:
     """Import a dotted module name, or a ``.py`` file path."""
     try:
         if name.endswith(".py") or os.sep in name:

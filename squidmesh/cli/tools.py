@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from squidmesh.cli import database, logs
-from squidmesh.cli.app import Context, _import, workflows_in
+from squidmesh.cli.app import Context, import_named, workflows_in
 from squidmesh.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, NEEDS_APP, CliError
 from squidmesh.cli.parser import TERMINAL
 from squidmesh.cli.render import dumps, relative_paths, table
 from squidmesh.cli.style import paint
-from squidmesh.core.definition import WorkflowDefinition
+from squidmesh.core.definition import WorkflowDefinition, registered_workflow
 from squidmesh.storage.base import SCHEMA_VERSION
 
 __all__ = [
@@ -90,7 +90,7 @@ def resolve_workflow(ctx: Context, spec: str) -> WorkflowDefinition:
     """``module:attr`` (imported), or a name registered on ``--app``'s Mesh."""
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
-        found = getattr(_import(module_name, what="workflow"), attr, None)
+        found = getattr(import_named(module_name, what="workflow"), attr, None)
         if not isinstance(found, WorkflowDefinition):
             raise CliError(EXIT_NOT_FOUND, f"{spec} is not an @sm.workflow")
         return found
@@ -102,7 +102,7 @@ def resolve_workflow(ctx: Context, spec: str) -> WorkflowDefinition:
             hint=NEEDS_APP,
             kind="UnknownWorkflowError",
         )
-    return ctx.mesh._workflow(spec)
+    return registered_workflow(ctx.mesh.workflows, spec)
 
 
 def cmd_graph(ctx: Context) -> int:
@@ -136,7 +136,7 @@ def cmd_check(ctx: Context) -> int:
     if ":" in spec and not Path(spec).exists():
         workflows = [resolve_workflow(ctx, spec)]
     else:
-        workflows = workflows_in(_import(spec, what="check"))
+        workflows = workflows_in(import_named(spec, what="check"))
     if not workflows:
         raise CliError(EXIT_NOT_FOUND, f"no @sm.workflow found in {ctx.args.module}")
     seen: set[tuple[Any, ...]] = set()

@@ -90,7 +90,7 @@ class Activation:
         """Log lines first recorded by this activation: emit these, and only these."""
         return [e for e in self.new_entries if e.kind == "log"]
 
-    def _touch(self, entry: Entry) -> None:
+    def touch(self, entry: Entry) -> None:
         if entry not in self.new_entries and entry not in self.updates:
             self.updates.append(entry)
 

@@ -16,7 +16,12 @@ from typing_extensions import TypeVar as DefaultTypeVar
 from squidmesh.core import contracts, unyielded
 from squidmesh.core.retry import Retry
 from squidmesh.core.yielding import Yieldable
-from squidmesh.errors import DefinitionError, PayloadError, UnknownTriggerError
+from squidmesh.errors import (
+    DefinitionError,
+    PayloadError,
+    UnknownTriggerError,
+    UnknownWorkflowError,
+)
 
 __all__ = [
     "CronTrigger",
@@ -28,6 +33,7 @@ __all__ = [
     "callable_ref",
     "cron",
     "manual",
+    "registered_workflow",
     "step",
     "workflow",
 ]
@@ -488,3 +494,15 @@ def workflow(
     if fn is not None:
         return wrap(fn)
     return wrap
+
+
+def registered_workflow(
+    workflows: Mapping[str, WorkflowDefinition], workflow: str | WorkflowDefinition
+) -> WorkflowDefinition:
+    """The workflow registered under ``workflow``'s name; ``UnknownWorkflowError`` (with
+    the closest registered name) when there is none."""
+    name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+    found = workflows.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise UnknownWorkflowError(workflow=name, registered=workflows)
+    return found

@@ -186,7 +186,7 @@ def record_new(
             act.compensate = tuple(plan)
             for seq in plan:
                 history[seq].compensation = {"status": _PENDING}
-                act._touch(history[seq])
+                act.touch(history[seq])
         return
     if isinstance(command, (cmds.Join, cmds.First)):
         spec: dict[str, Any] = {
@@ -472,10 +472,10 @@ def _resolve_group(
         if branch.status in (_PENDING, _RUNNING):
             branch.status = _CANCELLED
             branch.wake_at = None
-            act._touch(branch)
+            act.touch(branch)
     if container.status in (_PENDING, _RUNNING):
         history.resolve(container.seq, _FAILED if feed.throw else _DONE, at=iso(now))
-        act._touch(container)
+        act.touch(container)
     return feed
 
 
@@ -504,7 +504,7 @@ def _release(
         del branch.meta[HELD]
         branch.started_at = iso(now)  # when it got its slot (created_at: when recorded)
         _start_leaf(commands[offset], branch, history, act, now, [])
-        act._touch(branch)
+        act.touch(branch)
         act.started.append(branch)
         in_flight += 0 if branch.resolved else 1
 
@@ -527,7 +527,7 @@ def _resolve_undo(entry: Entry, history: History, act: Activation, now: datetime
         )
     if entry.status in (_PENDING, _RUNNING):
         history.resolve(entry.seq, _DONE, result=outcomes, at=iso(now))
-        act._touch(entry)
+        act.touch(entry)
     return Feed(False, outcomes)
 
 

@@ -182,7 +182,7 @@ class Interpreter:
             if entry.status in (_PENDING, _RUNNING):
                 entry.status = _CANCELLED
                 entry.wake_at = None
-                act._touch(entry)
+                act.touch(entry)
         act.outcome = CANCELLED
         if compensate:
             act.compensate = tuple(self._request_compensation(history, act))
@@ -429,7 +429,7 @@ class Interpreter:
         for seq in plan:
             entry = history[seq]
             entry.compensation = {"status": _PENDING}
-            act._touch(entry)
+            act.touch(entry)
         return plan
 
     def _step_error(self, exc: StepFailed, history: History) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from squidmesh.storage.base import (
 )
 from squidmesh.types import RunStatus
 
-__all__ = ["BegunStep", "Change", "Engine", "Live", "NeedsLock"]
+__all__ = ["BegunStep", "Change", "Engine", "EngineHooks", "Live", "NeedsLock"]
 
 log = logging.getLogger("squidmesh")
 workflow_log = logging.getLogger("squidmesh.workflow")
@@ -163,6 +163,16 @@ class Change:
         self.batch.attempts.append((run_id, seq, attempt))
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineHooks:
+    """What ``squidmesh.testing`` changes in an engine, given when it is built."""
+
+    #: what to call instead of a step or compensation for attempt n (None: the real one)
+    step_override: Callable[[Any, int], Callable[..., Any] | None] | None = None
+    #: a check run after each activation (the tester raises never-yielded step calls)
+    on_activation: Callable[[RunRecord, History, Activation], None] | None = None
+
+
 class Engine:
     """Executes the state changes of runs against a ``Store``."""
 
@@ -175,6 +185,7 @@ class Engine:
         *,
         cache_size: int = 1024,
         events: EventBus | None = None,
+        hooks: EngineHooks | None = None,
     ) -> None:
         self.store = store
         #: lifecycle events and telemetry: told after each commit (squidmesh.runtime.events)
@@ -195,10 +206,8 @@ class Engine:
         self.begun: dict[int, BegunStep] = {}
         #: called after a commit that produced jobs (wakes this process's workers)
         self.wakers: list[Callable[[], None]] = []
-        #: testing hooks (``squidmesh.testing``), None in production: what to call instead
-        #: of a step or compensation for attempt n, and a check run after each activation
-        self.step_override: Callable[[Any, int], Callable[..., Any] | None] | None = None
-        self.on_activation: Callable[[RunRecord, History, Activation], None] | None = None
+        #: testing hooks (``squidmesh.testing``); none in production
+        self.hooks = hooks if hooks is not None else EngineHooks()
 
     # ------------------------------------------------------------------ transactions
 
@@ -460,13 +469,14 @@ class Engine:
         started = time.time_ns()
         act = live.interpreter.advance(live.history, now=ch.now)
         ch.events.activated(run, started, act.outcome, act.error)
-        if self.on_activation is not None:
-            self.on_activation(run, live.history, act)
+        if self.hooks.on_activation is not None:
+            self.hooks.on_activation(run, live.history, act)
         self.apply(ch, run, live, act)
 
     def override(self, target: Any, attempt: int) -> Callable[..., Any] | None:
         """What to call instead of step (or compensation) ``target``: None, the real one."""
-        return None if self.step_override is None else self.step_override(target, attempt)
+        override = self.hooks.step_override
+        return None if override is None else override(target, attempt)
 
     def apply(self, ch: Change, run: RunRecord, live: Live, act: Activation) -> None:
         history = live.history

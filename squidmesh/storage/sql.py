@@ -87,7 +87,7 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(url, **kwargs)
 
 
-def _sqlite_begin(conn: sa.Connection) -> None:
+def sqlite_begin(conn: sa.Connection) -> None:
     # pysqlite would otherwise open transactions itself, lazily and DEFERRED: a read
     # followed by a write could then fail with "database is locked" instead of waiting.
     proxied = conn.connection
@@ -110,8 +110,8 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 def _configure_sqlite(engine: sa.Engine) -> None:
     # Configured lazily in "begin" (not "connect"), so connections a host's engine opened
     # before the store existed are set up too.
-    if not event.contains(engine, "begin", _sqlite_begin):
-        event.listen(engine, "begin", _sqlite_begin)
+    if not event.contains(engine, "begin", sqlite_begin):
+        event.listen(engine, "begin", sqlite_begin)
 
 
 class SqlStore:

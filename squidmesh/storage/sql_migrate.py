@@ -93,7 +93,7 @@ def statements(sql: str, schema: str | None) -> list[str]:
 
 
 #: set in a SQLite connection's ``info`` while it migrates: its transaction then starts
-#: with foreign keys off (read by ``sql._sqlite_begin``), because rebuilding a table (the
+#: with foreign keys off (read by ``sql.sqlite_begin``), because rebuilding a table (the
 #: only way to change a column's type there) drops it, and a dropped parent table would
 #: cascade-delete the rows of its children. ``foreign_key_check`` runs before commit.
 SQLITE_MIGRATING = "squidmesh_sqlite_migrating"

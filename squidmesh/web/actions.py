@@ -129,7 +129,7 @@ def _perform(
     mesh = console.mesh
     why = mesh.explain_run(run_id)
     workflow = mesh.workflows.get(why.evidence["run"]["workflow"])
-    offered = pages._actions(why, workflow)
+    offered = pages.offered_actions(why, workflow)
     wanted = (
         "replay_override" if action == "replay_run" and form.get("allow_irreversible") else action
     )
@@ -224,7 +224,7 @@ def _error(
         **ctx,
         "nav": "runs",
         "run": run,
-        "regions": pages._marked(regions),
+        "regions": pages.marked(regions),
         "version": version,
         "done": None,
         "error": message,

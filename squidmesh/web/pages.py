@@ -176,7 +176,7 @@ async def runs_page(console: Console, request: Request) -> Response:
             "fields": SEARCH_FIELDS,
             "sizes": PAGE_SIZES,
             "workflows": sorted(console.mesh.workflows),
-            "regions": _marked(regions),
+            "regions": marked(regions),
             "live_url": f"{ctx['base']}/live/runs{query.link()}",
         }
         return console.page(request, "runs/page.html", values, token=token, new_token=new)
@@ -198,7 +198,7 @@ async def runs_live(console: Console, request: Request) -> Response:
     return await run_in_threadpool(build)
 
 
-def _marked(regions: dict[str, str]) -> dict[str, dict[str, Any]]:
+def marked(regions: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Regions for a page template: the console's own markup, and its hash."""
     return {
         name: {"html": Markup(html), "hash": region_hash(html)} for name, html in regions.items()
@@ -263,7 +263,7 @@ def _lineage(run: Run) -> list[tuple[str, str]]:
     return links
 
 
-def _actions(why: Explanation, workflow: WorkflowDefinition | None) -> list[str]:
+def offered_actions(why: Explanation, workflow: WorkflowDefinition | None) -> list[str]:
     offered = [a for a in present.OPERATOR_ACTIONS if a in why.next_actions]
     replay = why.details.get("replay") or {}
     if (
@@ -297,7 +297,7 @@ def run_regions(
         "sentence": present.explanation_sentence(why, run.workflow),
         "details": details,
         "replay": why.details.get("replay"),
-        "actions": _actions(why, workflow) if ctx["can_act"] else [],
+        "actions": offered_actions(why, workflow) if ctx["can_act"] else [],
         "waits": [present.WAIT_ACTIONS[a] for a in why.next_actions if a in present.WAIT_ACTIONS],
         "fork_choices": _fork_choices(run) if "fork_run" in why.next_actions else [],
         "lineage": _lineage(run),
@@ -337,7 +337,7 @@ async def run_page(console: Console, request: Request) -> Response:
             **ctx,
             "nav": "runs",
             "run": run,
-            "regions": _marked(regions),
+            "regions": marked(regions),
             "version": version,
             "done": present.DONE.get(request.query_params.get("done", "")),
             "live_url": f"{ctx['base']}/live/runs/{run.id}",

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import squidmesh as sm
-from squidmesh.analysis import _source as src
 from squidmesh.analysis import lint, step_graph
+from squidmesh.analysis import source as src
 from tests.analysis import tricky
 
 

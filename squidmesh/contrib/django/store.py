@@ -180,10 +180,10 @@ class DjangoStore(SqlStore):
         if not postgres:
             engine.dialect.colspecs = {**engine.dialect.colspecs, sa.DateTime: _ParsedDateTime}
         super().__init__(engine, schema=schema, owns_engine=True)
-        if not postgres and event.contains(engine, "begin", sql_store._sqlite_begin):
+        if not postgres and event.contains(engine, "begin", sql_store.sqlite_begin):
             # Django begins SQLite transactions itself (BEGIN, or BEGIN IMMEDIATE with
             # OPTIONS transaction_mode): the BEGIN IMMEDIATE SqlStore adds would nest.
-            event.remove(engine, "begin", sql_store._sqlite_begin)
+            event.remove(engine, "begin", sql_store.sqlite_begin)
         self._url = url
         self._independent: SqlStore | None = None
 
