@@ -80,9 +80,13 @@ class PgLeadership:
         import psycopg
 
         self._conn = psycopg.connect(self._conninfo, autocommit=True)
-        row = self._conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s))", (self._key,)
-        ).fetchone()
+        try:
+            row = self._conn.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (self._key,)
+            ).fetchone()
+        except BaseException:
+            self.release()  # the session is of no use: close it now, not at collection
+            raise
         if not row or not row[0]:
             self.release()
             return False

@@ -207,6 +207,7 @@ class _Hold:
                 return
             except psycopg.Error:
                 self._close()
+        conn = None
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
             # So the server notices a vanished client (and frees its lock) within ~30 s
@@ -217,6 +218,10 @@ class _Hold:
             key = liveness.ADVISORY_PREFIX + self.owner
             conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
         except psycopg.Error as exc:
+            # Closed here, not left to the garbage collector: the traceback keeps this
+            # frame (and an open connection) alive until some later collection.
+            if conn is not None:
+                conn.close()
             raise StorageError(f"could not hold worker {self.owner} alive: {exc}") from exc
         self._conn = conn
 

@@ -72,3 +72,52 @@ def test_leadership_is_per_schema(pg_migrated_url: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("statement", ["pg_try_advisory_lock", "pg_advisory_lock"])
+def test_a_session_that_fails_to_take_its_lock_is_closed_at_once(
+    pg_migrated_url: str, monkeypatch: pytest.MonkeyPatch, statement: str
+) -> None:
+    # Left to the garbage collector, the connection would be closed by some later
+    # collection, in whatever test runs then, with a ResourceWarning (seen in CI).
+    import gc
+    import warnings
+
+    import psycopg
+
+    from squidmesh.errors import StorageError
+    from squidmesh.storage.sql import SqlStore
+    from tests.contract.conftest import pg_engine
+
+    opened: list[psycopg.Connection] = []
+    real_connect = psycopg.connect
+    real_execute = psycopg.Connection.execute
+
+    def connect(*args: object, **kwargs: object) -> object:
+        conn = real_connect(*args, **kwargs)  # type: ignore[arg-type]
+        opened.append(conn)
+        return conn
+
+    def execute(self: psycopg.Connection, query: object, *args: object, **kw: object) -> object:
+        if f"{statement}(" in str(query):
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real_execute(self, query, *args, **kw)  # type: ignore[call-overload]
+
+    store = SqlStore(pg_engine(pg_migrated_url), schema="squidmesh", owns_engine=True)
+    try:
+        monkeypatch.setattr(psycopg, "connect", connect)
+        monkeypatch.setattr(psycopg.Connection, "execute", execute)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises((psycopg.Error, StorageError)):
+                if statement == "pg_try_advisory_lock":
+                    store.leadership("cron").acquire()
+                else:
+                    store.hold("owner-that-cannot-hold").release()
+            gc.collect()
+        monkeypatch.undo()
+        assert opened and all(conn.closed for conn in opened)
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    finally:
+        store.close()
