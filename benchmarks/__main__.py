@@ -39,7 +39,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated subset of baseline,B1,B2,B3,B4,B5,B6,B8,ASYNC (B1 implies baseline)",
+        help="comma-separated subset of baseline,B1,B2,B3,B4,B5,B6,B8,ASYNC (B1 and B2 imply baseline)",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     parser.add_argument(
@@ -63,7 +63,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.selected = [name for name in ALL if name.upper() in wanted]
     else:
         args.selected = list(ALL)
-    if "B1" in args.selected and "baseline" not in args.selected:
+    if {"B1", "B2"} & set(args.selected) and "baseline" not in args.selected:
         args.selected.insert(0, "baseline")
     return args
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if "B2" in args.selected:
             from benchmarks import b2_throughput
 
-            attempt("B2", lambda: b2_throughput.run(dbs, quick=quick))
+            attempt("B2", lambda: b2_throughput.run(dbs, quick=quick, baseline=baseline_rates))
         if "B3" in args.selected:
             from benchmarks import b3_replay
 

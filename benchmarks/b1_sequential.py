@@ -18,7 +18,8 @@ from benchmarks.harness import Completion, open_mesh
 
 __all__ = ["run", "run_once"]
 
-TARGET = 0.5  # of the baseline rate
+TARGET = 0.7  # of the baseline rate (SPEC section 10; stretch 0.85)
+STRETCH = 0.85
 
 
 def run_once(url: str, steps: int, *, profile: Any = None, **mesh_options: Any) -> dict[str, Any]:
@@ -84,6 +85,7 @@ def run(dbs: Databases, *, quick: bool, baseline: list[float]) -> tuple[Measure,
         100 * data["median_steps_per_s"] / median(samples), 1
     )
     data["target_pct_of_baseline"] = 100 * TARGET
+    data["stretch_pct_of_baseline"] = 100 * STRETCH
     sqlp = data["sql_per_step"]
     from benchmarks.b2_throughput import dbos_available, run_dbos
 
