@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from squidmesh.core import state
 from squidmesh.core.arguments import count
 from squidmesh.core.contracts import stored
+from squidmesh.core.lifecycle import RunEvent, transition
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     InvalidArgumentError,
@@ -232,7 +233,7 @@ class OperatorActions:
                 comment=comment,
                 metadata=metadata,
             )
-            run.status = RunStatus.RUNNING.value
+            run.status = transition(run.status, RunEvent.RESUMED).value
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
@@ -265,7 +266,7 @@ class OperatorActions:
                 comment=comment,
                 metadata=metadata,
             )
-            run.status = RunStatus.RUNNING.value
+            run.status = transition(run.status, RunEvent.RESUMED).value
             self._engine.advance(ch, run, live)
         return self._fresh(build_run(run))
 
@@ -347,7 +348,7 @@ class OperatorActions:
                 )
             self._engine.evict(run.id)
             ch.audit(run.id, "resumed", actor=actor)
-            run.status = RunStatus.RUNNING.value
+            run.status = transition(run.status, RunEvent.RESUMED).value
             run.error = None
             run.reason = None
             live = self._engine.live(ch, run)

@@ -39,6 +39,7 @@ from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.failures import child_error, error_info
 from squidmesh.core.history import Entry, History
+from squidmesh.core.lifecycle import RunEvent, transition
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     PayloadError,
@@ -352,7 +353,7 @@ def request_cancel(
     history = live.history if live is not None else run.history(ch.tx.load_entries(run.id))
     waiting = cancel_children(engine, ch, run, history, actor=actor)
     if waiting or (live is not None and engine.in_flight(live)):
-        run.status = RunStatus.CANCELLING.value
+        run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value
         return
     if run.status == RunStatus.SUSPENDED.value:
         engine.evict(run.id)

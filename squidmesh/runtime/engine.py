@@ -23,6 +23,7 @@ from typing import Any, cast
 from squidmesh.core import state
 from squidmesh.core.definition import StepDefinition, WorkflowDefinition
 from squidmesh.core.history import Entry, History
+from squidmesh.core.lifecycle import ENDINGS, RunEvent, transition
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
@@ -514,16 +515,16 @@ class Engine:
             if act.compensate:
                 ch.audit(run.id, "undo", step="undo")
                 self._start_compensation(ch, run, act.compensate)
-                run.status = RunStatus.RUNNING.value
+                run.status = transition(run.status, RunEvent.COMPENSATING).value
                 run.reason = "compensating"
             else:
-                if run.status != RunStatus.CANCELLING.value:
-                    run.status = state.waiting_status(history, act.waiting_on).value
+                waiting = state.waiting_status(history, act.waiting_on)
+                run.status = transition(run.status, RunEvent.WAITS, waiting=waiting).value
                 run.reason = None
             return
         run.waiting_on = []
         if act.outcome == "completed":
-            run.status = RunStatus.COMPLETED.value
+            run.status = transition(run.status, RunEvent.COMPLETED).value
             run.result = act.result
             run.error = None
             run.reason = "completed"
@@ -544,7 +545,7 @@ class Engine:
             else:
                 self.end(ch, run, RunStatus.FAILED, error=act.error, reason=act.reason)
         elif act.outcome == "suspended":
-            run.status = RunStatus.SUSPENDED.value
+            run.status = transition(run.status, RunEvent.SUSPENDED).value
             run.error = act.error
             run.reason = act.reason
             ch.audit(
@@ -556,7 +557,7 @@ class Engine:
         elif act.outcome == "cancelled":
             if act.compensate:
                 run.pending_outcome = {"status": RunStatus.CANCELLED.value, "reason": "cancelled"}
-                run.status = RunStatus.CANCELLING.value
+                run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value
                 self._start_compensation(ch, run, act.compensate)
             else:
                 self.end(ch, run, RunStatus.CANCELLED, reason="cancelled")
@@ -570,7 +571,7 @@ class Engine:
         error: dict[str, Any] | None = None,
         reason: str | None = None,
     ) -> None:
-        run.status = status.value
+        run.status = transition(run.status, ENDINGS[status]).value
         run.reason = reason
         run.pending_outcome = None
         run.current_steps = []
@@ -626,7 +627,7 @@ class Engine:
                     entries[seq].compensation = {"status": "pending"}
                     ch.touched(run.id, entries[seq])
                 run.pending_outcome = {"status": RunStatus.CANCELLED.value, "reason": "cancelled"}
-                run.status = RunStatus.CANCELLING.value
+                run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value
                 self._start_compensation(ch, run, tuple(plan))
                 return
             self.end(ch, run, RunStatus.CANCELLED, reason="cancelled")

@@ -20,6 +20,7 @@ from squidmesh.core import contracts, state
 from squidmesh.core.definition import StepDefinition
 from squidmesh.core.failures import error_info
 from squidmesh.core.history import Entry, History
+from squidmesh.core.lifecycle import RunEvent, transition
 from squidmesh.core.records import Attempt, Job
 from squidmesh.core.retry import Retry
 from squidmesh.errors import (
@@ -196,8 +197,7 @@ class JobRunner:
                 ch.touched(run.id, entry)
                 if entry.kind in ("approval", "event"):
                     ch.audit(run.id, "timed_out", step=entry.name)
-            if run.status == "pending":
-                run.status = RunStatus.RUNNING.value
+            run.status = transition(run.status, RunEvent.ACTIVATED).value
             self.engine.advance(ch, run, live)
             self._continue(ch, run, live, lease)
         return ch.eager_job
@@ -374,8 +374,7 @@ class JobRunner:
         ch.events.step_started(run, entry.name, seq, number, ch.now)
         ch.touched(run.id, entry)
         started = ch.now.isoformat()
-        if run.status == RunStatus.RETRYING.value:
-            run.status = RunStatus.RUNNING.value
+        run.status = transition(run.status, RunEvent.STEP_STARTED).value
         owner = self._owner(lease)
         if definition is not None and definition.transaction:
             # Host writes and the step's completion share this transaction: a failure
@@ -762,7 +761,8 @@ class JobRunner:
                     )
                 )
                 if run.status != RunStatus.CANCELLING.value:
-                    run.status = state.waiting_status(history, tuple(run.waiting_on)).value
+                    waiting = state.waiting_status(history, tuple(run.waiting_on))
+                    run.status = transition(run.status, RunEvent.WAITS, waiting=waiting).value
                     run.error = info
                 return
         else:

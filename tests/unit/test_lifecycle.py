@@ -1,0 +1,97 @@
+"""The run lifecycle table: what may happen to a run in each status, and that the
+runtime moves runs through it only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from squidmesh.core.lifecycle import (
+    ENDINGS,
+    TRANSITIONS,
+    IllegalTransition,
+    RunEvent,
+    transition,
+)
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
+
+PACKAGE = Path(__file__).resolve().parents[2] / "squidmesh"
+
+
+@pytest.mark.parametrize("status", sorted(TERMINAL_STATUSES, key=str))
+@pytest.mark.parametrize("event", list(RunEvent))
+def test_a_finished_run_never_moves(status: RunStatus, event: RunEvent) -> None:
+    with pytest.raises(IllegalTransition, match=f"a run that is {status.value}"):
+        transition(status, event, waiting=RunStatus.RUNNING)
+
+
+def test_every_active_status_has_a_way_to_each_ending() -> None:
+    for status in RunStatus:
+        if status in TERMINAL_STATUSES:
+            continue
+        for ending, event in ENDINGS.items():
+            assert transition(status, event) is ending
+
+
+def test_waiting_takes_the_status_of_what_is_waited_on_except_while_cancelling() -> None:
+    assert transition("running", RunEvent.WAITS, waiting=RunStatus.PAUSED) is RunStatus.PAUSED
+    assert transition("paused", RunEvent.WAITS, waiting=RunStatus.RETRYING) is RunStatus.RETRYING
+    assert (
+        transition("cancelling", RunEvent.WAITS, waiting=RunStatus.PAUSED) is RunStatus.CANCELLING
+    )
+    with pytest.raises(IllegalTransition, match="needs the status its wait implies"):
+        transition("running", RunEvent.WAITS)
+
+
+def test_only_what_the_event_is_about_changes() -> None:
+    assert transition("pending", RunEvent.ACTIVATED) is RunStatus.RUNNING
+    assert transition("paused", RunEvent.ACTIVATED) is RunStatus.PAUSED
+    assert transition("retrying", RunEvent.STEP_STARTED) is RunStatus.RUNNING
+    assert transition("cancelling", RunEvent.STEP_STARTED) is RunStatus.CANCELLING
+
+
+def test_an_operator_cannot_bring_a_cancelling_run_back() -> None:
+    assert transition("paused", RunEvent.RESUMED) is RunStatus.RUNNING
+    assert transition("suspended", RunEvent.RESUMED) is RunStatus.RUNNING
+    with pytest.raises(IllegalTransition):
+        transition("cancelling", RunEvent.RESUMED)
+
+
+def test_the_table_names_every_event_and_no_terminal_status_on_the_left() -> None:
+    assert set(TRANSITIONS) == set(RunEvent)
+    for moves in TRANSITIONS.values():
+        assert not set(moves) & TERMINAL_STATUSES
+
+
+def _status_assignments(path: Path) -> list[str]:
+    """``<x>.status = <value>`` of run records whose value is not ``transition(...)``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            if not (
+                isinstance(target, ast.Attribute)
+                and target.attr == "status"
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "run"
+            ):
+                continue
+            value = node.value
+            through_table = (
+                isinstance(value, ast.Attribute)
+                and isinstance(value.value, ast.Call)
+                and isinstance(value.value.func, ast.Name)
+                and value.value.func.id == "transition"
+            )
+            if not through_table:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    return found
+
+
+def test_the_runtime_moves_runs_only_through_the_table() -> None:
+    modules = [*PACKAGE.glob("*.py"), *(PACKAGE / "runtime").glob("*.py")]
+    stray = [where for path in sorted(modules) for where in _status_assignments(path)]
+    assert not stray, "run statuses assigned outside squidmesh.core.lifecycle: " + ", ".join(stray)
