@@ -167,7 +167,7 @@ def run(dbs: Databases, *, steps: int = 500) -> dict[str, Any]:
 
 def _run(url: str, steps: int) -> dict[str, Any]:
     with open_mesh(url) as mesh, Completion(url) as done:
-        worker = _ProfiledWorker(mesh, concurrency=1, poll_interval=2.0)
+        worker = _ProfiledWorker(mesh.runner, concurrency=1, poll_interval=2.0)
         worker.start()
         try:
             flows.PROBE.reset()
