@@ -1,4 +1,5 @@
-"""Plain records shared by storage and the runtime: jobs, attempts and audit events."""
+"""Plain records shared by storage and the runtime: jobs, attempts, audit events, and
+the run's cancel request and pending outcome (stored as JSON, handled as values)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from datetime import datetime
 from typing import Any
 
 from squidmesh.errors import InvalidArgumentError, shown
+from squidmesh.types import RunStatus
 
-__all__ = ["JOB_KINDS", "Attempt", "AuditEvent", "Job"]
+__all__ = [
+    "CANCELLED_OUTCOME",
+    "JOB_KINDS",
+    "Attempt",
+    "AuditEvent",
+    "CancelRequest",
+    "Job",
+    "PendingOutcome",
+]
 
 JOB_KINDS = frozenset({"activate", "step", "compensate", "cron"})
 
@@ -105,3 +115,57 @@ class Job:
             data=details,
             id=data.get("id"),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelRequest:
+    """Who asked for a run's cancellation, why, and whether to compensate (the run row's
+    ``cancel_request`` column, kept until the run ends)."""
+
+    actor: str | None = None
+    reason: str | None = None
+    compensate: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"actor": self.actor, "reason": self.reason, "compensate": self.compensate}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> CancelRequest | None:
+        if data is None:
+            return None
+        return cls(
+            actor=data.get("actor"),
+            reason=data.get("reason"),
+            compensate=bool(data.get("compensate")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingOutcome:
+    """How a run ends once the compensations now running are done (the run row's
+    ``pending_outcome`` column): failed with ``error``, or cancelled."""
+
+    status: RunStatus
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": self.status.value, "reason": self.reason}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> PendingOutcome | None:
+        if data is None:
+            return None
+        error = data.get("error")
+        return cls(
+            status=RunStatus(data["status"]),
+            reason=data.get("reason"),
+            error=dict(error) if isinstance(error, Mapping) else None,
+        )
+
+
+#: the outcome of a run cancelled while its compensations run
+CANCELLED_OUTCOME = PendingOutcome(RunStatus.CANCELLED, reason="cancelled")

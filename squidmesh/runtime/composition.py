@@ -40,7 +40,7 @@ from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.failures import child_error, error_info
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import RunEvent, transition
-from squidmesh.core.records import Job
+from squidmesh.core.records import CancelRequest, Job
 from squidmesh.errors import (
     PayloadError,
     RunCancelled,
@@ -279,10 +279,9 @@ def _resolve_from(history: History, entry: Entry, child: RunRecord, at: str) -> 
         return
     error = child.error
     if child.status == RunStatus.CANCELLED.value and not error:
-        request = child.cancel_request or {}
+        request = CancelRequest.from_json(child.cancel_request) or CancelRequest()
         cancelled = RunCancelled(
-            f"run {child.id} was cancelled"
-            + (f": {request['reason']}" if request.get("reason") else "")
+            f"run {child.id} was cancelled" + (f": {request.reason}" if request.reason else "")
         )
         error = error_info(cancelled, retryable=False, with_traceback=False)
     history.resolve(
@@ -348,7 +347,7 @@ def request_cancel(
         comment=reason,
         metadata={"compensate": compensate},
     )
-    run.cancel_request = {"actor": actor, "reason": reason, "compensate": compensate}
+    run.cancel_request = CancelRequest(actor, reason, compensate).to_json()
     live = engine.live(ch, run) if run.status != RunStatus.SUSPENDED.value else None
     history = live.history if live is not None else run.history(ch.tx.load_entries(run.id))
     waiting = cancel_children(engine, ch, run, history, actor=actor)

@@ -24,7 +24,14 @@ from squidmesh.core import state
 from squidmesh.core.definition import StepDefinition, WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import ENDINGS, RunEvent, transition
-from squidmesh.core.records import Attempt, AuditEvent, Job
+from squidmesh.core.records import (
+    CANCELLED_OUTCOME,
+    Attempt,
+    AuditEvent,
+    CancelRequest,
+    Job,
+    PendingOutcome,
+)
 from squidmesh.core.replay import Activation, Interpreter, compensation_plan
 from squidmesh.errors import DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import composition, invoke
@@ -534,11 +541,9 @@ class Engine:
             composition.on_end(ch, run)
         elif act.outcome == "failed":
             if act.compensate:
-                run.pending_outcome = {
-                    "status": RunStatus.FAILED.value,
-                    "error": act.error,
-                    "reason": act.reason,
-                }
+                run.pending_outcome = PendingOutcome(
+                    RunStatus.FAILED, reason=act.reason, error=act.error
+                ).to_json()
                 run.reason = "compensating"
                 run.error = act.error
                 self._start_compensation(ch, run, act.compensate)
@@ -556,7 +561,7 @@ class Engine:
             )
         elif act.outcome == "cancelled":
             if act.compensate:
-                run.pending_outcome = {"status": RunStatus.CANCELLED.value, "reason": "cancelled"}
+                run.pending_outcome = CANCELLED_OUTCOME.to_json()
                 run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value
                 self._start_compensation(ch, run, act.compensate)
             else:
@@ -579,8 +584,8 @@ class Engine:
         if error is not None:
             run.error = error
         if status is RunStatus.CANCELLED:
-            request = run.cancel_request or {}
-            ch.audit(run.id, "cancelled", actor=request.get("actor"), comment=request.get("reason"))
+            request = CancelRequest.from_json(run.cancel_request) or CancelRequest()
+            ch.audit(run.id, "cancelled", actor=request.actor, comment=request.reason)
         composition.on_end(ch, run)
 
     def _deliver_buffered_events(
@@ -616,7 +621,8 @@ class Engine:
 
     def finish_cancel(self, ch: Change, run: RunRecord, live: Live | None) -> None:
         """Deliver cancellation into the workflow and end (or compensate) the run."""
-        compensate = bool((run.cancel_request or {}).get("compensate"))
+        request = CancelRequest.from_json(run.cancel_request)
+        compensate = request is not None and request.compensate
         if live is None:
             # No interpreter to unwind (suspended run, or workflow not registered): the
             # compensation plan still comes from the recorded history.
@@ -626,7 +632,7 @@ class Engine:
                 for seq in plan:
                     entries[seq].compensation = {"status": "pending"}
                     ch.touched(run.id, entries[seq])
-                run.pending_outcome = {"status": RunStatus.CANCELLED.value, "reason": "cancelled"}
+                run.pending_outcome = CANCELLED_OUTCOME.to_json()
                 run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value
                 self._start_compensation(ch, run, tuple(plan))
                 return

@@ -21,7 +21,7 @@ from squidmesh.core.definition import StepDefinition
 from squidmesh.core.failures import error_info
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import RunEvent, transition
-from squidmesh.core.records import Attempt, Job
+from squidmesh.core.records import Attempt, Job, PendingOutcome
 from squidmesh.core.retry import Retry
 from squidmesh.errors import (
     ConcurrentChangeError,
@@ -809,7 +809,8 @@ class JobRunner:
                 return
             entry.compensation = {"status": "running"}
             ch.touched(run.id, entry)
-            failure = (run.pending_outcome or {}).get("error")
+            outcome = PendingOutcome.from_json(run.pending_outcome)
+            failure = outcome.error if outcome is not None else None
             marked = ch.now
         output: Any = None
         error: dict[str, Any] | None = None
@@ -894,7 +895,7 @@ class JobRunner:
             pending.sort(key=lambda e: e.order if e.order is not None else -1, reverse=True)
             ch.jobs.append(Job("compensate", run.id, pending[0].seq, run_at=ch.now))
             return
-        outcome = run.pending_outcome
+        outcome = PendingOutcome.from_json(run.pending_outcome)
         if outcome is None:  # an sm.undo(): the workflow goes on
             if live is not None:
                 self.engine.advance(ch, run, live)
@@ -906,8 +907,8 @@ class JobRunner:
             for e in history.entries
             if (e.compensation or {}).get("status") == "failed"
         ]
-        if outcome["status"] == RunStatus.FAILED.value:
-            error = dict(outcome.get("error") or {})
+        if outcome.status is RunStatus.FAILED:
+            error = dict(outcome.error or {})
             if failures:
                 error["compensation_failures"] = failures
             self.engine.end(
@@ -915,7 +916,7 @@ class JobRunner:
                 run,
                 RunStatus.FAILED,
                 error=error,
-                reason="compensation_failed" if failures else outcome.get("reason"),
+                reason="compensation_failed" if failures else outcome.reason,
             )
         else:
             if failures:
