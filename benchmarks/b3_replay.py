@@ -20,6 +20,7 @@ from typing import Any
 from benchmarks import flows
 from benchmarks.common import Databases, Measure, median
 from benchmarks.harness import open_mesh
+from squidmesh.runtime.replaying import run_history, run_interpreter
 from squidmesh.storage.base import RunRecord
 from squidmesh.testing import WorkflowTester
 
@@ -62,10 +63,8 @@ def _resume_once(mesh: Any, run_id: str, n: int) -> tuple[float, float]:
         entries = tx.load_entries(run_id)
     t1 = time.perf_counter()
     assert run is not None
-    history = run.history(entries)
-    interpreter = run.interpreter(
-        flows.sequence,
-    )
+    history = run_history(run, entries)
+    interpreter = run_interpreter(run, flows.sequence)
     act = interpreter.advance(history, now=datetime.now(timezone.utc))
     t2 = time.perf_counter()
     if act.outcome != "waiting" or tuple(act.waiting_on) != (n,) or act.new_entries:

@@ -27,6 +27,7 @@ POLL_INTERVAL = 30.0
 P50_MS = 5.0
 P99_MS = 20.0
 
+
 def _paused(mesh: Any, run_id: str) -> bool:
     return bool(mesh.inspect_run(run_id).status == "paused")
 

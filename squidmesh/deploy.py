@@ -27,6 +27,7 @@ from typing import Any
 from squidmesh.core.arguments import count
 from squidmesh.errors import PayloadError, SquidmeshError, UnknownTriggerError
 from squidmesh.mesh import Mesh
+from squidmesh.runtime.replaying import run_history, run_interpreter
 from squidmesh.storage.base import RunRecord
 
 __all__ = ["ACTIVE_STATUSES", "DeployProblem", "DeployReport", "check_deploy"]
@@ -160,8 +161,8 @@ def _check_run(mesh: Mesh, run: RunRecord) -> DeployProblem | None:
         )
     with mesh.store.transaction() as tx:
         entries = tx.load_entries(run.id)
-    history = run.history(entries)
-    interpreter = run.interpreter(workflow)
+    history = run_history(run, entries)
+    interpreter = run_interpreter(run, workflow)
     try:
         act = interpreter.advance(history, now=mesh.clock())
     except (PayloadError, UnknownTriggerError) as exc:

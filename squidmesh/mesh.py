@@ -30,6 +30,7 @@ from squidmesh.runtime.engine import Engine, EngineHooks
 from squidmesh.runtime.events import EventBus, LifecycleEvent
 from squidmesh.runtime.executors import Binds, DatabaseExecutor, Executor, capabilities_of
 from squidmesh.runtime.explain import explain
+from squidmesh.runtime.replaying import run_history
 from squidmesh.runtime.runner import Runner
 from squidmesh.runtime.schema_gate import SchemaGate
 from squidmesh.runtime.telemetry import Telemetry, api_call
@@ -436,7 +437,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         """The run's history as JSON, for ``squidmesh.testing.replay``."""
         with self._reading(run_id) as (tx, run):
             entries = tx.load_entries(run.id)
-        return run.history(entries).to_json()
+        return run_history(run, entries).to_json()
 
     # ------------------------------------------------------------------ work
 

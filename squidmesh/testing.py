@@ -32,6 +32,7 @@ from squidmesh.errors import DefinitionError, NondeterminismError
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.engine import EngineHooks
 from squidmesh.runtime.executors import InlineExecutor
+from squidmesh.runtime.replaying import run_history, run_interpreter
 from squidmesh.storage.base import RunRecord
 from squidmesh.storage.memory import InMemoryStore
 from squidmesh.types import RunStatus
@@ -108,7 +109,7 @@ class TestRun:
                 raise LookupError(f"run {self.id} is not stored")
             if self._snap is not None and self._snap.record.version == record.version:
                 return self._snap
-            history = record.history(tx.load_entries(self.id))
+            history = run_history(record, tx.load_entries(self.id))
             attempts, audit = tx.load_attempts(self.id), tx.load_audit(self.id)
         if self._snap is not None:
             kept = self._snap.history
@@ -486,7 +487,7 @@ class WorkflowTester:
         """Replay a copy of the history with a fresh interpreter: it must agree."""
         if live.outcome == "suspended":
             return
-        fresh = run.interpreter(self._mesh.workflows.get(run.workflow, self.workflow))
+        fresh = run_interpreter(run, self._mesh.workflows.get(run.workflow, self.workflow))
         again = fresh.advance(history.copy(), now=self._now)
         fresh.close()
         _raise_nondeterminism(again, run.id)

@@ -50,6 +50,7 @@ from squidmesh.errors import (
     UnstorableValueError,
 )
 from squidmesh.runtime.explain import replay_blockers
+from squidmesh.runtime.replaying import run_history
 from squidmesh.storage.base import RunRecord, Transaction
 from squidmesh.types import EntryStatus, RunStatus
 
@@ -349,7 +350,7 @@ def request_cancel(
     )
     run.cancel_request = CancelRequest(actor, reason, compensate).to_json()
     live = engine.live(ch, run) if run.status != RunStatus.SUSPENDED.value else None
-    history = live.history if live is not None else run.history(ch.tx.load_entries(run.id))
+    history = live.history if live is not None else run_history(run, ch.tx.load_entries(run.id))
     waiting = cancel_children(engine, ch, run, history, actor=actor)
     if waiting or (live is not None and engine.in_flight(live)):
         run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value

@@ -37,6 +37,7 @@ from squidmesh.errors import DispatchError, SquidmeshError, StorageError
 from squidmesh.runtime import composition, invoke
 from squidmesh.runtime.events import EventBus, Recorder
 from squidmesh.runtime.executors import AfterCommit, Executor, capabilities_of
+from squidmesh.runtime.replaying import run_history, run_interpreter
 from squidmesh.storage.base import (
     RUN_FIXED_FIELDS,
     JobWrite,
@@ -419,8 +420,8 @@ class Engine:
             workflow = self.workflow_for(run)
             if workflow is None:
                 return None
-            interpreter = run.interpreter(workflow, max_value_bytes=self.max_value_bytes)
-            live = Live(interpreter, run.history(ch.tx.load_entries(run.id)))
+            interpreter = run_interpreter(run, workflow, max_value_bytes=self.max_value_bytes)
+            live = Live(interpreter, run_history(run, ch.tx.load_entries(run.id)))
         ch.lives[run.id] = live
         return live
 

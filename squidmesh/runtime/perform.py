@@ -42,6 +42,7 @@ from squidmesh.runtime.engine import (
     Live,
     NeedsLock,
 )
+from squidmesh.runtime.replaying import run_history
 from squidmesh.storage.base import JobWrite, RunRecord, Transaction
 from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
@@ -784,7 +785,7 @@ class JobRunner:
     def _history(self, ch: Change, run: RunRecord, live: Live | None) -> History:
         """The run's history: its interpreter's, or read from storage when this process
         does not have the run's workflow (compensations need only the record)."""
-        return live.history if live is not None else run.history(ch.tx.load_entries(run.id))
+        return live.history if live is not None else run_history(run, ch.tx.load_entries(run.id))
 
     def _perform_compensate(self, job: Job, lease: Lease | None = None) -> None:
         seq = int(job.seq if job.seq is not None else -1)

@@ -18,10 +18,9 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from squidmesh.core.definition import WorkflowDefinition
-from squidmesh.core.history import Entry, History
+from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
-from squidmesh.core.replay import BufferedEvent, Interpreter
+from squidmesh.core.replay import BufferedEvent
 
 __all__ = [
     "PARKED",
@@ -88,33 +87,6 @@ class RunRecord:
     #: continues this one (set when it ended with reason continued_as_new)
     continued_from_run_id: str | None = None
     continued_as_run_id: str | None = None
-
-    def history(self, entries: list[Entry]) -> History:
-        """The run's history over ``entries``, with what replay needs to know of the run."""
-        terminal = self.status in ("completed", "failed", "cancelled")
-        return History(
-            entries,
-            run_id=self.id,
-            workflow=self.workflow,
-            trigger=self.trigger,
-            payload=self.payload,
-            schedule=self.schedule,
-            outcome=self.status if terminal else None,
-            result=self.result if terminal else None,
-        )
-
-    def interpreter(
-        self, workflow: WorkflowDefinition, *, max_value_bytes: int | None = None
-    ) -> Interpreter:
-        """A fresh interpreter for this run (it replays from seq 0 on first advance)."""
-        return Interpreter(
-            workflow,
-            run_id=self.id,
-            trigger=self.trigger,
-            payload=self.payload,
-            schedule=self.schedule,
-            max_value_bytes=max_value_bytes,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
