@@ -37,6 +37,7 @@ from squidmesh.core.definition import (
     step,
     workflow,
 )
+from squidmesh.core.flow import Debounce, Queue, Rate
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.retry import Backoff, Retry
@@ -91,6 +92,7 @@ __all__ = [
     "CronTrigger",
     "CurrentRun",
     "DatabaseExecutor",
+    "Debounce",
     "Decision",
     "DeclaredStep",
     "DefinitionError",
@@ -111,6 +113,8 @@ __all__ = [
     "NonRetryable",
     "NondeterminismError",
     "PayloadError",
+    "Queue",
+    "Rate",
     "Retry",
     "RetryLater",
     "ReviewError",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from squidmesh.core.definition import WorkflowDefinition
+from squidmesh.core.flow import Queue
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent, Interpreter
@@ -46,7 +47,7 @@ PARKED = "parked"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 @dataclasses.dataclass
@@ -336,10 +337,24 @@ class Transaction(Protocol):
         ``insert_jobs``; returns it stored, or None when there is no job ``job_id``."""
 
     def claim_jobs(
-        self, *, now: datetime, limit: int, worker: str, lease_until: datetime
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        worker: str,
+        lease_until: datetime,
+        queues: Mapping[str, Queue] | None = None,
     ) -> list[Job]:
         """Take up to ``limit`` due jobs (run_at <= now, not leased or lease expired),
-        leasing them to ``worker``; concurrent claimers never get the same job."""
+        leasing them to ``worker``; concurrent claimers never get the same job.
+
+        Jobs of a flow-control queue (``Job.data["queue"]``, ``squidmesh.core.flow``)
+        are taken only when ``queues`` names their queue, and then only within its
+        limits, counted across every claimer (``squidmesh/storage/flow_claim.py``):
+        leased jobs of the queue (and of each key) below ``concurrency`` (and
+        ``key_concurrency``), attempt starts within the last ``rate.per`` seconds below
+        ``rate.limit``; the best first by priority, keys in fair rotation. Without
+        ``queues`` (no queue declared) the claim is the plain one of unqueued jobs."""
 
     def renew_lease(
         self,
@@ -377,7 +392,9 @@ class Transaction(Protocol):
     def delete_job(self, job_id: int) -> None: ...
 
     def next_job_time(self) -> datetime | None:
-        """The earliest run_at among unclaimed jobs (None when there are none)."""
+        """The earliest run_at among unclaimed jobs of no queue (None when there are
+        none). Queued jobs wait for a slot, not a time: a worker is woken when one
+        frees (the change that ends an attempt wakes workers) or by its polling."""
 
     def load_jobs(self, run_id: str) -> list[QueuedJob]:
         """The jobs of one run, in claim order (run_at, id)."""

@@ -14,12 +14,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RunRecord
+from squidmesh.storage.base import PARKED, RunRecord
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["Queries", "queries_for"]
@@ -219,6 +221,7 @@ class Queries:
                 sa.select(jobs.c.id)
                 .where(
                     jobs.c.run_at <= now,
+                    jobs.c.queue.is_(None),
                     sa.or_(
                         jobs.c.lease_until.is_(None),
                         sa.and_(
@@ -235,6 +238,9 @@ class Queries:
             self.claim_jobs = (
                 sa.update(jobs).where(jobs.c.id.in_(picked)).values(lease).returning(*job_columns)
             )
+            self.flow_lock = sa.select(
+                sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(b("key"), 0))
+            )
             self.owner_gone = sa.select(
                 sa.func.pg_try_advisory_xact_lock(sa.func.hashtextextended(b("key"), 0))
             )
@@ -247,6 +253,7 @@ class Queries:
                 sa.select(*job_columns, jobs.c.worker, jobs.c.lease_until)
                 .where(
                     jobs.c.run_at <= now,
+                    jobs.c.queue.is_(None),
                     sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
                 )
                 .order_by(jobs.c.run_at, jobs.c.id)
@@ -295,7 +302,80 @@ class Queries:
             ),
             else_=jobs.c.lease_until,
         )
-        self.next_job_time = sa.select(sa.func.min(claimable_at, type_=t.UtcDateTime()))
+        self.next_job_time = sa.select(sa.func.min(claimable_at, type_=t.UtcDateTime())).where(
+            jobs.c.queue.is_(None)
+        )
+        # Flow control (squidmesh/storage/flow_claim.py): what the queue-aware claim
+        # counts and chooses from, for the queues named in "names".
+        names: Any = b("names", expanding=True)
+        self.flow_running = (
+            sa.select(jobs.c.queue, jobs.c.flow_key, sa.func.count())
+            .where(
+                jobs.c.queue.in_(names),
+                jobs.c.worker.is_not(None),
+                jobs.c.worker != PARKED,
+                jobs.c.lease_until > now,
+            )
+            .group_by(jobs.c.queue, jobs.c.flow_key)
+        )
+        rank = (
+            sa.func.row_number()
+            .over(
+                partition_by=(jobs.c.queue, jobs.c.flow_key),
+                order_by=(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id),
+            )
+            .label("rank")
+        )
+        ranked = (
+            sa.select(
+                *job_columns,
+                jobs.c.worker,
+                jobs.c.lease_until,
+                jobs.c.queue,
+                jobs.c.flow_key,
+                jobs.c.priority,
+                rank,
+            )
+            .where(
+                jobs.c.queue.in_(names),
+                jobs.c.run_at <= now,
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            )
+            .subquery("ranked")
+        )
+        self.flow_waiting = sa.select(*[c for c in ranked.c if c.name != "rank"]).where(
+            ranked.c.rank <= b("n")
+        )
+        starts = t.flow_starts
+        self.flow_forget_starts = sa.delete(starts).where(
+            starts.c.queue == b("queue"), starts.c.at <= b("before", type_=t.UtcDateTime())
+        )
+        self.flow_starts = (
+            sa.select(starts.c.queue, sa.func.count())
+            .where(starts.c.queue.in_(names))
+            .group_by(starts.c.queue)
+        )
+        self.flow_add_starts = sa.insert(starts)
+        served = t.flow_keys
+        self.flow_served = sa.select(served.c.queue, served.c.flow_key, served.c.served_at).where(
+            served.c.queue.in_(names), served.c.flow_key.in_(b("keys", expanding=True))
+        )
+        self.flow_forget_keys = sa.delete(served).where(
+            served.c.served_at < b("before", type_=t.UtcDateTime())
+        )
+        upsert = sqlite_insert(served) if not pg else pg_insert(served)
+        self.flow_serve = upsert.on_conflict_do_update(
+            index_elements=[served.c.queue, served.c.flow_key],
+            set_={"served_at": upsert.excluded.served_at},
+        )
+        self.flow_lease = (
+            sa.update(jobs)
+            .where(
+                jobs.c.id.in_(b("ids", expanding=True)),
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            )
+            .values(lease)
+        )
         # Due and held by no lease: the backlog workers have yet to claim (parked jobs
         # hold a lease until the year 9999).
         ready_at = b("now", type_=t.UtcDateTime())
