@@ -10,6 +10,7 @@ from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
+from squidmesh.core.flow import declared_queues
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     ConflictError,
@@ -499,6 +500,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                     limit=1,
                     worker=lease.worker,
                     lease_until=now + timedelta(seconds=lease.seconds),
+                    queues=declared_queues() or None,
                 )
             if not jobs:
                 break

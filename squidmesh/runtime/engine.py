@@ -39,7 +39,7 @@ from squidmesh.storage.base import (
 )
 from squidmesh.types import RunStatus
 
-__all__ = ["BegunStep", "Change", "Engine", "Live", "NeedsLock"]
+__all__ = ["BegunStep", "Change", "Engine", "Live", "NeedsLock", "step_job_data"]
 
 log = logging.getLogger("squidmesh")
 workflow_log = logging.getLogger("squidmesh.workflow")
@@ -163,6 +163,33 @@ class Change:
         self.batch.attempts.append((run_id, seq, attempt))
 
 
+def step_job_data(entry: Entry) -> dict[str, Any] | None:
+    """What the job of the step at ``entry`` carries: its flow-control queue, key and
+    priority (``squidmesh.core.flow``), recorded with the call; None without a queue."""
+    flow = entry.meta.get("flow") if entry.kind == "step" else None
+    return dict(flow) if isinstance(flow, dict) else None
+
+
+def _stamp_flow(ch: Change) -> None:
+    """Give each step job of a queued call its queue, key and priority (``Job.data``),
+    wherever in the change it was made."""
+    for index, job in enumerate(ch.jobs):
+        if job.kind != "step" or job.data is not None or job.run_id is None or job.seq is None:
+            continue
+        entry = ch.new.get(job.run_id, {}).get(job.seq) or ch.changed.get(job.run_id, {}).get(
+            job.seq
+        )
+        if entry is None:
+            live = ch.lives.get(job.run_id)
+            if live is not None and 0 <= job.seq < len(live.history):
+                entry = live.history[job.seq]
+        if entry is None:
+            continue
+        data = step_job_data(entry)
+        if data is not None:
+            ch.jobs[index] = dataclasses.replace(job, data=data)
+
+
 class Engine:
     """Executes the state changes of runs against a ``Store``."""
 
@@ -274,6 +301,8 @@ class Engine:
             run.version += 1
             run.updated_at = ch.now
             batch.runs.append(run)
+        if ch.jobs:
+            _stamp_flow(ch)
         if ch.jobs and self.batches_jobs:
             # The default executor's jobs are rows of this very batch.
             batch.jobs_insert.extend(JobWrite(job) for job in ch.jobs)

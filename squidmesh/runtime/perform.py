@@ -480,6 +480,8 @@ class JobRunner:
             definition = self.engine.step_definition(live, entry)
             if definition is None or definition.transaction or entry.status != "pending":
                 return
+            if entry.meta.get("flow") is not None:
+                return  # a queued step waits for a slot: only a claim may begin it
             del ch.jobs[index]
             number = state.begin_attempt(entry, ch.now)
             ch.events.step_started(run, entry.name, entry.seq, number, ch.now)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from squidmesh.core.flow import declared_queues
 from squidmesh.core.records import Job
 from squidmesh.errors import InvalidArgumentError, StorageError
 from squidmesh.runtime.perform import Lease
@@ -195,6 +196,9 @@ class Worker:
                 limit=free,
                 worker=self.owner,
                 lease_until=now + timedelta(seconds=self.lease_seconds),
+                # flow control: only when this process declared queues (the plain claim
+                # of unqueued jobs is unchanged otherwise)
+                queues=declared_queues() or None,
             )
         assert self._pool is not None
         for job in jobs:

@@ -1,0 +1,140 @@
+"""Flow control in the runtime: queued steps wait for a slot, on every store.
+
+The store contract (tests/contract/test_flow_contract.py) proves the claim's counting;
+these tests prove the runtime hands queued steps to it: a queued step's jobs carry its
+queue, key and priority, are never begun eagerly, and a worker's threads never run more
+of them at once than the queue allows. Real processes on PostgreSQL: tests/worker.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import squidmesh as sm
+from tests.runtime.support import MeshFactory
+
+PAIR = sm.Queue("test-flow-pair", concurrency=2, key_concurrency=1)
+STATE: dict[str, Any] = {}
+
+
+def _reset() -> None:
+    STATE.clear()
+    STATE.update(lock=threading.Lock(), running=0, peak=0, per_key={}, key_peak=0)
+
+
+@sm.step(queue=PAIR, key=lambda customer, n: customer)
+def charge(customer: str, n: int) -> int:
+    with STATE["lock"]:
+        STATE["running"] += 1
+        STATE["peak"] = max(STATE["peak"], STATE["running"])
+        per_key = STATE["per_key"]
+        per_key[customer] = per_key.get(customer, 0) + 1
+        STATE["key_peak"] = max(STATE["key_peak"], per_key[customer])
+    time.sleep(0.02)
+    with STATE["lock"]:
+        STATE["running"] -= 1
+        per_key[customer] -= 1
+    return n
+
+
+@sm.workflow
+def billing() -> Any:
+    calls = [charge(customer=f"c{i % 3}", n=i) for i in range(9)]
+    results = yield sm.join(*calls)
+    return sum(results)
+
+
+@sm.workflow
+def one_charge() -> Any:
+    return (yield charge(customer="solo", n=1))
+
+
+@sm.step(queue=PAIR, key=lambda **kw: 1 / 0)
+def broken_key() -> None:
+    return None
+
+
+@sm.step(queue=PAIR, key=lambda **kw: object())
+def opaque_key() -> None:
+    return None
+
+
+@sm.workflow
+def with_broken_key() -> Any:
+    yield broken_key()
+
+
+@sm.workflow
+def with_opaque_key() -> Any:
+    yield opaque_key()
+
+
+def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_queued_jobs_carry_queue_key_and_priority(mesh_factory: MeshFactory) -> None:
+    _reset()
+    mesh = mesh_factory([one_charge], executor="database")
+    run = mesh.start_run(one_charge)
+    mesh.drain(limit=1)  # the activation: it schedules the step
+    with mesh.store.transaction() as tx:
+        jobs = tx.load_jobs(str(run.id))
+    assert [(q.job.kind, q.job.data) for q in jobs] == [
+        ("step", {"queue": PAIR.name, "flow_key": "solo", "priority": 0})
+    ]
+    assert mesh.drain() >= 1
+    assert mesh.inspect_run(run.id).result == 1
+
+
+def test_options_set_key_and_priority_per_call() -> None:
+    call = charge.options(key={"tenant": 7}, priority=5)(customer="x", n=1)
+    assert call.step.flow(call.arguments) == {
+        "queue": PAIR.name,
+        "flow_key": '{"tenant":7}',
+        "priority": 5,
+    }
+    with pytest.raises(sm.DefinitionError, match="key= needs queue="):
+        sm.step(key=lambda: "k")(lambda: None)
+    with pytest.raises(sm.DefinitionError, match="priority must be an int"):
+        charge.options(priority="high")
+
+
+def test_a_worker_never_runs_more_than_the_queue_allows(mesh_factory: MeshFactory) -> None:
+    _reset()
+    mesh = mesh_factory([billing], executor="database")
+    run = mesh.start_run(billing)
+    worker = mesh.worker(concurrency=8, poll_interval=0.05)
+    try:
+        _wait(lambda: mesh.inspect_run(run.id).status == "completed", "the run to complete")
+    finally:
+        worker.stop()
+    assert mesh.inspect_run(run.id).result == sum(range(9))
+    assert STATE["peak"] <= 2
+    assert STATE["key_peak"] == 1
+
+
+@pytest.mark.parametrize(
+    ("workflow", "message"),
+    [(with_broken_key, "key function .* raised ZeroDivisionError"), (with_opaque_key, "JSON")],
+)
+def test_a_bad_key_function_suspends_the_run_with_what_to_fix(
+    mesh_factory: MeshFactory, workflow: sm.WorkflowDefinition, message: str
+) -> None:
+    mesh = mesh_factory([workflow], executor="database")
+    run = mesh.start_run(workflow)
+    mesh.drain()
+    explained = mesh.explain_run(run.id)
+    assert explained.status == "suspended", explained
+    assert re.search(message, str(explained.details) + str(mesh.inspect_run(run.id).error))
