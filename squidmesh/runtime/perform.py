@@ -19,6 +19,7 @@ from typing import Any
 from squidmesh.core import contracts, state
 from squidmesh.core.definition import StepDefinition
 from squidmesh.core.failures import error_info
+from squidmesh.core.flow import declared_queues
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, Job
 from squidmesh.core.retry import Retry
@@ -40,6 +41,7 @@ from squidmesh.runtime.engine import (
     Engine,
     Live,
     NeedsLock,
+    step_job_data,
 )
 from squidmesh.storage.base import JobWrite, RunRecord, Transaction
 from squidmesh.storage.sql_errors import is_transient
@@ -63,6 +65,25 @@ POSTPONE_MAX = 300.0
 #: a transactional step that finished inside its own job's transaction
 _LANDED = object()
 _NO_RETRY = Retry()
+
+
+def _inherits_slot(ch: Change, data: dict[str, Any], finished: Job | None) -> bool:
+    """Whether a queued step (its job ``data``) may take over the slot of ``finished``:
+    same queue and key, a queue this process knows with no rate limit, the finished
+    job's row is the one the next step's job will replace (the last the change deletes),
+    and no waiting work of the queue has a better claim to the slot (another key: fair
+    rotation; a higher priority)."""
+    deleting = ch.batch.jobs_delete
+    if finished is None or finished.id is None or not deleting or deleting[-1] != finished.id:
+        return False
+    held = finished.data or {}
+    if held.get("queue") != data["queue"] or held.get("flow_key") != data["flow_key"]:
+        return False
+    queue = declared_queues().get(str(data["queue"]))
+    if queue is None or queue.rate is not None:
+        return False
+    key = data["flow_key"] if isinstance(data["flow_key"], str) else None
+    return not ch.tx.others_waiting(queue.name, key, int(data["priority"] or 0), ch.now)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +334,7 @@ class JobRunner:
                         error=failure,
                         running=running,
                     )
-                    self._continue(ch, run, live, lease)
+                    self._continue(ch, run, live, lease, finished=job)
                 return ch.eager_job
             except (NeedsLock, ConcurrentChangeError):
                 if not optimistic:
@@ -407,7 +428,7 @@ class JobRunner:
             self.land(
                 ch, run, live, entry, number, started, value=result, error=None, running=running
             )
-            self._continue(ch, run, live, lease)
+            self._continue(ch, run, live, lease, finished=job)
             return _LANDED
         ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
         return BegunStep(run, entry, definition, number, started)
@@ -464,9 +485,22 @@ class JobRunner:
             seconds,
         )
 
-    def _continue(self, ch: Change, run: RunRecord, live: Live, lease: Lease | None) -> None:
+    def _continue(
+        self,
+        ch: Change,
+        run: RunRecord,
+        live: Live,
+        lease: Lease | None,
+        finished: Job | None = None,
+    ) -> None:
         """Begin the run's next due step in this transaction and hand it to the worker
-        (``ch.eager_job`` once committed)."""
+        (``ch.eager_job`` once committed).
+
+        A step on a flow-control queue is begun here only when the job this change
+        finishes (``finished``) held a slot of the same queue and key, and the queue has
+        no rate: the finished job's row becomes the next step's, so the slot passes from
+        one step of the run to the next and no count grows. Otherwise it waits for a
+        claim."""
         if lease is None or not lease.eager or run.status != "running":
             return
         if lease.draining is not None and lease.draining.is_set():
@@ -480,8 +514,9 @@ class JobRunner:
             definition = self.engine.step_definition(live, entry)
             if definition is None or definition.transaction or entry.status != "pending":
                 return
-            if entry.meta.get("flow") is not None:
-                return  # a queued step waits for a slot: only a claim may begin it
+            data = step_job_data(entry)
+            if data is not None and not _inherits_slot(ch, data, finished):
+                return  # a queued step waits for a slot: a claim begins it
             del ch.jobs[index]
             number = state.begin_attempt(entry, ch.now)
             ch.events.step_started(run, entry.name, entry.seq, number, ch.now)
@@ -498,7 +533,7 @@ class JobRunner:
             replaces = ch.batch.jobs_delete.pop() if ch.batch.jobs_delete else None
             ch.batch.jobs_insert.append(
                 JobWrite(
-                    Job("step", run.id, entry.seq, number, run_at=ch.now),
+                    Job("step", run.id, entry.seq, number, run_at=ch.now, data=data),
                     lease.worker,
                     ch.now + timedelta(seconds=lease.seconds),
                     replaces=replaces,

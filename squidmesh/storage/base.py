@@ -356,6 +356,12 @@ class Transaction(Protocol):
         ``rate.limit``; the best first by priority, keys in fair rotation. Without
         ``queues`` (no queue declared) the claim is the plain one of unqueued jobs."""
 
+    def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
+        """Whether a claimable job of ``queue`` waits that a claim could prefer to one of
+        key ``key`` at ``priority``: of another key, or of a higher priority. (A run's
+        next step takes over its finished step's slot only when none does: handing slots
+        on must not bypass fair rotation or priorities.)"""
+
     def renew_lease(
         self,
         job_ids: Sequence[int],

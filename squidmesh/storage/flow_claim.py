@@ -27,7 +27,7 @@ from typing import Any
 
 from squidmesh.core.flow import Queue
 
-__all__ = ["NO_KEY", "PRUNE_SERVED_AFTER", "Waiting", "plan"]
+__all__ = ["NO_KEY", "PRUNE_SERVED_AFTER", "Waiting", "all_full", "plan"]
 
 #: how the calls of no key appear in ``squidmesh_flow_keys`` (its key is never NULL)
 NO_KEY = ""
@@ -98,3 +98,14 @@ def plan(
         by_queue[group[0]] = by_queue.get(group[0], 0) + 1
         started[group[0]] = started.get(group[0], 0) + 1
     return chosen
+
+
+def all_full(queues: Mapping[str, Queue], running: Mapping[tuple[str, str | None], int]) -> bool:
+    """Whether every queue has reached its ``concurrency`` (nothing can be taken)."""
+    by_queue: dict[str, int] = {}
+    for (name, _), count in running.items():
+        by_queue[name] = by_queue.get(name, 0) + count
+    return all(
+        q.concurrency is not None and by_queue.get(name, 0) >= q.concurrency
+        for name, q in queues.items()
+    )

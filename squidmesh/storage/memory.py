@@ -594,6 +594,18 @@ class InMemoryTransaction:
         data.flow_keys = served
         return [data.jobs[item.id] for item in chosen]
 
+    def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
+        now = utc(now)
+        for row in self._read("others_waiting").jobs.values():
+            flow = _flow(row)
+            if flow is None or flow[0] != queue or row.run_at > now:
+                continue
+            if row.lease_until is not None and row.lease_until > now:
+                continue
+            if flow[1] != key or flow[2] > priority:
+                return True
+        return False
+
     def renew_lease(
         self,
         job_ids: Sequence[int],

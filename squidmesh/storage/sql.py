@@ -599,12 +599,21 @@ class SqlTransaction:
         what it counts stays true until it commits its leases."""
         conn, q = self.connection, self._q
         names = sorted(queues)
+        if not conn.execute(q.flow_any, {"names": names, "now": now}).scalar():
+            return []
+
+        def count_running() -> dict[tuple[str, str | None], int]:
+            rows = conn.execute(q.flow_running, {"names": names, "now": now})
+            return {(row[0], row[1]): int(row[2]) for row in rows}
+
         if q.dialect == "postgresql":
+            # Every queue full? Then there is nothing to take: say so without queueing
+            # for the lock (a full queue is the common case under load). Counted again
+            # under the lock before anything is taken.
+            if flow_claim.all_full(queues, count_running()):
+                return []
             conn.execute(q.flow_lock, {"key": f"squidmesh-flow:{self._store.schema}"})
-        running: dict[tuple[str, str | None], int] = {
-            (row[0], row[1]): int(row[2])
-            for row in conn.execute(q.flow_running, {"names": names, "now": now})
-        }
+        running = count_running()
         for name in names:
             rate = queues[name].rate
             if rate is not None:
@@ -676,6 +685,12 @@ class SqlTransaction:
                 conn.execute(q.lease_jobs, lease)
         # RETURNING gives no order; claim order is (run_at, id).
         return sorted((job_from_row(row) for row in rows), key=_job_order)
+
+    @translated("look for other waiting work of a queue")
+    def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
+        params = {"queue": queue, "key": key, "priority": priority, "now": now}
+        statement = self._q.flow_others if key is not None else self._q.flow_others_keyed
+        return bool(self.connection.execute(statement, params).scalar())
 
     @translated("renew job leases")
     def renew_lease(

@@ -318,6 +318,38 @@ class Queries:
             )
             .group_by(jobs.c.queue, jobs.c.flow_key)
         )
+        # Anything claimable in these queues? (the partial index: cheap when queues are
+        # declared but hold no work, so the queue-aware claim costs one short query)
+        self.flow_any = sa.select(
+            sa.exists().where(
+                jobs.c.queue.in_(names),
+                jobs.c.run_at <= now,
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            )
+        )
+        # Claimable work of a queue a claim could prefer (``others_waiting``): of another
+        # key (or, for calls of no key, of any key), or of a higher priority.
+        claimable = (
+            jobs.c.queue == b("queue"),
+            jobs.c.run_at <= now,
+            sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+        )
+        self.flow_others = sa.select(
+            sa.exists().where(
+                *claimable,
+                sa.or_(
+                    jobs.c.flow_key.is_(None),
+                    jobs.c.flow_key != b("key"),
+                    jobs.c.priority > b("priority"),
+                ),
+            )
+        )
+        self.flow_others_keyed = sa.select(
+            sa.exists().where(
+                *claimable,
+                sa.or_(jobs.c.flow_key.is_not(None), jobs.c.priority > b("priority")),
+            )
+        )
         rank = (
             sa.func.row_number()
             .over(

@@ -147,3 +147,20 @@ def test_limits_are_validated() -> None:
         sm.Debounce("", 5)
     with pytest.raises(sm.SquidmeshError, match="seconds must be > 0"):
         sm.Debounce("k", 0)
+
+
+def test_others_waiting_sees_other_keys_and_higher_priorities(store: Store) -> None:
+    insert(store, queued("a1", "ow", "a"), queued("a2", "ow", "a", priority=3))
+    with store.transaction() as tx:
+        assert not tx.others_waiting("ow", "a", 3, T0)
+        assert tx.others_waiting("ow", "a", 2, T0)  # a higher priority waits
+        assert tx.others_waiting("ow", "b", 5, T0)  # another key waits
+        assert tx.others_waiting("ow", None, 5, T0)
+        assert not tx.others_waiting("elsewhere", "a", 0, T0)
+    insert(store, queued("n1", "none", None))
+    with store.transaction() as tx:
+        assert not tx.others_waiting("none", None, 0, T0)
+        assert tx.others_waiting("none", "k", 0, T0)
+    claim(store, {"none": sm.Queue("none")})
+    with store.transaction() as tx:
+        assert not tx.others_waiting("none", "k", 0, T0)  # leased: not waiting

@@ -39,7 +39,8 @@ def max_overlap(db: Database, name: str, *, per_key: bool = False) -> int:
 
 def _finish(db: Database, run_id: str, workers: Workers, timeout: float = 90) -> None:
     def done() -> bool:
-        return db.scalar(f"SELECT status FROM {RUNS} WHERE id = %s", (run_id,)) == "completed"
+        status = db.scalar(f"SELECT status FROM {RUNS} WHERE id = %s", (run_id,))
+        return str(status) == "completed"
 
     try:
         wait_for(done, timeout, f"run {run_id} to complete")
@@ -60,9 +61,9 @@ def test_concurrency_and_key_concurrency_hold_across_worker_processes(
     per_key = max_overlap(database, "gated", per_key=True)
     pids = database.scalar("SELECT count(DISTINCT pid) FROM step_log WHERE name = 'gated'")
     print(f"\nmax concurrency {overall} (limit 3), per key {per_key} (limit 2), {pids} workers")
+    assert pids >= 2, workers.outputs()  # the limit held across processes, not within one
     assert overall == 3  # reached, never exceeded, with 12 worker threads free
     assert per_key == 2
-    assert pids >= 2  # the limit held across processes, not within one
     # Fair rotation: the key with 3 calls is not queued behind the key with 30.
     order = [
         key
