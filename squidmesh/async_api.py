@@ -132,6 +132,9 @@ class AsyncMeshMethods:
         idempotency_key: str | None = None,
         schedule: dict[str, Any] | None = None,
         actor: str | None = None,
+        start_at: datetime | None = None,
+        delay: float | None = None,
+        deadline: datetime | None = None,
     ) -> Run:
         """Async twin of [`start_run`][squidmesh.Mesh.start_run]."""
         return await self._offload(
@@ -142,6 +145,9 @@ class AsyncMeshMethods:
             idempotency_key=idempotency_key,
             schedule=schedule,
             actor=actor,
+            start_at=start_at,
+            delay=delay,
+            deadline=deadline,
         )
 
     async def fire_cron_async(

@@ -10,7 +10,7 @@ from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
-from squidmesh.core.flow import declared_queues
+from squidmesh.core.flow import declared_queues, start_times
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     ConflictError,
@@ -241,12 +241,22 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         idempotency_key: str | None = None,
         schedule: dict[str, Any] | None = None,
         actor: str | None = None,
+        start_at: datetime | None = None,
+        delay: float | None = None,
+        deadline: datetime | None = None,
     ) -> Run:
         """Validate, persist and dispatch a new run (or return the run with this key).
 
-        ``actor`` (who started it) is recorded on the ``run_started`` audit event."""
+        ``actor`` (who started it) is recorded on the ``run_started`` audit event.
+        ``start_at=`` (an aware datetime) or ``delay=`` (seconds) start it later: it is
+        ``pending`` until then (explain reason ``scheduled_start``). ``deadline=`` (or the
+        workflow's ``timeout=``, counted from the start): a run still active then is
+        cancelled with compensation (reason ``deadline_exceeded``, audit ``timed_out``)."""
         wf = self._workflow(workflow)
         trig = wf.trigger(trigger)
+        begin, end = start_times(
+            self.clock(), start_at=start_at, delay=delay, deadline=deadline, timeout=wf.timeout
+        )
         stored = self._sized_payload(wf, payload, trig.name)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
@@ -263,6 +273,8 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 idempotency_key=idempotency_key,
                 schedule=schedule,
                 actor=actor,
+                start_at=begin,
+                deadline=end,
             )
         except ConflictError:
             if idempotency_key is None:
@@ -355,6 +367,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             events_waiting=events,
             jobs=jobs,
             explain_child=child,
+            now=self.clock(),
         )
 
     def list_runs(
@@ -563,6 +576,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 f"fire_cron needs a timezone-aware datetime as fire_time, got {shown(fire_time)}"
             )
         stored = self._sized_payload(wf, payload, trig.name)
+        _, deadline = start_times(self.clock(), timeout=wf.timeout)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)
         try:
@@ -573,6 +587,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 idempotency_key=facts["signal_id"],
                 schedule=facts,
                 cron_tick=fire_time,
+                deadline=deadline,
             )
         except ConflictError:
             # Another scheduler or host fired this tick concurrently (unique run key /

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from squidmesh.core import state
 from squidmesh.core.arguments import count
 from squidmesh.core.contracts import stored
+from squidmesh.core.flow import deadline_job_data
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     InvalidArgumentError,
@@ -102,6 +103,8 @@ class OperatorActions:
         cron_tick: datetime | None = None,
         run_id: str | None = None,
         actor: str | None = None,
+        start_at: datetime | None = None,
+        deadline: datetime | None = None,
     ) -> Run:
         with self._engine.change() as ch:
             if idempotency_key is not None:
@@ -128,12 +131,22 @@ class OperatorActions:
                 ch.tx.add_cron_tick(workflow, trigger, cron_tick, run.id)
             if prefix:
                 ch.tx.insert_entries(run.id, prefix)
-            ch.audit(run.id, "run_started", actor=actor, metadata={"trigger": trigger})
+            started: dict[str, Any] = {"trigger": trigger}
+            if start_at is not None:
+                started["start_at"] = start_at.isoformat()
+            if deadline is not None:
+                started["deadline"] = deadline.isoformat()
+            ch.audit(run.id, "run_started", actor=actor, metadata=started)
             if source_audit is not None:
                 kind, source = source_audit
                 ch.audit(run.id, kind, actor=actor, metadata={"source_run_id": source})
                 ch.audit(source, kind, actor=actor, metadata={"new_run_id": run.id})
-            ch.jobs.append(Job("activate", run.id, run_at=ch.now))
+            ch.jobs.append(Job("activate", run.id, run_at=max(start_at or ch.now, ch.now)))
+            if deadline is not None:
+                # Fires at the deadline: a run still active then is cancelled.
+                ch.jobs.append(
+                    Job("activate", run.id, run_at=deadline, data=deadline_job_data(deadline))
+                )
         return self._fresh(build_run(run))
 
     # ------------------------------------------------------------------ operator actions

@@ -424,6 +424,7 @@ class WorkflowDefinition(Generic[W]):
         triggers: Sequence[Trigger] = (),
         version: str | None = None,
         on_error: Literal["suspend", "fail"] = "suspend",
+        timeout: float | None = None,
     ) -> None:
         if not inspect.isgeneratorfunction(fn):
             raise DefinitionError(
@@ -451,6 +452,15 @@ class WorkflowDefinition(Generic[W]):
         if on_error not in ("suspend", "fail"):
             raise DefinitionError(f"workflow {self.name}: on_error must be 'suspend' or 'fail'")
         self.on_error = on_error
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise DefinitionError(
+                f"workflow {self.name}: timeout must be > 0 seconds, got {timeout!r}"
+            )
+        #: a run still active this many seconds after it was started is cancelled (with
+        #: compensation), reason deadline_exceeded; ``start_run(deadline=)`` overrides it
+        self.timeout = float(timeout) if timeout is not None else None
         self.version = version
         self.ref = callable_ref(fn)
         self._takes_payload = len(inspect.signature(fn).parameters) > 0
@@ -516,6 +526,7 @@ def workflow(
     triggers: Sequence[Trigger] = (),
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
+    timeout: float | None = None,
 ) -> Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]: ...
 
 
@@ -527,6 +538,7 @@ def workflow(
     triggers: Sequence[Trigger] = (),
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
+    timeout: float | None = None,
 ) -> (
     WorkflowDefinition[W] | Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]
 ):
@@ -534,7 +546,7 @@ def workflow(
 
     def wrap(f: Callable[..., Generator[Any, Any, W]]) -> WorkflowDefinition[W]:
         return WorkflowDefinition(
-            f, name=name, triggers=triggers, version=version, on_error=on_error
+            f, name=name, triggers=triggers, version=version, on_error=on_error, timeout=timeout
         )
 
     if fn is not None:

@@ -14,18 +14,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from squidmesh.errors import DefinitionError, InvalidArgumentError
 
 __all__ = [
+    "DEADLINE_EXCEEDED",
     "Debounce",
     "Queue",
     "Rate",
+    "deadline_job_data",
     "declared_queues",
     "flow_data",
+    "job_deadline",
     "key_text",
     "priority_value",
+    "start_times",
 ]
 
 
@@ -162,3 +167,60 @@ def flow_data(
     except InvalidArgumentError as exc:
         raise DefinitionError(exc.message) from None
     return {"queue": queue.name, "flow_key": text, "priority": priority}
+
+
+#: the cancel reason (and explain reason) of a run cancelled at its deadline
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+def deadline_job_data(deadline: datetime) -> dict[str, Any]:
+    """The data of the activation job that fires at a run's deadline."""
+    return {"deadline": deadline.isoformat()}
+
+
+def job_deadline(data: Mapping[str, Any] | None) -> str | None:
+    """The deadline an activation job fires for (ISO 8601), or None for a plain one."""
+    found = (data or {}).get("deadline")
+    return found if isinstance(found, str) else None
+
+
+def _aware(value: Any, what: str) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidArgumentError(
+            f"start_run: {what} must be a timezone-aware datetime "
+            f"(e.g. datetime.now(timezone.utc)), got {value!r}"
+        )
+    return value
+
+
+def start_times(
+    now: datetime,
+    *,
+    start_at: Any = None,
+    delay: Any = None,
+    deadline: Any = None,
+    timeout: float | None = None,
+) -> tuple[datetime | None, datetime | None]:
+    """(when the run starts, its deadline) from ``start_run``'s arguments and the
+    workflow's ``timeout``; ``InvalidArgumentError`` naming what to fix (nothing is
+    persisted). The timeout counts from the start."""
+    if start_at is not None and delay is not None:
+        raise InvalidArgumentError("start_run: give start_at= or delay=, not both")
+    begin: datetime | None = None
+    if start_at is not None:
+        begin = _aware(start_at, "start_at")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
+            raise InvalidArgumentError(f"start_run: delay must be >= 0 seconds, got {delay!r}")
+        begin = now + timedelta(seconds=float(delay))
+    end: datetime | None = None
+    if deadline is not None:
+        end = _aware(deadline, "deadline")
+    elif timeout is not None:
+        end = max(begin or now, now) + timedelta(seconds=timeout)
+    if end is not None and end <= max(begin or now, now):
+        raise InvalidArgumentError(
+            f"start_run: the deadline {end.isoformat()} is not after the start "
+            f"{max(begin or now, now).isoformat()}"
+        )
+    return begin, end

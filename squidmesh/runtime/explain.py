@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
+from squidmesh.core.flow import DEADLINE_EXCEEDED, job_deadline
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt
 from squidmesh.runtime.views import Explanation, build_step_runs
@@ -97,6 +99,18 @@ def _branch(entry: Entry) -> dict[str, Any]:
     return found
 
 
+def _scheduled_start(jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
+    """When a pending run starts (ISO 8601), if its first activation is in the future."""
+    starts = [
+        q.job.run_at
+        for q in jobs
+        if q.job.kind == "activate" and job_deadline(q.job.data) is None and q.job.run_at
+    ]
+    if now is None or not starts or min(starts) <= now:
+        return None
+    return min(starts).isoformat()
+
+
 def explain(
     run: RunRecord,
     entries: list[Entry],
@@ -106,6 +120,7 @@ def explain(
     events_waiting: int = 0,
     jobs: Sequence[QueuedJob] = (),
     explain_child: Callable[[str], Explanation | None] | None = None,
+    now: datetime | None = None,
 ) -> Explanation:
     """``explain_child(run_id)``: the explanation of a child run the run waits for (the
     run its ``sm.child`` entry names), or None when it cannot be read."""
@@ -121,6 +136,10 @@ def explain(
             reason, entry, details = _failed_reason(run, entries)
         else:
             reason, entry = status.value, None
+        request = run.cancel_request or {}
+        if status is RunStatus.CANCELLED and request.get("reason") == DEADLINE_EXCEEDED:
+            reason = DEADLINE_EXCEEDED
+            details["deadline"] = request.get("deadline")
         if status is RunStatus.COMPLETED:
             details["result"] = run.result
         if status is RunStatus.COMPLETED and run.reason == "continued_as_new":
@@ -170,6 +189,10 @@ def explain(
             ]
         }
         actions = ["wait_for_step"]
+    elif status is RunStatus.PENDING and _scheduled_start(jobs, now) is not None:
+        reason = "scheduled_start"
+        details = {"start_at": _scheduled_start(jobs, now)}
+        actions = ["wait_for_timer", "cancel_run"]
     elif status is RunStatus.PENDING:
         reason = "pending_dispatch"
         actions = ["wait_for_step", "cancel_run"]

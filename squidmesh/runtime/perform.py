@@ -19,7 +19,7 @@ from typing import Any
 from squidmesh.core import contracts, state
 from squidmesh.core.definition import StepDefinition
 from squidmesh.core.failures import error_info
-from squidmesh.core.flow import declared_queues
+from squidmesh.core.flow import DEADLINE_EXCEEDED, declared_queues, job_deadline
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, Job
 from squidmesh.core.retry import Retry
@@ -157,6 +157,18 @@ class JobRunner:
         if lease is not None and job.id is not None:
             ch.batch.jobs_delete.append(job.id)
 
+    def _deadline(self, ch: Change, run: RunRecord, deadline: str) -> None:
+        """The run's deadline came: a run still active is cancelled as ``cancel_run(...,
+        compensate=True)`` would, with reason ``deadline_exceeded`` and audit
+        ``timed_out``; an ended (or already cancelling) run is left alone."""
+        if run.status in ("completed", "failed", "cancelled", "cancelling"):
+            return
+        ch.audit(run.id, "timed_out", metadata={"deadline": deadline})
+        composition.request_cancel(
+            self.engine, ch, run, actor=None, reason=DEADLINE_EXCEEDED, compensate=True
+        )
+        run.cancel_request = {**(run.cancel_request or {}), "deadline": deadline}
+
     def _postpone(self, ch: Change, job: Job, lease: Lease | None, run: RunRecord) -> None:
         """The run's workflow is not registered in this process: hand the job back for a
         process that has it (later, with backoff), instead of dropping or holding it."""
@@ -194,6 +206,10 @@ class JobRunner:
                 return None
             self._finish_job(ch, job, lease)
             if run is None:
+                return None
+            deadline = job_deadline(job.data)
+            if deadline is not None:
+                self._deadline(ch, run, deadline)
                 return None
             if run.status == RunStatus.CANCELLING.value and not run.pending_outcome:
                 # Nothing left in flight (an activation the sweeper dispatched, or a child

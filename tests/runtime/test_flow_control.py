@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -138,3 +139,104 @@ def test_a_bad_key_function_suspends_the_run_with_what_to_fix(
     explained = mesh.explain_run(run.id)
     assert explained.status == "suspended", explained
     assert re.search(message, str(explained.details) + str(mesh.inspect_run(run.id).error))
+
+
+# --------------------------------------------------------------------------- start and end
+
+UNDONE: list[str] = []
+
+
+@sm.step
+def reserve(item: str) -> str:
+    return item
+
+
+def _unreserve(**kw: Any) -> None:
+    UNDONE.append(kw["output"])
+
+
+reserve_undoable = reserve.options(compensate=_unreserve)
+
+
+@sm.workflow(timeout=60)
+def nightly() -> Any:
+    got = yield reserve_undoable("room")
+    yield sm.approval("manager")  # waits past the deadline
+    return got
+
+
+@sm.workflow
+def quick() -> Any:
+    return (yield reserve("x"))
+
+
+def test_delayed_start_waits_pending_with_scheduled_start(mesh_factory: MeshFactory) -> None:
+    mesh = mesh_factory([quick], executor="database")
+    now = mesh_factory.clock()
+    run = mesh.start_run(quick, delay=30)
+    assert mesh.drain() == 0  # not due yet
+    why = mesh.explain_run(run.id)
+    assert (why.status, why.reason) == ("pending", "scheduled_start")
+    assert why.details == {"start_at": (now + timedelta(seconds=30)).isoformat()}
+    mesh_factory.clock.advance(30)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).status == "completed"
+    at = mesh.start_run(quick, start_at=now + timedelta(seconds=90))
+    assert mesh.explain_run(at.id).reason == "scheduled_start"
+
+
+def test_a_run_active_at_its_deadline_is_cancelled_with_compensation(
+    mesh_factory: MeshFactory,
+) -> None:
+    UNDONE.clear()
+    mesh = mesh_factory([nightly], executor="database")
+    run = mesh.start_run(nightly)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).status == "paused"
+    mesh_factory.clock.advance(59)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).status == "paused"
+    mesh_factory.clock.advance(1)
+    mesh.drain()
+    done = mesh.inspect_run(run.id, include_history=True)
+    assert done.status == "cancelled"
+    assert UNDONE == ["room"]
+    assert done.audit_events is not None
+    types = [e.type for e in done.audit_events]
+    assert "timed_out" in types and types.index("timed_out") < types.index("cancelled")
+    why = mesh.explain_run(run.id)
+    assert why.reason == "deadline_exceeded"
+    assert why.details["deadline"] is not None
+
+
+def test_a_run_that_ends_in_time_is_left_alone_by_its_deadline(
+    mesh_factory: MeshFactory,
+) -> None:
+    mesh = mesh_factory([quick], executor="database")
+    deadline = mesh_factory.clock() + timedelta(seconds=5)
+    run = mesh.start_run(quick, deadline=deadline)
+    mesh.drain()
+    mesh_factory.clock.advance(10)
+    mesh.drain()
+    done = mesh.inspect_run(run.id, include_history=True)
+    assert done.status == "completed"
+    assert done.audit_events is not None
+    assert "timed_out" not in [e.type for e in done.audit_events]
+
+
+def test_bad_start_and_deadline_arguments_persist_nothing(mesh_factory: MeshFactory) -> None:
+    mesh = mesh_factory([quick], executor="database")
+    now = mesh_factory.clock()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"delay": -1}, "delay must be >= 0"),
+        ({"delay": 5, "start_at": now}, "not both"),
+        ({"start_at": now.replace(tzinfo=None)}, "timezone-aware"),
+        ({"deadline": now - timedelta(seconds=1)}, "not after the start"),
+        ({"deadline": "tomorrow"}, "timezone-aware"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(sm.InvalidArgumentError, match=message):
+            mesh.start_run(quick, **kwargs)
+    assert mesh.list_runs() == []
+    with pytest.raises(sm.DefinitionError, match="timeout must be > 0"):
+        sm.workflow(timeout=0)(quick.fn)
