@@ -40,6 +40,7 @@ from squidmesh.core.arguments import count
 from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.records import Job
 from squidmesh.runtime.events import LifecycleEvent
+from squidmesh.runtime.queues import QueueState
 from squidmesh.runtime.views import Explanation, Run
 from squidmesh.runtime.worker import Worker
 from squidmesh.types import RunStatus
@@ -174,6 +175,10 @@ class AsyncMeshMethods:
     async def get_published_async(self, run_id: Any, name: str | None = None) -> Any:
         """Async twin of [`get_published`][squidmesh.Mesh.get_published]."""
         return await self._offload(self._sync().get_published, run_id, name)
+
+    async def queues_async(self) -> list[QueueState]:
+        """Async twin of [`queues`][squidmesh.Mesh.queues]."""
+        return await self._offload(self._sync().queues)
 
     async def explain_run_async(self, run_id: Any) -> Explanation:
         """Async twin of [`explain_run`][squidmesh.Mesh.explain_run]."""

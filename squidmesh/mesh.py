@@ -34,6 +34,7 @@ from squidmesh.runtime.executors import DatabaseExecutor, Executor
 from squidmesh.runtime.explain import explain
 from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.presence import Presence
+from squidmesh.runtime.queues import QueueState, queue_states
 from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Explanation, Run, build_children, build_run
 from squidmesh.runtime.worker import Worker
@@ -331,6 +332,14 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             published = tx.load_published(run.id)
         return published if name is None else published.get(name)
 
+    def queues(self) -> list[QueueState]:
+        """The flow-control queues: for each declared queue (and each queue that has
+        jobs) its jobs running and waiting, its limits and starts within its rate
+        window, per key. What ``squidmesh queues`` prints."""
+        self._ready()
+        with self.store.transaction() as tx:
+            return queue_states(tx, self.clock(), declared_queues())
+
     def explain_run(self, run_id: Any) -> Explanation:
         """Why the run is where it is, and what can be done next. A run waiting for a
         child run (``waiting_for_child``) names the child and its own reason."""
@@ -342,6 +351,12 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             attempts = tx.load_attempts(run.id)
             events = len(tx.load_events(run.id))
             jobs = tx.load_jobs(run.id)
+            queued = any((q.job.data or {}).get("queue") for q in jobs)
+            queues = (
+                {q.name: q for q in queue_states(tx, self.clock(), declared_queues())}
+                if queued
+                else None
+            )
 
         def child(child_id: str) -> Explanation | None:
             if depth >= _EXPLAIN_DEPTH:
@@ -368,6 +383,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             jobs=jobs,
             explain_child=child,
             now=self.clock(),
+            queues=queues,
         )
 
     def list_runs(

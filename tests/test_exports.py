@@ -137,6 +137,7 @@ MESH_METHODS = [
     "migrate",
     "perform",
     "prune",
+    "queues",
     "register",
     "reject_run",
     "replay_run",

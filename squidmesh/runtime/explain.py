@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from squidmesh.core.flow import DEADLINE_EXCEEDED, job_deadline
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt
+from squidmesh.runtime.queues import QueueState
 from squidmesh.runtime.views import Explanation, build_step_runs
 from squidmesh.storage.base import PARKED, QueuedJob, RunRecord
 from squidmesh.types import RunStatus
@@ -99,6 +100,16 @@ def _branch(entry: Entry) -> dict[str, Any]:
     return found
 
 
+def _queued_job(jobs: Sequence[QueuedJob], entry: Entry) -> dict[str, Any] | None:
+    """The flow data of the step job of ``entry`` waiting (unleased) in a queue."""
+    for q in jobs:
+        data = q.job.data or {}
+        if q.job.kind == "step" and q.job.seq == entry.seq and q.worker is None:
+            if data.get("queue"):
+                return data
+    return None
+
+
 def _scheduled_start(jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
     """When a pending run starts (ISO 8601), if its first activation is in the future."""
     starts = [
@@ -121,6 +132,7 @@ def explain(
     jobs: Sequence[QueuedJob] = (),
     explain_child: Callable[[str], Explanation | None] | None = None,
     now: datetime | None = None,
+    queues: Mapping[str, QueueState] | None = None,
 ) -> Explanation:
     """``explain_child(run_id)``: the explanation of a child run the run waits for (the
     run its ``sm.child`` entry names), or None when it cannot be read."""
@@ -266,6 +278,34 @@ def explain(
             # the latest step_context().heartbeat(details), once saved
             "heartbeat": tries[-1].heartbeat if tries else None,
         }
+        actions = ["wait_for_step", "cancel_run"]
+    elif _queued_job(jobs, entry) is not None:
+        flow = _queued_job(jobs, entry) or {}
+        state = (queues or {}).get(str(flow.get("queue")))
+        limited = (
+            state is not None
+            and state.rate is not None
+            and (state.started_in_window or 0) >= state.rate["limit"]
+        )
+        reason = "rate_limited" if limited else "queued"
+        details = {
+            "attempt": entry.attempts + 1,
+            "queue": flow.get("queue"),
+            "key": flow.get("flow_key"),
+            "priority": flow.get("priority"),
+        }
+        if state is not None:
+            details.update(
+                running=state.running,
+                waiting=state.waiting,
+                limit={
+                    "concurrency": state.concurrency,
+                    "key_concurrency": state.key_concurrency,
+                    "rate": state.rate,
+                },
+            )
+            if state.rate is not None:
+                details["started_in_window"] = state.started_in_window
         actions = ["wait_for_step", "cancel_run"]
     else:
         reason = "step_scheduled"

@@ -362,6 +362,14 @@ class Transaction(Protocol):
         next step takes over its finished step's slot only when none does: handing slots
         on must not bypass fair rotation or priorities.)"""
 
+    def queue_stats(self, now: datetime) -> list[tuple[str, str | None, int, int]]:
+        """(queue, key, running, waiting) of every queue and key that has jobs: running
+        are leased (lease not expired, not parked), waiting are due and claimable."""
+
+    def queue_starts(self, queue: str, since: datetime) -> int:
+        """How many attempts of a rate-limited queue started after ``since`` (as far as
+        the claims' record of starts reaches: they forget starts older than the window)."""
+
     def renew_lease(
         self,
         job_ids: Sequence[int],

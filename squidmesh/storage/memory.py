@@ -168,6 +168,10 @@ def _flow(row: _JobRow) -> tuple[str, str | None, int] | None:
     return data["queue"], key if isinstance(key, str) else None, int(data.get("priority") or 0)
 
 
+def _stat_order(item: tuple[tuple[str, str | None], list[int]]) -> tuple[str, str]:
+    return item[0][0], item[0][1] or ""
+
+
 @dataclasses.dataclass
 class _Data:
     runs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -605,6 +609,25 @@ class InMemoryTransaction:
             if flow[1] != key or flow[2] > priority:
                 return True
         return False
+
+    def queue_stats(self, now: datetime) -> list[tuple[str, str | None, int, int]]:
+        now = utc(now)
+        counts: dict[tuple[str, str | None], list[int]] = {}
+        for row in self._read("queue_stats").jobs.values():
+            flow = _flow(row)
+            if flow is None:
+                continue
+            slot = counts.setdefault(flow[:2], [0, 0])
+            if row.lease_until is not None and row.lease_until > now:
+                slot[0] += row.worker != PARKED
+            elif row.run_at <= now:
+                slot[1] += 1
+        return [(q, k, n[0], n[1]) for (q, k), n in sorted(counts.items(), key=_stat_order)]
+
+    def queue_starts(self, queue: str, since: datetime) -> int:
+        since = utc(since)
+        starts = self._read("queue_starts").flow_starts
+        return sum(1 for name, at in starts if name == queue and at > since)
 
     def renew_lease(
         self,

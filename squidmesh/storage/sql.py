@@ -692,6 +692,16 @@ class SqlTransaction:
         statement = self._q.flow_others if key is not None else self._q.flow_others_keyed
         return bool(self.connection.execute(statement, params).scalar())
 
+    @translated("count the jobs of each queue")
+    def queue_stats(self, now: datetime) -> list[tuple[str, str | None, int, int]]:
+        rows = self.connection.execute(self._q.queue_stats, {"now": now})
+        return [(row[0], row[1], int(row[2] or 0), int(row[3] or 0)) for row in rows]
+
+    @translated("count a queue's starts")
+    def queue_starts(self, queue: str, since: datetime) -> int:
+        params = {"queue": queue, "since": since}
+        return int(self.connection.execute(self._q.queue_starts, params).scalar() or 0)
+
     @translated("renew job leases")
     def renew_lease(
         self,

@@ -388,6 +388,27 @@ class Queries:
             .group_by(starts.c.queue)
         )
         self.flow_add_starts = sa.insert(starts)
+        leased = sa.and_(
+            jobs.c.worker.is_not(None), jobs.c.worker != PARKED, jobs.c.lease_until > now
+        )
+        ready = sa.and_(
+            jobs.c.run_at <= now,
+            sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+        )
+        self.queue_stats = (
+            sa.select(
+                jobs.c.queue,
+                jobs.c.flow_key,
+                sa.func.sum(sa.case((leased, 1), else_=0)),
+                sa.func.sum(sa.case((ready, 1), else_=0)),
+            )
+            .where(jobs.c.queue.is_not(None))
+            .group_by(jobs.c.queue, jobs.c.flow_key)
+            .order_by(jobs.c.queue, jobs.c.flow_key)
+        )
+        self.queue_starts = sa.select(sa.func.count()).where(
+            starts.c.queue == b("queue"), starts.c.at > b("since", type_=t.UtcDateTime())
+        )
         served = t.flow_keys
         self.flow_served = sa.select(served.c.queue, served.c.flow_key, served.c.served_at).where(
             served.c.queue.in_(names), served.c.flow_key.in_(b("keys", expanding=True))

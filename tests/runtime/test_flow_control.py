@@ -240,3 +240,33 @@ def test_bad_start_and_deadline_arguments_persist_nothing(mesh_factory: MeshFact
     assert mesh.list_runs() == []
     with pytest.raises(sm.DefinitionError, match="timeout must be > 0"):
         sm.workflow(timeout=0)(quick.fn)
+
+
+SLOW_API = sm.Queue("test-flow-slow-api", rate=sm.Rate(1, per=60))
+
+
+@sm.step(queue=SLOW_API)
+def call_api(n: int) -> int:
+    return n
+
+
+@sm.workflow
+def two_calls() -> Any:
+    first = yield call_api(1)
+    second = yield call_api(2)
+    return first + second
+
+
+def test_a_step_over_its_queue_s_rate_is_rate_limited(mesh_factory: MeshFactory) -> None:
+    mesh = mesh_factory([two_calls], executor="database")
+    run = mesh.start_run(two_calls)
+    mesh.drain()
+    why = mesh.explain_run(run.id)
+    assert (why.reason, why.step) == ("rate_limited", "call_api")
+    assert why.details["started_in_window"] == 1
+    assert why.details["limit"]["rate"] == {"limit": 1, "per": 60.0}
+    (state,) = [q for q in mesh.queues() if q.name == SLOW_API.name]
+    assert (state.running, state.waiting, state.started_in_window) == (0, 1, 1)
+    mesh_factory.clock.advance(60)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).result == 3
