@@ -136,6 +136,8 @@ class AsyncMeshMethods:
         start_at: datetime | None = None,
         delay: float | None = None,
         deadline: datetime | None = None,
+        key: Any = None,
+        priority: int | None = None,
     ) -> Run:
         """Async twin of [`start_run`][squidmesh.Mesh.start_run]."""
         return await self._offload(
@@ -149,6 +151,8 @@ class AsyncMeshMethods:
             start_at=start_at,
             delay=delay,
             deadline=deadline,
+            key=key,
+            priority=priority,
         )
 
     async def fire_cron_async(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,7 +11,7 @@ from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
-from squidmesh.core.flow import declared_queues, start_times
+from squidmesh.core.flow import declared_queues, run_flow_data, start_times
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     ConflictError,
@@ -245,6 +246,8 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         start_at: datetime | None = None,
         delay: float | None = None,
         deadline: datetime | None = None,
+        key: Any = None,
+        priority: int | None = None,
     ) -> Run:
         """Validate, persist and dispatch a new run (or return the run with this key).
 
@@ -252,12 +255,17 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         ``start_at=`` (an aware datetime) or ``delay=`` (seconds) start it later: it is
         ``pending`` until then (explain reason ``scheduled_start``). ``deadline=`` (or the
         workflow's ``timeout=``, counted from the start): a run still active then is
-        cancelled with compensation (reason ``deadline_exceeded``, audit ``timed_out``)."""
+        cancelled with compensation (reason ``deadline_exceeded``, audit ``timed_out``).
+        ``key=`` and ``priority=`` place a run of a workflow declared with
+        ``@sm.workflow(queue=...)`` in its queue: at most ``concurrency`` runs of the
+        queue are active (``key_concurrency`` per key), higher priorities first; the
+        others wait ``pending`` (explain reason ``queued``)."""
         wf = self._workflow(workflow)
         trig = wf.trigger(trigger)
         begin, end = start_times(
             self.clock(), start_at=start_at, delay=delay, deadline=deadline, timeout=wf.timeout
         )
+        admission = run_flow_data(wf.queue, key, priority)
         stored = self._sized_payload(wf, payload, trig.name)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
@@ -276,6 +284,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 actor=actor,
                 start_at=begin,
                 deadline=end,
+                admission=admission,
             )
         except ConflictError:
             if idempotency_key is None:
@@ -352,6 +361,14 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             events = len(tx.load_events(run.id))
             jobs = tx.load_jobs(run.id)
             queued = any((q.job.data or {}).get("queue") for q in jobs)
+            now = self.clock()
+            for index, q in enumerate(jobs):
+                data = q.job.data or {}
+                if data.get("hold") and q.worker is None and q.job.id is not None:
+                    place = tx.queue_position(q.job.id, now)
+                    jobs[index] = dataclasses.replace(
+                        q, job=dataclasses.replace(q.job, data={**data, "position": place})
+                    )
             queues = (
                 {q.name: q for q in queue_states(tx, self.clock(), declared_queues())}
                 if queued
@@ -593,6 +610,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             )
         stored = self._sized_payload(wf, payload, trig.name)
         _, deadline = start_times(self.clock(), timeout=wf.timeout)
+        admission = run_flow_data(wf.queue, None, None)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)
         try:
@@ -604,6 +622,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 schedule=facts,
                 cron_tick=fire_time,
                 deadline=deadline,
+                admission=admission,
             )
         except ConflictError:
             # Another scheduler or host fired this tick concurrently (unique run key /

@@ -105,6 +105,7 @@ class OperatorActions:
         actor: str | None = None,
         start_at: datetime | None = None,
         deadline: datetime | None = None,
+        admission: dict[str, Any] | None = None,
     ) -> Run:
         with self._engine.change() as ch:
             if idempotency_key is not None:
@@ -141,7 +142,10 @@ class OperatorActions:
                 kind, source = source_audit
                 ch.audit(run.id, kind, actor=actor, metadata={"source_run_id": source})
                 ch.audit(source, kind, actor=actor, metadata={"new_run_id": run.id})
-            ch.jobs.append(Job("activate", run.id, run_at=max(start_at or ch.now, ch.now)))
+            # A run of a workflow-level queue starts when a claim admits this job (its
+            # slot: see runtime/perform.py).
+            first = max(start_at or ch.now, ch.now)
+            ch.jobs.append(Job("activate", run.id, run_at=first, data=admission))
             if deadline is not None:
                 # Fires at the deadline: a run still active then is cancelled.
                 ch.jobs.append(

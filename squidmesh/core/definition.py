@@ -425,6 +425,7 @@ class WorkflowDefinition(Generic[W]):
         version: str | None = None,
         on_error: Literal["suspend", "fail"] = "suspend",
         timeout: float | None = None,
+        queue: Queue | None = None,
     ) -> None:
         if not inspect.isgeneratorfunction(fn):
             raise DefinitionError(
@@ -461,6 +462,13 @@ class WorkflowDefinition(Generic[W]):
         #: a run still active this many seconds after it was started is cancelled (with
         #: compensation), reason deadline_exceeded; ``start_run(deadline=)`` overrides it
         self.timeout = float(timeout) if timeout is not None else None
+        if queue is not None and not isinstance(queue, Queue):
+            raise DefinitionError(
+                f"workflow {self.name}: queue must be sm.Queue(name, ...), got {queue!r}"
+            )
+        #: at most ``concurrency`` runs of the queue are active (``key_concurrency`` per
+        #: ``start_run(key=)``); the others wait ``pending`` (explain reason ``queued``)
+        self.queue = queue
         self.version = version
         self.ref = callable_ref(fn)
         self._takes_payload = len(inspect.signature(fn).parameters) > 0
@@ -527,6 +535,7 @@ def workflow(
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
     timeout: float | None = None,
+    queue: Queue | None = None,
 ) -> Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]: ...
 
 
@@ -539,6 +548,7 @@ def workflow(
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
     timeout: float | None = None,
+    queue: Queue | None = None,
 ) -> (
     WorkflowDefinition[W] | Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]
 ):
@@ -546,7 +556,13 @@ def workflow(
 
     def wrap(f: Callable[..., Generator[Any, Any, W]]) -> WorkflowDefinition[W]:
         return WorkflowDefinition(
-            f, name=name, triggers=triggers, version=version, on_error=on_error, timeout=timeout
+            f,
+            name=name,
+            triggers=triggers,
+            version=version,
+            on_error=on_error,
+            timeout=timeout,
+            queue=queue,
         )
 
     if fn is not None:

@@ -27,9 +27,11 @@ __all__ = [
     "deadline_job_data",
     "declared_queues",
     "flow_data",
+    "holds_slot",
     "job_deadline",
     "key_text",
     "priority_value",
+    "run_flow_data",
     "start_times",
 ]
 
@@ -224,3 +226,24 @@ def start_times(
             f"{max(begin or now, now).isoformat()}"
         )
     return begin, end
+
+
+def run_flow_data(queue: Queue | None, key: Any, priority: Any) -> dict[str, Any] | None:
+    """The data of a run's first activation when its workflow has a queue: the job that
+    claims the run's slot and then holds it while the run is active (``holds_slot``)."""
+    where = "start_run"
+    if queue is None:
+        if key is not None or (priority not in (None, 0)):
+            raise InvalidArgumentError(
+                "start_run: key= and priority= need a workflow declared with "
+                "@sm.workflow(queue=sm.Queue(...))"
+            )
+        return None
+    text = key_text(key, where=where)
+    level = priority_value(0 if priority is None else priority, where=where)
+    return {"queue": queue.name, "flow_key": text, "priority": level, "hold": True}
+
+
+def holds_slot(data: Mapping[str, Any] | None) -> bool:
+    """Whether an activation job is a run's admission to a workflow-level queue."""
+    return bool((data or {}).get("hold")) and isinstance((data or {}).get("queue"), str)

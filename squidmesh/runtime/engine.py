@@ -30,6 +30,7 @@ from squidmesh.runtime import composition, invoke
 from squidmesh.runtime.events import EventBus, Recorder
 from squidmesh.runtime.executors import DatabaseExecutor, Executor, InlineExecutor
 from squidmesh.storage.base import (
+    HOLDING,
     RUN_FIXED_FIELDS,
     JobWrite,
     RunRecord,
@@ -301,6 +302,13 @@ class Engine:
             run.version += 1
             run.updated_at = ch.now
             batch.runs.append(run)
+            if run.status in ("completed", "failed", "cancelled") and self._queued(run):
+                # The run ends: the slot of its workflow-level queue goes with it.
+                batch.jobs_delete.extend(
+                    q.job.id
+                    for q in ch.tx.load_jobs(run.id)
+                    if q.worker == HOLDING and q.job.id is not None
+                )
         if ch.jobs:
             _stamp_flow(ch)
         if ch.jobs and self.batches_jobs:
@@ -315,6 +323,11 @@ class Engine:
             stored = inserted[index]
             self.begun[int(stored.id or 0)] = begun
             ch.eager_job = stored
+
+    def _queued(self, run: RunRecord) -> bool:
+        """Whether ``run``'s workflow has a workflow-level queue (so a slot to release)."""
+        workflow = self.workflows.get(run.workflow)
+        return workflow is not None and workflow.queue is not None
 
     @property
     def batches_jobs(self) -> bool:

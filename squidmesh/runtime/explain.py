@@ -110,6 +110,16 @@ def _queued_job(jobs: Sequence[QueuedJob], entry: Entry) -> dict[str, Any] | Non
     return None
 
 
+def _admission(jobs: Sequence[QueuedJob]) -> dict[str, Any] | None:
+    """The flow data of a pending run's admission to a workflow-level queue, while it
+    waits (with ``position`` when the caller put it there)."""
+    for q in jobs:
+        data = q.job.data or {}
+        if q.job.kind == "activate" and q.worker is None and data.get("hold"):
+            return data
+    return None
+
+
 def _scheduled_start(jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
     """When a pending run starts (ISO 8601), if its first activation is in the future."""
     starts = [
@@ -205,6 +215,27 @@ def explain(
         reason = "scheduled_start"
         details = {"start_at": _scheduled_start(jobs, now)}
         actions = ["wait_for_timer", "cancel_run"]
+    elif status is RunStatus.PENDING and _admission(jobs) is not None:
+        admission = _admission(jobs) or {}
+        state = (queues or {}).get(str(admission.get("queue")))
+        reason = "queued"
+        details = {
+            "queue": admission.get("queue"),
+            "key": admission.get("flow_key"),
+            "priority": admission.get("priority"),
+            "position": admission.get("position"),
+        }
+        if state is not None:
+            details.update(
+                running=state.running,
+                waiting=state.waiting,
+                limit={
+                    "concurrency": state.concurrency,
+                    "key_concurrency": state.key_concurrency,
+                    "rate": state.rate,
+                },
+            )
+        actions = ["cancel_run"]
     elif status is RunStatus.PENDING:
         reason = "pending_dispatch"
         actions = ["wait_for_step", "cancel_run"]

@@ -19,7 +19,7 @@ from typing import Any
 from squidmesh.core import contracts, state
 from squidmesh.core.definition import StepDefinition
 from squidmesh.core.failures import error_info
-from squidmesh.core.flow import DEADLINE_EXCEEDED, declared_queues, job_deadline
+from squidmesh.core.flow import DEADLINE_EXCEEDED, declared_queues, holds_slot, job_deadline
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, Job
 from squidmesh.core.retry import Retry
@@ -43,7 +43,7 @@ from squidmesh.runtime.engine import (
     NeedsLock,
     step_job_data,
 )
-from squidmesh.storage.base import JobWrite, RunRecord, Transaction
+from squidmesh.storage.base import HOLDING, PARKED_UNTIL, JobWrite, RunRecord, Transaction
 from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
@@ -65,6 +65,7 @@ POSTPONE_MAX = 300.0
 #: a transactional step that finished inside its own job's transaction
 _LANDED = object()
 _NO_RETRY = Retry()
+TERMINAL_RUN_STATUSES = ("completed", "failed", "cancelled")
 
 
 def _inherits_slot(ch: Change, data: dict[str, Any], finished: Job | None) -> bool:
@@ -157,11 +158,22 @@ class JobRunner:
         if lease is not None and job.id is not None:
             ch.batch.jobs_delete.append(job.id)
 
+    def _hold_slot(self, ch: Change, run: RunRecord, job: Job, lease: Lease | None) -> None:
+        """The claim admitted a run of a workflow-level queue: its admission job's row
+        stays, leased to ``HOLDING`` for good, as the run's slot until the run ends
+        (``Engine`` deletes it in the change that ends the run)."""
+        if lease is None or job.id is None or run.status in TERMINAL_RUN_STATUSES:
+            return
+        if job.id in ch.batch.jobs_delete:
+            ch.batch.jobs_delete.remove(job.id)
+        holder = dataclasses.replace(job, id=None, run_at=ch.now)
+        ch.batch.jobs_insert.append(JobWrite(holder, HOLDING, PARKED_UNTIL, replaces=job.id))
+
     def _deadline(self, ch: Change, run: RunRecord, deadline: str) -> None:
         """The run's deadline came: a run still active is cancelled as ``cancel_run(...,
         compensate=True)`` would, with reason ``deadline_exceeded`` and audit
         ``timed_out``; an ended (or already cancelling) run is left alone."""
-        if run.status in ("completed", "failed", "cancelled", "cancelling"):
+        if run.status in (*TERMINAL_RUN_STATUSES, "cancelling"):
             return
         ch.audit(run.id, "timed_out", metadata={"deadline": deadline})
         composition.request_cancel(
@@ -236,6 +248,8 @@ class JobRunner:
             if run.status == "pending":
                 run.status = RunStatus.RUNNING.value
             self.engine.advance(ch, run, live)
+            if holds_slot(job.data):
+                self._hold_slot(ch, run, job, lease)
             self._continue(ch, run, live, lease)
         return ch.eager_job
 

@@ -25,7 +25,9 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent, Interpreter
 
 __all__ = [
+    "HOLDING",
     "PARKED",
+    "PARKED_UNTIL",
     "RUN_FIXED_FIELDS",
     "RUN_MUTABLE_FIELDS",
     "SCHEMA_VERSION",
@@ -44,6 +46,9 @@ __all__ = [
 
 #: the ``worker`` of a parked job, and its lease (no claim ever reaches it)
 PARKED = "parked"
+#: the ``worker`` of the job that holds a slot of a workflow-level queue for an active
+#: run (leased until ``PARKED_UNTIL``; deleted when the run ends): it counts as running
+HOLDING = "holding"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
@@ -365,6 +370,11 @@ class Transaction(Protocol):
     def queue_stats(self, now: datetime) -> list[tuple[str, str | None, int, int]]:
         """(queue, key, running, waiting) of every queue and key that has jobs: running
         are leased (lease not expired, not parked), waiting are due and claimable."""
+
+    def queue_position(self, job_id: int, now: datetime) -> int | None:
+        """1 + how many claimable jobs of the same queue come before job ``job_id`` in
+        priority order (priority descending, then run_at, then id); None when it is not
+        a claimable job of a queue. (Fair rotation across keys may take it sooner.)"""
 
     def queue_starts(self, queue: str, since: datetime) -> int:
         """How many attempts of a rate-limited queue started after ``since`` (as far as

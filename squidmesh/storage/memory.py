@@ -25,6 +25,7 @@ from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
 from squidmesh.storage import flow_claim, liveness
 from squidmesh.storage.base import (
+    HOLDING,
     PARKED,
     PARKED_UNTIL,
     RUN_MUTABLE_FIELDS,
@@ -624,6 +625,29 @@ class InMemoryTransaction:
                 slot[1] += 1
         return [(q, k, n[0], n[1]) for (q, k), n in sorted(counts.items(), key=_stat_order)]
 
+    def queue_position(self, job_id: int, now: datetime) -> int | None:
+        now = utc(now)
+        jobs = self._read("queue_position").jobs
+
+        def rank(row: _JobRow) -> tuple[int, datetime, int] | None:
+            flow = _flow(row)
+            leased = row.lease_until is not None and row.lease_until > now
+            if flow is None or leased or row.run_at > now:
+                return None
+            return (-flow[2], row.run_at, row.id)
+
+        mine = jobs.get(job_id)
+        key = rank(mine) if mine is not None else None
+        if mine is None or key is None:
+            return None
+        queue = (_flow(mine) or ("",))[0]
+        ahead = 0
+        for row in jobs.values():
+            other = rank(row)
+            if other is not None and other < key and (_flow(row) or ("",))[0] == queue:
+                ahead += 1
+        return ahead + 1
+
     def queue_starts(self, queue: str, since: datetime) -> int:
         since = utc(since)
         starts = self._read("queue_starts").flow_starts
@@ -719,7 +743,7 @@ class InMemoryTransaction:
         data = self._read("find_orphans")
         cutoff = utc(updated_before)
         cursor = (utc(after[0]), after[1]) if after is not None else None
-        with_jobs = {row.run_id for row in data.jobs.values()}
+        with_jobs = {row.run_id for row in data.jobs.values() if row.worker != HOLDING}
         picked = sorted(
             (row["updated_at"], row["id"], row["version"])
             for row in data.runs.values()

@@ -697,6 +697,15 @@ class SqlTransaction:
         rows = self.connection.execute(self._q.queue_stats, {"now": now})
         return [(row[0], row[1], int(row[2] or 0), int(row[3] or 0)) for row in rows]
 
+    @translated("find a job's place in its queue")
+    def queue_position(self, job_id: int, now: datetime) -> int | None:
+        found = self.connection.execute(self._q.queue_job, {"id": job_id, "now": now}).first()
+        if found is None:
+            return None
+        params = {"queue": found[0], "priority": found[1], "run_at": found[2], "id": job_id}
+        ahead = self.connection.execute(self._q.queue_ahead, {**params, "now": now}).scalar()
+        return int(ahead or 0) + 1
+
     @translated("count a queue's starts")
     def queue_starts(self, queue: str, since: datetime) -> int:
         params = {"queue": queue, "since": since}

@@ -21,7 +21,7 @@ from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import PARKED, RunRecord
+from squidmesh.storage.base import HOLDING, PARKED, RunRecord
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["Queries", "queries_for"]
@@ -406,6 +406,22 @@ class Queries:
             .group_by(jobs.c.queue, jobs.c.flow_key)
             .order_by(jobs.c.queue, jobs.c.flow_key)
         )
+        self.queue_job = sa.select(jobs.c.queue, jobs.c.priority, jobs.c.run_at).where(
+            jobs.c.id == b("id"), jobs.c.queue.is_not(None), ready
+        )
+        pri = b("priority", type_=sa.Integer())
+        at = b("run_at", type_=t.UtcDateTime())
+        self.queue_ahead = sa.select(sa.func.count()).where(
+            jobs.c.queue == b("queue"),
+            ready,
+            sa.or_(
+                jobs.c.priority > pri,
+                sa.and_(
+                    jobs.c.priority == pri,
+                    sa.or_(jobs.c.run_at < at, sa.and_(jobs.c.run_at == at, jobs.c.id < b("id"))),
+                ),
+            ),
+        )
         self.queue_starts = sa.select(sa.func.count()).where(
             starts.c.queue == b("queue"), starts.c.at > b("since", type_=t.UtcDateTime())
         )
@@ -449,7 +465,11 @@ class Queries:
             .where(
                 runs.c.status.in_(b("statuses", expanding=True)),
                 runs.c.updated_at < b("cutoff", type_=t.UtcDateTime()),
-                ~sa.exists().where(jobs.c.run_id == runs.c.id),
+                # a run's slot of a workflow queue is not a job that moves it on
+                ~sa.exists().where(
+                    jobs.c.run_id == runs.c.id,
+                    sa.or_(jobs.c.worker.is_(None), jobs.c.worker != HOLDING),
+                ),
             )
             .order_by(runs.c.updated_at, runs.c.id)
             .limit(b("n"))

@@ -270,3 +270,45 @@ def test_a_step_over_its_queue_s_rate_is_rate_limited(mesh_factory: MeshFactory)
     mesh_factory.clock.advance(60)
     mesh.drain()
     assert mesh.inspect_run(run.id).result == 3
+
+
+# --------------------------------------------------------------------------- run queues
+
+ONE_AT_A_TIME = sm.Queue("test-flow-runs", concurrency=2, key_concurrency=1)
+
+
+@sm.workflow(queue=ONE_AT_A_TIME)
+def onboarding() -> Any:
+    yield sm.approval("welcome")
+    return "onboarded"
+
+
+def test_a_workflow_queue_admits_runs_up_to_its_limits(mesh_factory: MeshFactory) -> None:
+    mesh = mesh_factory([onboarding, quick], executor="database")
+    a1 = mesh.start_run(onboarding, key="acme")
+    a2 = mesh.start_run(onboarding, key="acme")
+    b1 = mesh.start_run(onboarding, key="bolt")
+    c1 = mesh.start_run(onboarding, key="cobra", priority=5)
+    mesh.drain()
+    status = [mesh.inspect_run(r.id).status for r in (a1, a2, b1, c1)]
+    # two active at most; one per key; the higher priority first
+    assert status == ["paused", "pending", "pending", "paused"]
+    why = mesh.explain_run(b1.id)
+    assert why.reason == "queued"
+    assert why.details["queue"] == ONE_AT_A_TIME.name and why.details["key"] == "bolt"
+    assert why.details["position"] == 2  # a2 was started first
+    assert why.details["limit"]["concurrency"] == 2
+    (state,) = [q for q in mesh.queues() if q.name == ONE_AT_A_TIME.name]
+    assert (state.running, state.waiting) == (2, 2)
+    mesh.approve_run(a1.id, actor="ops")
+    mesh.drain()
+    assert mesh.inspect_run(a1.id).status == "completed"
+    # a1's slot goes to the key served least recently: bolt (acme just had one)
+    assert mesh.inspect_run(b1.id).status == "paused"
+    assert mesh.inspect_run(a2.id).status == "pending"
+    mesh.cancel_run(c1.id)
+    mesh.drain()
+    assert mesh.inspect_run(a2.id).status == "paused"
+    assert mesh.explain_run(c1.id).reason == "cancelled"
+    with pytest.raises(sm.InvalidArgumentError, match="need a workflow declared with"):
+        mesh.start_run(quick, key="k")

@@ -301,7 +301,27 @@ def rated(payload: RatedInput) -> Any:
     return len(done)
 
 
+#: at most 2 runs of ``admitted`` active at once across every worker
+RUN_SLOTS = sm.Queue("run-slots", concurrency=2)
+
+
+@sm.step
+def admitted_work(seconds: float) -> str:
+    record("admitted", "start")
+    time.sleep(seconds)
+    record("admitted", "done")
+    return "done"
+
+
+@sm.workflow(name="admitted", triggers=[sm.manual(payload=SlowInput)], queue=RUN_SLOTS)
+def admitted(payload: SlowInput) -> Any:
+    first = yield admitted_work(payload.seconds)
+    second = yield admitted_work(payload.seconds)
+    return [first, second]
+
+
 WORKFLOWS = [
+    admitted,
     sequential,
     joined,
     slow,
