@@ -38,6 +38,7 @@ from typing_extensions import ParamSpec
 
 from squidmesh.core.arguments import count
 from squidmesh.core.definition import WorkflowDefinition
+from squidmesh.core.flow import Debounce
 from squidmesh.core.records import Job
 from squidmesh.runtime.events import LifecycleEvent
 from squidmesh.runtime.queues import QueueState
@@ -138,6 +139,7 @@ class AsyncMeshMethods:
         deadline: datetime | None = None,
         key: Any = None,
         priority: int | None = None,
+        debounce: Debounce | None = None,
     ) -> Run:
         """Async twin of [`start_run`][squidmesh.Mesh.start_run]."""
         return await self._offload(
@@ -153,6 +155,7 @@ class AsyncMeshMethods:
             deadline=deadline,
             key=key,
             priority=priority,
+            debounce=debounce,
         )
 
     async def fire_cron_async(

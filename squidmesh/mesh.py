@@ -11,7 +11,7 @@ from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
-from squidmesh.core.flow import declared_queues, run_flow_data, start_times
+from squidmesh.core.flow import Debounce, declared_queues, run_flow_data, start_times
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     ConflictError,
@@ -248,6 +248,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         deadline: datetime | None = None,
         key: Any = None,
         priority: int | None = None,
+        debounce: Debounce | None = None,
     ) -> Run:
         """Validate, persist and dispatch a new run (or return the run with this key).
 
@@ -266,6 +267,17 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             self.clock(), start_at=start_at, delay=delay, deadline=deadline, timeout=wf.timeout
         )
         admission = run_flow_data(wf.queue, key, priority)
+        if debounce is not None:
+            if not isinstance(debounce, Debounce):
+                raise InvalidArgumentError(
+                    f"start_run: debounce must be sm.Debounce(key, seconds, max_wait=None), "
+                    f"got {shown(debounce)}"
+                )
+            if idempotency_key is not None or begin is not None or admission is not None:
+                raise InvalidArgumentError(
+                    "start_run: debounce= does not go with idempotency_key=, start_at=/delay= "
+                    "or a workflow queue (the debounce window decides when the run starts)"
+                )
         stored = self._sized_payload(wf, payload, trig.name)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
@@ -285,6 +297,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 start_at=begin,
                 deadline=end,
                 admission=admission,
+                debounce=debounce,
             )
         except ConflictError:
             if idempotency_key is None:

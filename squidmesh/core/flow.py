@@ -25,6 +25,8 @@ __all__ = [
     "Queue",
     "Rate",
     "deadline_job_data",
+    "debounce_job_data",
+    "debounced_start",
     "declared_queues",
     "flow_data",
     "holds_slot",
@@ -247,3 +249,27 @@ def run_flow_data(queue: Queue | None, key: Any, priority: Any) -> dict[str, Any
 def holds_slot(data: Mapping[str, Any] | None) -> bool:
     """Whether an activation job is a run's admission to a workflow-level queue."""
     return bool((data or {}).get("hold")) and isinstance((data or {}).get("queue"), str)
+
+
+def debounce_job_data(marker: str, debounce: Debounce, now: datetime) -> dict[str, Any]:
+    """The data of a debounced run's first activation: ``flow_key`` holds the marker (the
+    jobs table's generated column finds it), ``first_at`` bounds the wait (max_wait)."""
+    return {
+        "debounce": marker,
+        "flow_key": marker,
+        "debounce_key": debounce.key,
+        "first_at": now.isoformat(),
+        "max_wait": debounce.max_wait,
+    }
+
+
+def debounced_start(data: Mapping[str, Any], seconds: float, now: datetime) -> datetime:
+    """When a debounced run starts after another start in its window: the window's end,
+    never later than ``first_at + max_wait``."""
+    start = now + timedelta(seconds=seconds)
+    max_wait = data.get("max_wait")
+    if isinstance(max_wait, (int, float)):
+        start = min(
+            start, datetime.fromisoformat(str(data["first_at"])) + timedelta(seconds=max_wait)
+        )
+    return max(start, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from squidmesh.core.flow import DEADLINE_EXCEEDED, job_deadline
@@ -120,6 +120,27 @@ def _admission(jobs: Sequence[QueuedJob]) -> dict[str, Any] | None:
     return None
 
 
+def _debouncing(jobs: Sequence[QueuedJob], now: datetime | None) -> dict[str, Any] | None:
+    """Key, start and bound of a pending debounced run still in its window."""
+    for q in jobs:
+        data = q.job.data or {}
+        if q.job.kind != "activate" or not data.get("debounce") or q.worker is not None:
+            continue
+        if now is None or q.job.run_at is None or q.job.run_at <= now:
+            return None
+        bound = None
+        if isinstance(data.get("max_wait"), (int, float)):
+            first = datetime.fromisoformat(str(data["first_at"]))
+            bound = (first + timedelta(seconds=data["max_wait"])).isoformat()
+        return {
+            "key": data.get("debounce_key"),
+            "start_at": q.job.run_at.isoformat(),
+            "first_start_at": data.get("first_at"),
+            "max_wait_until": bound,
+        }
+    return None
+
+
 def _scheduled_start(jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
     """When a pending run starts (ISO 8601), if its first activation is in the future."""
     starts = [
@@ -211,6 +232,10 @@ def explain(
             ]
         }
         actions = ["wait_for_step"]
+    elif status is RunStatus.PENDING and _debouncing(jobs, now) is not None:
+        reason = "debouncing"
+        details = _debouncing(jobs, now) or {}
+        actions = ["wait_for_timer", "cancel_run"]
     elif status is RunStatus.PENDING and _scheduled_start(jobs, now) is not None:
         reason = "scheduled_start"
         details = {"start_at": _scheduled_start(jobs, now)}

@@ -371,6 +371,12 @@ class Transaction(Protocol):
         """(queue, key, running, waiting) of every queue and key that has jobs: running
         are leased (lease not expired, not parked), waiting are due and claimable."""
 
+    def find_debounced(self, marker: str) -> QueuedJob | None:
+        """The unclaimed activation job whose data has ``"debounce": marker`` (a pending
+        debounced run's first activation), or None. On PostgreSQL it first takes a
+        transaction lock on ``marker``, so concurrent starts with one debounce key
+        serialize (SQLite's write lock and the memory store's mutex do already)."""
+
     def queue_position(self, job_id: int, now: datetime) -> int | None:
         """1 + how many claimable jobs of the same queue come before job ``job_id`` in
         priority order (priority descending, then run_at, then id); None when it is not

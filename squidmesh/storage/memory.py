@@ -625,6 +625,15 @@ class InMemoryTransaction:
                 slot[1] += 1
         return [(q, k, n[0], n[1]) for (q, k), n in sorted(counts.items(), key=_stat_order)]
 
+    def find_debounced(self, marker: str) -> QueuedJob | None:
+        data = self._write("find_debounced")
+        for row in sorted(data.jobs.values(), key=lambda r: r.id):
+            if row.kind != "activate" or row.worker is not None or marker not in row.data:
+                continue
+            if (json.loads(row.data) or {}).get("debounce") == marker:
+                return QueuedJob(row.job(), row.worker, row.lease_until)
+        return None
+
     def queue_position(self, job_id: int, now: datetime) -> int | None:
         now = utc(now)
         jobs = self._read("queue_position").jobs

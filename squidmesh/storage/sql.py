@@ -697,6 +697,17 @@ class SqlTransaction:
         rows = self.connection.execute(self._q.queue_stats, {"now": now})
         return [(row[0], row[1], int(row[2] or 0), int(row[3] or 0)) for row in rows]
 
+    @translated("find a debounced run")
+    def find_debounced(self, marker: str) -> QueuedJob | None:
+        conn, q = self.connection, self._q
+        if q.dialect == "postgresql":
+            conn.execute(q.flow_lock, {"key": f"squidmesh-debounce:{marker}"})
+        for row in conn.execute(q.debounced, {"marker": marker}):
+            job = job_from_row(row)
+            if (job.data or {}).get("debounce") == marker:
+                return QueuedJob(job, None, None)
+        return None
+
     @translated("find a job's place in its queue")
     def queue_position(self, job_id: int, now: datetime) -> int | None:
         found = self.connection.execute(self._q.queue_job, {"id": job_id, "now": now}).first()

@@ -406,6 +406,18 @@ class Queries:
             .group_by(jobs.c.queue, jobs.c.flow_key)
             .order_by(jobs.c.queue, jobs.c.flow_key)
         )
+        # A pending debounced run's activation: its marker is the job data's flow_key (of
+        # no queue). Jobs are few (the work pending now): a scan is cheap.
+        self.debounced = (
+            sa.select(*job_columns)
+            .where(
+                jobs.c.kind == "activate",
+                jobs.c.worker.is_(None),
+                jobs.c.queue.is_(None),
+                jobs.c.flow_key == b("marker"),
+            )
+            .order_by(jobs.c.id)
+        )
         self.queue_job = sa.select(jobs.c.queue, jobs.c.priority, jobs.c.run_at).where(
             jobs.c.id == b("id"), jobs.c.queue.is_not(None), ready
         )

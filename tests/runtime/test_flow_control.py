@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 import squidmesh as sm
 from tests.runtime.support import MeshFactory
@@ -312,3 +313,69 @@ def test_a_workflow_queue_admits_runs_up_to_its_limits(mesh_factory: MeshFactory
     assert mesh.explain_run(c1.id).reason == "cancelled"
     with pytest.raises(sm.InvalidArgumentError, match="need a workflow declared with"):
         mesh.start_run(quick, key="k")
+
+
+# --------------------------------------------------------------------------- debounce
+
+
+class Doc(BaseModel):
+    doc: int
+
+
+@sm.workflow(triggers=[sm.manual(payload=Doc)])
+def reindex(payload: Doc) -> Any:
+    return (yield reserve(f"doc {payload.doc}"))
+
+
+def test_debounced_starts_share_one_run_with_the_latest_payload(
+    mesh_factory: MeshFactory,
+) -> None:
+    mesh = mesh_factory([reindex, quick], executor="database")
+    clock = mesh_factory.clock
+    t0 = clock()
+    wait = sm.Debounce("search-index", 10)
+    first = mesh.start_run(reindex, {"doc": 1}, debounce=wait)
+    why = mesh.explain_run(first.id)
+    assert (why.status, why.reason) == ("pending", "debouncing")
+    assert why.details["key"] == "search-index"
+    assert why.details["start_at"] == (t0 + timedelta(seconds=10)).isoformat()
+    clock.advance(5)
+    again = mesh.start_run(reindex, {"doc": 2}, debounce=wait)
+    assert again.id == first.id and again.payload == {"doc": 2}
+    assert (
+        mesh.explain_run(first.id).details["start_at"] == (t0 + timedelta(seconds=15)).isoformat()
+    )
+    clock.advance(9)
+    assert mesh.drain() == 0
+    clock.advance(1)
+    mesh.drain()
+    assert mesh.inspect_run(first.id).result == "doc 2"
+    # the window closed with the run's start: the next start is a new run
+    later = mesh.start_run(reindex, {"doc": 3}, debounce=wait)
+    assert later.id != first.id
+    assert len(mesh.list_runs()) == 2
+
+
+def test_max_wait_bounds_how_far_a_debounced_start_moves(mesh_factory: MeshFactory) -> None:
+    mesh = mesh_factory([reindex], executor="database")
+    clock = mesh_factory.clock
+    t0 = clock()
+    wait = sm.Debounce("bounded", 10, max_wait=12)
+    run = mesh.start_run(reindex, {"doc": 1}, debounce=wait)
+    clock.advance(5)
+    mesh.start_run(reindex, {"doc": 9}, debounce=wait)
+    why = mesh.explain_run(run.id)
+    assert why.details["start_at"] == (t0 + timedelta(seconds=12)).isoformat()
+    assert why.details["max_wait_until"] == (t0 + timedelta(seconds=12)).isoformat()
+    clock.advance(7)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).result == "doc 9"
+
+
+def test_debounce_refuses_what_it_cannot_honour(mesh_factory: MeshFactory) -> None:
+    mesh = mesh_factory([reindex], executor="database")
+    with pytest.raises(sm.InvalidArgumentError, match="does not go with"):
+        mesh.start_run(reindex, {"doc": 1}, debounce=sm.Debounce("k", 5), idempotency_key="x")
+    with pytest.raises(sm.InvalidArgumentError, match=r"must be sm\.Debounce"):
+        mesh.start_run(reindex, {"doc": 1}, debounce="k")  # type: ignore[arg-type]
+    assert mesh.list_runs() == []
