@@ -101,7 +101,11 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             DatabaseClock(self.store) if self.store.dialect == "postgresql" else local_now
         )
         self._telemetry: Telemetry | None = (
-            Telemetry(database=_database_label(self.store), ready_jobs=self._count_ready_jobs)
+            Telemetry(
+                database=_database_label(self.store),
+                ready_jobs=self._count_ready_jobs,
+                queue_jobs=self._count_queue_jobs,
+            )
             if telemetry
             else None
         )
@@ -230,6 +234,19 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         now = self.clock()
         with self.store.transaction() as tx:
             return tx.count_ready_jobs(now)
+
+    def _count_queue_jobs(self) -> list[tuple[str, str, int]]:
+        """(queue, state, count) of the ``squidmesh.queue.jobs`` gauge (none when this
+        Mesh's executor keeps no jobs table or the schema is not there)."""
+        if not getattr(self.executor, "jobs_in_table", False) or not self._schema_ok:
+            return []
+        with self.store.transaction() as tx:
+            states = queue_states(tx, self.clock(), declared_queues())
+        return [
+            (q.name, state, count)
+            for q in states
+            for state, count in (("running", q.running), ("waiting", q.waiting))
+        ]
 
     # ------------------------------------------------------------------ starting runs
 
