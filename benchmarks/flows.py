@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 import squidmesh as sm
 
-__all__ = ["PROBE", "Probe", "approval_flow", "noop", "sequence"]
+__all__ = ["PROBE", "Probe", "Steps", "approval_flow", "noop", "sequence"]
 
 
 class Probe:

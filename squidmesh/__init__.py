@@ -37,6 +37,7 @@ from squidmesh.core.definition import (
     step,
     workflow,
 )
+from squidmesh.core.flow import Debounce, Queue, Rate
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.retry import Backoff, Retry
@@ -96,6 +97,7 @@ __all__ = [
     "CronTrigger",
     "CurrentRun",
     "DatabaseExecutor",
+    "Debounce",
     "Decision",
     "DeclaredStep",
     "DefinitionError",
@@ -117,6 +119,8 @@ __all__ = [
     "NonRetryable",
     "NondeterminismError",
     "PayloadError",
+    "Queue",
+    "Rate",
     "Retry",
     "RetryLater",
     "ReviewError",

@@ -38,8 +38,10 @@ from typing_extensions import ParamSpec
 
 from squidmesh.core.arguments import count
 from squidmesh.core.definition import WorkflowDefinition
+from squidmesh.core.flow import Debounce
 from squidmesh.core.records import Job
 from squidmesh.runtime.events import LifecycleEvent
+from squidmesh.runtime.queues import QueueState
 from squidmesh.runtime.views import Explanation, Run
 from squidmesh.runtime.worker import Worker
 from squidmesh.types import RunStatus
@@ -132,6 +134,12 @@ class AsyncMeshMethods:
         idempotency_key: str | None = None,
         schedule: dict[str, Any] | None = None,
         actor: str | None = None,
+        start_at: datetime | None = None,
+        delay: float | None = None,
+        deadline: datetime | None = None,
+        key: Any = None,
+        priority: int | None = None,
+        debounce: Debounce | None = None,
     ) -> Run:
         """Async twin of [`start_run`][squidmesh.Mesh.start_run]."""
         return await self._offload(
@@ -142,6 +150,12 @@ class AsyncMeshMethods:
             idempotency_key=idempotency_key,
             schedule=schedule,
             actor=actor,
+            start_at=start_at,
+            delay=delay,
+            deadline=deadline,
+            key=key,
+            priority=priority,
+            debounce=debounce,
         )
 
     async def fire_cron_async(
@@ -168,6 +182,10 @@ class AsyncMeshMethods:
     async def get_published_async(self, run_id: Any, name: str | None = None) -> Any:
         """Async twin of [`get_published`][squidmesh.Mesh.get_published]."""
         return await self._offload(self._sync().get_published, run_id, name)
+
+    async def queues_async(self) -> list[QueueState]:
+        """Async twin of [`queues`][squidmesh.Mesh.queues]."""
+        return await self._offload(self._sync().queues)
 
     async def explain_run_async(self, run_id: Any) -> Explanation:
         """Async twin of [`explain_run`][squidmesh.Mesh.explain_run]."""

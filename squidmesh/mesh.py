@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -11,6 +12,7 @@ from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
 from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition, registered_workflow
+from squidmesh.core.flow import Debounce, declared_queues, run_flow_data, start_times
 from squidmesh.core.records import Job
 from squidmesh.errors import (
     ConflictError,
@@ -30,6 +32,7 @@ from squidmesh.runtime.engine import Engine, EngineHooks
 from squidmesh.runtime.events import EventBus, LifecycleEvent
 from squidmesh.runtime.executors import Binds, DatabaseExecutor, Executor, capabilities_of
 from squidmesh.runtime.explain import explain
+from squidmesh.runtime.queues import QueueState, queue_states
 from squidmesh.runtime.replaying import run_history
 from squidmesh.runtime.runner import Runner
 from squidmesh.runtime.schema_gate import SchemaGate
@@ -94,7 +97,11 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             DatabaseClock(self.store) if self.store.dialect == "postgresql" else local_now
         )
         self._telemetry: Telemetry | None = (
-            Telemetry(database=_database_label(self.store), ready_jobs=self._count_ready_jobs)
+            Telemetry(
+                database=_database_label(self.store),
+                ready_jobs=self._count_ready_jobs,
+                queue_jobs=self._count_queue_jobs,
+            )
             if telemetry
             else None
         )
@@ -215,6 +222,19 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         with self.store.transaction() as tx:
             return tx.count_ready_jobs(now)
 
+    def _count_queue_jobs(self) -> list[tuple[str, str, int]]:
+        """(queue, state, count) of the ``squidmesh.queue.jobs`` gauge (none when this
+        Mesh's executor keeps no jobs table or the schema is not there)."""
+        if not capabilities_of(self.executor).jobs_in_table or not self.schema_gate.checked:
+            return []
+        with self.store.transaction() as tx:
+            states = queue_states(tx, self.clock(), declared_queues())
+        return [
+            (q.name, state, count)
+            for q in states
+            for state, count in (("running", q.running), ("waiting", q.waiting))
+        ]
+
     # ------------------------------------------------------------------ starting runs
 
     @api_call
@@ -227,12 +247,41 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         idempotency_key: str | None = None,
         schedule: dict[str, Any] | None = None,
         actor: str | None = None,
+        start_at: datetime | None = None,
+        delay: float | None = None,
+        deadline: datetime | None = None,
+        key: Any = None,
+        priority: int | None = None,
+        debounce: Debounce | None = None,
     ) -> Run:
         """Validate, persist and dispatch a new run (or return the run with this key).
 
-        ``actor`` (who started it) is recorded on the ``run_started`` audit event."""
+        ``actor`` (who started it) is recorded on the ``run_started`` audit event.
+        ``start_at=`` (an aware datetime) or ``delay=`` (seconds) start it later: it is
+        ``pending`` until then (explain reason ``scheduled_start``). ``deadline=`` (or the
+        workflow's ``timeout=``, counted from the start): a run still active then is
+        cancelled with compensation (reason ``deadline_exceeded``, audit ``timed_out``).
+        ``key=`` and ``priority=`` place a run of a workflow declared with
+        ``@sm.workflow(queue=...)`` in its queue: at most ``concurrency`` runs of the
+        queue are active (``key_concurrency`` per key), higher priorities first; the
+        others wait ``pending`` (explain reason ``queued``)."""
         wf = self._workflow(workflow)
         trig = wf.trigger(trigger)
+        begin, end = start_times(
+            self.clock(), start_at=start_at, delay=delay, deadline=deadline, timeout=wf.timeout
+        )
+        admission = run_flow_data(wf.queue, key, priority)
+        if debounce is not None:
+            if not isinstance(debounce, Debounce):
+                raise InvalidArgumentError(
+                    f"start_run: debounce must be sm.Debounce(key, seconds, max_wait=None), "
+                    f"got {shown(debounce)}"
+                )
+            if idempotency_key is not None or begin is not None or admission is not None:
+                raise InvalidArgumentError(
+                    "start_run: debounce= does not go with idempotency_key=, start_at=/delay= "
+                    "or a workflow queue (the debounce window decides when the run starts)"
+                )
         stored = self._sized_payload(wf, payload, trig.name)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
@@ -249,6 +298,10 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 idempotency_key=idempotency_key,
                 schedule=schedule,
                 actor=actor,
+                start_at=begin,
+                deadline=end,
+                admission=admission,
+                debounce=debounce,
             )
         except ConflictError:
             if idempotency_key is None:
@@ -305,6 +358,14 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             published = tx.load_published(run.id)
         return published if name is None else published.get(name)
 
+    def queues(self) -> list[QueueState]:
+        """The flow-control queues: for each declared queue (and each queue that has
+        jobs) its jobs running and waiting, its limits and starts within its rate
+        window, per key. What ``squidmesh queues`` prints."""
+        self._ready()
+        with self.store.transaction() as tx:
+            return queue_states(tx, self.clock(), declared_queues())
+
     def explain_run(self, run_id: Any) -> Explanation:
         """Why the run is where it is, and what can be done next. A run waiting for a
         child run (``waiting_for_child``) names the child and its own reason."""
@@ -316,6 +377,20 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             attempts = tx.load_attempts(run.id)
             events = len(tx.load_events(run.id))
             jobs = tx.load_jobs(run.id)
+            queued = any((q.job.data or {}).get("queue") for q in jobs)
+            now = self.clock()
+            for index, q in enumerate(jobs):
+                data = q.job.data or {}
+                if data.get("hold") and q.worker is None and q.job.id is not None:
+                    place = tx.queue_position(q.job.id, now)
+                    jobs[index] = dataclasses.replace(
+                        q, job=dataclasses.replace(q.job, data={**data, "position": place})
+                    )
+            queues = (
+                {q.name: q for q in queue_states(tx, self.clock(), declared_queues())}
+                if queued
+                else None
+            )
 
         def child(child_id: str) -> Explanation | None:
             if depth >= _EXPLAIN_DEPTH:
@@ -341,6 +416,8 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             events_waiting=events,
             jobs=jobs,
             explain_child=child,
+            now=self.clock(),
+            queues=queues,
         )
 
     def list_runs(
@@ -504,6 +581,8 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 f"fire_cron needs a timezone-aware datetime as fire_time, got {shown(fire_time)}"
             )
         stored = self._sized_payload(wf, payload, trig.name)
+        _, deadline = start_times(self.clock(), timeout=wf.timeout)
+        admission = run_flow_data(wf.queue, None, None)
         self._ready()
         facts = cron.schedule_facts(wf, trig, fire_time)
         try:
@@ -514,6 +593,8 @@ class Mesh(OperatorActions, AsyncMeshMethods):
                 idempotency_key=facts["signal_id"],
                 schedule=facts,
                 cron_tick=fire_time,
+                deadline=deadline,
+                admission=admission,
             )
         except ConflictError:
             # Another scheduler or host fired this tick concurrently (unique run key /

@@ -39,6 +39,7 @@ from squidmesh.cli.tools import (
     cmd_graph,
     cmd_migrate,
     cmd_prune,
+    cmd_queues,
     cmd_worker,
 )
 from squidmesh.cli.ui import cmd_ui
@@ -50,6 +51,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "migrate": cmd_migrate,
     "worker": cmd_worker,
     "drain": cmd_drain,
+    "queues": cmd_queues,
     "runs start": cmd_runs_start,
     "runs list": cmd_runs_list,
     "runs show": cmd_runs_show,

@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=None, metavar="N", help="stop after N jobs"
     )
 
+    commands.add_parser(
+        "queues",
+        parents=[json_flag],
+        help="flow-control queues: running, waiting, limits and rate, per key (needs --app "
+        "for the limits)",
+    )
+
     runs = commands.add_parser("runs", help="inspect and operate runs")
     ops = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
 

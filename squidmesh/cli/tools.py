@@ -86,6 +86,37 @@ def cmd_drain(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_queues(ctx: Context) -> int:
+    states = ctx.mesh.queues()
+
+    def human() -> str:
+        if not states:
+            return "no queues (declare sm.Queue in the --app's modules)"
+        lines = []
+        for q in states:
+            limits = [
+                f"concurrency {q.concurrency if q.concurrency is not None else '-'}",
+                f"per key {q.key_concurrency if q.key_concurrency is not None else '-'}",
+            ]
+            if q.rate is not None:
+                limits.append(
+                    f"rate {q.rate['limit']:g}/{q.rate['per']:g}s "
+                    f"({q.started_in_window} started in the window)"
+                )
+            if not q.declared:
+                limits = ["limits unknown here (not declared by --app)"]
+            lines.append(
+                f"{q.name}: {q.running} running, {q.waiting} waiting; " + ", ".join(limits)
+            )
+            for k in q.keys:
+                name = k.key if k.key is not None else "(no key)"
+                lines.append(f"  {name}: {k.running} running, {k.waiting} waiting")
+        return "\n".join(lines)
+
+    ctx.emit({"queues": [q.to_json() for q in states]}, human)
+    return EXIT_OK
+
+
 def resolve_workflow(ctx: Context, spec: str) -> WorkflowDefinition:
     """``module:attr`` (imported), or a name registered on ``--app``'s Mesh."""
     if ":" in spec:

@@ -14,6 +14,7 @@ from typing_extensions import ParamSpec
 from typing_extensions import TypeVar as DefaultTypeVar
 
 from squidmesh.core import contracts, unyielded
+from squidmesh.core.flow import Queue, flow_data, priority_value
 from squidmesh.core.retry import Retry
 from squidmesh.core.yielding import Yieldable
 from squidmesh.errors import (
@@ -56,6 +57,9 @@ _STEP_OPTIONS = frozenset(
         "irreversible",
         "compensatable",
         "transaction",
+        "queue",
+        "key",
+        "priority",
     }
 )
 
@@ -85,6 +89,9 @@ class StepDefinition(Generic[P, R]):
         compensatable: bool = True,
         transaction: bool = False,
         heartbeat_timeout: float | None = None,
+        queue: Queue | None = None,
+        key: Any = None,
+        priority: int = 0,
     ) -> None:
         if not callable(fn):
             raise DefinitionError(f"@sm.step needs a function, got {fn!r}")
@@ -126,6 +133,24 @@ class StepDefinition(Generic[P, R]):
         self.irreversible = bool(irreversible)
         self.compensatable = bool(compensatable)
         self.transaction = bool(transaction)
+        if queue is not None and not isinstance(queue, Queue):
+            raise DefinitionError(
+                f"step {self.name}: queue must be sm.Queue(name, ...), got {queue!r}"
+            )
+        if key is not None and queue is None:
+            raise DefinitionError(
+                f"step {self.name}: key= needs queue= (a key counts against a queue's "
+                "key_concurrency)"
+            )
+        #: the flow-control queue its attempts wait on for a slot (None: no limit)
+        self.queue = queue
+        #: the key of its calls: a function over the call's arguments (``@sm.step``) or a
+        #: fixed value (``.options(key=...)``)
+        self.key = key
+        try:
+            self.priority = priority_value(priority, where=f"step {self.name}")
+        except ValueError as exc:
+            raise DefinitionError(str(exc)) from None
         self.is_async = inspect.iscoroutinefunction(fn)
         self.ref = callable_ref(fn)
         self._signature = inspect.signature(fn)
@@ -146,7 +171,10 @@ class StepDefinition(Generic[P, R]):
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"step {self.name}: {exc}") from None
-        call: StepCall[Any] = StepCall(self, dict(bound.arguments))
+        arguments = dict(bound.arguments)
+        # The key is taken here, in the workflow's code: a key function that raises or
+        # returns what is not JSON is a bug there (the run is suspended with it).
+        call: StepCall[Any] = StepCall(self, arguments, self.flow(arguments))
         unyielded.created(call)  # reported if workflow code never yields it
         return call
 
@@ -167,6 +195,9 @@ class StepDefinition(Generic[P, R]):
             "irreversible": self.irreversible,
             "compensatable": self.compensatable,
             "transaction": self.transaction,
+            "queue": self.queue,
+            "key": self.key,
+            "priority": self.priority,
         }
         current.update(overrides)
         return StepDefinition(self.fn, **current)
@@ -223,6 +254,19 @@ class StepDefinition(Generic[P, R]):
             "transaction": self.transaction,
         }
 
+    def flow(self, arguments: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What the jobs of a call with ``arguments`` carry for flow control (its queue,
+        key and priority), or None when the step has no queue."""
+        key_fn = self.key if callable(self.key) else None
+        return flow_data(
+            self.queue,
+            None if key_fn is not None else self.key,
+            key_fn,
+            self.priority,
+            arguments,
+            where=f"step {self.name}",
+        )
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepCall(Yieldable[T_co]):
@@ -233,6 +277,8 @@ class StepCall(Yieldable[T_co]):
 
     step: StepDefinition[Any, Any]
     arguments: dict[str, Any]
+    #: its flow-control queue, key and priority (``StepDefinition.flow``), or None
+    flow: dict[str, Any] | None = None
     kind: typing.ClassVar[str] = "step"
 
     @property
@@ -258,6 +304,8 @@ def step(
     compensatable: bool = True,
     transaction: bool = False,
     heartbeat_timeout: float | None = None,
+    queue: Queue | None = None,
+    key: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[P, R]], StepDefinition[P, R]]: ...
 
 
@@ -273,6 +321,8 @@ def step(
     compensatable: bool = True,
     transaction: bool = False,
     heartbeat_timeout: float | None = None,
+    queue: Queue | None = None,
+    key: Callable[..., Any] | None = None,
 ) -> StepDefinition[P, R] | Callable[[Callable[P, R]], StepDefinition[P, R]]:
     """Declare a step: ``@sm.step`` or ``@sm.step(retry=..., timeout=...)``."""
 
@@ -287,6 +337,8 @@ def step(
             compensatable=compensatable,
             transaction=transaction,
             heartbeat_timeout=heartbeat_timeout,
+            queue=queue,
+            key=key,
         )
 
     if fn is not None:
@@ -378,6 +430,8 @@ class WorkflowDefinition(Generic[W]):
         triggers: Sequence[Trigger] = (),
         version: str | None = None,
         on_error: Literal["suspend", "fail"] = "suspend",
+        timeout: float | None = None,
+        queue: Queue | None = None,
     ) -> None:
         if not inspect.isgeneratorfunction(fn):
             raise DefinitionError(
@@ -405,6 +459,22 @@ class WorkflowDefinition(Generic[W]):
         if on_error not in ("suspend", "fail"):
             raise DefinitionError(f"workflow {self.name}: on_error must be 'suspend' or 'fail'")
         self.on_error = on_error
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise DefinitionError(
+                f"workflow {self.name}: timeout must be > 0 seconds, got {timeout!r}"
+            )
+        #: a run still active this many seconds after it was started is cancelled (with
+        #: compensation), reason deadline_exceeded; ``start_run(deadline=)`` overrides it
+        self.timeout = float(timeout) if timeout is not None else None
+        if queue is not None and not isinstance(queue, Queue):
+            raise DefinitionError(
+                f"workflow {self.name}: queue must be sm.Queue(name, ...), got {queue!r}"
+            )
+        #: at most ``concurrency`` runs of the queue are active (``key_concurrency`` per
+        #: ``start_run(key=)``); the others wait ``pending`` (explain reason ``queued``)
+        self.queue = queue
         self.version = version
         self.ref = callable_ref(fn)
         self._takes_payload = len(inspect.signature(fn).parameters) > 0
@@ -470,6 +540,8 @@ def workflow(
     triggers: Sequence[Trigger] = (),
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
+    timeout: float | None = None,
+    queue: Queue | None = None,
 ) -> Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]: ...
 
 
@@ -481,6 +553,8 @@ def workflow(
     triggers: Sequence[Trigger] = (),
     version: str | None = None,
     on_error: Literal["suspend", "fail"] = "suspend",
+    timeout: float | None = None,
+    queue: Queue | None = None,
 ) -> (
     WorkflowDefinition[W] | Callable[[Callable[..., Generator[Any, Any, W]]], WorkflowDefinition[W]]
 ):
@@ -488,7 +562,13 @@ def workflow(
 
     def wrap(f: Callable[..., Generator[Any, Any, W]]) -> WorkflowDefinition[W]:
         return WorkflowDefinition(
-            f, name=name, triggers=triggers, version=version, on_error=on_error
+            f,
+            name=name,
+            triggers=triggers,
+            version=version,
+            on_error=on_error,
+            timeout=timeout,
+            queue=queue,
         )
 
     if fn is not None:

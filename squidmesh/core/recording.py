@@ -261,6 +261,9 @@ def _append_leaf(
             run_id,
             max_bytes,
         )
+        meta = command.step.policy()
+        if command.flow is not None:
+            meta["flow"] = dict(command.flow)
         return append_entry(
             history,
             act,
@@ -269,7 +272,7 @@ def _append_leaf(
             command.name,
             input=arguments,
             parent=parent,
-            meta=command.step.policy(),
+            meta=meta,
             gen=gen,
         )
     if isinstance(command, cmds.Sleep):

@@ -39,6 +39,7 @@ from squidmesh.runtime.events import EventBus, Recorder
 from squidmesh.runtime.executors import AfterCommit, Executor, capabilities_of
 from squidmesh.runtime.replaying import run_history, run_interpreter
 from squidmesh.storage.base import (
+    HOLDING,
     RUN_FIXED_FIELDS,
     JobWrite,
     RunRecord,
@@ -48,7 +49,7 @@ from squidmesh.storage.base import (
 )
 from squidmesh.types import RunStatus
 
-__all__ = ["BegunStep", "Change", "Engine", "EngineHooks", "Live", "NeedsLock"]
+__all__ = ["BegunStep", "Change", "Engine", "EngineHooks", "Live", "NeedsLock", "step_job_data"]
 
 log = logging.getLogger("squidmesh")
 workflow_log = logging.getLogger("squidmesh.workflow")
@@ -182,6 +183,33 @@ class EngineHooks:
     on_activation: Callable[[RunRecord, History, Activation], None] | None = None
 
 
+def step_job_data(entry: Entry) -> dict[str, Any] | None:
+    """What the job of the step at ``entry`` carries: its flow-control queue, key and
+    priority (``squidmesh.core.flow``), recorded with the call; None without a queue."""
+    flow = entry.meta.get("flow") if entry.kind == "step" else None
+    return dict(flow) if isinstance(flow, dict) else None
+
+
+def _stamp_flow(ch: Change) -> None:
+    """Give each step job of a queued call its queue, key and priority (``Job.data``),
+    wherever in the change it was made."""
+    for index, job in enumerate(ch.jobs):
+        if job.kind != "step" or job.data is not None or job.run_id is None or job.seq is None:
+            continue
+        entry = ch.new.get(job.run_id, {}).get(job.seq) or ch.changed.get(job.run_id, {}).get(
+            job.seq
+        )
+        if entry is None:
+            live = ch.lives.get(job.run_id)
+            if live is not None and 0 <= job.seq < len(live.history):
+                entry = live.history[job.seq]
+        if entry is None:
+            continue
+        data = step_job_data(entry)
+        if data is not None:
+            ch.jobs[index] = dataclasses.replace(job, data=data)
+
+
 class Engine:
     """Executes the state changes of runs against a ``Store``."""
 
@@ -293,6 +321,15 @@ class Engine:
             run.version += 1
             run.updated_at = ch.now
             batch.runs.append(run)
+            if run.status in ("completed", "failed", "cancelled") and self._queued(run):
+                # The run ends: the slot of its workflow-level queue goes with it.
+                batch.jobs_delete.extend(
+                    q.job.id
+                    for q in ch.tx.load_jobs(run.id)
+                    if q.worker == HOLDING and q.job.id is not None
+                )
+        if ch.jobs:
+            _stamp_flow(ch)
         if ch.jobs and self.batches_jobs:
             # The default executor's jobs are rows of this very batch.
             batch.jobs_insert.extend(JobWrite(job) for job in ch.jobs)
@@ -305,6 +342,11 @@ class Engine:
             stored = inserted[index]
             self.begun[int(stored.id or 0)] = begun
             ch.eager_job = stored
+
+    def _queued(self, run: RunRecord) -> bool:
+        """Whether ``run``'s workflow has a workflow-level queue (so a slot to release)."""
+        workflow = self.workflows.get(run.workflow)
+        return workflow is not None and workflow.queue is not None
 
     @property
     def batches_jobs(self) -> bool:

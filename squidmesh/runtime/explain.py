@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
+from squidmesh.core.flow import DEADLINE_EXCEEDED, job_deadline
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt
+from squidmesh.runtime.queues import QueueState
 from squidmesh.runtime.views import Explanation, build_step_runs
 from squidmesh.storage.base import PARKED, QueuedJob, RunRecord
 from squidmesh.types import RunStatus
@@ -97,6 +100,59 @@ def _branch(entry: Entry) -> dict[str, Any]:
     return found
 
 
+def _queued_job(jobs: Sequence[QueuedJob], entry: Entry) -> dict[str, Any] | None:
+    """The flow data of the step job of ``entry`` waiting (unleased) in a queue."""
+    for q in jobs:
+        data = q.job.data or {}
+        if q.job.kind == "step" and q.job.seq == entry.seq and q.worker is None:
+            if data.get("queue"):
+                return data
+    return None
+
+
+def _admission(jobs: Sequence[QueuedJob]) -> dict[str, Any] | None:
+    """The flow data of a pending run's admission to a workflow-level queue, while it
+    waits (with ``position`` when the caller put it there)."""
+    for q in jobs:
+        data = q.job.data or {}
+        if q.job.kind == "activate" and q.worker is None and data.get("hold"):
+            return data
+    return None
+
+
+def _debouncing(jobs: Sequence[QueuedJob], now: datetime | None) -> dict[str, Any] | None:
+    """Key, start and bound of a pending debounced run still in its window."""
+    for q in jobs:
+        data = q.job.data or {}
+        if q.job.kind != "activate" or not data.get("debounce") or q.worker is not None:
+            continue
+        if now is None or q.job.run_at is None or q.job.run_at <= now:
+            return None
+        bound = None
+        if isinstance(data.get("max_wait"), (int, float)):
+            first = datetime.fromisoformat(str(data["first_at"]))
+            bound = (first + timedelta(seconds=data["max_wait"])).isoformat()
+        return {
+            "key": data.get("debounce_key"),
+            "start_at": q.job.run_at.isoformat(),
+            "first_start_at": data.get("first_at"),
+            "max_wait_until": bound,
+        }
+    return None
+
+
+def _scheduled_start(jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
+    """When a pending run starts (ISO 8601), if its first activation is in the future."""
+    starts = [
+        q.job.run_at
+        for q in jobs
+        if q.job.kind == "activate" and job_deadline(q.job.data) is None and q.job.run_at
+    ]
+    if now is None or not starts or min(starts) <= now:
+        return None
+    return min(starts).isoformat()
+
+
 def explain(
     run: RunRecord,
     entries: list[Entry],
@@ -106,6 +162,8 @@ def explain(
     events_waiting: int = 0,
     jobs: Sequence[QueuedJob] = (),
     explain_child: Callable[[str], Explanation | None] | None = None,
+    now: datetime | None = None,
+    queues: Mapping[str, QueueState] | None = None,
 ) -> Explanation:
     """``explain_child(run_id)``: the explanation of a child run the run waits for (the
     run its ``sm.child`` entry names), or None when it cannot be read."""
@@ -121,6 +179,10 @@ def explain(
             reason, entry, details = _failed_reason(run, entries)
         else:
             reason, entry = status.value, None
+        request = run.cancel_request or {}
+        if status is RunStatus.CANCELLED and request.get("reason") == DEADLINE_EXCEEDED:
+            reason = DEADLINE_EXCEEDED
+            details["deadline"] = request.get("deadline")
         if status is RunStatus.COMPLETED:
             details["result"] = run.result
         if status is RunStatus.COMPLETED and run.reason == "continued_as_new":
@@ -170,6 +232,35 @@ def explain(
             ]
         }
         actions = ["wait_for_step"]
+    elif status is RunStatus.PENDING and _debouncing(jobs, now) is not None:
+        reason = "debouncing"
+        details = _debouncing(jobs, now) or {}
+        actions = ["wait_for_timer", "cancel_run"]
+    elif status is RunStatus.PENDING and _scheduled_start(jobs, now) is not None:
+        reason = "scheduled_start"
+        details = {"start_at": _scheduled_start(jobs, now)}
+        actions = ["wait_for_timer", "cancel_run"]
+    elif status is RunStatus.PENDING and _admission(jobs) is not None:
+        admission = _admission(jobs) or {}
+        state = (queues or {}).get(str(admission.get("queue")))
+        reason = "queued"
+        details = {
+            "queue": admission.get("queue"),
+            "key": admission.get("flow_key"),
+            "priority": admission.get("priority"),
+            "position": admission.get("position"),
+        }
+        if state is not None:
+            details.update(
+                running=state.running,
+                waiting=state.waiting,
+                limit={
+                    "concurrency": state.concurrency,
+                    "key_concurrency": state.key_concurrency,
+                    "rate": state.rate,
+                },
+            )
+        actions = ["cancel_run"]
     elif status is RunStatus.PENDING:
         reason = "pending_dispatch"
         actions = ["wait_for_step", "cancel_run"]
@@ -243,6 +334,34 @@ def explain(
             # the latest step_context().heartbeat(details), once saved
             "heartbeat": tries[-1].heartbeat if tries else None,
         }
+        actions = ["wait_for_step", "cancel_run"]
+    elif _queued_job(jobs, entry) is not None:
+        flow = _queued_job(jobs, entry) or {}
+        state = (queues or {}).get(str(flow.get("queue")))
+        limited = (
+            state is not None
+            and state.rate is not None
+            and (state.started_in_window or 0) >= state.rate["limit"]
+        )
+        reason = "rate_limited" if limited else "queued"
+        details = {
+            "attempt": entry.attempts + 1,
+            "queue": flow.get("queue"),
+            "key": flow.get("flow_key"),
+            "priority": flow.get("priority"),
+        }
+        if state is not None:
+            details.update(
+                running=state.running,
+                waiting=state.waiting,
+                limit={
+                    "concurrency": state.concurrency,
+                    "key_concurrency": state.key_concurrency,
+                    "rate": state.rate,
+                },
+            )
+            if state.rate is not None:
+                details["started_in_window"] = state.started_in_window
         actions = ["wait_for_step", "cancel_run"]
     else:
         reason = "step_scheduled"

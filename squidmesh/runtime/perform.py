@@ -19,6 +19,7 @@ from typing import Any
 from squidmesh.core import contracts, state
 from squidmesh.core.definition import StepDefinition
 from squidmesh.core.failures import error_info
+from squidmesh.core.flow import DEADLINE_EXCEEDED, declared_queues, holds_slot, job_deadline
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import RunEvent, transition
 from squidmesh.core.records import Attempt, Job, PendingOutcome
@@ -41,9 +42,10 @@ from squidmesh.runtime.engine import (
     Engine,
     Live,
     NeedsLock,
+    step_job_data,
 )
 from squidmesh.runtime.replaying import run_history
-from squidmesh.storage.base import JobWrite, RunRecord, Transaction
+from squidmesh.storage.base import HOLDING, PARKED_UNTIL, JobWrite, RunRecord, Transaction
 from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
@@ -65,6 +67,26 @@ POSTPONE_MAX = 300.0
 #: a transactional step that finished inside its own job's transaction
 _LANDED = object()
 _NO_RETRY = Retry()
+TERMINAL_RUN_STATUSES = ("completed", "failed", "cancelled")
+
+
+def _inherits_slot(ch: Change, data: dict[str, Any], finished: Job | None) -> bool:
+    """Whether a queued step (its job ``data``) may take over the slot of ``finished``:
+    same queue and key, a queue this process knows with no rate limit, the finished
+    job's row is the one the next step's job will replace (the last the change deletes),
+    and no waiting work of the queue has a better claim to the slot (another key: fair
+    rotation; a higher priority)."""
+    deleting = ch.batch.jobs_delete
+    if finished is None or finished.id is None or not deleting or deleting[-1] != finished.id:
+        return False
+    held = finished.data or {}
+    if held.get("queue") != data["queue"] or held.get("flow_key") != data["flow_key"]:
+        return False
+    queue = declared_queues().get(str(data["queue"]))
+    if queue is None or queue.rate is not None:
+        return False
+    key = data["flow_key"] if isinstance(data["flow_key"], str) else None
+    return not ch.tx.others_waiting(queue.name, key, int(data["priority"] or 0), ch.now)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +160,29 @@ class JobRunner:
         if lease is not None and job.id is not None:
             ch.batch.jobs_delete.append(job.id)
 
+    def _hold_slot(self, ch: Change, run: RunRecord, job: Job, lease: Lease | None) -> None:
+        """The claim admitted a run of a workflow-level queue: its admission job's row
+        stays, leased to ``HOLDING`` for good, as the run's slot until the run ends
+        (``Engine`` deletes it in the change that ends the run)."""
+        if lease is None or job.id is None or run.status in TERMINAL_RUN_STATUSES:
+            return
+        if job.id in ch.batch.jobs_delete:
+            ch.batch.jobs_delete.remove(job.id)
+        holder = dataclasses.replace(job, id=None, run_at=ch.now)
+        ch.batch.jobs_insert.append(JobWrite(holder, HOLDING, PARKED_UNTIL, replaces=job.id))
+
+    def _deadline(self, ch: Change, run: RunRecord, deadline: str) -> None:
+        """The run's deadline came: a run still active is cancelled as ``cancel_run(...,
+        compensate=True)`` would, with reason ``deadline_exceeded`` and audit
+        ``timed_out``; an ended (or already cancelling) run is left alone."""
+        if run.status in (*TERMINAL_RUN_STATUSES, "cancelling"):
+            return
+        ch.audit(run.id, "timed_out", metadata={"deadline": deadline})
+        composition.request_cancel(
+            self.engine, ch, run, actor=None, reason=DEADLINE_EXCEEDED, compensate=True
+        )
+        run.cancel_request = {**(run.cancel_request or {}), "deadline": deadline}
+
     def _postpone(self, ch: Change, job: Job, lease: Lease | None, run: RunRecord) -> None:
         """The run's workflow is not registered in this process: hand the job back for a
         process that has it (later, with backoff), instead of dropping or holding it."""
@@ -176,6 +221,10 @@ class JobRunner:
             self._finish_job(ch, job, lease)
             if run is None:
                 return None
+            deadline = job_deadline(job.data)
+            if deadline is not None:
+                self._deadline(ch, run, deadline)
+                return None
             if run.status == RunStatus.CANCELLING.value and not run.pending_outcome:
                 # Nothing left in flight (an activation the sweeper dispatched, or a child
                 # that ended): end it.
@@ -200,6 +249,8 @@ class JobRunner:
                     ch.audit(run.id, "timed_out", step=entry.name)
             run.status = transition(run.status, RunEvent.ACTIVATED).value
             self.engine.advance(ch, run, live)
+            if holds_slot(job.data):
+                self._hold_slot(ch, run, job, lease)
             self._continue(ch, run, live, lease)
         return ch.eager_job
 
@@ -314,7 +365,7 @@ class JobRunner:
                         error=failure,
                         running=running,
                     )
-                    self._continue(ch, run, live, lease)
+                    self._continue(ch, run, live, lease, finished=job)
                 return ch.eager_job
             except (NeedsLock, ConcurrentChangeError):
                 if not optimistic:
@@ -407,7 +458,7 @@ class JobRunner:
             self.land(
                 ch, run, live, entry, number, started, value=result, error=None, running=running
             )
-            self._continue(ch, run, live, lease)
+            self._continue(ch, run, live, lease, finished=job)
             return _LANDED
         ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
         return BegunStep(run, entry, definition, number, started)
@@ -464,9 +515,22 @@ class JobRunner:
             seconds,
         )
 
-    def _continue(self, ch: Change, run: RunRecord, live: Live, lease: Lease | None) -> None:
+    def _continue(
+        self,
+        ch: Change,
+        run: RunRecord,
+        live: Live,
+        lease: Lease | None,
+        finished: Job | None = None,
+    ) -> None:
         """Begin the run's next due step in this transaction and hand it to the worker
-        (``ch.eager_job`` once committed)."""
+        (``ch.eager_job`` once committed).
+
+        A step on a flow-control queue is begun here only when the job this change
+        finishes (``finished``) held a slot of the same queue and key, and the queue has
+        no rate: the finished job's row becomes the next step's, so the slot passes from
+        one step of the run to the next and no count grows. Otherwise it waits for a
+        claim."""
         if lease is None or not lease.eager or run.status != "running":
             return
         if lease.draining is not None and lease.draining.is_set():
@@ -480,6 +544,9 @@ class JobRunner:
             definition = self.engine.step_definition(live, entry)
             if definition is None or definition.transaction or entry.status != "pending":
                 return
+            data = step_job_data(entry)
+            if data is not None and not _inherits_slot(ch, data, finished):
+                return  # a queued step waits for a slot: a claim begins it
             del ch.jobs[index]
             number = state.begin_attempt(entry, ch.now)
             ch.events.step_started(run, entry.name, entry.seq, number, ch.now)
@@ -496,7 +563,7 @@ class JobRunner:
             replaces = ch.batch.jobs_delete.pop() if ch.batch.jobs_delete else None
             ch.batch.jobs_insert.append(
                 JobWrite(
-                    Job("step", run.id, entry.seq, number, run_at=ch.now),
+                    Job("step", run.id, entry.seq, number, run_at=ch.now, data=data),
                     lease.worker,
                     ch.now + timedelta(seconds=lease.seconds),
                     replaces=replaces,

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from squidmesh.core.flow import declared_queues
 from squidmesh.core.records import Job
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.executors import capabilities_of
@@ -105,6 +106,8 @@ class Runner:
                     limit=1,
                     worker=lease.worker,
                     lease_until=now + timedelta(seconds=lease.seconds),
+                    # flow control: only when this process declared queues
+                    queues=declared_queues() or None,
                 )
             if not jobs:
                 break

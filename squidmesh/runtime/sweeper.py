@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Job
-from squidmesh.runtime.engine import Engine
+from squidmesh.runtime.engine import Engine, step_job_data
 from squidmesh.storage.base import RunRecord
 from squidmesh.types import RunStatus
 
@@ -65,10 +65,26 @@ def outstanding_jobs(run: RunRecord, entries: Sequence[Entry], now: datetime) ->
     for entry in [*in_flight, *(e for e in waiting if e not in in_flight)]:
         if entry.kind == "step" and entry.status == "running":
             # Its job is gone, so its worker is too: redelivered, the attempt is lost.
-            jobs.append(Job("step", run.id, entry.seq, entry.attempts, run_at=now))
+            jobs.append(
+                Job(
+                    "step",
+                    run.id,
+                    entry.seq,
+                    entry.attempts,
+                    run_at=now,
+                    data=step_job_data(entry),
+                )
+            )
         elif entry.kind == "step" and entry.status == "pending":
             jobs.append(
-                Job("step", run.id, entry.seq, entry.attempts + 1, run_at=_at(entry.wake_at, now))
+                Job(
+                    "step",
+                    run.id,
+                    entry.seq,
+                    entry.attempts + 1,
+                    run_at=_at(entry.wake_at, now),
+                    data=step_job_data(entry),
+                )
             )
         elif entry.wake_at is not None and entry.status == "running":
             jobs.append(Job("activate", run.id, run_at=_at(entry.wake_at, now)))

@@ -260,6 +260,31 @@ def _register_gauge(provider: Any, meter: Any, telemetry: Telemetry) -> None:
         description="Jobs due and not claimed by any worker (the backlog), per database",
     )
 
+    def observe_queues(_options: Any) -> list[Any]:
+        seen: dict[tuple[str, str, str], int] = {}
+        for member in list(members):
+            for queue, state, count in member.queue_jobs():
+                seen[(member.database, queue, state)] = count
+        return [
+            otel.metrics.Observation(
+                count,
+                {
+                    "squidmesh.database": database,
+                    "squidmesh.queue": queue,
+                    "squidmesh.queue.state": state,
+                },
+            )
+            for (database, queue, state), count in seen.items()
+        ]
+
+    meter.create_observable_gauge(
+        "squidmesh.queue.jobs",
+        callbacks=[observe_queues],
+        unit="{job}",
+        description="Jobs of each flow-control queue holding a slot (state running) or "
+        "waiting for one (state waiting), per database",
+    )
+
 
 def _no_meter(provider: Any) -> bool:
     otel = _otel()
@@ -278,10 +303,15 @@ class Telemetry:
     """
 
     def __init__(
-        self, *, database: str, ready_jobs: Callable[[], int | None] | None = None
+        self,
+        *,
+        database: str,
+        ready_jobs: Callable[[], int | None] | None = None,
+        queue_jobs: Callable[[], list[tuple[str, str, int]]] | None = None,
     ) -> None:
         self.database = database
         self._ready_jobs = ready_jobs
+        self._queue_jobs = queue_jobs
         self._closed = False
         self._version = _version()
         self._tracer_provider: Any = None
@@ -291,6 +321,16 @@ class Telemetry:
 
     def close(self) -> None:
         self._closed = True
+
+    def queue_jobs(self) -> list[tuple[str, str, int]]:
+        """(queue, "running" | "waiting", count) for the ``squidmesh.queue.jobs`` gauge."""
+        if self._closed or self._queue_jobs is None:
+            return []
+        try:
+            return self._queue_jobs()
+        except Exception as exc:
+            log.debug("squidmesh: cannot count queued jobs for the gauge: %s", exc)
+            return []
 
     def ready_jobs(self) -> int | None:
         """The gauge's observation for this Mesh (None when closed or not applicable)."""

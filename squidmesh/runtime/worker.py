@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
+from squidmesh.core.flow import declared_queues
 from squidmesh.core.records import Job
 from squidmesh.errors import InvalidArgumentError, StorageError
 from squidmesh.runtime.perform import Lease
@@ -196,6 +197,9 @@ class Worker:
                 limit=free,
                 worker=self.owner,
                 lease_until=now + timedelta(seconds=self.lease_seconds),
+                # flow control: only when this process declared queues (the plain claim
+                # of unqueued jobs is unchanged otherwise)
+                queues=declared_queues() or None,
             )
         assert self._pool is not None
         for job in jobs:

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from squidmesh.core.flow import Queue
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 
 __all__ = [
+    "HOLDING",
     "PARKED",
+    "PARKED_UNTIL",
     "RUN_FIXED_FIELDS",
     "RUN_MUTABLE_FIELDS",
     "SCHEMA_VERSION",
@@ -42,10 +45,13 @@ __all__ = [
 
 #: the ``worker`` of a parked job, and its lease (no claim ever reaches it)
 PARKED = "parked"
+#: the ``worker`` of the job that holds a slot of a workflow-level queue for an active
+#: run (leased until ``PARKED_UNTIL``; deleted when the run ends): it counts as running
+HOLDING = "holding"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 @dataclasses.dataclass
@@ -308,10 +314,49 @@ class Transaction(Protocol):
         ``insert_jobs``; returns it stored, or None when there is no job ``job_id``."""
 
     def claim_jobs(
-        self, *, now: datetime, limit: int, worker: str, lease_until: datetime
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        worker: str,
+        lease_until: datetime,
+        queues: Mapping[str, Queue] | None = None,
     ) -> list[Job]:
         """Take up to ``limit`` due jobs (run_at <= now, not leased or lease expired),
-        leasing them to ``worker``; concurrent claimers never get the same job."""
+        leasing them to ``worker``; concurrent claimers never get the same job.
+
+        Jobs of a flow-control queue (``Job.data["queue"]``, ``squidmesh.core.flow``)
+        are taken only when ``queues`` names their queue, and then only within its
+        limits, counted across every claimer (``squidmesh/storage/flow_claim.py``):
+        leased jobs of the queue (and of each key) below ``concurrency`` (and
+        ``key_concurrency``), attempt starts within the last ``rate.per`` seconds below
+        ``rate.limit``; the best first by priority, keys in fair rotation. Without
+        ``queues`` (no queue declared) the claim is the plain one of unqueued jobs."""
+
+    def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
+        """Whether a claimable job of ``queue`` waits that a claim could prefer to one of
+        key ``key`` at ``priority``: of another key, or of a higher priority. (A run's
+        next step takes over its finished step's slot only when none does: handing slots
+        on must not bypass fair rotation or priorities.)"""
+
+    def queue_stats(self, now: datetime) -> list[tuple[str, str | None, int, int]]:
+        """(queue, key, running, waiting) of every queue and key that has jobs: running
+        are leased (lease not expired, not parked), waiting are due and claimable."""
+
+    def find_debounced(self, marker: str) -> QueuedJob | None:
+        """The unclaimed activation job whose data has ``"debounce": marker`` (a pending
+        debounced run's first activation), or None. On PostgreSQL it first takes a
+        transaction lock on ``marker``, so concurrent starts with one debounce key
+        serialize (SQLite's write lock and the memory store's mutex do already)."""
+
+    def queue_position(self, job_id: int, now: datetime) -> int | None:
+        """1 + how many claimable jobs of the same queue come before job ``job_id`` in
+        priority order (priority descending, then run_at, then id); None when it is not
+        a claimable job of a queue. (Fair rotation across keys may take it sooner.)"""
+
+    def queue_starts(self, queue: str, since: datetime) -> int:
+        """How many attempts of a rate-limited queue started after ``since`` (as far as
+        the claims' record of starts reaches: they forget starts older than the window)."""
 
     def renew_lease(
         self,
@@ -349,7 +394,9 @@ class Transaction(Protocol):
     def delete_job(self, job_id: int) -> None: ...
 
     def next_job_time(self) -> datetime | None:
-        """The earliest run_at among unclaimed jobs (None when there are none)."""
+        """The earliest run_at among unclaimed jobs of no queue (None when there are
+        none). Queued jobs wait for a slot, not a time: a worker is woken when one
+        frees (the change that ends an attempt wakes workers) or by its polling."""
 
     def load_jobs(self, run_id: str) -> list[QueuedJob]:
         """The jobs of one run, in claim order (run_at, id)."""

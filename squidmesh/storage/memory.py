@@ -14,16 +14,18 @@ import dataclasses
 import itertools
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from squidmesh.core.flow import Queue
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
-from squidmesh.storage import liveness
+from squidmesh.storage import flow_claim, liveness
 from squidmesh.storage.base import (
+    HOLDING,
     PARKED,
     PARKED_UNTIL,
     RUN_MUTABLE_FIELDS,
@@ -156,6 +158,21 @@ class _JobRow:
         )
 
 
+def _flow(row: _JobRow) -> tuple[str, str | None, int] | None:
+    """(queue, key, priority) of a queued job's row, None for a job of no queue."""
+    if '"queue"' not in row.data:
+        return None
+    data = json.loads(row.data)
+    if not isinstance(data, dict) or not isinstance(data.get("queue"), str):
+        return None
+    key = data.get("flow_key")
+    return data["queue"], key if isinstance(key, str) else None, int(data.get("priority") or 0)
+
+
+def _stat_order(item: tuple[tuple[str, str | None], list[int]]) -> tuple[str, str]:
+    return item[0][0], item[0][1] or ""
+
+
 @dataclasses.dataclass
 class _Data:
     runs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -175,6 +192,10 @@ class _Data:
     cron_ticks: dict[tuple[str, str, datetime], str] = dataclasses.field(default_factory=dict)
     # owner -> row of the workers table (rows are replaced, never mutated)
     workers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # (queue, at) of each attempt start of a rate-limited queue within its window
+    flow_starts: list[tuple[str, datetime]] = dataclasses.field(default_factory=list)
+    # (queue, key) -> when the key was last given a slot (fair rotation across keys)
+    flow_keys: dict[tuple[str, str | None], datetime] = dataclasses.field(default_factory=dict)
 
     def clone(self) -> _Data:
         # Rows are replaced, never mutated (job rows are the exception: copied here).
@@ -188,6 +209,8 @@ class _Data:
             jobs={k: dataclasses.replace(v) for k, v in self.jobs.items()},
             cron_ticks=dict(self.cron_ticks),
             workers=dict(self.workers),
+            flow_starts=list(self.flow_starts),
+            flow_keys=dict(self.flow_keys),
         )
 
 
@@ -501,7 +524,13 @@ class InMemoryTransaction:
         return row.job()
 
     def claim_jobs(
-        self, *, now: datetime, limit: int, worker: str, lease_until: datetime
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        worker: str,
+        lease_until: datetime,
+        queues: Mapping[str, Queue] | None = None,
     ) -> list[Job]:
         data = self._write("claim_jobs")
         now = utc(now)
@@ -517,14 +546,121 @@ class InMemoryTransaction:
                 row.lease_until <= stale or not liveness.alive_here(row.worker)
             )
 
+        queued: list[_JobRow] = []
+        if queues and limit > 0:
+            queued = self._claim_queued(data, now, limit, claimable, queues)
+            limit -= len(queued)
         due = sorted(
-            (row for row in data.jobs.values() if claimable(row)),
+            (row for row in data.jobs.values() if _flow(row) is None and claimable(row)),
             key=lambda row: (row.run_at, row.id),
         )[: max(limit, 0)]
-        for row in due:
+        for row in [*queued, *due]:
             row.worker = worker
             row.lease_until = utc(lease_until)
-        return [row.job() for row in due]
+        return [row.job() for row in [*queued, *due]]
+
+    def _claim_queued(
+        self,
+        data: _Data,
+        now: datetime,
+        limit: int,
+        claimable: Any,
+        queues: Mapping[str, Queue],
+    ) -> list[_JobRow]:
+        running: dict[tuple[str, str | None], int] = {}
+        waiting: list[flow_claim.Waiting] = []
+        for row in data.jobs.values():
+            flow = _flow(row)
+            if flow is None or flow[0] not in queues:
+                continue
+            leased = row.lease_until is not None and row.lease_until > now
+            if leased and row.worker != PARKED:
+                running[flow[:2]] = running.get(flow[:2], 0) + 1
+            elif claimable(row):
+                waiting.append(flow_claim.Waiting(row.id, *flow, row.run_at))
+        starts: dict[str, int] = {}
+        kept: list[tuple[str, datetime]] = []
+        for name, at in data.flow_starts:
+            rate = queues[name].rate if name in queues else None
+            if rate is not None and at <= now - timedelta(seconds=rate.per):
+                continue
+            kept.append((name, at))
+            starts[name] = starts.get(name, 0) + 1
+        forget = now - flow_claim.PRUNE_SERVED_AFTER
+        served = {k: at for k, at in data.flow_keys.items() if at > forget}
+        chosen = flow_claim.plan(
+            waiting, running=running, starts=starts, served=served, queues=queues, limit=limit
+        )
+        for item in chosen:
+            if queues[item.queue].rate is not None:
+                kept.append((item.queue, now))
+            served[(item.queue, item.key)] = now
+        data.flow_starts = kept
+        data.flow_keys = served
+        return [data.jobs[item.id] for item in chosen]
+
+    def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
+        now = utc(now)
+        for row in self._read("others_waiting").jobs.values():
+            flow = _flow(row)
+            if flow is None or flow[0] != queue or row.run_at > now:
+                continue
+            if row.lease_until is not None and row.lease_until > now:
+                continue
+            if flow[1] != key or flow[2] > priority:
+                return True
+        return False
+
+    def queue_stats(self, now: datetime) -> list[tuple[str, str | None, int, int]]:
+        now = utc(now)
+        counts: dict[tuple[str, str | None], list[int]] = {}
+        for row in self._read("queue_stats").jobs.values():
+            flow = _flow(row)
+            if flow is None:
+                continue
+            slot = counts.setdefault(flow[:2], [0, 0])
+            if row.lease_until is not None and row.lease_until > now:
+                slot[0] += row.worker != PARKED
+            elif row.run_at <= now:
+                slot[1] += 1
+        return [(q, k, n[0], n[1]) for (q, k), n in sorted(counts.items(), key=_stat_order)]
+
+    def find_debounced(self, marker: str) -> QueuedJob | None:
+        data = self._write("find_debounced")
+        for row in sorted(data.jobs.values(), key=lambda r: r.id):
+            if row.kind != "activate" or row.worker is not None or marker not in row.data:
+                continue
+            if (json.loads(row.data) or {}).get("debounce") == marker:
+                return QueuedJob(row.job(), row.worker, row.lease_until)
+        return None
+
+    def queue_position(self, job_id: int, now: datetime) -> int | None:
+        now = utc(now)
+        jobs = self._read("queue_position").jobs
+
+        def rank(row: _JobRow) -> tuple[int, datetime, int] | None:
+            flow = _flow(row)
+            leased = row.lease_until is not None and row.lease_until > now
+            if flow is None or leased or row.run_at > now:
+                return None
+            return (-flow[2], row.run_at, row.id)
+
+        mine = jobs.get(job_id)
+        key = rank(mine) if mine is not None else None
+        if mine is None or key is None:
+            return None
+        queue = (_flow(mine) or ("",))[0]
+        ahead = 0
+        for row in jobs.values():
+            other = rank(row)
+            if other is not None and other < key and (_flow(row) or ("",))[0] == queue:
+                ahead += 1
+        return ahead + 1
+
+    def queue_starts(self, queue: str, since: datetime) -> int:
+        since = utc(since)
+        starts = self._read("queue_starts").flow_starts
+        return sum(1 for name, at in starts if name == queue and at > since)
 
     def renew_lease(
         self,
@@ -590,6 +726,7 @@ class InMemoryTransaction:
         times = [
             row.run_at if row.lease_until is None else max(row.run_at, row.lease_until)
             for row in self._read("next_job_time").jobs.values()
+            if _flow(row) is None
         ]
         return min(times, default=None)
 
@@ -615,7 +752,7 @@ class InMemoryTransaction:
         data = self._read("find_orphans")
         cutoff = utc(updated_before)
         cursor = (utc(after[0]), after[1]) if after is not None else None
-        with_jobs = {row.run_id for row in data.jobs.values()}
+        with_jobs = {row.run_id for row in data.jobs.values() if row.worker != HOLDING}
         picked = sorted(
             (row["updated_at"], row["id"], row["version"])
             for row in data.runs.values()

@@ -14,8 +14,9 @@ IMMEDIATE``, so transactions that may write serialize on the database lock (wait
 from __future__ import annotations
 
 import dataclasses
+import random
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -23,11 +24,12 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from squidmesh.core.flow import Queue
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import StorageError
-from squidmesh.storage import liveness, pg_write, sql_migrate
+from squidmesh.storage import flow_claim, liveness, pg_write, sql_migrate
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import (
     PARKED,
@@ -75,6 +77,8 @@ def _job_params(
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: the share of queue-aware claims that also prune keys not served for a day
+PRUNE_CHANCE = 0.01
 _CONFIGURED = "squidmesh_sqlite_configured"
 
 
@@ -569,10 +573,106 @@ class SqlTransaction:
 
     @translated("claim jobs")
     def claim_jobs(
-        self, *, now: datetime, limit: int, worker: str, lease_until: datetime
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        worker: str,
+        lease_until: datetime,
+        queues: Mapping[str, Queue] | None = None,
     ) -> list[Job]:
         if limit <= 0:
             return []
+        queued: list[Job] = []
+        if queues:
+            queued = self._claim_queued(now, limit, worker, lease_until, queues)
+            limit -= len(queued)
+            if limit <= 0:
+                return queued
+        return queued + self._claim_plain(now, limit, worker, lease_until)
+
+    def _claim_queued(
+        self,
+        now: datetime,
+        limit: int,
+        worker: str,
+        lease_until: datetime,
+        queues: Mapping[str, Queue],
+    ) -> list[Job]:
+        """The queue-aware claim (``squidmesh/storage/flow_claim.py``): serialized across
+        claimers (a transaction advisory lock on PostgreSQL; SQLite's write lock), so
+        what it counts stays true until it commits its leases."""
+        conn, q = self.connection, self._q
+        names = sorted(queues)
+        if not conn.execute(q.flow_any, {"names": names, "now": now}).scalar():
+            return []
+
+        def count_running() -> dict[tuple[str, str | None], int]:
+            rows = conn.execute(q.flow_running, {"names": names, "now": now})
+            return {(row[0], row[1]): int(row[2]) for row in rows}
+
+        if q.dialect == "postgresql":
+            # Every queue full? Then there is nothing to take: say so without queueing
+            # for the lock (a full queue is the common case under load). Counted again
+            # under the lock before anything is taken.
+            if flow_claim.all_full(queues, count_running()):
+                return []
+            conn.execute(q.flow_lock, {"key": f"squidmesh-flow:{self._store.schema}"})
+        running = count_running()
+        for name in names:
+            rate = queues[name].rate
+            if rate is not None:
+                before = t.utc(now) - timedelta(seconds=rate.per)
+                conn.execute(q.flow_forget_starts, {"queue": name, "before": before})
+        starts = {row[0]: int(row[1]) for row in conn.execute(q.flow_starts, {"names": names})}
+        stale = t.utc(now) - timedelta(seconds=liveness.STALE_LEASE_SECONDS)
+        rows: dict[int, Any] = {}
+        waiting: list[flow_claim.Waiting] = []
+        for row in conn.execute(q.flow_waiting, {"names": names, "now": now, "n": limit}):
+            holder, until = row[7], row[8]
+            if until is not None and until > stale and self._owner_lives(holder):
+                continue  # an expired lease whose owner still lives: not taken over
+            rows[row[0]] = row
+            waiting.append(
+                flow_claim.Waiting(row[0], row[9], row[10], int(row[11] or 0), t.utc(row[5]))
+            )
+        if not waiting:
+            return []
+        at = t.utc(now)
+        if random.random() < PRUNE_CHANCE:  # keys a day unserved rank as never served
+            conn.execute(q.flow_forget_keys, {"before": at - flow_claim.PRUNE_SERVED_AFTER})
+        keys = sorted({w.key or flow_claim.NO_KEY for w in waiting})
+        served: dict[tuple[str, str | None], datetime] = {}
+        for name, key, when in conn.execute(q.flow_served, {"names": names, "keys": keys}):
+            served[(name, key if key != flow_claim.NO_KEY else None)] = t.utc(when)
+        chosen = flow_claim.plan(
+            waiting, running=running, starts=starts, served=served, queues=queues, limit=limit
+        )
+        if not chosen:
+            return []
+        ids = [item.id for item in chosen]
+        conn.execute(q.flow_lease, {"ids": ids, "w": worker, "until": lease_until, "now": now})
+        begun = [{"queue": w.queue, "at": at} for w in chosen if queues[w.queue].rate is not None]
+        if begun:
+            conn.execute(q.flow_add_starts, begun)
+        turns = {(w.queue, w.key or flow_claim.NO_KEY) for w in chosen}
+        conn.execute(
+            q.flow_serve,
+            [{"queue": name, "flow_key": key, "served_at": at} for name, key in sorted(turns)],
+        )
+        return [job_from_row(rows[i]) for i in ids]
+
+    def _owner_lives(self, owner: str | None) -> bool:
+        if owner is None:
+            return False
+        if self._q.dialect != "postgresql":
+            return liveness.alive_here(owner)
+        key = liveness.ADVISORY_PREFIX + owner
+        return not self.connection.execute(self._q.owner_gone, {"key": key}).scalar_one()
+
+    def _claim_plain(
+        self, now: datetime, limit: int, worker: str, lease_until: datetime
+    ) -> list[Job]:
         conn, q = self.connection, self._q
         if q.dialect == "postgresql":
             params: dict[str, Any] = {"now": now, "n": limit, "w": worker, "until": lease_until}
@@ -590,6 +690,42 @@ class SqlTransaction:
                 conn.execute(q.lease_jobs, lease)
         # RETURNING gives no order; claim order is (run_at, id).
         return sorted((job_from_row(row) for row in rows), key=_job_order)
+
+    @translated("look for other waiting work of a queue")
+    def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
+        params = {"queue": queue, "key": key, "priority": priority, "now": now}
+        statement = self._q.flow_others if key is not None else self._q.flow_others_keyed
+        return bool(self.connection.execute(statement, params).scalar())
+
+    @translated("count the jobs of each queue")
+    def queue_stats(self, now: datetime) -> list[tuple[str, str | None, int, int]]:
+        rows = self.connection.execute(self._q.queue_stats, {"now": now})
+        return [(row[0], row[1], int(row[2] or 0), int(row[3] or 0)) for row in rows]
+
+    @translated("find a debounced run")
+    def find_debounced(self, marker: str) -> QueuedJob | None:
+        conn, q = self.connection, self._q
+        if q.dialect == "postgresql":
+            conn.execute(q.flow_lock, {"key": f"squidmesh-debounce:{marker}"})
+        for row in conn.execute(q.debounced, {"marker": marker}):
+            job = job_from_row(row)
+            if (job.data or {}).get("debounce") == marker:
+                return QueuedJob(job, None, None)
+        return None
+
+    @translated("find a job's place in its queue")
+    def queue_position(self, job_id: int, now: datetime) -> int | None:
+        found = self.connection.execute(self._q.queue_job, {"id": job_id, "now": now}).first()
+        if found is None:
+            return None
+        params = {"queue": found[0], "priority": found[1], "run_at": found[2], "id": job_id}
+        ahead = self.connection.execute(self._q.queue_ahead, {**params, "now": now}).scalar()
+        return int(ahead or 0) + 1
+
+    @translated("count a queue's starts")
+    def queue_starts(self, queue: str, since: datetime) -> int:
+        params = {"queue": queue, "since": since}
+        return int(self.connection.execute(self._q.queue_starts, params).scalar() or 0)
 
     @translated("renew job leases")
     def renew_lease(

@@ -14,12 +14,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RunRecord
+from squidmesh.storage.base import HOLDING, PARKED, RunRecord
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["Queries", "queries_for"]
@@ -219,6 +221,7 @@ class Queries:
                 sa.select(jobs.c.id)
                 .where(
                     jobs.c.run_at <= now,
+                    jobs.c.queue.is_(None),
                     sa.or_(
                         jobs.c.lease_until.is_(None),
                         sa.and_(
@@ -235,6 +238,9 @@ class Queries:
             self.claim_jobs = (
                 sa.update(jobs).where(jobs.c.id.in_(picked)).values(lease).returning(*job_columns)
             )
+            self.flow_lock = sa.select(
+                sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(b("key"), 0))
+            )
             self.owner_gone = sa.select(
                 sa.func.pg_try_advisory_xact_lock(sa.func.hashtextextended(b("key"), 0))
             )
@@ -247,6 +253,7 @@ class Queries:
                 sa.select(*job_columns, jobs.c.worker, jobs.c.lease_until)
                 .where(
                     jobs.c.run_at <= now,
+                    jobs.c.queue.is_(None),
                     sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
                 )
                 .order_by(jobs.c.run_at, jobs.c.id)
@@ -295,7 +302,161 @@ class Queries:
             ),
             else_=jobs.c.lease_until,
         )
-        self.next_job_time = sa.select(sa.func.min(claimable_at, type_=t.UtcDateTime()))
+        self.next_job_time = sa.select(sa.func.min(claimable_at, type_=t.UtcDateTime())).where(
+            jobs.c.queue.is_(None)
+        )
+        # Flow control (squidmesh/storage/flow_claim.py): what the queue-aware claim
+        # counts and chooses from, for the queues named in "names".
+        names: Any = b("names", expanding=True)
+        self.flow_running = (
+            sa.select(jobs.c.queue, jobs.c.flow_key, sa.func.count())
+            .where(
+                jobs.c.queue.in_(names),
+                jobs.c.worker.is_not(None),
+                jobs.c.worker != PARKED,
+                jobs.c.lease_until > now,
+            )
+            .group_by(jobs.c.queue, jobs.c.flow_key)
+        )
+        # Anything claimable in these queues? (the partial index: cheap when queues are
+        # declared but hold no work, so the queue-aware claim costs one short query)
+        self.flow_any = sa.select(
+            sa.exists().where(
+                jobs.c.queue.in_(names),
+                jobs.c.run_at <= now,
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            )
+        )
+        # Claimable work of a queue a claim could prefer (``others_waiting``): of another
+        # key (or, for calls of no key, of any key), or of a higher priority.
+        claimable = (
+            jobs.c.queue == b("queue"),
+            jobs.c.run_at <= now,
+            sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+        )
+        self.flow_others = sa.select(
+            sa.exists().where(
+                *claimable,
+                sa.or_(
+                    jobs.c.flow_key.is_(None),
+                    jobs.c.flow_key != b("key"),
+                    jobs.c.priority > b("priority"),
+                ),
+            )
+        )
+        self.flow_others_keyed = sa.select(
+            sa.exists().where(
+                *claimable,
+                sa.or_(jobs.c.flow_key.is_not(None), jobs.c.priority > b("priority")),
+            )
+        )
+        rank = (
+            sa.func.row_number()
+            .over(
+                partition_by=(jobs.c.queue, jobs.c.flow_key),
+                order_by=(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id),
+            )
+            .label("rank")
+        )
+        ranked = (
+            sa.select(
+                *job_columns,
+                jobs.c.worker,
+                jobs.c.lease_until,
+                jobs.c.queue,
+                jobs.c.flow_key,
+                jobs.c.priority,
+                rank,
+            )
+            .where(
+                jobs.c.queue.in_(names),
+                jobs.c.run_at <= now,
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            )
+            .subquery("ranked")
+        )
+        self.flow_waiting = sa.select(*[c for c in ranked.c if c.name != "rank"]).where(
+            ranked.c.rank <= b("n")
+        )
+        starts = t.flow_starts
+        self.flow_forget_starts = sa.delete(starts).where(
+            starts.c.queue == b("queue"), starts.c.at <= b("before", type_=t.UtcDateTime())
+        )
+        self.flow_starts = (
+            sa.select(starts.c.queue, sa.func.count())
+            .where(starts.c.queue.in_(names))
+            .group_by(starts.c.queue)
+        )
+        self.flow_add_starts = sa.insert(starts)
+        leased = sa.and_(
+            jobs.c.worker.is_not(None), jobs.c.worker != PARKED, jobs.c.lease_until > now
+        )
+        ready = sa.and_(
+            jobs.c.run_at <= now,
+            sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+        )
+        self.queue_stats = (
+            sa.select(
+                jobs.c.queue,
+                jobs.c.flow_key,
+                sa.func.sum(sa.case((leased, 1), else_=0)),
+                sa.func.sum(sa.case((ready, 1), else_=0)),
+            )
+            .where(jobs.c.queue.is_not(None))
+            .group_by(jobs.c.queue, jobs.c.flow_key)
+            .order_by(jobs.c.queue, jobs.c.flow_key)
+        )
+        # A pending debounced run's activation: its marker is the job data's flow_key (of
+        # no queue). Jobs are few (the work pending now): a scan is cheap.
+        self.debounced = (
+            sa.select(*job_columns)
+            .where(
+                jobs.c.kind == "activate",
+                jobs.c.worker.is_(None),
+                jobs.c.queue.is_(None),
+                jobs.c.flow_key == b("marker"),
+            )
+            .order_by(jobs.c.id)
+        )
+        self.queue_job = sa.select(jobs.c.queue, jobs.c.priority, jobs.c.run_at).where(
+            jobs.c.id == b("id"), jobs.c.queue.is_not(None), ready
+        )
+        pri = b("priority", type_=sa.Integer())
+        at = b("run_at", type_=t.UtcDateTime())
+        self.queue_ahead = sa.select(sa.func.count()).where(
+            jobs.c.queue == b("queue"),
+            ready,
+            sa.or_(
+                jobs.c.priority > pri,
+                sa.and_(
+                    jobs.c.priority == pri,
+                    sa.or_(jobs.c.run_at < at, sa.and_(jobs.c.run_at == at, jobs.c.id < b("id"))),
+                ),
+            ),
+        )
+        self.queue_starts = sa.select(sa.func.count()).where(
+            starts.c.queue == b("queue"), starts.c.at > b("since", type_=t.UtcDateTime())
+        )
+        served = t.flow_keys
+        self.flow_served = sa.select(served.c.queue, served.c.flow_key, served.c.served_at).where(
+            served.c.queue.in_(names), served.c.flow_key.in_(b("keys", expanding=True))
+        )
+        self.flow_forget_keys = sa.delete(served).where(
+            served.c.served_at < b("before", type_=t.UtcDateTime())
+        )
+        upsert = sqlite_insert(served) if not pg else pg_insert(served)
+        self.flow_serve = upsert.on_conflict_do_update(
+            index_elements=[served.c.queue, served.c.flow_key],
+            set_={"served_at": upsert.excluded.served_at},
+        )
+        self.flow_lease = (
+            sa.update(jobs)
+            .where(
+                jobs.c.id.in_(b("ids", expanding=True)),
+                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            )
+            .values(lease)
+        )
         # Due and held by no lease: the backlog workers have yet to claim (parked jobs
         # hold a lease until the year 9999).
         ready_at = b("now", type_=t.UtcDateTime())
@@ -316,7 +477,11 @@ class Queries:
             .where(
                 runs.c.status.in_(b("statuses", expanding=True)),
                 runs.c.updated_at < b("cutoff", type_=t.UtcDateTime()),
-                ~sa.exists().where(jobs.c.run_id == runs.c.id),
+                # a run's slot of a workflow queue is not a job that moves it on
+                ~sa.exists().where(
+                    jobs.c.run_id == runs.c.id,
+                    sa.or_(jobs.c.worker.is_(None), jobs.c.worker != HOLDING),
+                ),
             )
             .order_by(runs.c.updated_at, runs.c.id)
             .limit(b("n"))

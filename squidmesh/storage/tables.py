@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 
 from squidmesh.errors import InvalidArgumentError
 
@@ -27,6 +29,8 @@ __all__ = [
     "cron_ticks",
     "entries",
     "events",
+    "flow_keys",
+    "flow_starts",
     "jobs",
     "metadata",
     "runs",
@@ -259,6 +263,29 @@ events = sa.Table(
     sqlite_autoincrement=True,
 )
 
+
+class _JobField(ColumnElement[Any]):
+    """A field of a job's JSON data, as the expression of a generated column."""
+
+    inherit_cache = True
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.type = sa.Integer() if field == "priority" else sa.Text()
+
+
+@compiles(_JobField, "postgresql")
+def _job_field_pg(element: _JobField, compiler: Any, **kw: Any) -> str:
+    text = f"data ->> '{element.field}'"
+    return f"CAST({text} AS INTEGER)" if element.field == "priority" else text
+
+
+@compiles(_JobField)
+def _job_field_sqlite(element: _JobField, compiler: Any, **kw: Any) -> str:
+    text = f"json_extract(data, '$.{element.field}')"
+    return f"CAST({text} AS INTEGER)" if element.field == "priority" else text
+
+
 jobs = sa.Table(
     "squidmesh_jobs",
     metadata,
@@ -277,8 +304,20 @@ jobs = sa.Table(
     # storage reasons is parked (leased to "parked") instead of redelivered forever
     sa.Column("failures", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("last_error", sa.Text),
+    # flow control (schema version 8): a queued step's job data names its queue, key and
+    # priority; generated columns expose them to the queue-aware claim
+    sa.Column("queue", sa.Text, sa.Computed(_JobField("queue"), persisted=True)),
+    sa.Column("flow_key", sa.Text, sa.Computed(_JobField("flow_key"), persisted=True)),
+    sa.Column("priority", sa.Integer, sa.Computed(_JobField("priority"), persisted=True)),
     # claims take the due jobs in (run_at, id) order
     sa.Index("squidmesh_jobs_run_at_idx", "run_at", "id"),
+    sa.Index(
+        "squidmesh_jobs_queue_idx",
+        "queue",
+        "flow_key",
+        postgresql_where=sa.text("queue IS NOT NULL"),
+        sqlite_where=sa.text("queue IS NOT NULL"),
+    ),
     # the sweeper finds active runs that have no job
     sa.Index("squidmesh_jobs_run_idx", "run_id"),
     schema=SCHEMA,
@@ -297,6 +336,26 @@ cron_ticks = sa.Table(
     sa.UniqueConstraint("workflow", "trigger", "fire_time", name="squidmesh_cron_ticks_tick"),
     schema=SCHEMA,
     sqlite_autoincrement=True,
+)
+
+flow_starts = sa.Table(
+    "squidmesh_flow_starts",
+    metadata,
+    sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("queue", sa.Text, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    # starts of a queue within its rate window
+    sa.Index("squidmesh_flow_starts_queue_idx", "queue", "at"),
+    schema=SCHEMA,
+)
+
+flow_keys = sa.Table(
+    "squidmesh_flow_keys",
+    metadata,
+    sa.Column("queue", sa.Text, primary_key=True),
+    sa.Column("flow_key", sa.Text, primary_key=True),
+    sa.Column("served_at", UtcDateTime, nullable=False),
+    schema=SCHEMA,
 )
 
 workers = sa.Table(

@@ -6,7 +6,7 @@ try/except around failing steps, sleeps, approvals, ``sm.undo()``, a ``transacti
 step) and a set of crash points. One generic workflow, ``interpret``, runs the program
 given in its payload. A simulated worker process drives a ``sm.Mesh`` (DatabaseExecutor,
 virtual clock) by hand: it claims jobs with ``claim_jobs`` and performs them with
-``mesh._perform(job, Lease(...))`` (eager continuation included), answers approvals, and
+``mesh.runner.perform(job, Lease(...))`` (eager continuation included), answers approvals, and
 jumps the clock to the next due job when idle.
 
 Crash points are "ticks" of one counter: before each job the worker performs (so a crash

@@ -310,3 +310,31 @@ def test_without_the_otel_extra_squidmesh_works(tmp_path: Any) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["completed", "5", "False"]
+
+
+FLOW = sm.Queue("test-otel-flow", concurrency=1)
+
+
+@sm.step(queue=FLOW)
+def queued_fetch(n: int) -> int:
+    return n
+
+
+@sm.workflow
+def queued_pair() -> Any:
+    return (yield sm.join(queued_fetch(1), queued_fetch(2)))
+
+
+def test_queue_gauge_counts_running_and_waiting_jobs(otel: Otel, factory: MeshFactory) -> None:
+    mesh = factory([queued_pair], executor="database")
+    run = mesh.start_run(queued_pair)
+    mesh.drain(limit=1)  # the activation: both calls wait for the queue's one slot
+    points = [
+        p
+        for p in otel.points("squidmesh.queue.jobs")
+        if dict(p.attributes)["squidmesh.queue"] == FLOW.name
+    ]
+    states = {dict(p.attributes)["squidmesh.queue.state"]: p.value for p in points}
+    assert states == {"running": 0, "waiting": 2}
+    mesh.drain()
+    assert mesh.inspect_run(run.id).result == [1, 2]

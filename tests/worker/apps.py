@@ -255,6 +255,84 @@ def fan_parent(fan: Fan) -> Any:
     return total
 
 
-WORKFLOWS = [sequential, joined, slow, hogging, sleepy, flaky, ticker, fan_parent, fan_child]
+# --------------------------------------------------------------------------- flow control
+
+#: at most 3 attempts of ``gated_step`` at once across every worker, 2 per key
+GATED = sm.Queue("gated", concurrency=3, key_concurrency=2)
+#: at most 5 attempts of ``rated_step`` start per second across every worker
+RATED = sm.Queue("rated", rate=sm.Rate(5, per=1))
+
+
+@sm.step(queue=GATED, key=lambda key, seconds: key)
+def gated_step(key: str, seconds: float) -> str:
+    record("gated", "start", note=key)
+    time.sleep(seconds)
+    record("gated", "done", note=key)
+    return key
+
+
+class GatedInput(BaseModel):
+    #: how many calls of each key: {"flood": 30, "few": 3}
+    keys: dict[str, int]
+    seconds: float = 0.1
+
+
+@sm.workflow(name="gated", triggers=[sm.manual(payload=GatedInput)])
+def gated(payload: GatedInput) -> Any:
+    calls = [gated_step(key, payload.seconds) for key, n in payload.keys.items() for _ in range(n)]
+    done = yield sm.join(*calls)
+    return len(done)
+
+
+@sm.step(queue=RATED)
+def rated_step(n: int) -> int:
+    record("rated", "start", note=str(n))
+    record("rated", "done", note=str(n))
+    return n
+
+
+class RatedInput(BaseModel):
+    count: int = 20
+
+
+@sm.workflow(name="rated", triggers=[sm.manual(payload=RatedInput)])
+def rated(payload: RatedInput) -> Any:
+    done = yield sm.join(*[rated_step(n) for n in range(payload.count)])
+    return len(done)
+
+
+#: at most 2 runs of ``admitted`` active at once across every worker
+RUN_SLOTS = sm.Queue("run-slots", concurrency=2)
+
+
+@sm.step
+def admitted_work(seconds: float) -> str:
+    record("admitted", "start")
+    time.sleep(seconds)
+    record("admitted", "done")
+    return "done"
+
+
+@sm.workflow(name="admitted", triggers=[sm.manual(payload=SlowInput)], queue=RUN_SLOTS)
+def admitted(payload: SlowInput) -> Any:
+    first = yield admitted_work(payload.seconds)
+    second = yield admitted_work(payload.seconds)
+    return [first, second]
+
+
+WORKFLOWS = [
+    admitted,
+    sequential,
+    joined,
+    slow,
+    hogging,
+    sleepy,
+    flaky,
+    ticker,
+    fan_parent,
+    fan_child,
+    gated,
+    rated,
+]
 
 mesh = sm.Mesh(os.environ.get(URL_ENV) or "memory://", workflows=WORKFLOWS)
