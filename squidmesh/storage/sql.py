@@ -604,27 +604,37 @@ class SqlTransaction:
         what it counts stays true until it commits its leases."""
         conn, q = self.connection, self._q
         names = sorted(queues)
-        if not conn.execute(q.flow_any, {"names": names, "now": now}).scalar():
-            return []
 
         def count_running() -> dict[tuple[str, str | None], int]:
             rows = conn.execute(q.flow_running, {"names": names, "now": now})
             return {(row[0], row[1]): int(row[2]) for row in rows}
 
         if q.dialect == "postgresql":
-            # Every queue full? Then there is nothing to take: say so without queueing
-            # for the lock (a full queue is the common case under load). Counted again
-            # under the lock before anything is taken.
-            if flow_claim.all_full(queues, count_running()):
+            # Nothing claimable, or every queue full? Then there is nothing to take: say
+            # so in one read, without queueing for the lock (a full queue is the common
+            # case under load). Counted again under the lock before anything is taken.
+            before_lock: dict[tuple[str, str | None], int] = {}
+            ready = 0
+            for counted in conn.execute(q.flow_counts, {"names": names, "now": now}):
+                before_lock[(counted[0], counted[1])] = int(counted[2] or 0)
+                ready += int(counted[3] or 0)
+            if not ready or flow_claim.all_full(queues, before_lock):
                 return []
             conn.execute(q.flow_lock, {"key": f"squidmesh-flow:{self._store.schema}"})
+        elif not conn.execute(q.flow_any, {"names": names, "now": now}).scalar():
+            return []
         running = count_running()
-        for name in names:
-            rate = queues[name].rate
-            if rate is not None:
-                before = t.utc(now) - timedelta(seconds=rate.per)
-                conn.execute(q.flow_forget_starts, {"queue": name, "before": before})
-        starts = {row[0]: int(row[1]) for row in conn.execute(q.flow_starts, {"names": names})}
+        rated = [name for name in names if queues[name].rate is not None]
+        for name in rated:
+            window = queues[name].rate
+            assert window is not None
+            before = t.utc(now) - timedelta(seconds=window.per)
+            conn.execute(q.flow_forget_starts, {"queue": name, "before": before})
+        starts = (
+            {row[0]: int(row[1]) for row in conn.execute(q.flow_starts, {"names": rated})}
+            if rated
+            else {}
+        )
         stale = t.utc(now) - timedelta(seconds=liveness.STALE_LEASE_SECONDS)
         rows: dict[int, Any] = {}
         waiting: list[flow_claim.Waiting] = []

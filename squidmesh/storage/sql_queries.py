@@ -327,6 +327,40 @@ class Queries:
                 sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
             )
         )
+        # Per (queue, key): jobs leased, and jobs claimable (the claim's first look).
+        self.flow_counts = (
+            sa.select(
+                jobs.c.queue,
+                jobs.c.flow_key,
+                sa.func.sum(
+                    sa.case(
+                        (
+                            sa.and_(
+                                jobs.c.worker.is_not(None),
+                                jobs.c.worker != PARKED,
+                                jobs.c.lease_until > now,
+                            ),
+                            1,
+                        ),
+                        else_=0,
+                    )
+                ),
+                sa.func.sum(
+                    sa.case(
+                        (
+                            sa.and_(
+                                jobs.c.run_at <= now,
+                                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+                            ),
+                            1,
+                        ),
+                        else_=0,
+                    )
+                ),
+            )
+            .where(jobs.c.queue.in_(names))
+            .group_by(jobs.c.queue, jobs.c.flow_key)
+        )
         # Claimable work of a queue a claim could prefer (``others_waiting``): of another
         # key (or, for calls of no key, of any key), or of a higher priority.
         claimable = (

@@ -285,4 +285,32 @@ def explanation_sentence(why: Explanation, workflow: str) -> str:
         return "Compensating completed steps" + (f" ({pending})." if pending else ".")
     if reason == "pending_dispatch":
         return "Waiting for a worker to pick the run up."
+    if reason in ("queued", "rate_limited"):
+        caps: Mapping[str, Any] = d.get("limit") or {}
+        limits = [
+            f"{name.replace('_', ' ')} {caps[name]}"
+            for name in ("concurrency", "key_concurrency")
+            if caps.get(name) is not None
+        ]
+        rate = caps.get("rate")
+        if isinstance(rate, dict):
+            limits.append(f"rate {rate.get('limit')} per {rate.get('per')}s")
+        place = f"position {d['position']}" if d.get("position") else None
+        counts = f"{d.get('running', '?')} running, {d.get('waiting', '?')} waiting"
+        facts = ", ".join(x for x in (place, counts) if x)
+        subject = f"Step {why.step}" if why.step else "The run"
+        key = f" (key {d['key']})" if d.get("key") is not None else ""
+        why_wait = "its rate window is full" if reason == "rate_limited" else "a slot"
+        return f"{subject} waits for queue {d.get('queue', '?')}{key}: {why_wait}; {facts}" + (
+            f"; limits: {', '.join(limits)}." if limits else "."
+        )
+    if reason == "scheduled_start":
+        return f"The run starts at {_when(d.get('start_at'))}."
+    if reason == "debouncing":
+        bound = d.get("max_wait_until")
+        return f"Debouncing {d.get('key', '?')}: the run starts at {_when(d.get('start_at'))}" + (
+            f" (at the latest {_when(bound)})." if bound else "."
+        )
+    if reason == "deadline_exceeded":
+        return f"Cancelled at its deadline, {_when(d.get('deadline'))}."
     return f"{why.status.value}: {reason.replace('_', ' ')}."
