@@ -38,6 +38,7 @@ from squidmesh.core.activation import Activation, ChildStart
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.failures import child_error, error_info
+from squidmesh.core.flow import holds_slot, run_flow_data
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import RunEvent, transition
 from squidmesh.core.records import CancelRequest, Job
@@ -168,7 +169,10 @@ def _start(
         "run_started",
         metadata={"trigger": trigger.name, "parent_run_id": run.id, "parent_seq": entry.seq},
     )
-    ch.jobs.append(Job("activate", rid, run_at=ch.now))
+    # A child of a queued workflow is admitted by its queue like any start (no flow key:
+    # sm.child's key= is an idempotency key).
+    admission = run_flow_data(definition.queue, None, None)
+    ch.jobs.append(Job("activate", rid, run_at=ch.now, data=admission))
     entry.meta["run_id"] = rid
     entry.started_at = ch.now.isoformat()  # the child run exists from now on
     ch.touched(run.id, entry)
@@ -509,6 +513,11 @@ def continue_as_new(ch: Change, run: RunRecord, act: Activation) -> None:
     )
     ch.tx.insert_run(record)
     ch.audit(rid, "run_started", metadata={"trigger": run.trigger, "continued_from_run_id": run.id})
-    ch.jobs.append(Job("activate", rid, run_at=ch.now))
+    # The next run waits for the queue again, under the same key and priority: the slot
+    # this run held (its admission job, a holder row or still the claimed job when the
+    # run continues in the activation that admitted it) is freed by this very change.
+    held = [q.job.data for q in ch.tx.load_jobs(run.id) if holds_slot(q.job.data)]
+    admission = dict(held[0]) if held and held[0] is not None else None
+    ch.jobs.append(Job("activate", rid, run_at=ch.now, data=admission))
     run.reason = "continued_as_new"
     run.continued_as_run_id = rid

@@ -315,6 +315,73 @@ def test_a_workflow_queue_admits_runs_up_to_its_limits(mesh_factory: MeshFactory
         mesh.start_run(quick, key="k")
 
 
+SINGLE = sm.Queue("test-flow-single", concurrency=1)
+
+
+@sm.workflow(queue=SINGLE)
+def reviewed() -> Any:
+    yield sm.approval("review")
+    return "reviewed"
+
+
+@sm.workflow
+def two_reviews() -> Any:
+    return (yield sm.join(sm.child(reviewed), sm.child(reviewed)))
+
+
+class Roll(BaseModel):
+    n: int = 0
+
+
+@sm.workflow(queue=SINGLE, triggers=[sm.manual(payload=Roll)])
+def rolling(roll: Roll) -> Any:
+    if roll.n < 1:
+        yield sm.continue_as_new({"n": roll.n + 1})
+    yield sm.approval("next")
+    return roll.n
+
+
+def test_child_runs_wait_for_their_workflow_s_queue_like_any_run(
+    mesh_factory: MeshFactory,
+) -> None:
+    mesh = mesh_factory([two_reviews, reviewed], executor="database")
+    parent = mesh.start_run(two_reviews)
+    mesh.drain()
+    children = mesh.inspect_run(parent.id, include_history=True).children or ()
+    assert len(children) == 2
+    status = sorted(mesh.inspect_run(c.run_id).status for c in children)
+    assert status == ["paused", "pending"]  # the queue admits one run at a time
+    (waiting,) = [c for c in children if mesh.inspect_run(c.run_id).status == "pending"]
+    assert mesh.explain_run(waiting.run_id).reason == "queued"
+    (first,) = [c for c in children if c.run_id != waiting.run_id]
+    mesh.approve_run(first.run_id, actor="ops")
+    mesh.drain()
+    assert mesh.inspect_run(waiting.run_id).status == "paused"  # its turn now
+    mesh.approve_run(waiting.run_id, actor="ops")
+    mesh.drain()
+    assert mesh.inspect_run(parent.id).result == ["reviewed", "reviewed"]
+
+
+def test_a_run_continued_as_new_waits_for_its_queue_again(mesh_factory: MeshFactory) -> None:
+    mesh = mesh_factory([rolling, reviewed], executor="database")
+    other = mesh.start_run(reviewed)
+    mesh.drain()
+    assert mesh.inspect_run(other.id).status == "paused"  # holds the queue's one slot
+    first = mesh.start_run(rolling)
+    mesh.drain()
+    assert mesh.inspect_run(first.id).status == "pending"  # queued behind it
+    mesh.approve_run(other.id, actor="ops")
+    mesh.drain()
+    done = mesh.inspect_run(first.id)
+    assert (done.status, done.reason) == ("completed", "continued_as_new")
+    nxt = mesh.inspect_run(str(done.continued_as_run_id))
+    assert nxt.status == "paused"  # admitted: the slot its predecessor held went to it
+    again = mesh.start_run(reviewed)
+    mesh.drain()
+    assert mesh.inspect_run(again.id).status == "pending"
+    assert mesh.explain_run(again.id).reason == "queued"
+
+
 # --------------------------------------------------------------------------- debounce
 
 
