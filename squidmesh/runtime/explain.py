@@ -141,16 +141,23 @@ def _debouncing(jobs: Sequence[QueuedJob], now: datetime | None) -> dict[str, An
     return None
 
 
-def _scheduled_start(jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
-    """When a pending run starts (ISO 8601), if its first activation is in the future."""
+def _scheduled_start(run: RunRecord, jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
+    """When a pending run starts (ISO 8601), if it was started for later and that is
+    still ahead. An immediate start's first activation is due at the run's creation, to
+    the microsecond: comparing with ``now`` alone would call it scheduled whenever the
+    caller's clock estimate lags the one that created the run (PostgreSQL's clock seen
+    from two processes, or re-measured in one)."""
     starts = [
         q.job.run_at
         for q in jobs
         if q.job.kind == "activate" and job_deadline(q.job.data) is None and q.job.run_at
     ]
-    if now is None or not starts or min(starts) <= now:
+    if now is None or not starts:
         return None
-    return min(starts).isoformat()
+    first = min(starts)
+    if first <= run.created_at or first <= now:
+        return None
+    return first.isoformat()
 
 
 def explain(
@@ -236,9 +243,9 @@ def explain(
         reason = "debouncing"
         details = _debouncing(jobs, now) or {}
         actions = ["wait_for_timer", "cancel_run"]
-    elif status is RunStatus.PENDING and _scheduled_start(jobs, now) is not None:
+    elif status is RunStatus.PENDING and _scheduled_start(run, jobs, now) is not None:
         reason = "scheduled_start"
-        details = {"start_at": _scheduled_start(jobs, now)}
+        details = {"start_at": _scheduled_start(run, jobs, now)}
         actions = ["wait_for_timer", "cancel_run"]
     elif status is RunStatus.PENDING and _admission(jobs) is not None:
         admission = _admission(jobs) or {}
