@@ -4,7 +4,6 @@ fork and retention. ``Mesh`` inherits them; each is one transaction through the 
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -14,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 from squidmesh.core import state
 from squidmesh.core.arguments import count
 from squidmesh.core.contracts import stored
-from squidmesh.core.flow import Debounce, deadline_job_data, debounce_job_data, debounced_start
+from squidmesh.core.flow import Debounce
 from squidmesh.core.lifecycle import RunEvent, transition
-from squidmesh.core.records import Job
 from squidmesh.errors import (
     InvalidArgumentError,
     InvalidTransitionError,
@@ -29,6 +27,7 @@ from squidmesh.errors import (
 from squidmesh.runtime import composition
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
+from squidmesh.runtime.starting import NewRun, create_run
 from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Run, build_run
 from squidmesh.storage.base import RunRecord, Store, Transaction
@@ -110,80 +109,29 @@ class OperatorActions:
         admission: dict[str, Any] | None = None,
         debounce: Debounce | None = None,
     ) -> Run:
-        with self._engine.change() as ch:
-            if idempotency_key is not None:
-                existing = ch.tx.find_run_by_key(workflow, idempotency_key)
-                if existing is not None:
-                    return build_run(existing)
-            if debounce is not None:
-                marker = f"{workflow}:{trigger}:{debounce.key}"
-                pending = self._debounce_again(ch, marker, debounce, payload)
-                if pending is not None:
-                    self._engine.evict(pending.id)
-                    return self._fresh(build_run(pending))
-                admission = debounce_job_data(marker, debounce, ch.now)
-                start_at = ch.now + timedelta(seconds=debounce.seconds)
-            run = RunRecord(
-                id=run_id or str(uuid.uuid4()),
-                workflow=workflow,
-                trigger=trigger,
-                status=RunStatus.PENDING.value,
-                payload=payload,
-                created_at=ch.now,
-                updated_at=ch.now,
+        started = create_run(
+            self._engine,
+            NewRun(
+                workflow,
+                trigger,
+                payload,
                 idempotency_key=idempotency_key,
                 schedule=schedule,
-                replayed_from_run_id=replayed_from,
-                forked_from_run_id=forked_from,
-                trace_context=self._engine.events.trace_context(),
-            )
-            ch.tx.insert_run(run)
-            ch.events.run_created(run, ch.now)
-            if cron_tick is not None:
-                ch.tx.add_cron_tick(workflow, trigger, cron_tick, run.id)
-            if prefix:
-                ch.tx.insert_entries(run.id, prefix)
-            started: dict[str, Any] = {"trigger": trigger}
-            if start_at is not None:
-                started["start_at"] = start_at.isoformat()
-            if deadline is not None:
-                started["deadline"] = deadline.isoformat()
-            ch.audit(run.id, "run_started", actor=actor, metadata=started)
-            if source_audit is not None:
-                kind, source = source_audit
-                ch.audit(run.id, kind, actor=actor, metadata={"source_run_id": source})
-                ch.audit(source, kind, actor=actor, metadata={"new_run_id": run.id})
-            # A run of a workflow-level queue starts when a claim admits this job (its
-            # slot: see runtime/perform.py).
-            first = max(start_at or ch.now, ch.now)
-            ch.jobs.append(Job("activate", run.id, run_at=first, data=admission))
-            if deadline is not None:
-                # Fires at the deadline: a run still active then is cancelled.
-                ch.jobs.append(
-                    Job("activate", run.id, run_at=deadline, data=deadline_job_data(deadline))
-                )
-        return self._fresh(build_run(run))
-
-    def _debounce_again(
-        self, ch: Any, marker: str, debounce: Debounce, payload: dict[str, Any]
-    ) -> RunRecord | None:
-        """A start within a debounce window: the pending run of ``marker`` takes the new
-        payload and starts at the window's end (bounded by max_wait); None when there is
-        no such run (the caller starts one)."""
-        found = ch.tx.find_debounced(marker)
-        if found is None or found.job.id is None or found.job.run_id is None:
-            return None
-        run: RunRecord | None = ch.tx.lock_run(found.job.run_id)
-        if run is None or run.status != RunStatus.PENDING.value:
-            return None
-        data = dict(found.job.data or {})
-        start = debounced_start(data, debounce.seconds, ch.now)
-        run.payload = payload
-        run.version += 1
-        run.updated_at = ch.now
-        ch.tx.update_run(run)
-        ch.tx.replace_job(found.job.id, dataclasses.replace(found.job, run_at=start, data=data))
-        return run
+                replayed_from=replayed_from,
+                forked_from=forked_from,
+                prefix=prefix,
+                source_audit=source_audit,
+                cron_tick=cron_tick,
+                run_id=run_id,
+                actor=actor,
+                start_at=start_at,
+                deadline=deadline,
+                admission=admission,
+                debounce=debounce,
+            ),
+        )
+        run = build_run(started.run)
+        return self._fresh(run) if started.fresh else run
 
     # ------------------------------------------------------------------ operator actions
 

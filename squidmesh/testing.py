@@ -33,6 +33,7 @@ from squidmesh.mesh import Mesh
 from squidmesh.runtime.engine import EngineHooks
 from squidmesh.runtime.executors import InlineExecutor
 from squidmesh.runtime.replaying import run_history, run_interpreter
+from squidmesh.runtime.starting import NewRun, create_run
 from squidmesh.storage.base import RunRecord
 from squidmesh.storage.memory import InMemoryStore
 from squidmesh.types import RunStatus
@@ -342,7 +343,10 @@ class WorkflowTester:
         self.runs.append(run)
         self._by_id[rid] = run
         try:
-            self._mesh._create_run(self.workflow.name, trig.name, stored, run_id=rid)
+            create_run(
+                self._mesh.runner.engine,
+                NewRun(self.workflow.name, trig.name, stored, run_id=rid),
+            )
         except BaseException:
             with self._mesh.store.transaction() as tx:
                 if tx.get_run(rid) is None:  # nothing was started

@@ -8,7 +8,7 @@ typed names, so the type checker and the layering test see every dependency.
 
 The few names of other libraries that are private by spelling only (Django's
 ``Model._meta``, ``sys._getframe``, argparse's parser internals) are listed, as are
-the crossings not yet removed (each with what is left to do).
+any crossing not yet removed (with what is left to do).
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "squidmesh"
 #: underscore names of other libraries, public by their documentation
 FOREIGN = frozenset({"_meta", "_getframe", "_actions", "_SubParsersAction"})
 
-#: (module, name): crossings still in the code base, to remove (issue 11).
-#: testing.py creates a run under a chosen id (WorkflowTester.start(run_id=...)) through
-#: the Mesh's run creation, which is still a private method of the OperatorActions mixin.
-KNOWN: frozenset[tuple[str, str]] = frozenset({("squidmesh/testing.py", "_create_run")})
+#: (module, name): crossings still in the code base, each with why (none left).
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 
 def _private(name: str) -> bool:
