@@ -141,6 +141,19 @@ def _debouncing(jobs: Sequence[QueuedJob], now: datetime | None) -> dict[str, An
     return None
 
 
+def _queue_counts(state: QueueState) -> dict[str, Any]:
+    """What a queue holds and allows, as the details of ``queued``/``rate_limited``."""
+    return {
+        "running": state.running,
+        "waiting": state.waiting,
+        "limit": {
+            "concurrency": state.concurrency,
+            "key_concurrency": state.key_concurrency,
+            "rate": state.rate,
+        },
+    }
+
+
 def _scheduled_start(run: RunRecord, jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
     """When a pending run starts (ISO 8601), if it was started for later and that is
     still ahead. An immediate start's first activation is due at the run's creation, to
@@ -239,16 +252,15 @@ def explain(
             ]
         }
         actions = ["wait_for_step"]
-    elif status is RunStatus.PENDING and _debouncing(jobs, now) is not None:
+    elif status is RunStatus.PENDING and (debouncing := _debouncing(jobs, now)) is not None:
         reason = "debouncing"
-        details = _debouncing(jobs, now) or {}
+        details = debouncing
         actions = ["wait_for_timer", "cancel_run"]
-    elif status is RunStatus.PENDING and _scheduled_start(run, jobs, now) is not None:
+    elif status is RunStatus.PENDING and (start := _scheduled_start(run, jobs, now)) is not None:
         reason = "scheduled_start"
-        details = {"start_at": _scheduled_start(run, jobs, now)}
+        details = {"start_at": start}
         actions = ["wait_for_timer", "cancel_run"]
-    elif status is RunStatus.PENDING and _admission(jobs) is not None:
-        admission = _admission(jobs) or {}
+    elif status is RunStatus.PENDING and (admission := _admission(jobs)) is not None:
         state = (queues or {}).get(str(admission.get("queue")))
         reason = "queued"
         details = {
@@ -258,15 +270,7 @@ def explain(
             "position": admission.get("position"),
         }
         if state is not None:
-            details.update(
-                running=state.running,
-                waiting=state.waiting,
-                limit={
-                    "concurrency": state.concurrency,
-                    "key_concurrency": state.key_concurrency,
-                    "rate": state.rate,
-                },
-            )
+            details.update(_queue_counts(state))
         actions = ["cancel_run"]
     elif status is RunStatus.PENDING:
         reason = "pending_dispatch"
@@ -342,8 +346,7 @@ def explain(
             "heartbeat": tries[-1].heartbeat if tries else None,
         }
         actions = ["wait_for_step", "cancel_run"]
-    elif _queued_job(jobs, entry) is not None:
-        flow = _queued_job(jobs, entry) or {}
+    elif (flow := _queued_job(jobs, entry)) is not None:
         state = (queues or {}).get(str(flow.get("queue")))
         limited = (
             state is not None
@@ -358,15 +361,7 @@ def explain(
             "priority": flow.get("priority"),
         }
         if state is not None:
-            details.update(
-                running=state.running,
-                waiting=state.waiting,
-                limit={
-                    "concurrency": state.concurrency,
-                    "key_concurrency": state.key_concurrency,
-                    "rate": state.rate,
-                },
-            )
+            details.update(_queue_counts(state))
             if state.rate is not None:
                 details["started_in_window"] = state.started_in_window
         actions = ["wait_for_step", "cancel_run"]

@@ -308,13 +308,18 @@ class Queries:
         # Flow control (squidmesh/storage/flow_claim.py): what the queue-aware claim
         # counts and chooses from, for the queues named in "names".
         names: Any = b("names", expanding=True)
+        # Held by no live lease, and due as well: a job a claim may take now. Leased: a
+        # slot of its queue (parked jobs hold no slot).
+        free = sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now)
+        ready = sa.and_(jobs.c.run_at <= now, free)
+        leased = sa.and_(
+            jobs.c.worker.is_not(None), jobs.c.worker != PARKED, jobs.c.lease_until > now
+        )
         self.flow_running = (
             sa.select(jobs.c.queue, jobs.c.flow_key, sa.func.count())
             .where(
                 jobs.c.queue.in_(names),
-                jobs.c.worker.is_not(None),
-                jobs.c.worker != PARKED,
-                jobs.c.lease_until > now,
+                leased,
             )
             .group_by(jobs.c.queue, jobs.c.flow_key)
         )
@@ -323,8 +328,7 @@ class Queries:
         self.flow_any = sa.select(
             sa.exists().where(
                 jobs.c.queue.in_(names),
-                jobs.c.run_at <= now,
-                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+                ready,
             )
         )
         # Per (queue, key): jobs leased, and jobs claimable (the claim's first look).
@@ -332,31 +336,8 @@ class Queries:
             sa.select(
                 jobs.c.queue,
                 jobs.c.flow_key,
-                sa.func.sum(
-                    sa.case(
-                        (
-                            sa.and_(
-                                jobs.c.worker.is_not(None),
-                                jobs.c.worker != PARKED,
-                                jobs.c.lease_until > now,
-                            ),
-                            1,
-                        ),
-                        else_=0,
-                    )
-                ),
-                sa.func.sum(
-                    sa.case(
-                        (
-                            sa.and_(
-                                jobs.c.run_at <= now,
-                                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
-                            ),
-                            1,
-                        ),
-                        else_=0,
-                    )
-                ),
+                sa.func.sum(sa.case((leased, 1), else_=0)),
+                sa.func.sum(sa.case((ready, 1), else_=0)),
             )
             .where(jobs.c.queue.in_(names))
             .group_by(jobs.c.queue, jobs.c.flow_key)
@@ -365,8 +346,7 @@ class Queries:
         # key (or, for calls of no key, of any key), or of a higher priority.
         claimable = (
             jobs.c.queue == b("queue"),
-            jobs.c.run_at <= now,
-            sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+            ready,
         )
         self.flow_others = sa.select(
             sa.exists().where(
@@ -404,8 +384,7 @@ class Queries:
             )
             .where(
                 jobs.c.queue.in_(names),
-                jobs.c.run_at <= now,
-                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+                ready,
             )
             .subquery("ranked")
         )
@@ -422,13 +401,6 @@ class Queries:
             .group_by(starts.c.queue)
         )
         self.flow_add_starts = sa.insert(starts)
-        leased = sa.and_(
-            jobs.c.worker.is_not(None), jobs.c.worker != PARKED, jobs.c.lease_until > now
-        )
-        ready = sa.and_(
-            jobs.c.run_at <= now,
-            sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
-        )
         self.queue_stats = (
             sa.select(
                 jobs.c.queue,
@@ -487,7 +459,7 @@ class Queries:
             sa.update(jobs)
             .where(
                 jobs.c.id.in_(b("ids", expanding=True)),
-                sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now),
+                free,
             )
             .values(lease)
         )
