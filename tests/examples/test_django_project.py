@@ -60,6 +60,10 @@ def test_an_order_approved_in_the_admin_is_invoiced_once_by_worker_processes(
                 )
             )
     try:
+        # A worker stopped while Django is still importing dies of the SIGTERM (its drain
+        # handler is not installed yet): the work below can finish that fast, so both
+        # workers must be up (they log "starting" once they handle SIGTERM) first.
+        _wait(lambda: log.read_text().count(" starting (concurrency") == 2, "both workers")
         big = {"order_ref": f"big-{suffix}", "amount_cents": 250_00}
         placed = shopper.post("/orders/", json.dumps(big), content_type="application/json")
         assert placed.status_code == 201, placed.content
