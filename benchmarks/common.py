@@ -26,6 +26,7 @@ __all__ = [
     "Databases",
     "Measure",
     "SqlCounter",
+    "direct_writes",
     "machine_info",
     "percentile",
     "wait_for",
@@ -143,6 +144,45 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
+#: called with (statement, whether it went without a SQLAlchemy connection) for every
+#: state-change write squidmesh sends straight to psycopg
+_direct_listeners: list[Callable[[str, bool], None]] = []
+
+
+def _install_direct_writes() -> None:
+    """squidmesh sends a state change's write on PostgreSQL straight to psycopg
+    (``SqlTransaction.write``), past SQLAlchemy's events: wrap it once so the counters see
+    those statements too."""
+    from squidmesh.storage.sql import SqlTransaction
+
+    original = SqlTransaction.write
+    if getattr(original, "_bench_wrapped", False):
+        return
+
+    def write(self: Any, batch: Any) -> Any:
+        sql_text = self._write_sql
+        if sql_text is not None:  # PostgreSQL (SQLite writes on its driver's cursor)
+            own = self._conn is None  # no SQLAlchemy connection: a pooled one, autocommit
+            for listener in list(_direct_listeners):
+                listener(sql_text, own)
+        return original(self, batch)
+
+    write._bench_wrapped = True  # type: ignore[attr-defined]
+    SqlTransaction.write = write  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def direct_writes(listener: Callable[[str, bool], None]) -> Iterator[None]:
+    """Call ``listener(statement, pooled_autocommit)`` for each write squidmesh sends
+    straight to psycopg while the block runs."""
+    _install_direct_writes()
+    _direct_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _direct_listeners.remove(listener)
+
+
 class SqlCounter:
     """Counts what a SQLAlchemy engine sends: statements (by leading verb), commits,
     rollbacks, connection checkouts. Attach for the measured window only."""
@@ -188,9 +228,17 @@ class SqlCounter:
         with self._lock:
             self.checkouts += 1
 
+    def _on_direct(self, statement: str, pooled_autocommit: bool) -> None:
+        self._on_execute(None, None, statement, None)
+        if pooled_autocommit:
+            with self._lock:
+                self.autocommit_blocks += 1  # one statement, no BEGIN/COMMIT
+
     def __enter__(self) -> SqlCounter:
         from sqlalchemy import event
 
+        self._direct = direct_writes(self._on_direct)
+        self._direct.__enter__()
         event.listen(self.engine, "before_cursor_execute", self._on_execute)
         event.listen(self.engine, "commit", self._on_commit)
         event.listen(self.engine, "rollback", self._on_rollback)
@@ -204,6 +252,7 @@ class SqlCounter:
         event.remove(self.engine, "commit", self._on_commit)
         event.remove(self.engine, "rollback", self._on_rollback)
         event.remove(self.engine.pool, "checkout", self._on_checkout)
+        self._direct.__exit__(None, None, None)
 
     def per(self, n: int) -> dict[str, Any]:
         """Counts divided by ``n`` (steps): statements, transactions, round trips.

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks import flows
-from benchmarks.common import Databases, SqlCounter
+from benchmarks.common import Databases, SqlCounter, direct_writes
 from benchmarks.harness import Completion, open_mesh
 from squidmesh.runtime.worker import Worker
 
@@ -75,9 +75,14 @@ class _Statements:
     def _on(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         self.sent.append((time.perf_counter(), " ".join(statement.split())))
 
+    def _on_direct(self, statement: str, _pooled: bool) -> None:
+        self._on(None, None, statement)
+
     def __enter__(self) -> _Statements:
         from sqlalchemy import event
 
+        self._direct = direct_writes(self._on_direct)
+        self._direct.__enter__()
         event.listen(self.engine, "before_cursor_execute", self._on)
         return self
 
@@ -85,6 +90,7 @@ class _Statements:
         from sqlalchemy import event
 
         event.remove(self.engine, "before_cursor_execute", self._on)
+        self._direct.__exit__(None, None, None)
 
 
 def _bucket(filename: str) -> str:

@@ -159,7 +159,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
-                    claimed = self._claim_some()
+                    more = self._claim_some()
                     backoff = 0.5
                 except StorageError as exc:
                     log.warning(
@@ -174,7 +174,7 @@ class Worker:
                     self._wake.clear()
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
-                if claimed and self.in_flight < self.concurrency:
+                if more and self.in_flight < self.concurrency:
                     continue  # there may be more due work: claim again at once
                 self._wait_for_work()
         finally:
@@ -186,10 +186,14 @@ class Worker:
 
     # ------------------------------------------------------------------ claiming
 
-    def _claim_some(self) -> int:
+    def _claim_some(self) -> bool:
+        """Claim due jobs for the free slots; True when every free slot got one (so
+        more may be due). Fewer than asked means none was left at the claim: jobs
+        committed since wake the worker, so claiming again at once would only add a
+        transaction beside the jobs just started."""
         free = self.concurrency - self.in_flight
         if free <= 0:
-            return 0
+            return False
         now = self.runner.clock()
         with self.runner.store.transaction() as tx:
             jobs = tx.claim_jobs(
@@ -206,7 +210,7 @@ class Worker:
             with self._lock:
                 self._in_flight[int(job.id or 0)] = job
             self._pool.submit(self._perform, job)
-        return len(jobs)
+        return len(jobs) >= free
 
     def _perform(self, job: Job) -> None:
         current: Job | None = job

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.pool import PoolProxiedConnection
 
 from squidmesh.core.flow import Queue
 from squidmesh.core.history import Entry
@@ -56,6 +57,9 @@ from squidmesh.storage.sql_queries import (
     run_params,
 )
 from squidmesh.storage.sqlite_write import SqliteWriter
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["SqlStore", "SqlTransaction", "create_engine"]
 
@@ -242,6 +246,21 @@ class _Hold:
         self._close()
 
 
+def _give_back(raw: PoolProxiedConnection) -> None:
+    """Return a connection ``write`` took for a transaction without BEGIN/COMMIT to the
+    pool as the pool handed it out (not in autocommit)."""
+    try:
+        driver = cast("psycopg.Connection[Any]", raw.driver_connection)
+        if driver.broken or driver.closed:
+            raw.invalidate()
+        else:
+            driver.autocommit = False
+    except Exception as exc:  # a connection the pool cannot trust is not reused
+        raw.invalidate(exc)
+    finally:
+        raw.close()
+
+
 class SqlTransaction:
     """One connection and one database transaction; use as ``with store.transaction()``."""
 
@@ -250,6 +269,7 @@ class SqlTransaction:
         "_conn",
         "_notify_sql",
         "_q",
+        "_raw",
         "_sqlite_writer",
         "_store",
         "_write_sql",
@@ -263,9 +283,20 @@ class SqlTransaction:
         self._write_sql = store._write_sql
         self._sqlite_writer = store._sqlite_writer
         self._conn: sa.Connection | None = None
+        #: the pooled connection a transaction without BEGIN/COMMIT wrote its batch on,
+        #: when it needed no SQLAlchemy connection (``write``)
+        self._raw: PoolProxiedConnection | None = None
 
     # the context manager ---------------------------------------------------
     def __enter__(self) -> SqlTransaction:
+        # Without BEGIN/COMMIT there is nothing to open: the connection is taken when
+        # the first statement needs one. A landing that only writes its batch then
+        # costs one pooled connection and one call, not a SQLAlchemy connection too.
+        if not self._autocommit:
+            self._connect()
+        return self
+
+    def _connect(self) -> sa.Connection:
         try:
             conn = self._store.engine.connect()
             if self._autocommit:
@@ -281,7 +312,7 @@ class SqlTransaction:
             conn.close()
             raise
         self._conn = conn
-        return self
+        return conn
 
     def __exit__(
         self,
@@ -289,6 +320,9 @@ class SqlTransaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            _give_back(raw)
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -312,7 +346,9 @@ class SqlTransaction:
     @property
     def connection(self) -> sa.Connection:
         if self._conn is None:
-            raise StorageError("the transaction is not open")
+            if not self._autocommit or self._raw is not None:
+                raise StorageError("the transaction is not open")
+            return self._connect()
         return self._conn
 
     # runs ------------------------------------------------------------------
@@ -510,13 +546,43 @@ class SqlTransaction:
     @translated("write a state change")
     def write(self, batch: WriteBatch) -> list[Job]:
         if self._sqlite_writer is not None:  # in-process: statements on the driver's cursor
-            driver = cast(sqlite3.Connection, self.connection.connection.driver_connection)
-            return self._sqlite_writer.write(driver, batch)
+            lite = cast(sqlite3.Connection, self.connection.connection.driver_connection)
+            return self._sqlite_writer.write(lite, batch)
         assert self._write_sql is not None  # PostgreSQL: one call of the write function
         now = datetime.now(timezone.utc)
         params = pg_write.write_params(batch, self._store.notify_channel, now)
-        ids = self.connection.exec_driver_sql(self._write_sql, params).scalar_one()
-        return pg_write.stored_jobs(batch, ids, now)
+        # Straight to psycopg: the call is the whole hot path of a step, and SQLAlchemy's
+        # execution layer (context, events, result) cost more client time per step than
+        # encoding the batch (benchmarks/README.md). Same connection, same transaction.
+        import psycopg  # loaded already: the engine's driver
+
+        driver = self._pg_driver()
+        try:
+            row = driver.execute(self._write_sql, params).fetchone()
+        except (psycopg.Error, TypeError, ValueError) as exc:
+            if self._raw is not None and driver.broken:
+                self._raw.invalidate(exc)  # not back into the pool
+                self._raw = None
+            raise storage_error("write a state change", exc) from exc
+        assert row is not None
+        return pg_write.stored_jobs(batch, row[0], now)
+
+    def _pg_driver(self) -> psycopg.Connection[Any]:
+        """The psycopg connection of this transaction: the SQLAlchemy connection's, or,
+        without BEGIN/COMMIT and before any other statement, a pooled one taken for the
+        write alone."""
+        if self._conn is not None:
+            return cast("psycopg.Connection[Any]", self._conn.connection.driver_connection)
+        if self._raw is None:
+            if not self._autocommit:
+                raise StorageError("the transaction is not open")
+            try:
+                raw = self._store.engine.raw_connection()
+            except sa.exc.SQLAlchemyError as exc:
+                raise storage_error("connect to the database", exc) from driver_error(exc)
+            cast("psycopg.Connection[Any]", raw.driver_connection).autocommit = True
+            self._raw = raw
+        return cast("psycopg.Connection[Any]", self._raw.driver_connection)
 
     # jobs ------------------------------------------------------------------
     @translated("replace a job")
