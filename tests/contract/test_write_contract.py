@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.errors import ConcurrentChangeError, StorageError
@@ -289,3 +290,32 @@ def test_a_write_reads_rows_by_key_however_many_are_stored(pg_migrated_url: str)
     after = wait_for(reported, 30, "the writer's table counters")
     scans = {t: after[t][0] - before[t][0] for t in ("squidmesh_runs", "squidmesh_entries")}
     assert scans == {"squidmesh_runs": 0, "squidmesh_entries": 0}
+
+
+@pytest.mark.postgres
+def test_a_connection_that_wrote_without_a_transaction_goes_back_transactional(
+    pg_migrated_url: str,
+) -> None:
+    """A batch written without BEGIN/COMMIT goes straight to a pooled psycopg connection
+    in autocommit. That connection must return to the pool as the pool lent it: the next
+    transaction on it (one connection in the pool, so the same one) must still be all or
+    nothing, or a later change that fails half-way would leave its first half stored."""
+    from tests.contract.conftest import pg_engine
+
+    engine = pg_engine(pg_migrated_url)
+    store = SqlStore(sa.create_engine(engine.url, pool_size=1, max_overflow=0), owns_engine=True)
+    engine.dispose()
+    try:
+        run = run_record(status="running")
+        add_runs(store, run)
+        write(store, WriteBatch(runs=[advanced(run)]), autocommit=True)
+        other = run_record()
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.insert_run(other)
+            raise RuntimeError("the change fails after its first write")
+        with store.transaction() as tx:
+            assert tx.get_run(other.id) is None
+            stored = tx.get_run(run.id)
+        assert stored is not None and stored.version == 1
+    finally:
+        store.close()
