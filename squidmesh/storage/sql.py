@@ -468,6 +468,10 @@ class SqlTransaction:
     # history ---------------------------------------------------------------
     @translated("load the history")
     def load_entries(self, run_id: str) -> list[Entry]:
+        document = self._q.load_entries_document
+        if document is not None:
+            rows = self.connection.execute(document, {"run_id": run_id}).scalar()
+            return [Entry(*row) for row in rows or ()]
         rows = self.connection.execute(self._q.load_entries, {"run_id": run_id})
         return [Entry(*row) for row in rows]
 
