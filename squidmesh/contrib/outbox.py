@@ -28,6 +28,7 @@ from squidmesh.core.records import Job
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.executors import BoundMesh, ExecutorCapabilities
 from squidmesh.storage import tables as t
+from squidmesh.storage.base import Store, Transaction
 from squidmesh.storage.sql_queries import job_from_row
 
 __all__ = ["OUTBOX_LEASE", "MeshRegistry", "Outbox", "due_at", "load_mesh", "payload"]
@@ -72,7 +73,7 @@ class Outbox:
     def bind(self, mesh: BoundMesh) -> None:
         self.mesh = mesh
 
-    def enqueue(self, jobs: Sequence[Job], *, connection: Any) -> None:
+    def enqueue(self, jobs: Sequence[Job], *, connection: Transaction) -> None:
         if jobs:
             connection.insert_jobs(jobs, worker=self.worker, lease_until=OUTBOX_LEASE)
 
@@ -117,7 +118,7 @@ class Outbox:
             if not self._again.is_set():
                 return sent
 
-    def _relay_batch(self, store: Any) -> int:
+    def _relay_batch(self, store: Store) -> int:
         sent, failure = 0, None
         with store.transaction() as tx:
             for job in self._take(tx, lock=True):
@@ -173,7 +174,7 @@ class Outbox:
             if self._stop.wait(interval):
                 return
 
-    def _take(self, tx: Any, *, lock: bool) -> list[Job]:
+    def _take(self, tx: Transaction, *, lock: bool) -> list[Job]:
         conn = tx.connection
         if conn is None:
             # The memory store cannot select by worker. In a Mesh whose executor is this

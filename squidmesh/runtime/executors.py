@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from squidmesh.core.records import Job
-from squidmesh.storage.base import Store
+from squidmesh.storage.base import Store, Transaction
 
 __all__ = [
     "AfterCommit",
@@ -88,7 +88,7 @@ class Executor(Protocol):
     store), for executors that keep an outbox in the same database.
     """
 
-    def enqueue(self, jobs: Sequence[Job], *, connection: Any) -> None: ...
+    def enqueue(self, jobs: Sequence[Job], *, connection: Transaction) -> None: ...
 
 
 class DatabaseExecutor:
@@ -105,7 +105,7 @@ class DatabaseExecutor:
         if "enqueue" in vars(cls) and "capabilities" not in vars(cls):
             cls.capabilities = dataclasses.replace(cls.capabilities, batched=False)
 
-    def enqueue(self, jobs: Sequence[Job], *, connection: Any) -> None:
+    def enqueue(self, jobs: Sequence[Job], *, connection: Transaction) -> None:
         if jobs:
             connection.insert_jobs(jobs)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -99,7 +100,7 @@ class Lease:
     eager: bool = True
     #: the worker's stop event: once set (draining), begin nothing further, even for a
     #: job that started before the worker was asked to stop
-    draining: Any = None
+    draining: threading.Event | None = None
 
 
 class TransactionalStepFailed(Exception):
