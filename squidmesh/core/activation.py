@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from squidmesh.core.history import Entry, History
+from squidmesh.core.records import ErrorRecord
 from squidmesh.types import EntryStatus
 
 __all__ = [
@@ -69,7 +70,7 @@ class Activation:
     updates: list[Entry] = dataclasses.field(default_factory=list)
     waiting_on: tuple[int, ...] = ()
     result: Any = None
-    error: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
     reason: str | None = None
     compensate: tuple[int, ...] = ()
     consumed_events: tuple[int, ...] = ()

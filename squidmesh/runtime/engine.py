@@ -26,9 +26,11 @@ from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import ENDINGS, RunEvent, transition
 from squidmesh.core.records import (
     CANCELLED_OUTCOME,
+    COMPENSATION_PENDING,
     Attempt,
     AuditEvent,
     CancelRequest,
+    ErrorRecord,
     Job,
     PendingOutcome,
 )
@@ -588,18 +590,18 @@ class Engine:
                     RunStatus.FAILED, reason=act.reason, error=act.error
                 ).to_json()
                 run.reason = "compensating"
-                run.error = act.error
+                run.error = act.error.to_json() if act.error is not None else None
                 self._start_compensation(ch, run, act.compensate)
             else:
                 self.end(ch, run, RunStatus.FAILED, error=act.error, reason=act.reason)
         elif act.outcome == "suspended":
             run.status = transition(run.status, RunEvent.SUSPENDED).value
-            run.error = act.error
+            run.error = act.error.to_json() if act.error is not None else None
             run.reason = act.reason
             ch.audit(
                 run.id,
                 "suspended",
-                comment=(act.error or {}).get("message"),
+                comment=act.error.message if act.error is not None else None,
                 metadata={"reason": act.reason},
             )
         elif act.outcome == "cancelled":
@@ -616,7 +618,7 @@ class Engine:
         run: RunRecord,
         status: RunStatus,
         *,
-        error: dict[str, Any] | None = None,
+        error: ErrorRecord | None = None,
         reason: str | None = None,
     ) -> None:
         run.status = transition(run.status, ENDINGS[status]).value
@@ -625,7 +627,7 @@ class Engine:
         run.current_steps = []
         run.waiting_on = []
         if error is not None:
-            run.error = error
+            run.error = error.to_json()
         if status is RunStatus.CANCELLED:
             request = CancelRequest.from_json(run.cancel_request) or CancelRequest()
             ch.audit(run.id, "cancelled", actor=request.actor, comment=request.reason)
@@ -673,7 +675,7 @@ class Engine:
             plan = compensation_plan(History(entries))
             if plan:
                 for seq in plan:
-                    entries[seq].compensation = {"status": "pending"}
+                    entries[seq].set_compensation(COMPENSATION_PENDING)
                     ch.touched(run.id, entries[seq])
                 run.pending_outcome = CANCELLED_OUTCOME.to_json()
                 run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value
