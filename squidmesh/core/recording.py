@@ -262,7 +262,7 @@ def _append_leaf(
             run_id,
             max_bytes,
         )
-        meta = command.step.policy()
+        meta = command.step.policy().to_json()
         if command.flow is not None:
             meta["flow"] = dict(command.flow)
         return append_entry(

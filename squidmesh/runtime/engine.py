@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from squidmesh.core import state
-from squidmesh.core.definition import StepDefinition, WorkflowDefinition
+from squidmesh.core.definition import StepDefinition, StepPolicy, WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import ENDINGS, RunEvent, transition
 from squidmesh.core.records import (
@@ -473,7 +473,7 @@ class Engine:
         """The definition of the call at ``entry`` (with its per-call options)."""
         found = live.interpreter.step_calls.get(entry.seq)
         if found is None:
-            obj = invoke.resolve_ref(str(entry.meta.get("ref", "")))
+            obj = invoke.resolve_ref(StepPolicy.from_json(entry.meta).ref)
             found = obj if isinstance(obj, StepDefinition) else None
         if found is None:
             found = self._replayed_call(live, entry)
@@ -485,7 +485,7 @@ class Engine:
         definition = live.interpreter.step_calls.get(entry.seq) if live is not None else None
         if definition is not None:
             return definition.compensate
-        found = invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
+        found = invoke.resolve_ref(StepPolicy.from_json(entry.meta).compensate or "")
         if found is None and live is not None:
             definition = self._replayed_call(live, entry)
             found = definition.compensate if definition is not None else None

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from squidmesh.core.definition import StepPolicy
 from squidmesh.core.flow import DEADLINE_EXCEEDED, job_deadline
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, ErrorRecord
@@ -25,7 +26,7 @@ def replay_blockers(entries: list[Entry]) -> list[str]:
         for e in entries
         if e.kind == "step"
         and e.status == "completed"
-        and (e.meta.get("irreversible") or e.meta.get("compensatable") is False)
+        and not StepPolicy.from_json(e.meta).undoable
     ]
 
 
@@ -82,7 +83,7 @@ def _failed_reason(
     seq = error.seq if error is not None else None
     if error is not None and seq is not None and 0 <= seq < len(entries):
         entry = entries[seq]
-        max_attempts = int((entry.meta.get("retry") or {}).get("max_attempts", 1))
+        max_attempts = StepPolicy.from_json(entry.meta).max_attempts
         facts = {
             "error": _error_facts(error, "type", "message", "details"),
             "max_attempts": max_attempts,
@@ -300,7 +301,7 @@ def explain(
         details = {
             "next_attempt_number": entry.attempts + 1,
             "next_attempt_at": entry.wake_at,
-            "max_attempts": int((entry.meta.get("retry") or {}).get("max_attempts", 1)),
+            "max_attempts": StepPolicy.from_json(entry.meta).max_attempts,
             "last_error": entry.error,
         }
     elif len(waiting) > 1 or (entry is not None and entry.parent is not None):

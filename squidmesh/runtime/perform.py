@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from squidmesh.core import contracts, state
-from squidmesh.core.definition import StepDefinition
+from squidmesh.core.definition import StepDefinition, StepPolicy
 from squidmesh.core.failures import error_info
 from squidmesh.core.flow import DEADLINE_EXCEEDED, declared_queues, holds_slot, job_deadline
 from squidmesh.core.history import Entry, History
@@ -311,7 +311,8 @@ class JobRunner:
         if definition is None:
             failure = SquidmeshError(
                 f"step {entry.name} of run {run.id} cannot be found in this process "
-                f"({entry.meta.get('ref')}): import the module that defines it in the worker"
+                f"({StepPolicy.from_json(entry.meta).ref}): import the module that defines it "
+                "in the worker"
             )
         else:
             try:
