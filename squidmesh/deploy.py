@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from squidmesh.core.arguments import count
+from squidmesh.core.records import ErrorRecord
 from squidmesh.errors import PayloadError, SquidmeshError, UnknownTriggerError
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.replaying import run_history, run_interpreter
@@ -175,20 +176,21 @@ def _check_run(mesh: Mesh, run: RunRecord) -> DeployProblem | None:
         interpreter.close()
     if act.outcome != "suspended":
         return None
-    error = act.error or {}
+    error = act.error or ErrorRecord("")
     if act.reason == "nondeterminism":
-        details = error.get("details") or {}
+        found = error.details
+        details: dict[str, Any] = found if isinstance(found, dict) else {}
         seq = details.get("seq")
         return problem(
             "nondeterminism",
-            str(error.get("message") or "nondeterminism"),
+            error.message or "nondeterminism",
             seq=int(seq) if seq is not None else None,
             expected=_opt_str(details.get("expected")),
             recorded=_opt_str(details.get("recorded")),
         )
     return problem(
         "workflow_error",
-        f"{error.get('type') or 'error'}: {error.get('message') or act.reason}",
+        f"{error.type or 'error'}: {error.message or act.reason}",
     )
 
 

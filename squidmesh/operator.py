@@ -413,7 +413,7 @@ class OperatorActions:
                     f"result yet; fork at or before seq {entry.seq}"
                 )
             copy = entry.copy()
-            copy.compensation = None
+            copy.set_compensation(None)
             prefix.append(copy)
         return self._create_run(
             source.workflow,

@@ -539,7 +539,8 @@ def _fresh(exc: BaseException | type[BaseException]) -> BaseException:
 
 def _raise_nondeterminism(act: Activation, run_id: str | None) -> None:
     if act.outcome == "suspended" and act.reason == "nondeterminism":
-        details = (act.error or {}).get("details") or {}
+        found = act.error.details if act.error is not None else None
+        details: dict[str, Any] = found if isinstance(found, dict) else {}
         raise NondeterminismError(
             run_id=run_id,
             seq=int(details.get("seq", -1)),
@@ -574,11 +575,11 @@ def replay(workflow: WorkflowDefinition, history: History | Mapping[str, Any]) -
     if act.outcome == "suspended":
         raise NondeterminismError(
             f"replay of run {recorded.run_id} stopped on a workflow error: "
-            f"{(act.error or {}).get('message')}",
+            f"{act.error.message if act.error is not None else None}",
             run_id=recorded.run_id,
             seq=length,
             expected="the workflow to replay",
-            recorded=str((act.error or {}).get("type")),
+            recorded=str(act.error.type if act.error is not None else None),
         )
     if recorded.outcome in ("completed", "failed") and act.new_entries:
         raise NondeterminismError(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from squidmesh.core.definition import StepPolicy
 from squidmesh.core.history import Entry, History
+from squidmesh.core.records import ErrorRecord
 from squidmesh.types import EntryStatus
 
 __all__ = [
@@ -69,7 +71,7 @@ class Activation:
     updates: list[Entry] = dataclasses.field(default_factory=list)
     waiting_on: tuple[int, ...] = ()
     result: Any = None
-    error: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
     reason: str | None = None
     compensate: tuple[int, ...] = ()
     consumed_events: tuple[int, ...] = ()
@@ -102,8 +104,8 @@ def compensation_plan(history: History) -> list[int]:
         for e in history.entries
         if e.kind == "step"
         and e.status == _DONE
-        and e.meta.get("compensate")
         and e.compensation is None
+        and StepPolicy.from_json(e.meta).compensate
     ]
     todo.sort(key=lambda e: e.order if e.order is not None else -1, reverse=True)
     return [e.seq for e in todo]

@@ -15,7 +15,7 @@ from typing_extensions import TypeVar as DefaultTypeVar
 
 from squidmesh.core import contracts, unyielded
 from squidmesh.core.flow import Queue, flow_data, priority_value
-from squidmesh.core.retry import Retry
+from squidmesh.core.retry import Backoff, Retry
 from squidmesh.core.yielding import Yieldable
 from squidmesh.errors import (
     DefinitionError,
@@ -29,6 +29,7 @@ __all__ = [
     "ManualTrigger",
     "StepCall",
     "StepDefinition",
+    "StepPolicy",
     "Trigger",
     "WorkflowDefinition",
     "callable_ref",
@@ -67,6 +68,68 @@ _STEP_OPTIONS = frozenset(
 def callable_ref(fn: Callable[..., Any]) -> str:
     """``module:qualname`` of a function: how a worker finds it again."""
     return f"{fn.__module__}:{fn.__qualname__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPolicy:
+    """The options that govern a step call, recorded with it (its history entry's
+    ``meta``): how a worker finds the function again (``ref``) and its compensation
+    (``compensate``), the retry policy as recorded (``non_retryable`` by qualified name),
+    its timeouts, and whether a replay may undo it (``irreversible``, ``compensatable``).
+    """
+
+    ref: str
+    max_attempts: int = 1
+    backoff: Backoff | None = None
+    non_retryable: tuple[str, ...] = ()
+    timeout: float | None = None
+    heartbeat_timeout: float | None = None
+    compensate: str | None = None
+    irreversible: bool = False
+    compensatable: bool = True
+    transaction: bool = False
+
+    @property
+    def undoable(self) -> bool:
+        """False for a step a replay must not run again without an explicit override."""
+        return not self.irreversible and self.compensatable
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "retry": {
+                "max_attempts": self.max_attempts,
+                "backoff": self.backoff.to_json() if self.backoff else None,
+                "non_retryable": list(self.non_retryable),
+            },
+            "timeout": self.timeout,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "compensate": self.compensate,
+            "irreversible": self.irreversible,
+            "compensatable": self.compensatable,
+            "transaction": self.transaction,
+        }
+
+    @classmethod
+    def from_json(cls, meta: Mapping[str, Any]) -> StepPolicy:
+        """The policy recorded in a step entry's ``meta`` (which holds other keys too).
+        Keys an older version did not record take their defaults."""
+        retry = meta.get("retry")
+        retry = retry if isinstance(retry, Mapping) else {}
+        backoff = retry.get("backoff")
+        timeout, beat = meta.get("timeout"), meta.get("heartbeat_timeout")
+        return cls(
+            ref=str(meta.get("ref") or ""),
+            max_attempts=int(retry.get("max_attempts", 1)),
+            backoff=Backoff.from_json(dict(backoff)) if isinstance(backoff, Mapping) else None,
+            non_retryable=tuple(str(n) for n in retry.get("non_retryable") or ()),
+            timeout=float(timeout) if timeout is not None else None,
+            heartbeat_timeout=float(beat) if beat is not None else None,
+            compensate=str(meta["compensate"]) if meta.get("compensate") else None,
+            irreversible=bool(meta.get("irreversible", False)),
+            compensatable=meta.get("compensatable") is not False,
+            transaction=bool(meta.get("transaction", False)),
+        )
 
 
 class StepDefinition(Generic[P, R]):
@@ -238,21 +301,23 @@ class StepDefinition(Generic[P, R]):
                 kwargs[name] = value
         return args, kwargs
 
-    def policy(self) -> dict[str, Any]:
-        """The options that govern execution, stored with each scheduled call."""
+    def policy(self) -> StepPolicy:
+        """The options that govern execution, recorded with each scheduled call."""
         comp = self.compensate
-        return {
-            "ref": self.ref,
-            "retry": self.retry.to_json(),
-            "timeout": self.timeout,
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "compensate": callable_ref(comp.fn if isinstance(comp, StepDefinition) else comp)
+        return StepPolicy(
+            ref=self.ref,
+            max_attempts=self.retry.max_attempts,
+            backoff=self.retry.backoff,
+            non_retryable=self.retry.non_retryable_names,
+            timeout=self.timeout,
+            heartbeat_timeout=self.heartbeat_timeout,
+            compensate=callable_ref(comp.fn if isinstance(comp, StepDefinition) else comp)
             if comp is not None
             else None,
-            "irreversible": self.irreversible,
-            "compensatable": self.compensatable,
-            "transaction": self.transaction,
-        }
+            irreversible=self.irreversible,
+            compensatable=self.compensatable,
+            transaction=self.transaction,
+        )
 
     def flow(self, arguments: Mapping[str, Any]) -> dict[str, Any] | None:
         """What the jobs of a call with ``arguments`` carry for flow control (its queue,

@@ -1,4 +1,5 @@
-"""Structured errors: how an exception is recorded and how it is thrown back in on replay."""
+"""Structured errors: how an exception is recorded (an ``ErrorRecord``) and how it is
+thrown back in on replay."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from squidmesh.core import contracts
 from squidmesh.core.history import Entry
+from squidmesh.core.records import ErrorRecord
 from squidmesh.errors import ChildFailed, NonRetryable, StepFailed, TimedOut, UnstorableValueError
 
 __all__ = [
@@ -21,6 +23,10 @@ __all__ = [
 
 def qualname(cls: type[BaseException]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _qualnames(cls: type[BaseException]) -> tuple[str, ...]:
+    return tuple(qualname(c) for c in cls.__mro__ if issubclass(c, BaseException))
 
 
 #: error records are squidmesh's own: they are made storable rather than refused, their
@@ -44,8 +50,8 @@ def safe_text(text: str, limit: int, *, keep_end: bool = False) -> str:
 
 def error_info(
     exc: BaseException, *, retryable: bool | None = None, with_traceback: bool = True
-) -> dict[str, Any]:
-    """The JSON record of an exception: type (and its bases), message, details, traceback.
+) -> ErrorRecord:
+    """The record of an exception: type (and its bases), message, details, traceback.
 
     Always storable and bounded, whatever the exception carries: a NUL character in a
     message must not turn a step's failure into a failure to record it.
@@ -61,66 +67,67 @@ def error_info(
     if with_traceback and exc.__traceback__ is not None:
         trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
         trace = safe_text(trace, TRACEBACK_CHARS, keep_end=True)
-    return {
-        "type": qualname(type(exc)),
-        "types": [qualname(c) for c in type(exc).__mro__ if issubclass(c, BaseException)],
-        "message": safe_text(str(exc), MESSAGE_CHARS),
-        "details": details,
-        "traceback": trace,
-        "retryable": retryable,
-    }
+    return ErrorRecord(
+        type=qualname(type(exc)),
+        types=_qualnames(type(exc)),
+        message=safe_text(str(exc), MESSAGE_CHARS),
+        details=details,
+        traceback=trace,
+        retryable=retryable,
+    )
 
 
-def timeout_error(entry: Entry) -> dict[str, Any]:
+def timeout_error(entry: Entry) -> ErrorRecord:
     """The error recorded when an approval or event wait times out."""
-    return {
-        "type": qualname(TimedOut),
-        "types": [qualname(c) for c in TimedOut.__mro__ if issubclass(c, BaseException)],
-        "message": f"{entry.kind} {entry.name!r} timed out",
-        "details": {"timeout": (entry.input or {}).get("timeout")},
-        "traceback": None,
-        "retryable": False,
-    }
+    return ErrorRecord(
+        type=qualname(TimedOut),
+        types=_qualnames(TimedOut),
+        message=f"{entry.kind} {entry.name!r} timed out",
+        details={"timeout": (entry.input or {}).get("timeout")},
+        traceback=None,
+        retryable=False,
+    )
 
 
 def child_error(
-    entry: Entry, *, child_run_id: str | None, status: str, error: dict[str, Any] | None
-) -> dict[str, Any]:
+    entry: Entry, *, child_run_id: str | None, status: str, error: ErrorRecord | None
+) -> ErrorRecord:
     """The error recorded on a parent's ``sm.child`` entry when the child run failed, was
     cancelled (``status``) or could not be started (``not_started``, no run id):
     ``exception_for`` throws it back in as ``sm.ChildFailed``."""
+    stored = error.to_json() if error is not None else None
     exc = ChildFailed(
         child_run_id=child_run_id,
         workflow=entry.name,
         seq=entry.seq,
         child_status=status,
-        child_error=error,
+        child_error=stored,
     )
-    return {
-        "type": qualname(ChildFailed),
-        "types": [qualname(c) for c in ChildFailed.__mro__ if issubclass(c, BaseException)],
-        "message": safe_text(str(exc), MESSAGE_CHARS),
-        "details": {
+    return ErrorRecord(
+        type=qualname(ChildFailed),
+        types=_qualnames(ChildFailed),
+        message=safe_text(str(exc), MESSAGE_CHARS),
+        details={
             "child_run_id": child_run_id,
             "workflow": entry.name,
             "status": status,
-            "error": error,
+            "error": stored,
         },
-        "traceback": None,
-        "retryable": False,
-    }
+        traceback=None,
+        retryable=False,
+    )
 
 
 def exception_for(entry: Entry) -> BaseException:
     """The exception thrown into workflow code for a failed entry."""
-    error = entry.error or {}
+    error = entry.error_record or ErrorRecord("Exception")
     if entry.kind in ("approval", "event"):
         return TimedOut(name=entry.name, seq=entry.seq)
     if entry.kind in ("child", "start_child"):
-        found = error.get("details")
+        found = error.details
         details: dict[str, Any] = found if isinstance(found, dict) else {}
         return ChildFailed(
-            str(error.get("message")) if error.get("message") else None,
+            error.message or None,
             child_run_id=details.get("child_run_id"),
             workflow=entry.name,
             seq=entry.seq,
@@ -130,11 +137,11 @@ def exception_for(entry: Entry) -> BaseException:
     return StepFailed(
         step=entry.name,
         seq=entry.seq,
-        error_type=str(error.get("type", "Exception")),
-        error_types=tuple(error.get("types") or ()),
-        error_message=str(error.get("message", "")),
-        details=error.get("details"),
+        error_type=error.type,
+        error_types=error.types,
+        error_message=error.message,
+        details=error.details,
         attempts=entry.attempts,
-        traceback=error.get("traceback"),
-        retryable=bool(error.get("retryable", True)),
+        traceback=error.traceback,
+        retryable=error.retryable,
     )

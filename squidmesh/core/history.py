@@ -9,9 +9,10 @@ Attempts of a step are counted on the entry and stored apart; they never add pos
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from squidmesh.core.records import Compensation, ErrorRecord
 from squidmesh.types import EntryStatus
 
 __all__ = ["HISTORY_FORMAT", "Entry", "History"]
@@ -23,7 +24,10 @@ _STATUSES = frozenset(s.value for s in EntryStatus)
 
 @dataclasses.dataclass(slots=True)
 class Entry:
-    """One yielded command and its outcome. Plain JSON fields only."""
+    """One yielded command and its outcome. Plain JSON fields only: ``error`` is an
+    ``ErrorRecord``'s JSON and ``compensation`` a ``Compensation``'s (read them with
+    ``error_record`` and ``compensation_state``, write the compensation with
+    ``set_compensation``)."""
 
     seq: int
     kind: str
@@ -47,6 +51,17 @@ class Entry:
     def resolved(self) -> bool:
         return self.status in RESOLVED
 
+    @property
+    def error_record(self) -> ErrorRecord | None:
+        return ErrorRecord.from_json(self.error)
+
+    @property
+    def compensation_state(self) -> Compensation | None:
+        return Compensation.from_json(self.compensation)
+
+    def set_compensation(self, state: Compensation | None) -> None:
+        self.compensation = state.to_json() if state is not None else None
+
     def label(self) -> str:
         where = f" at {self.loc}" if self.loc else ""
         return f"{self.kind} {self.name!r}{where}"
@@ -65,6 +80,10 @@ class Entry:
 
     def copy(self) -> Entry:
         return dataclasses.replace(self, meta=dict(self.meta))
+
+
+def _json(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(error) if error is not None else None
 
 
 class History:
@@ -150,16 +169,17 @@ class History:
         status: str,
         *,
         result: Any = None,
-        error: dict[str, Any] | None = None,
+        error: ErrorRecord | Mapping[str, Any] | None = None,
         at: str | None = None,
     ) -> Entry:
-        """Record the outcome of an entry; it takes the next resolution order."""
+        """Record the outcome of an entry; it takes the next resolution order. ``error``
+        is an ``ErrorRecord``, or its JSON (as stored: kept as given)."""
         entry = self.entries[seq]
         if entry.resolved or entry.status == EntryStatus.CANCELLED.value:
             raise ValueError(f"entry {seq} ({entry.label()}) is already {entry.status}")
         entry.status = status
         entry.result = result
-        entry.error = error
+        entry.error = error.to_json() if isinstance(error, ErrorRecord) else _json(error)
         entry.order = self.take_order()
         entry.completed_at = at
         entry.wake_at = None

@@ -24,6 +24,7 @@ from squidmesh.core.activation import Activation, BufferedEvent, ChildStart, com
 from squidmesh.core.definition import StepCall
 from squidmesh.core.failures import exception_for
 from squidmesh.core.history import Entry, History
+from squidmesh.core.records import COMPENSATION_PENDING
 from squidmesh.errors import DefinitionError, UnstorableValueError
 from squidmesh.types import EntryStatus
 
@@ -185,7 +186,7 @@ def record_new(
         if plan:
             act.compensate = tuple(plan)
             for seq in plan:
-                history[seq].compensation = {"status": _PENDING}
+                history[seq].set_compensation(COMPENSATION_PENDING)
                 act.touch(history[seq])
         return
     if isinstance(command, (cmds.Join, cmds.First)):
@@ -261,7 +262,7 @@ def _append_leaf(
             run_id,
             max_bytes,
         )
-        meta = command.step.policy()
+        meta = command.step.policy().to_json()
         if command.flow is not None:
             meta["flow"] = dict(command.flow)
         return append_entry(
@@ -516,16 +517,16 @@ def _resolve_undo(entry: Entry, history: History, act: Activation, now: datetime
     outcomes = []
     for seq in (entry.input or {}).get("steps", []):
         step_entry = history[seq]
-        comp = step_entry.compensation or {}
-        if comp.get("status") not in (_DONE, _FAILED):
+        comp = step_entry.compensation_state
+        if comp is None or not comp.ended:
             return None
         outcomes.append(
             {
                 "step": step_entry.name,
                 "seq": seq,
-                "status": comp.get("status"),
-                "output": comp.get("output"),
-                "error": comp.get("error"),
+                "status": comp.status.value,
+                "output": comp.output,
+                "error": comp.error.to_json() if comp.error is not None else None,
             }
         )
     if entry.status in (_PENDING, _RUNNING):

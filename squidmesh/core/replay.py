@@ -13,6 +13,7 @@ Both feed values read from the history, so they behave identically.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Sequence
 from datetime import datetime
 from typing import Any
@@ -45,6 +46,7 @@ from squidmesh.core.recording import (
     resolve,
     yield_location,
 )
+from squidmesh.core.records import COMPENSATION_PENDING, ErrorRecord
 from squidmesh.errors import (
     DefinitionError,
     Fail,
@@ -398,7 +400,7 @@ class Interpreter:
         return stored
 
     def _fail(
-        self, act: Activation, history: History, error: dict[str, Any], reason: str
+        self, act: Activation, history: History, error: ErrorRecord, reason: str
     ) -> Activation:
         self._gen = None
         self._finished = True
@@ -415,30 +417,30 @@ class Interpreter:
     def _suspend(self, act: Activation, reason: str, exc: BaseException) -> Activation:
         act.outcome = SUSPENDED
         act.reason = reason
-        act.error = error_info(exc, retryable=True)
+        error = error_info(exc, retryable=True)
         if isinstance(exc, NondeterminismError):
-            act.error["details"] = {
-                "seq": exc.seq,
-                "expected": exc.expected,
-                "recorded": exc.recorded,
-            }
+            error = dataclasses.replace(
+                error,
+                details={"seq": exc.seq, "expected": exc.expected, "recorded": exc.recorded},
+            )
+        act.error = error
         return act
 
     def _request_compensation(self, history: History, act: Activation) -> list[int]:
         plan = compensation_plan(history)
         for seq in plan:
             entry = history[seq]
-            entry.compensation = {"status": _PENDING}
+            entry.set_compensation(COMPENSATION_PENDING)
             act.touch(entry)
         return plan
 
-    def _step_error(self, exc: StepFailed, history: History) -> dict[str, Any]:
-        if 0 <= exc.seq < len(history) and history[exc.seq].error:
-            error = dict(history[exc.seq].error or {})
-            error["step"] = exc.step
-            error["seq"] = exc.seq
-            error["attempts"] = exc.attempts
-            return error
+    def _step_error(self, exc: StepFailed, history: History) -> ErrorRecord:
+        """The run's error when a step's failure ends it: the step's own error, naming
+        the step."""
+        entry = history[exc.seq] if 0 <= exc.seq < len(history) else None
+        recorded = entry.error_record if entry is not None and entry.error else None
+        if recorded is not None:
+            return dataclasses.replace(recorded, step=exc.step, seq=exc.seq, attempts=exc.attempts)
         return error_info(exc, retryable=False)
 
     def _discard(self) -> None:

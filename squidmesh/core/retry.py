@@ -94,9 +94,14 @@ class Retry:
         delay = self.backoff.delay(failed_attempt) if self.backoff else 0.0
         return RetryDecision(True, delay=delay)
 
+    @property
+    def non_retryable_names(self) -> tuple[str, ...]:
+        """The qualified names of ``non_retryable``, as a step call records them."""
+        return tuple(f"{t.__module__}.{t.__qualname__}" for t in self.non_retryable)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "max_attempts": self.max_attempts,
             "backoff": self.backoff.to_json() if self.backoff else None,
-            "non_retryable": [f"{t.__module__}.{t.__qualname__}" for t in self.non_retryable],
+            "non_retryable": list(self.non_retryable_names),
         }

@@ -14,7 +14,7 @@ from squidmesh.core import contracts
 from squidmesh.core.commands import Decision
 from squidmesh.core.failures import error_info, timeout_error
 from squidmesh.core.history import Entry, History
-from squidmesh.core.records import Attempt
+from squidmesh.core.records import Attempt, Compensation, CompensationStatus, ErrorRecord
 from squidmesh.core.retry import Retry, RetryDecision
 from squidmesh.errors import NonRetryable, RetryLater, UnstorableValueError
 from squidmesh.types import EntryStatus, RunStatus
@@ -68,7 +68,7 @@ def complete_attempt(
 
 def fail_attempt(
     history: History, seq: int, exc: BaseException, policy: Retry, now: datetime
-) -> tuple[RetryDecision, dict[str, Any]]:
+) -> tuple[RetryDecision, ErrorRecord]:
     """Record a failed attempt: schedule the next one per policy, or fail the entry."""
     entry = history[seq]
     retryable = not (
@@ -79,7 +79,7 @@ def fail_attempt(
     error = error_info(exc, retryable=retryable)
     if decision.retry:
         entry.status = _PENDING
-        entry.error = error
+        entry.error = error.to_json()
         entry.wake_at = _iso(now + timedelta(seconds=decision.delay))
     else:
         history.resolve(seq, _FAILED, error=error, at=_iso(now))
@@ -149,18 +149,15 @@ def record_compensation(
     history: History,
     seq: int,
     *,
-    status: str,
     output: Any = None,
-    error: dict[str, Any] | None = None,
+    error: ErrorRecord | None = None,
     now: datetime,
 ) -> Entry:
+    """Record how the compensation of the step at ``seq`` ended: failed with ``error``,
+    else completed with ``output``."""
     entry = history[seq]
-    entry.compensation = {
-        "status": status,
-        "output": output,
-        "error": error,
-        "completed_at": _iso(now),
-    }
+    status = CompensationStatus.FAILED if error is not None else CompensationStatus.COMPLETED
+    entry.set_compensation(Compensation(status, output, error, _iso(now)))
     return entry
 
 

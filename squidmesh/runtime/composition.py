@@ -41,7 +41,7 @@ from squidmesh.core.failures import child_error, error_info
 from squidmesh.core.flow import holds_slot, run_flow_data
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import RunEvent, transition
-from squidmesh.core.records import CancelRequest, Job
+from squidmesh.core.records import CancelRequest, ErrorRecord, Job
 from squidmesh.errors import (
     PayloadError,
     RunCancelled,
@@ -282,8 +282,8 @@ def _resolve_from(history: History, entry: Entry, child: RunRecord, at: str) -> 
     if child.status == RunStatus.COMPLETED.value:
         history.resolve(entry.seq, _DONE, result=child.result, at=at)
         return
-    error = child.error
-    if child.status == RunStatus.CANCELLED.value and not error:
+    error = ErrorRecord.from_json(child.error) if child.error else None
+    if child.status == RunStatus.CANCELLED.value and error is None:
         request = CancelRequest.from_json(child.cancel_request) or CancelRequest()
         cancelled = RunCancelled(
             f"run {child.id} was cancelled" + (f": {request.reason}" if request.reason else "")

@@ -22,14 +22,16 @@ from datetime import datetime
 from typing import Any, cast
 
 from squidmesh.core import state
-from squidmesh.core.definition import StepDefinition, WorkflowDefinition
+from squidmesh.core.definition import StepDefinition, StepPolicy, WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import ENDINGS, RunEvent, transition
 from squidmesh.core.records import (
     CANCELLED_OUTCOME,
+    COMPENSATION_PENDING,
     Attempt,
     AuditEvent,
     CancelRequest,
+    ErrorRecord,
     Job,
     PendingOutcome,
 )
@@ -476,7 +478,7 @@ class Engine:
         """The definition of the call at ``entry`` (with its per-call options)."""
         found = live.interpreter.step_calls.get(entry.seq)
         if found is None:
-            obj = invoke.resolve_ref(str(entry.meta.get("ref", "")))
+            obj = invoke.resolve_ref(StepPolicy.from_json(entry.meta).ref)
             found = obj if isinstance(obj, StepDefinition) else None
         if found is None:
             found = self._replayed_call(live, entry)
@@ -488,7 +490,7 @@ class Engine:
         definition = live.interpreter.step_calls.get(entry.seq) if live is not None else None
         if definition is not None:
             return definition.compensate
-        found = invoke.resolve_ref(str(entry.meta.get("compensate") or ""))
+        found = invoke.resolve_ref(StepPolicy.from_json(entry.meta).compensate or "")
         if found is None and live is not None:
             definition = self._replayed_call(live, entry)
             found = definition.compensate if definition is not None else None
@@ -593,18 +595,18 @@ class Engine:
                     RunStatus.FAILED, reason=act.reason, error=act.error
                 ).to_json()
                 run.reason = "compensating"
-                run.error = act.error
+                run.error = act.error.to_json() if act.error is not None else None
                 self._start_compensation(ch, run, act.compensate)
             else:
                 self.end(ch, run, RunStatus.FAILED, error=act.error, reason=act.reason)
         elif act.outcome == "suspended":
             run.status = transition(run.status, RunEvent.SUSPENDED).value
-            run.error = act.error
+            run.error = act.error.to_json() if act.error is not None else None
             run.reason = act.reason
             ch.audit(
                 run.id,
                 "suspended",
-                comment=(act.error or {}).get("message"),
+                comment=act.error.message if act.error is not None else None,
                 metadata={"reason": act.reason},
             )
         elif act.outcome == "cancelled":
@@ -621,7 +623,7 @@ class Engine:
         run: RunRecord,
         status: RunStatus,
         *,
-        error: dict[str, Any] | None = None,
+        error: ErrorRecord | None = None,
         reason: str | None = None,
     ) -> None:
         run.status = transition(run.status, ENDINGS[status]).value
@@ -630,7 +632,7 @@ class Engine:
         run.current_steps = []
         run.waiting_on = []
         if error is not None:
-            run.error = error
+            run.error = error.to_json()
         if status is RunStatus.CANCELLED:
             request = CancelRequest.from_json(run.cancel_request) or CancelRequest()
             ch.audit(run.id, "cancelled", actor=request.actor, comment=request.reason)
@@ -678,7 +680,7 @@ class Engine:
             plan = compensation_plan(History(entries))
             if plan:
                 for seq in plan:
-                    entries[seq].compensation = {"status": "pending"}
+                    entries[seq].set_compensation(COMPENSATION_PENDING)
                     ch.touched(run.id, entries[seq])
                 run.pending_outcome = CANCELLED_OUTCOME.to_json()
                 run.status = transition(run.status, RunEvent.CANCEL_REQUESTED).value

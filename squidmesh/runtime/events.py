@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from squidmesh.core.records import ErrorRecord
+
 __all__ = [
     "EVENT_TYPES",
     "ActivationSpan",
@@ -128,7 +130,7 @@ class ActivationSpan:
     end_ns: int
     #: the advance's outcome: waiting, completed, failed, suspended, cancelled
     outcome: str
-    error: Mapping[str, Any] | None
+    error: ErrorRecord | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +308,7 @@ class Recorder:
         started: datetime | str | None,
         at: datetime | str,
         *,
-        error: Mapping[str, Any] | None = None,
+        error: ErrorRecord | None = None,
         retry_in: float | None = None,
     ) -> None:
         """Attempt ``attempt`` ended: completed (no ``error``), failed with another
@@ -345,7 +347,7 @@ class Recorder:
         step: str | None = None,
         seq: int | None = None,
         started: datetime | None = None,
-        error: Mapping[str, Any] | None = None,
+        error: ErrorRecord | None = None,
     ) -> None:
         """A rollback began (``outcome="started"``), or the compensation of ``step``
         ended (``completed``/``failed``, begun at ``started``)."""
@@ -365,9 +367,7 @@ class Recorder:
                 )
             )
 
-    def activated(
-        self, run: Any, start_ns: int, outcome: str, error: Mapping[str, Any] | None
-    ) -> None:
+    def activated(self, run: Any, start_ns: int, outcome: str, error: ErrorRecord | None) -> None:
         """The workflow code of ``run`` ran from ``start_ns`` until now."""
         if self.tracing:
             self._activations.append((run, start_ns, time.time_ns(), outcome, error))
@@ -399,7 +399,7 @@ class Recorder:
                     seq=fields.get("seq"),
                     attempt=fields.get("attempt"),
                     duration=fields.get("duration"),
-                    error=fields.get("error"),
+                    error=error.to_json() if (error := fields.get("error")) is not None else None,
                     at=_when(fields["at"]),
                     delay=fields.get("delay"),
                     outcome=fields.get("outcome"),

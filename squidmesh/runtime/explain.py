@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from squidmesh.core.definition import StepPolicy
 from squidmesh.core.flow import DEADLINE_EXCEEDED, job_deadline
 from squidmesh.core.history import Entry
-from squidmesh.core.records import Attempt
+from squidmesh.core.records import Attempt, ErrorRecord
 from squidmesh.runtime.queues import QueueState
 from squidmesh.runtime.views import Explanation, build_step_runs
 from squidmesh.storage.base import PARKED, QueuedJob, RunRecord
@@ -25,7 +26,7 @@ def replay_blockers(entries: list[Entry]) -> list[str]:
         for e in entries
         if e.kind == "step"
         and e.status == "completed"
-        and (e.meta.get("irreversible") or e.meta.get("compensatable") is False)
+        and not StepPolicy.from_json(e.meta).undoable
     ]
 
 
@@ -66,28 +67,35 @@ def _evidence(
     return evidence
 
 
+def _error_facts(error: ErrorRecord | None, *names: str) -> dict[str, Any]:
+    """Some fields of a run's error, as ``explain_run`` shows them (None when unset)."""
+    shown = error.to_json() if error is not None else {}
+    return {name: shown.get(name) for name in names}
+
+
 def _failed_reason(
     run: RunRecord, entries: list[Entry]
 ) -> tuple[str, Entry | None, dict[str, Any]]:
-    error = run.error or {}
+    error = ErrorRecord.from_json(run.error)
     if run.reason == "compensation_failed":
-        return "compensation_failed", None, {"failures": error.get("compensation_failures", [])}
-    seq = error.get("seq")
-    if isinstance(seq, int) and 0 <= seq < len(entries):
+        failures = error.compensation_failures if error is not None else None
+        return "compensation_failed", None, {"failures": [f.to_json() for f in failures or ()]}
+    seq = error.seq if error is not None else None
+    if error is not None and seq is not None and 0 <= seq < len(entries):
         entry = entries[seq]
-        max_attempts = int((entry.meta.get("retry") or {}).get("max_attempts", 1))
+        max_attempts = StepPolicy.from_json(entry.meta).max_attempts
         facts = {
-            "error": {k: error.get(k) for k in ("type", "message", "details")},
+            "error": _error_facts(error, "type", "message", "details"),
             "max_attempts": max_attempts,
             "latest_attempt_number": entry.attempts,
         }
-        if entry.attempts >= max_attempts and error.get("retryable", True):
+        if entry.attempts >= max_attempts and error.retryable:
             return "retry_exhausted", entry, facts
         return "step_failed", entry, facts
     return (
         "workflow_failed",
         None,
-        {"error": {k: error.get(k) for k in ("type", "message", "details")}},
+        {"error": _error_facts(error, "type", "message", "details")},
     )
 
 
@@ -222,10 +230,11 @@ def explain(
         reason = (
             run.reason if run.reason in ("nondeterminism", "workflow_error") else "workflow_error"
         )
-        error = run.error or {}
+        error = ErrorRecord.from_json(run.error)
+        facts = error.details if error is not None and reason == "nondeterminism" else None
         details = {
-            "error": {k: error.get(k) for k in ("type", "message", "traceback")},
-            **(error.get("details") or {} if reason == "nondeterminism" else {}),
+            "error": _error_facts(error, "type", "message", "traceback"),
+            **(facts if isinstance(facts, dict) else {}),
         }
         actions = ["resume_run", "cancel_run"]
     elif status is RunStatus.CANCELLING:
@@ -248,7 +257,7 @@ def explain(
             "pending": [
                 e.name
                 for e in entries
-                if (e.compensation or {}).get("status") in ("pending", "running")
+                if (comp := e.compensation_state) is not None and not comp.ended
             ]
         }
         actions = ["wait_for_step"]
@@ -292,7 +301,7 @@ def explain(
         details = {
             "next_attempt_number": entry.attempts + 1,
             "next_attempt_at": entry.wake_at,
-            "max_attempts": int((entry.meta.get("retry") or {}).get("max_attempts", 1)),
+            "max_attempts": StepPolicy.from_json(entry.meta).max_attempts,
             "last_error": entry.error,
         }
     elif len(waiting) > 1 or (entry is not None and entry.parent is not None):

@@ -18,15 +18,24 @@ from datetime import timedelta
 from typing import Any
 
 from squidmesh.core import contracts, state
-from squidmesh.core.definition import StepDefinition
+from squidmesh.core.definition import StepDefinition, StepPolicy
 from squidmesh.core.failures import error_info
 from squidmesh.core.flow import DEADLINE_EXCEEDED, declared_queues, holds_slot, job_deadline
 from squidmesh.core.history import Entry, History
 from squidmesh.core.lifecycle import RunEvent, transition
-from squidmesh.core.records import Attempt, Job, PendingOutcome
+from squidmesh.core.records import (
+    COMPENSATION_RUNNING,
+    Attempt,
+    CompensationFailure,
+    CompensationStatus,
+    ErrorRecord,
+    Job,
+    PendingOutcome,
+)
 from squidmesh.core.retry import Retry
 from squidmesh.errors import (
     ConcurrentChangeError,
+    DefinitionError,
     HeartbeatTimeout,
     SquidmeshError,
     StorageError,
@@ -54,6 +63,8 @@ __all__ = ["LOST_LIMIT", "JobRunner", "Lease"]
 
 log = logging.getLogger("squidmesh")
 
+#: the error type of a run whose compensations failed while it was being cancelled
+COMPENSATION_FAILED = "squidmesh.errors.CompensationFailed"
 #: a step whose worker died this many times in a row fails instead of running again
 LOST_LIMIT = 5
 #: a step job delivered while its attempt may still be running is looked at again then
@@ -301,7 +312,8 @@ class JobRunner:
         if definition is None:
             failure = SquidmeshError(
                 f"step {entry.name} of run {run.id} cannot be found in this process "
-                f"({entry.meta.get('ref')}): import the module that defines it in the worker"
+                f"({StepPolicy.from_json(entry.meta).ref}): import the module that defines it "
+                "in the worker"
             )
         else:
             try:
@@ -595,7 +607,7 @@ class JobRunner:
             Attempt(
                 entry.attempts,
                 "failed",
-                info,
+                info.to_json(),
                 entry.started_at,
                 ch.now.isoformat(),
                 worker=mine.worker if mine else None,
@@ -614,7 +626,7 @@ class JobRunner:
             error=info,
             retry_in=retry_in,
         )
-        log.warning("run %s: %s", run.id, info["message"])
+        log.warning("run %s: %s", run.id, info.message)
         if lost >= LOST_LIMIT:
             entry.status = "running"
             live.history.resolve(entry.seq, "failed", error=info, at=ch.now.isoformat())
@@ -678,15 +690,18 @@ class JobRunner:
         with self.engine.store.transaction() as tx:
             tries = tx.load_attempts(run_id).get(seq, [])
             mine = next((a for a in tries if a.number == overrun.attempt), None)
-            if mine is None or mine.error is None:
+            error = mine.error_record if mine is not None else None
+            if mine is None or error is None:
                 return
-            error = dict(mine.error)
-            details = error.get("details")
-            error["details"] = {
-                **(details if isinstance(details, dict) else {}),
-                "overran_by_seconds": overrun.overran_by,
-            }
-            tx.save_attempt(run_id, seq, dataclasses.replace(mine, error=error))
+            details = error.details
+            error = dataclasses.replace(
+                error,
+                details={
+                    **(details if isinstance(details, dict) else {}),
+                    "overran_by_seconds": overrun.overran_by,
+                },
+            )
+            tx.save_attempt(run_id, seq, dataclasses.replace(mine, error=error.to_json()))
 
     def retry_after_infrastructure_error(
         self, job: Job, exc: BaseException, lease: Lease | None
@@ -800,7 +815,15 @@ class JobRunner:
             ch.attempt(
                 run.id,
                 entry.seq,
-                Attempt(number, "failed", info, started, finished, worker=worker, heartbeat=beat),
+                Attempt(
+                    number,
+                    "failed",
+                    info.to_json(),
+                    started,
+                    finished,
+                    worker=worker,
+                    heartbeat=beat,
+                ),
             )
             retrying = decision.retry and run.status != RunStatus.CANCELLING.value
             ch.events.step_ended(
@@ -832,7 +855,7 @@ class JobRunner:
                 if run.status != RunStatus.CANCELLING.value:
                     waiting = state.waiting_status(history, tuple(run.waiting_on))
                     run.status = transition(run.status, RunEvent.WAITS, waiting=waiting).value
-                    run.error = info
+                    run.error = info.to_json()
                 return
         else:
             ch.attempt(
@@ -868,7 +891,8 @@ class JobRunner:
                 self._finish_job(ch, job, lease)
                 return
             entry = history[seq]
-            if (entry.compensation or {}).get("status") not in ("pending", "running"):
+            comp = entry.compensation_state
+            if comp is None or comp.ended:
                 self._finish_job(ch, job, lease)
                 return
             compensate = self.engine.compensation_for(live, entry)
@@ -876,18 +900,18 @@ class JobRunner:
                 # It may be a closure only the workflow's own process can find.
                 self._postpone(ch, job, lease, run)
                 return
-            entry.compensation = {"status": "running"}
+            entry.set_compensation(COMPENSATION_RUNNING)
             ch.touched(run.id, entry)
             outcome = PendingOutcome.from_json(run.pending_outcome)
             failure = outcome.error if outcome is not None else None
             marked = ch.now
         output: Any = None
-        error: dict[str, Any] | None = None
+        error: ErrorRecord | None = None
         if compensate is None:
-            error = {
-                "type": "squidmesh.errors.DefinitionError",
-                "message": f"compensation of step {entry.name} cannot be found in this process",
-            }
+            missing = DefinitionError(
+                f"compensation of step {entry.name} cannot be found in this process"
+            )
+            error = error_info(missing, retryable=False, with_traceback=False)
         else:
             attempts = (
                 compensate.retry.max_attempts if isinstance(compensate, StepDefinition) else 1
@@ -901,7 +925,7 @@ class JobRunner:
                             self.engine.override(compensate, number) or compensate,
                             input=entry.input,
                             output=entry.result,
-                            failure=failure,
+                            failure=failure.to_json() if failure is not None else None,
                             context=self._context(run, entry, number, None),
                         )
                     error = None
@@ -930,20 +954,13 @@ class JobRunner:
                 )
             except UnstorableValueError as exc:
                 error, stored = error_info(exc, retryable=False), None
-            state.record_compensation(
-                history,
-                seq,
-                status="failed" if error else "completed",
-                output=stored,
-                error=error,
-                now=ch.now,
-            )
+            state.record_compensation(history, seq, output=stored, error=error, now=ch.now)
             ch.touched(run.id, entry)
             ch.audit(
                 run.id,
                 "compensation_failed" if error else "compensated",
                 step=entry.name,
-                comment=(error or {}).get("message"),
+                comment=error.message if error is not None else None,
             )
             ch.events.compensation(
                 run,
@@ -959,7 +976,12 @@ class JobRunner:
     def _after_compensation(
         self, ch: Change, run: RunRecord, live: Live | None, history: History
     ) -> None:
-        pending = [e for e in history.entries if (e.compensation or {}).get("status") == "pending"]
+        pending = [
+            e
+            for e in history.entries
+            if (comp := e.compensation_state) is not None
+            and comp.status is CompensationStatus.PENDING
+        ]
         if pending:
             pending.sort(key=lambda e: e.order if e.order is not None else -1, reverse=True)
             ch.jobs.append(Job("compensate", run.id, pending[0].seq, run_at=ch.now))
@@ -971,15 +993,18 @@ class JobRunner:
             else:  # in a process that has the workflow
                 ch.jobs.append(Job("activate", run.id, run_at=ch.now))
             return
-        failures = [
-            {"step": e.name, "seq": e.seq, "error": (e.compensation or {}).get("error")}
+        failures = tuple(
+            CompensationFailure(e.name, e.seq, comp.error)
             for e in history.entries
-            if (e.compensation or {}).get("status") == "failed"
-        ]
+            if (comp := e.compensation_state) is not None
+            and comp.status is CompensationStatus.FAILED
+        )
         if outcome.status is RunStatus.FAILED:
-            error = dict(outcome.error or {})
+            error = outcome.error
             if failures:
-                error["compensation_failures"] = failures
+                error = dataclasses.replace(
+                    error or ErrorRecord("Exception"), compensation_failures=failures
+                )
             self.engine.end(
                 ch,
                 run,
@@ -989,11 +1014,13 @@ class JobRunner:
             )
         else:
             if failures:
-                run.error = {
-                    "type": "squidmesh.errors.CompensationFailed",
-                    "message": "compensation failed while cancelling",
-                    "compensation_failures": failures,
-                }
+                run.error = ErrorRecord(
+                    type=COMPENSATION_FAILED,
+                    types=(COMPENSATION_FAILED,),
+                    message="compensation failed while cancelling",
+                    retryable=False,
+                    compensation_failures=failures,
+                ).to_json()
             self.engine.end(ch, run, RunStatus.CANCELLED, reason="cancelled")
 
     def _context(

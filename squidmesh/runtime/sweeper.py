@@ -48,7 +48,7 @@ def outstanding_jobs(run: RunRecord, entries: Sequence[Entry], now: datetime) ->
     if run.status == RunStatus.PENDING.value:
         return [Job("activate", run.id, run_at=now)]
     compensating = [
-        e for e in entries if (e.compensation or {}).get("status") in ("pending", "running")
+        e for e in entries if (comp := e.compensation_state) is not None and not comp.ended
     ]
     if compensating:
         # Compensations run one at a time, latest completed step first.

@@ -466,14 +466,15 @@ class Telemetry:
             },
         )
         if activation.outcome in ("failed", "suspended"):
-            error = activation.error or {}
-            span.set_status(otel.trace.Status(otel.trace.StatusCode.ERROR, _error_text(error)))
+            error = activation.error
+            text = _error_text(error.to_json() if error is not None else None)
+            span.set_status(otel.trace.Status(otel.trace.StatusCode.ERROR, text))
             span.add_event(
                 "exception",
                 {
-                    "exception.type": str(error.get("type") or ""),
-                    "exception.message": str(error.get("message") or ""),
-                    "exception.stacktrace": str(error.get("traceback") or ""),
+                    "exception.type": error.type if error is not None else "",
+                    "exception.message": error.message if error is not None else "",
+                    "exception.stacktrace": (error.traceback or "") if error is not None else "",
                 },
             )
         span.end(end_time=max(activation.end_ns, activation.start_ns))

@@ -11,7 +11,7 @@ from typing import Any
 from squidmesh.analysis import step_graph
 from squidmesh.core.definition import WorkflowDefinition
 from squidmesh.core.history import Entry
-from squidmesh.core.records import Attempt, AuditEvent
+from squidmesh.core.records import Attempt, AuditEvent, CompensationStatus
 from squidmesh.storage.base import RunRecord
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
@@ -151,8 +151,8 @@ def build_step_runs(
 
 
 def declared_status(entry: Entry) -> str:
-    comp = (entry.compensation or {}).get("status")
-    if comp == "completed":
+    comp = entry.compensation_state
+    if comp is not None and comp.status is CompensationStatus.COMPLETED:
         return "compensated"
     if entry.meta.get("held") and entry.status == "pending":
         return "waiting"  # a join(limit=...) branch waiting for a slot

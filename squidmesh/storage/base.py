@@ -66,6 +66,7 @@ class RunRecord:
     created_at: datetime
     updated_at: datetime
     result: Any = None
+    #: the run's last error: an ``ErrorRecord``'s JSON (``ErrorRecord.from_json`` reads it)
     error: dict[str, Any] | None = None
     reason: str | None = None
     current_steps: list[str] = dataclasses.field(default_factory=list)

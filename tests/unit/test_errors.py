@@ -209,7 +209,7 @@ def test_nondeterminism_error_survives_pickle() -> None:
 
 def _failed_step(exc: BaseException) -> sm.StepFailed:
     entry = Entry(seq=3, kind="step", name="cross", status="failed", attempts=2)
-    entry.error = error_info(exc)
+    entry.error = error_info(exc).to_json()
     failure = exception_for(entry)
     assert isinstance(failure, sm.StepFailed)
     return failure

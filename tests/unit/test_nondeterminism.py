@@ -359,10 +359,12 @@ def test_changed_code_suspends_a_cold_resumed_run_and_loses_nothing() -> None:
     assert act.outcome == "suspended"
     assert act.reason == "nondeterminism"
     assert act.error is not None
-    assert act.error["type"] == "squidmesh.errors.NondeterminismError"
-    assert act.error["details"]["seq"] == 0
-    assert "gamma" in act.error["details"]["expected"]
-    assert "alpha" in act.error["details"]["recorded"]
+    assert act.error.type == "squidmesh.errors.NondeterminismError"
+    details = act.error.details
+    assert isinstance(details, dict)
+    assert details["seq"] == 0
+    assert "gamma" in details["expected"]
+    assert "alpha" in details["recorded"]
     assert act.new_entries == []
     assert act.updates == []
     assert history.to_json() == before  # nothing recorded is lost or changed

@@ -273,8 +273,8 @@ def test_random_programs_replay_identically(ops: list[dict[str, Any]]) -> None:
     assert again.compensate == ()  # compensations already recorded are not requested again
     if status == "failed":
         assert again.error is not None and run.error is not None
-        assert again.error["type"] == run.error["type"]
-        assert again.error["message"] == run.error["message"]
+        assert again.error.type == run.error["type"]
+        assert again.error.message == run.error["message"]
     assert copy == run.history
 
     # (c) a JSON round trip of the history replays identically
