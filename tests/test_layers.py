@@ -25,7 +25,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("squidmesh.analysis",),
     ("squidmesh.storage",),
     ("squidmesh.runtime",),
-    ("squidmesh.mesh", "squidmesh.operator", "squidmesh.deploy", "squidmesh.async_api"),
+    (
+        "squidmesh.mesh",
+        "squidmesh.client",
+        "squidmesh.operator",
+        "squidmesh.deploy",
+        "squidmesh.async_api",
+    ),
     (
         "squidmesh.cli",
         "squidmesh.contrib",
