@@ -6,7 +6,8 @@ A Mesh is composed of parts, each built here with what it needs and usable on it
 - ``OperatorActions`` (``squidmesh/operator.py``): decisions, events, cancel, resume,
   replay, fork and retention;
 - ``Runner`` (``squidmesh/runtime/runner.py``): performing jobs (workers, ``drain``,
-  ``perform``), public as ``mesh.runner``.
+  ``perform``), public as ``mesh.runner``;
+- ``AsyncPool`` (``squidmesh/async_api.py``): the threads behind the ``_async`` twins.
 
 Each public method of the Mesh is one explicit call of the part that does it, so the
 type checker, the layering test and the API reference see every one; the docstrings
@@ -15,12 +16,13 @@ here are the documentation.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
+from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncPool
 from squidmesh.client import RunClient
 from squidmesh.core.arguments import optional_count
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition
@@ -45,7 +47,7 @@ from squidmesh.types import RunStatus
 __all__ = ["Mesh"]
 
 
-class Mesh(AsyncMeshMethods):
+class Mesh:
     """Durable workflows in the host's database.
 
     ``Mesh("postgresql+psycopg://app@localhost/app", workflows=[...])``, or
@@ -77,7 +79,8 @@ class Mesh(AsyncMeshMethods):
         async_threads: int = DEFAULT_ASYNC_THREADS,
         hooks: EngineHooks | None = None,
     ) -> None:
-        self._init_async(async_threads)  # the pool of the _async twins (async_api.py)
+        #: the threads of the _async twins (async_api.py)
+        self._async = AsyncPool(async_threads)
         if store is None:
             from squidmesh.storage import open_store
 
@@ -179,7 +182,7 @@ class Mesh(AsyncMeshMethods):
 
     def close(self) -> None:
         """Stop this Mesh's workers (gracefully), release connections and caches."""
-        self._close_async()
+        self._async.close()
         for worker in self._workers:
             worker.stop()
         self._workers.clear()
@@ -480,6 +483,266 @@ class Mesh(AsyncMeshMethods):
 
     def _run_scheduler(self, stop: threading.Event) -> None:
         cron.Scheduler(self).run(stop)
+
+    # ================================================================== the _async twins
+    # Each runs its sync method on this Mesh's AsyncPool (async_api.py says what a caller
+    # can rely on); tests/runtime/test_async_api.py pins their parameters to the sync ones.
+
+    # -------------------------------------------------- _async twins: setup
+
+    async def register_async(self, workflow: WorkflowDefinition) -> None:
+        """Async twin of [`register`][squidmesh.Mesh.register]."""
+        await self._async.run(self.register, workflow)
+
+    async def migrate_async(self) -> list[str]:
+        """Async twin of [`migrate`][squidmesh.Mesh.migrate]."""
+        return await self._async.run(self.migrate)
+
+    async def close_async(self) -> None:
+        """Async twin of [`close`][squidmesh.Mesh.close]: waits for the calls of other
+        twins already under way, stops the workers, releases the connections."""
+        # Not on the pool: close() shuts the pool down and waits for its threads.
+        await asyncio.to_thread(self.close)
+
+    # -------------------------------------------------- _async twins: observing
+
+    async def subscribe_async(
+        self, callback: Callable[[LifecycleEvent], object]
+    ) -> Callable[[], None]:
+        """Async twin of [`subscribe`][squidmesh.Mesh.subscribe]. The callback is still
+        called synchronously, in the thread that committed the change."""
+        return await self._async.run(self.subscribe, callback)
+
+    # -------------------------------------------------- _async twins: starting runs
+
+    async def start_run_async(
+        self,
+        workflow: str | WorkflowDefinition,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        trigger: str | None = None,
+        idempotency_key: str | None = None,
+        schedule: dict[str, Any] | None = None,
+        actor: str | None = None,
+        start_at: datetime | None = None,
+        delay: float | None = None,
+        deadline: datetime | None = None,
+        key: Any = None,
+        priority: int | None = None,
+        debounce: Debounce | None = None,
+    ) -> Run:
+        """Async twin of [`start_run`][squidmesh.Mesh.start_run]."""
+        return await self._async.run(
+            self.start_run,
+            workflow,
+            payload,
+            trigger=trigger,
+            idempotency_key=idempotency_key,
+            schedule=schedule,
+            actor=actor,
+            start_at=start_at,
+            delay=delay,
+            deadline=deadline,
+            key=key,
+            priority=priority,
+            debounce=debounce,
+        )
+
+    async def fire_cron_async(
+        self,
+        workflow: str | WorkflowDefinition,
+        trigger: str,
+        fire_time: datetime,
+        *,
+        payload: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """Async twin of [`fire_cron`][squidmesh.Mesh.fire_cron]."""
+        return await self._async.run(self.fire_cron, workflow, trigger, fire_time, payload=payload)
+
+    # -------------------------------------------------- _async twins: reading
+
+    async def inspect_run_async(self, run_id: Any, *, include_history: bool = False) -> Run:
+        """Async twin of [`inspect_run`][squidmesh.Mesh.inspect_run]."""
+        return await self._async.run(self.inspect_run, run_id, include_history=include_history)
+
+    async def get_published_async(self, run_id: Any, name: str | None = None) -> Any:
+        """Async twin of [`get_published`][squidmesh.Mesh.get_published]."""
+        return await self._async.run(self.get_published, run_id, name)
+
+    async def queues_async(self) -> list[QueueState]:
+        """Async twin of [`queues`][squidmesh.Mesh.queues]."""
+        return await self._async.run(self.queues)
+
+    async def explain_run_async(self, run_id: Any) -> Explanation:
+        """Async twin of [`explain_run`][squidmesh.Mesh.explain_run]."""
+        return await self._async.run(self.explain_run, run_id)
+
+    async def list_runs_async(
+        self,
+        *,
+        status: str | RunStatus | None = None,
+        workflow: str | WorkflowDefinition | None = None,
+        limit: int = 50,
+        before: datetime | Run | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+        id_prefix: str | None = None,
+    ) -> list[Run]:
+        """Async twin of [`list_runs`][squidmesh.Mesh.list_runs]."""
+        return await self._async.run(
+            self.list_runs,
+            status=status,
+            workflow=workflow,
+            limit=limit,
+            before=before,
+            trigger=trigger,
+            step=step,
+            idempotency_key=idempotency_key,
+            id_prefix=id_prefix,
+        )
+
+    async def count_runs_async(
+        self,
+        *,
+        workflow: str | WorkflowDefinition | None = None,
+        limit: int | None = None,
+    ) -> dict[str, int]:
+        """Async twin of [`count_runs`][squidmesh.Mesh.count_runs]."""
+        return await self._async.run(self.count_runs, workflow=workflow, limit=limit)
+
+    async def export_history_async(self, run_id: Any) -> dict[str, Any]:
+        """Async twin of [`export_history`][squidmesh.Mesh.export_history]."""
+        return await self._async.run(self.export_history, run_id)
+
+    # -------------------------------------------------- _async twins: operator actions
+
+    async def approve_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Async twin of [`approve_run`][squidmesh.Mesh.approve_run]."""
+        return await self._async.run(
+            self.approve_run, run_id, actor=actor, comment=comment, metadata=metadata
+        )
+
+    async def reject_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Async twin of [`reject_run`][squidmesh.Mesh.reject_run]."""
+        return await self._async.run(
+            self.reject_run, run_id, actor=actor, comment=comment, metadata=metadata
+        )
+
+    async def unblock_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        data: Any = None,
+    ) -> Run:
+        """Async twin of [`unblock_run`][squidmesh.Mesh.unblock_run]."""
+        return await self._async.run(
+            self.unblock_run,
+            run_id,
+            actor=actor,
+            comment=comment,
+            metadata=metadata,
+            data=data,
+        )
+
+    async def send_event_async(
+        self, run_id: Any, name: str, data: Any = None, *, actor: str | None = None
+    ) -> Run:
+        """Async twin of [`send_event`][squidmesh.Mesh.send_event]."""
+        return await self._async.run(self.send_event, run_id, name, data, actor=actor)
+
+    async def cancel_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        compensate: bool = False,
+    ) -> Run:
+        """Async twin of [`cancel_run`][squidmesh.Mesh.cancel_run]."""
+        return await self._async.run(
+            self.cancel_run, run_id, actor=actor, reason=reason, compensate=compensate
+        )
+
+    async def resume_run_async(self, run_id: Any, *, actor: str | None = None) -> Run:
+        """Async twin of [`resume_run`][squidmesh.Mesh.resume_run]."""
+        return await self._async.run(self.resume_run, run_id, actor=actor)
+
+    async def replay_run_async(
+        self, run_id: Any, *, allow_irreversible: bool = False, actor: str | None = None
+    ) -> Run:
+        """Async twin of [`replay_run`][squidmesh.Mesh.replay_run]."""
+        return await self._async.run(
+            self.replay_run, run_id, allow_irreversible=allow_irreversible, actor=actor
+        )
+
+    async def fork_run_async(self, run_id: Any, *, at_seq: int, actor: str | None = None) -> Run:
+        """Async twin of [`fork_run`][squidmesh.Mesh.fork_run]."""
+        return await self._async.run(self.fork_run, run_id, at_seq=at_seq, actor=actor)
+
+    async def prune_async(
+        self,
+        older_than: timedelta | datetime,
+        statuses: Iterable[str] = ("completed", "cancelled", "failed"),
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Async twin of [`prune`][squidmesh.Mesh.prune]; ``progress`` is called in the
+        thread that runs the prune, not on the event loop."""
+        return await self._async.run(
+            self.prune, older_than, statuses, batch_size=batch_size, progress=progress
+        )
+
+    # -------------------------------------------------- _async twins: work
+
+    async def perform_async(self, job: Job | Mapping[str, Any]) -> None:
+        """Async twin of [`perform`][squidmesh.Mesh.perform]: the job's step runs in the
+        pool's thread (an ``async def`` step on the Mesh's own step loop, as always)."""
+        await self._async.run(self.perform, job)
+
+    async def drain_async(self, *, limit: int | None = None) -> int:
+        """Async twin of [`drain`][squidmesh.Mesh.drain]."""
+        return await self._async.run(self.drain, limit=limit)
+
+    async def worker_async(
+        self,
+        *,
+        concurrency: int = 4,
+        poll_interval: float = 2.0,
+        lease_seconds: float = 30.0,
+        scheduler: bool = True,
+        name: str | None = None,
+        sweep_interval: float = 30.0,
+    ) -> Worker:
+        """Async twin of [`worker`][squidmesh.Mesh.worker]: starts the worker thread
+        (its schema check touches the database) without blocking the loop."""
+        return await self._async.run(
+            self.worker,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            lease_seconds=lease_seconds,
+            scheduler=scheduler,
+            name=name,
+            sweep_interval=sweep_interval,
+        )
 
 
 def _database_label(store: Store) -> str:

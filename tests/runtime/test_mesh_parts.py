@@ -2,9 +2,12 @@ from __future__ import annotations
 
 # The parts ``Mesh`` is composed of (squidmesh/mesh.py) work on their own, built with
 # nothing but what their constructors ask for: a RunClient and OperatorActions over an
-# engine and a schema gate, a Runner to perform the jobs.
+# engine and a schema gate, a Runner to perform the jobs, an AsyncPool for coroutines.
 # A part that still assumed something of a host Mesh would fail here, not only inside
 # a Mesh that happens to provide it.
+import asyncio
+import contextvars
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 import squidmesh as sm
+from squidmesh.async_api import AsyncPool
 from squidmesh.client import RunClient
 from squidmesh.operator import OperatorActions
 from squidmesh.runtime.clock import local_now
@@ -89,3 +93,24 @@ def test_the_parts_apply_the_limits_they_were_given(parts: Parts) -> None:
         parts.operator.send_event(run.id, "note", "x" * 2_000)
     with pytest.raises(sm.RunNotFoundError):
         parts.runs.inspect_run("not-a-run-id")
+
+
+def test_an_async_pool_starts_threads_on_first_use_and_stops_them_on_close() -> None:
+    pool = AsyncPool(2)
+    assert pool.threads == 2 and pool.pool is None
+    request: contextvars.ContextVar[str] = contextvars.ContextVar("request")
+
+    def where(suffix: str) -> str:
+        return f"{request.get()}{suffix} on {threading.current_thread().name}"
+
+    async def call() -> str:
+        request.set("r1")
+        return await pool.run(where, "!")
+
+    seen = asyncio.run(call())
+    assert seen.startswith("r1! on squidmesh-async")
+    assert pool.pool is not None
+    pool.close()
+    assert pool.pool is None
+    with pytest.raises(sm.InvalidArgumentError, match="async_threads"):
+        AsyncPool(0)
