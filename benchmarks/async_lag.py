@@ -87,7 +87,7 @@ async def _phase(mesh: Any, mode: str, idle_seconds: float = 1.0) -> dict[str, A
 def run(dbs: Databases, *, quick: bool) -> tuple[Measure, dict[str, Any]]:
     data: dict[str, Any] = {"callers": CALLERS, "calls_per_caller": 4, "tick_ms": 1000 * TICK}
     with dbs.fresh("async") as url, open_mesh(url) as mesh:
-        data["async_threads"] = mesh._async_threads
+        data["async_threads"] = mesh._async.threads
 
         async def measure() -> None:
             # Warm-up: connections, the pool's threads, statement caches.

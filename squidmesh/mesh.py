@@ -1,55 +1,53 @@
-"""``sm.Mesh``: the runtime API a host application holds (no module-level singleton)."""
+"""``sm.Mesh``: the runtime API a host application holds (no module-level singleton).
+
+A Mesh is composed of parts, each built here with what it needs and usable on its own:
+
+- ``RunClient`` (``squidmesh/client.py``): starting runs and reading them;
+- ``OperatorActions`` (``squidmesh/operator.py``): decisions, events, cancel, resume,
+  replay, fork and retention;
+- ``Runner`` (``squidmesh/runtime/runner.py``): performing jobs (workers, ``drain``,
+  ``perform``), public as ``mesh.runner``;
+- ``AsyncPool`` (``squidmesh/async_api.py``): the threads behind the ``_async`` twins.
+
+Each public method of the Mesh is one explicit call of the part that does it, so the
+type checker, the layering test and the API reference see every one; the docstrings
+here are the documentation.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
-from squidmesh.core.arguments import count, optional_count
-from squidmesh.core.contracts import json_text
-from squidmesh.core.definition import CronTrigger, WorkflowDefinition, registered_workflow
-from squidmesh.core.flow import Debounce, declared_queues, run_flow_data, start_times
+from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncPool
+from squidmesh.client import RunClient
+from squidmesh.core.arguments import optional_count
+from squidmesh.core.definition import CronTrigger, WorkflowDefinition
+from squidmesh.core.flow import Debounce, declared_queues
 from squidmesh.core.records import Job
-from squidmesh.errors import (
-    ConflictError,
-    DefinitionError,
-    InvalidArgumentError,
-    PayloadError,
-    RunNotFoundError,
-    UnknownTriggerError,
-    ValueTooLargeError,
-    shown,
-)
+from squidmesh.errors import DefinitionError, InvalidArgumentError, shown
 from squidmesh.operator import OperatorActions
 from squidmesh.runtime import cron
 from squidmesh.runtime.clock import DatabaseClock, local_now
-from squidmesh.runtime.composition import CHILD_KINDS
 from squidmesh.runtime.engine import Engine, EngineHooks
 from squidmesh.runtime.events import EventBus, LifecycleEvent
 from squidmesh.runtime.executors import Binds, DatabaseExecutor, Executor, capabilities_of
-from squidmesh.runtime.explain import explain
 from squidmesh.runtime.queues import QueueState, queue_states
-from squidmesh.runtime.replaying import run_history
 from squidmesh.runtime.runner import Runner
 from squidmesh.runtime.schema_gate import SchemaGate
-from squidmesh.runtime.telemetry import Telemetry, api_call
-from squidmesh.runtime.views import Explanation, Run, build_children, build_run
+from squidmesh.runtime.telemetry import Telemetry
+from squidmesh.runtime.views import Explanation, Run
 from squidmesh.runtime.worker import Worker
-from squidmesh.storage.base import Store, run_id_prefix
+from squidmesh.storage.base import Store
 from squidmesh.types import RunStatus
 
 __all__ = ["Mesh"]
 
 
-#: how deep ``explain_run`` follows a chain of runs waiting for child runs
-_EXPLAIN_DEPTH = 16
-
-
-class Mesh(OperatorActions, AsyncMeshMethods):
+class Mesh:
     """Durable workflows in the host's database.
 
     ``Mesh("postgresql+psycopg://app@localhost/app", workflows=[...])``, or
@@ -81,7 +79,8 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         async_threads: int = DEFAULT_ASYNC_THREADS,
         hooks: EngineHooks | None = None,
     ) -> None:
-        self._init_async(async_threads)  # the pool of the _async twins (async_api.py)
+        #: the threads of the _async twins (async_api.py)
+        self._async = AsyncPool(async_threads)
         if store is None:
             from squidmesh.storage import open_store
 
@@ -126,23 +125,28 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         self.max_value_bytes = max_value_bytes
         self._engine.max_value_bytes = max_value_bytes
         # Embedded stores migrate themselves; on PostgreSQL the operator decides when.
-        # Embedded stores migrate themselves; on PostgreSQL the operator decides when.
         self.schema_gate = SchemaGate(
             self.store,
             auto_migrate=(
                 auto_migrate if auto_migrate is not None else self.store.dialect != "postgresql"
             ),
         )
+        self._runs = RunClient(
+            self._engine,
+            gate=self.schema_gate,
+            telemetry=self._telemetry,
+            max_value_bytes=max_value_bytes,
+        )
+        self._operator = OperatorActions(
+            self._engine,
+            self._runs,
+            gate=self.schema_gate,
+            telemetry=self._telemetry,
+            max_value_bytes=max_value_bytes,
+        )
         self._workers: list[Worker] = []
         if capabilities_of(self.executor).binds:
             cast(Binds, self.executor).bind(self)  # last: the Mesh is whole now
-
-    def _fresh(self, run: Run) -> Run:
-        """An executor that works right after commit (inline) may already have moved
-        the run on: return what is stored now, not what the call committed."""
-        if not capabilities_of(self.executor).after_commit:
-            return run
-        return self.inspect_run(run.id)
 
     def __repr__(self) -> str:
         return f"<Mesh {self.store.dialect} workflows={sorted(self.workflows)}>"
@@ -176,12 +180,9 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         schema was already up to date)."""
         return self.schema_gate.migrate()
 
-    def _ready(self) -> None:
-        self.schema_gate.ready()
-
     def close(self) -> None:
         """Stop this Mesh's workers (gracefully), release connections and caches."""
-        self._close_async()
+        self._async.close()
         for worker in self._workers:
             worker.stop()
         self._workers.clear()
@@ -190,17 +191,6 @@ class Mesh(OperatorActions, AsyncMeshMethods):
             self._telemetry.close()
         self._engine.close()
         self.store.close()
-
-    def _sized_payload(self, wf: WorkflowDefinition, payload: Any, trigger: str) -> dict[str, Any]:
-        stored = wf.validate_payload(payload, trigger)
-        try:
-            json_text(stored, what="the payload", max_bytes=self.max_value_bytes)
-        except ValueTooLargeError as exc:
-            raise PayloadError(f"workflow {wf.name}, trigger {trigger}: {exc}") from None
-        return stored
-
-    def _workflow(self, workflow: str | WorkflowDefinition) -> WorkflowDefinition:
-        return registered_workflow(self.workflows, workflow)
 
     # ------------------------------------------------------------------ observing
 
@@ -237,7 +227,6 @@ class Mesh(OperatorActions, AsyncMeshMethods):
 
     # ------------------------------------------------------------------ starting runs
 
-    @api_call
     def start_run(
         self,
         workflow: str | WorkflowDefinition,
@@ -265,55 +254,31 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         ``@sm.workflow(queue=...)`` in its queue: at most ``concurrency`` runs of the
         queue are active (``key_concurrency`` per key), higher priorities first; the
         others wait ``pending`` (explain reason ``queued``)."""
-        wf = self._workflow(workflow)
-        trig = wf.trigger(trigger)
-        begin, end = start_times(
-            self.clock(), start_at=start_at, delay=delay, deadline=deadline, timeout=wf.timeout
+        return self._runs.start_run(
+            workflow,
+            payload,
+            trigger=trigger,
+            idempotency_key=idempotency_key,
+            schedule=schedule,
+            actor=actor,
+            start_at=start_at,
+            delay=delay,
+            deadline=deadline,
+            key=key,
+            priority=priority,
+            debounce=debounce,
         )
-        admission = run_flow_data(wf.queue, key, priority)
-        if debounce is not None:
-            if not isinstance(debounce, Debounce):
-                raise InvalidArgumentError(
-                    f"start_run: debounce must be sm.Debounce(key, seconds, max_wait=None), "
-                    f"got {shown(debounce)}"
-                )
-            if idempotency_key is not None or begin is not None or admission is not None:
-                raise InvalidArgumentError(
-                    "start_run: debounce= does not go with idempotency_key=, start_at=/delay= "
-                    "or a workflow queue (the debounce window decides when the run starts)"
-                )
-        stored = self._sized_payload(wf, payload, trig.name)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise InvalidArgumentError("idempotency_key must be a non-empty string")
-        if idempotency_key is not None:
-            json_text(idempotency_key, what="start_run: the idempotency key")
-        self._ready()
-        try:
-            created = self._create_run(
-                wf.name,
-                trig.name,
-                stored,
-                idempotency_key=idempotency_key,
-                schedule=schedule,
-                actor=actor,
-                start_at=begin,
-                deadline=end,
-                admission=admission,
-                debounce=debounce,
-            )
-        except ConflictError:
-            if idempotency_key is None:
-                raise
-            # A concurrent caller inserted the run with this key first (unique index):
-            # that run is the answer, as it would have been a moment later.
-            with self.store.transaction() as tx:
-                existing = tx.find_run_by_key(wf.name, idempotency_key)
-            if existing is None:
-                raise
-            created = build_run(existing)
-        return self._fresh(created)
+
+    def fire_cron(
+        self,
+        workflow: str | WorkflowDefinition,
+        trigger: str,
+        fire_time: datetime,
+        *,
+        payload: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """Start the run of one cron tick; the same tick always yields the same run."""
+        return self._runs.fire_cron(workflow, trigger, fire_time, payload=payload)
 
     # ------------------------------------------------------------------ reading
 
@@ -321,104 +286,24 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         """The run's persisted facts and its published state (``Run.published``); with
         history also steps, step runs, audit events and the runs it started
         (``Run.children``)."""
-        with self._reading(run_id) as (tx, run):
-            rid = run.id
-            published = tx.load_published(rid)
-            if not include_history:
-                return build_run(run, published=published)
-            entries = tx.load_entries(rid)
-            children = tx.list_children(rid)
-            known = {child.id for child in children}
-            for entry in entries:  # runs reused by key name another parent (or none)
-                other = entry.meta.get("run_id") if entry.kind in CHILD_KINDS else None
-                if other and other not in known:
-                    found = tx.get_run(str(other))
-                    if found is not None:
-                        children.append(found)
-                        known.add(found.id)
-            return build_run(
-                run,
-                entries=entries,
-                attempts=tx.load_attempts(rid),
-                audit=tx.load_audit(rid),
-                workflow=self.workflows.get(run.workflow),
-                published=published,
-                children=build_children(entries, children),
-            )
+        return self._runs.inspect_run(run_id, include_history=include_history)
 
     def get_published(self, run_id: Any, name: str | None = None) -> Any:
         """The state the run published with ``sm.publish``: every name's latest value as
         a dict, or with ``name`` that name's latest value (None if never published).
         Readable while the run is active; replay never publishes again."""
-        if name is not None and (not isinstance(name, str) or not name):
-            raise InvalidArgumentError(
-                f"get_published name= must be a non-empty string, got {shown(name)}"
-            )
-        with self._reading(run_id) as (tx, run):
-            published = tx.load_published(run.id)
-        return published if name is None else published.get(name)
+        return self._runs.get_published(run_id, name)
 
     def queues(self) -> list[QueueState]:
         """The flow-control queues: for each declared queue (and each queue that has
         jobs) its jobs running and waiting, its limits and starts within its rate
         window, per key. What ``squidmesh queues`` prints."""
-        self._ready()
-        with self.store.transaction() as tx:
-            return queue_states(tx, self.clock(), declared_queues())
+        return self._runs.queues()
 
     def explain_run(self, run_id: Any) -> Explanation:
         """Why the run is where it is, and what can be done next. A run waiting for a
         child run (``waiting_for_child``) names the child and its own reason."""
-        return self._explain(run_id, depth=0)
-
-    def _explain(self, run_id: Any, *, depth: int) -> Explanation:
-        with self._reading(run_id) as (tx, run):
-            entries = tx.load_entries(run.id)
-            attempts = tx.load_attempts(run.id)
-            events = len(tx.load_events(run.id))
-            jobs = tx.load_jobs(run.id)
-            queued = any((q.job.data or {}).get("queue") for q in jobs)
-            now = self.clock()
-            for index, q in enumerate(jobs):
-                data = q.job.data or {}
-                if data.get("hold") and q.worker is None and q.job.id is not None:
-                    place = tx.queue_position(q.job.id, now)
-                    jobs[index] = dataclasses.replace(
-                        q, job=dataclasses.replace(q.job, data={**data, "position": place})
-                    )
-            queues = (
-                {q.name: q for q in queue_states(tx, self.clock(), declared_queues())}
-                if queued
-                else None
-            )
-
-        def child(child_id: str) -> Explanation | None:
-            if depth >= _EXPLAIN_DEPTH:
-                return None
-            try:
-                with self._reading(child_id) as (tx, found):
-                    # a child that continued as new: explain the run that carries on
-                    final = found
-                    while final.reason == "continued_as_new" and final.continued_as_run_id:
-                        nxt = tx.get_run(final.continued_as_run_id)
-                        if nxt is None:
-                            break
-                        final = nxt
-                return self._explain(final.id, depth=depth + 1)
-            except RunNotFoundError:
-                return None
-
-        return explain(
-            run,
-            entries,
-            attempts,
-            workflow_available=run.workflow in self.workflows,
-            events_waiting=events,
-            jobs=jobs,
-            explain_child=child,
-            now=self.clock(),
-            queues=queues,
-        )
+        return self._runs.explain_run(run_id)
 
     def list_runs(
         self,
@@ -437,60 +322,16 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         ``step`` matches a step an unfinished run is at now (``current_steps``);
         ``id_prefix`` the beginning of the run id, dashes optional (``"1a2b3c4d"``).
         """
-        if status is not None:
-            try:
-                status = RunStatus(status).value
-            except ValueError:
-                valid = ", ".join(s.value for s in RunStatus)
-                raise InvalidArgumentError(
-                    f"unknown run status {shown(status)} (valid: {valid})"
-                ) from None
-        name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        if name is not None and not isinstance(name, str):
-            raise InvalidArgumentError(
-                f"list_runs(workflow=...) takes a name or a workflow, got {shown(workflow)}"
-            )
-        count(limit, what="list_runs limit")
-        if before is not None and not isinstance(before, (datetime, Run)):
-            raise InvalidArgumentError(
-                f"list_runs(before=...) takes a datetime or a Run, got {shown(before)}"
-            )
-        for label, value in (
-            ("trigger", trigger),
-            ("step", step),
-            ("idempotency_key", idempotency_key),
-            ("id_prefix", id_prefix),
-        ):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidArgumentError(
-                    f"list_runs {label}= must be a non-empty string, got {shown(value)}"
-                )
-        prefix = run_id_prefix(id_prefix) if id_prefix is not None else None
-        if id_prefix is not None and prefix is None:
-            return []  # not hex digits (and dashes): no run id starts with it
-        # A Run is a keyset cursor (created_at, id): runs created in the same instant as
-        # the cursor are not skipped. A bare datetime keeps runs created before it.
-        cursor = before.created_at if isinstance(before, Run) else before
-        cursor_id = str(before.id) if isinstance(before, Run) else None
-        self._ready()
-        with self.store.transaction() as tx:
-            if trigger is None and step is None and idempotency_key is None and prefix is None:
-                records = tx.list_runs(
-                    status=status, workflow=name, limit=limit, before=cursor, before_id=cursor_id
-                )
-            else:
-                records = tx.search_runs(
-                    status=status,
-                    workflow=name,
-                    trigger=trigger,
-                    step=step,
-                    idempotency_key=idempotency_key,
-                    id_prefix=prefix,
-                    limit=limit,
-                    before=cursor,
-                    before_id=cursor_id,
-                )
-        return [build_run(r) for r in records]
+        return self._runs.list_runs(
+            status=status,
+            workflow=workflow,
+            limit=limit,
+            before=before,
+            trigger=trigger,
+            step=step,
+            idempotency_key=idempotency_key,
+            id_prefix=id_prefix,
+        )
 
     def count_runs(
         self,
@@ -503,25 +344,108 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         count stops there: ``count_runs(limit=1_001)`` reads at most 1,001 index
         entries per status however many runs are stored, and a count of 1,001 then
         means "more than 1,000"."""
-        name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        optional_count(limit, what="count_runs limit")
-        self._ready()
-        with self.store.transaction() as tx:
-            counts = tx.count_runs(workflow=name, limit=limit)
-        return {status: counts.get(status.value, 0) for status in RunStatus}
+        return self._runs.count_runs(workflow=workflow, limit=limit)
 
     def export_history(self, run_id: Any) -> dict[str, Any]:
         """The run's history as JSON, for ``squidmesh.testing.replay``."""
-        with self._reading(run_id) as (tx, run):
-            entries = tx.load_entries(run.id)
-        return run_history(run, entries).to_json()
+        return self._runs.export_history(run_id)
+
+    # ------------------------------------------------------------------ operator actions
+
+    def approve_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Approve the approval the run is paused at; the workflow continues."""
+        return self._operator.approve_run(run_id, actor=actor, comment=comment, metadata=metadata)
+
+    def reject_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Reject the approval the run is paused at; a decision, not a failure."""
+        return self._operator.reject_run(run_id, actor=actor, comment=comment, metadata=metadata)
+
+    def unblock_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        data: Any = None,
+    ) -> Run:
+        """Resume a run paused at ``sm.pause``; the yield returns ``data``."""
+        return self._operator.unblock_run(
+            run_id, actor=actor, comment=comment, metadata=metadata, data=data
+        )
+
+    def send_event(
+        self, run_id: Any, name: str, data: Any = None, *, actor: str | None = None
+    ) -> Run:
+        """Deliver an event to ``wait_for_event(name)``; buffered if the run is not waiting yet."""
+        return self._operator.send_event(run_id, name, data, actor=actor)
+
+    def cancel_run(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        compensate: bool = False,
+    ) -> Run:
+        """Cancel a run; a step in flight finishes first (status ``cancelling``)."""
+        return self._operator.cancel_run(run_id, actor=actor, reason=reason, compensate=compensate)
+
+    def resume_run(self, run_id: Any, *, actor: str | None = None) -> Run:
+        """Re-activate a suspended run (after the workflow code was fixed)."""
+        return self._operator.resume_run(run_id, actor=actor)
+
+    def replay_run(
+        self, run_id: Any, *, allow_irreversible: bool = False, actor: str | None = None
+    ) -> Run:
+        """Start a new run of the same workflow, trigger and stored payload."""
+        return self._operator.replay_run(run_id, allow_irreversible=allow_irreversible, actor=actor)
+
+    def fork_run(self, run_id: Any, *, at_seq: int, actor: str | None = None) -> Run:
+        """A new run that reuses the source's recorded results before ``at_seq``."""
+        return self._operator.fork_run(run_id, at_seq=at_seq, actor=actor)
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(
+        self,
+        older_than: timedelta | datetime,
+        statuses: Iterable[str] = ("completed", "cancelled", "failed"),
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete finished runs last updated before a cutoff, with everything recorded
+        for them (history, attempts, audit events, buffered events, jobs).
+
+        ``older_than`` is an age (``timedelta``, measured from this Mesh's clock) or a
+        timezone-aware cutoff ``datetime``. Only terminal statuses may be pruned. Runs go
+        in batches of ``batch_size``, each its own short transaction, so no lock is held
+        for long; ``progress(total_so_far)`` is called after each batch. Returns how many
+        runs were deleted.
+        """
+        return self._operator.prune(older_than, statuses, batch_size=batch_size, progress=progress)
 
     # ------------------------------------------------------------------ work
 
     def perform(self, job: Job | Mapping[str, Any]) -> None:
         """Execute one delivered job; duplicate, late or stale deliveries change nothing."""
         the_job = job if isinstance(job, Job) else Job.from_json(job)
-        self._ready()
+        self.schema_gate.ready()
         self.runner.perform(the_job, None)
 
     def _fire_cron_job(self, workflow: str, trigger: str, fire_time: datetime) -> None:
@@ -530,7 +454,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
     def drain(self, *, limit: int | None = None) -> int:
         """Run every due job in this thread until none is left; returns how many ran."""
         optional_count(limit, what="drain limit")
-        self._ready()
+        self.schema_gate.ready()
         return self.runner.drain(limit)
 
     def worker(
@@ -544,7 +468,7 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         sweep_interval: float = 30.0,
     ) -> Worker:
         """Start a worker thread in this process; ``close()`` stops it (gracefully)."""
-        self._ready()
+        self.schema_gate.ready()
         worker = Worker(
             self.runner,
             concurrency=concurrency,
@@ -560,8 +484,71 @@ class Mesh(OperatorActions, AsyncMeshMethods):
     def _run_scheduler(self, stop: threading.Event) -> None:
         cron.Scheduler(self).run(stop)
 
-    @api_call
-    def fire_cron(
+    # ================================================================== the _async twins
+    # Each runs its sync method on this Mesh's AsyncPool (async_api.py says what a caller
+    # can rely on); tests/runtime/test_async_api.py pins their parameters to the sync ones.
+
+    # -------------------------------------------------- _async twins: setup
+
+    async def register_async(self, workflow: WorkflowDefinition) -> None:
+        """Async twin of [`register`][squidmesh.Mesh.register]."""
+        await self._async.run(self.register, workflow)
+
+    async def migrate_async(self) -> list[str]:
+        """Async twin of [`migrate`][squidmesh.Mesh.migrate]."""
+        return await self._async.run(self.migrate)
+
+    async def close_async(self) -> None:
+        """Async twin of [`close`][squidmesh.Mesh.close]: waits for the calls of other
+        twins already under way, stops the workers, releases the connections."""
+        # Not on the pool: close() shuts the pool down and waits for its threads.
+        await asyncio.to_thread(self.close)
+
+    # -------------------------------------------------- _async twins: observing
+
+    async def subscribe_async(
+        self, callback: Callable[[LifecycleEvent], object]
+    ) -> Callable[[], None]:
+        """Async twin of [`subscribe`][squidmesh.Mesh.subscribe]. The callback is still
+        called synchronously, in the thread that committed the change."""
+        return await self._async.run(self.subscribe, callback)
+
+    # -------------------------------------------------- _async twins: starting runs
+
+    async def start_run_async(
+        self,
+        workflow: str | WorkflowDefinition,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        trigger: str | None = None,
+        idempotency_key: str | None = None,
+        schedule: dict[str, Any] | None = None,
+        actor: str | None = None,
+        start_at: datetime | None = None,
+        delay: float | None = None,
+        deadline: datetime | None = None,
+        key: Any = None,
+        priority: int | None = None,
+        debounce: Debounce | None = None,
+    ) -> Run:
+        """Async twin of [`start_run`][squidmesh.Mesh.start_run]."""
+        return await self._async.run(
+            self.start_run,
+            workflow,
+            payload,
+            trigger=trigger,
+            idempotency_key=idempotency_key,
+            schedule=schedule,
+            actor=actor,
+            start_at=start_at,
+            delay=delay,
+            deadline=deadline,
+            key=key,
+            priority=priority,
+            debounce=debounce,
+        )
+
+    async def fire_cron_async(
         self,
         workflow: str | WorkflowDefinition,
         trigger: str,
@@ -569,41 +556,193 @@ class Mesh(OperatorActions, AsyncMeshMethods):
         *,
         payload: Mapping[str, Any] | None = None,
     ) -> Run:
-        """Start the run of one cron tick; the same tick always yields the same run."""
-        wf = self._workflow(workflow)
-        trig = wf.trigger(trigger)
-        if not isinstance(trig, CronTrigger):
-            raise UnknownTriggerError(
-                f"workflow {wf.name}: trigger {trig.name!r} is not a cron trigger"
-            )
-        if not isinstance(fire_time, datetime) or fire_time.tzinfo is None:
-            raise InvalidArgumentError(
-                f"fire_cron needs a timezone-aware datetime as fire_time, got {shown(fire_time)}"
-            )
-        stored = self._sized_payload(wf, payload, trig.name)
-        _, deadline = start_times(self.clock(), timeout=wf.timeout)
-        admission = run_flow_data(wf.queue, None, None)
-        self._ready()
-        facts = cron.schedule_facts(wf, trig, fire_time)
-        try:
-            return self._create_run(
-                wf.name,
-                trig.name,
-                stored,
-                idempotency_key=facts["signal_id"],
-                schedule=facts,
-                cron_tick=fire_time,
-                deadline=deadline,
-                admission=admission,
-            )
-        except ConflictError:
-            # Another scheduler or host fired this tick concurrently (unique run key /
-            # cron tick): its run is the tick's run.
-            with self.store.transaction() as tx:
-                existing = tx.find_run_by_key(wf.name, facts["signal_id"])
-            if existing is None:
-                raise
-            return self._fresh(build_run(existing))
+        """Async twin of [`fire_cron`][squidmesh.Mesh.fire_cron]."""
+        return await self._async.run(self.fire_cron, workflow, trigger, fire_time, payload=payload)
+
+    # -------------------------------------------------- _async twins: reading
+
+    async def inspect_run_async(self, run_id: Any, *, include_history: bool = False) -> Run:
+        """Async twin of [`inspect_run`][squidmesh.Mesh.inspect_run]."""
+        return await self._async.run(self.inspect_run, run_id, include_history=include_history)
+
+    async def get_published_async(self, run_id: Any, name: str | None = None) -> Any:
+        """Async twin of [`get_published`][squidmesh.Mesh.get_published]."""
+        return await self._async.run(self.get_published, run_id, name)
+
+    async def queues_async(self) -> list[QueueState]:
+        """Async twin of [`queues`][squidmesh.Mesh.queues]."""
+        return await self._async.run(self.queues)
+
+    async def explain_run_async(self, run_id: Any) -> Explanation:
+        """Async twin of [`explain_run`][squidmesh.Mesh.explain_run]."""
+        return await self._async.run(self.explain_run, run_id)
+
+    async def list_runs_async(
+        self,
+        *,
+        status: str | RunStatus | None = None,
+        workflow: str | WorkflowDefinition | None = None,
+        limit: int = 50,
+        before: datetime | Run | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+        id_prefix: str | None = None,
+    ) -> list[Run]:
+        """Async twin of [`list_runs`][squidmesh.Mesh.list_runs]."""
+        return await self._async.run(
+            self.list_runs,
+            status=status,
+            workflow=workflow,
+            limit=limit,
+            before=before,
+            trigger=trigger,
+            step=step,
+            idempotency_key=idempotency_key,
+            id_prefix=id_prefix,
+        )
+
+    async def count_runs_async(
+        self,
+        *,
+        workflow: str | WorkflowDefinition | None = None,
+        limit: int | None = None,
+    ) -> dict[str, int]:
+        """Async twin of [`count_runs`][squidmesh.Mesh.count_runs]."""
+        return await self._async.run(self.count_runs, workflow=workflow, limit=limit)
+
+    async def export_history_async(self, run_id: Any) -> dict[str, Any]:
+        """Async twin of [`export_history`][squidmesh.Mesh.export_history]."""
+        return await self._async.run(self.export_history, run_id)
+
+    # -------------------------------------------------- _async twins: operator actions
+
+    async def approve_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Async twin of [`approve_run`][squidmesh.Mesh.approve_run]."""
+        return await self._async.run(
+            self.approve_run, run_id, actor=actor, comment=comment, metadata=metadata
+        )
+
+    async def reject_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """Async twin of [`reject_run`][squidmesh.Mesh.reject_run]."""
+        return await self._async.run(
+            self.reject_run, run_id, actor=actor, comment=comment, metadata=metadata
+        )
+
+    async def unblock_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        comment: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        data: Any = None,
+    ) -> Run:
+        """Async twin of [`unblock_run`][squidmesh.Mesh.unblock_run]."""
+        return await self._async.run(
+            self.unblock_run,
+            run_id,
+            actor=actor,
+            comment=comment,
+            metadata=metadata,
+            data=data,
+        )
+
+    async def send_event_async(
+        self, run_id: Any, name: str, data: Any = None, *, actor: str | None = None
+    ) -> Run:
+        """Async twin of [`send_event`][squidmesh.Mesh.send_event]."""
+        return await self._async.run(self.send_event, run_id, name, data, actor=actor)
+
+    async def cancel_run_async(
+        self,
+        run_id: Any,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        compensate: bool = False,
+    ) -> Run:
+        """Async twin of [`cancel_run`][squidmesh.Mesh.cancel_run]."""
+        return await self._async.run(
+            self.cancel_run, run_id, actor=actor, reason=reason, compensate=compensate
+        )
+
+    async def resume_run_async(self, run_id: Any, *, actor: str | None = None) -> Run:
+        """Async twin of [`resume_run`][squidmesh.Mesh.resume_run]."""
+        return await self._async.run(self.resume_run, run_id, actor=actor)
+
+    async def replay_run_async(
+        self, run_id: Any, *, allow_irreversible: bool = False, actor: str | None = None
+    ) -> Run:
+        """Async twin of [`replay_run`][squidmesh.Mesh.replay_run]."""
+        return await self._async.run(
+            self.replay_run, run_id, allow_irreversible=allow_irreversible, actor=actor
+        )
+
+    async def fork_run_async(self, run_id: Any, *, at_seq: int, actor: str | None = None) -> Run:
+        """Async twin of [`fork_run`][squidmesh.Mesh.fork_run]."""
+        return await self._async.run(self.fork_run, run_id, at_seq=at_seq, actor=actor)
+
+    async def prune_async(
+        self,
+        older_than: timedelta | datetime,
+        statuses: Iterable[str] = ("completed", "cancelled", "failed"),
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Async twin of [`prune`][squidmesh.Mesh.prune]; ``progress`` is called in the
+        thread that runs the prune, not on the event loop."""
+        return await self._async.run(
+            self.prune, older_than, statuses, batch_size=batch_size, progress=progress
+        )
+
+    # -------------------------------------------------- _async twins: work
+
+    async def perform_async(self, job: Job | Mapping[str, Any]) -> None:
+        """Async twin of [`perform`][squidmesh.Mesh.perform]: the job's step runs in the
+        pool's thread (an ``async def`` step on the Mesh's own step loop, as always)."""
+        await self._async.run(self.perform, job)
+
+    async def drain_async(self, *, limit: int | None = None) -> int:
+        """Async twin of [`drain`][squidmesh.Mesh.drain]."""
+        return await self._async.run(self.drain, limit=limit)
+
+    async def worker_async(
+        self,
+        *,
+        concurrency: int = 4,
+        poll_interval: float = 2.0,
+        lease_seconds: float = 30.0,
+        scheduler: bool = True,
+        name: str | None = None,
+        sweep_interval: float = 30.0,
+    ) -> Worker:
+        """Async twin of [`worker`][squidmesh.Mesh.worker]: starts the worker thread
+        (its schema check touches the database) without blocking the loop."""
+        return await self._async.run(
+            self.worker,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            lease_seconds=lease_seconds,
+            scheduler=scheduler,
+            name=name,
+            sweep_interval=sweep_interval,
+        )
 
 
 def _database_label(store: Store) -> str:

@@ -1,19 +1,23 @@
 """Operator actions on runs: decisions, unblocking, events, cancel, resume, replay,
-fork and retention. ``Mesh`` inherits them; each is one transaction through the engine.
+fork and retention. ``Mesh`` builds one ``OperatorActions`` and delegates to it; each
+action is one transaction through the engine.
+
+Everything it uses is given to its constructor: the engine it changes runs through, the
+``RunClient`` it reads, starts and re-reads runs with, the schema gate every call
+passes first, the telemetry its API spans go to, and the size limit on stored values.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from squidmesh.client import RunClient, parse_run_id
 from squidmesh.core import state
 from squidmesh.core.arguments import count
 from squidmesh.core.contracts import stored
-from squidmesh.core.flow import Debounce
+from squidmesh.core.definition import WorkflowDefinition, registered_workflow
 from squidmesh.core.lifecycle import RunEvent, transition
 from squidmesh.errors import (
     InvalidArgumentError,
@@ -27,43 +31,44 @@ from squidmesh.errors import (
 from squidmesh.runtime import composition
 from squidmesh.runtime.engine import Engine
 from squidmesh.runtime.explain import replay_blockers
-from squidmesh.runtime.starting import NewRun, create_run
+from squidmesh.runtime.schema_gate import SchemaGate
+from squidmesh.runtime.starting import NewRun
 from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Run, build_run
-from squidmesh.storage.base import RunRecord, Store, Transaction
+from squidmesh.storage.base import RunRecord, Store
 from squidmesh.types import RunStatus
 
-__all__ = ["OperatorActions", "parse_run_id"]
+__all__ = ["OperatorActions"]
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
-def parse_run_id(value: Any) -> str:
-    """The canonical text of a run id; ``RunNotFoundError`` for anything not a UUID."""
-    try:
-        return str(uuid.UUID(str(value)))
-    except (ValueError, TypeError, AttributeError):
-        raise RunNotFoundError(f"run {shown(value)} not found: run ids are UUIDs") from None
-
-
 class OperatorActions:
-    """The operator half of ``Mesh``: everything a person (or a tool) does to a run."""
+    """Everything a person (or a tool) does to a run (each method is the body of the
+    ``Mesh`` method of the same name, which documents it)."""
 
-    _engine: Engine
-    store: Store
-    workflows: dict[str, Any]
-    max_value_bytes: int | None
-    clock: Callable[[], datetime]
-    #: spans of API calls (``api_call``); None when ``Mesh(telemetry=False)``
-    _telemetry: Telemetry | None
-
-    if TYPE_CHECKING:  # provided by Mesh
-
-        def _ready(self) -> None: ...
-
-        def _fresh(self, run: Run) -> Run: ...
-
-        def _workflow(self, workflow: Any) -> Any: ...
+    def __init__(
+        self,
+        engine: Engine,
+        runs: RunClient,
+        *,
+        gate: SchemaGate,
+        telemetry: Telemetry | None,
+        max_value_bytes: int | None,
+    ) -> None:
+        self.engine = engine
+        #: reads runs, starts replays and forks, re-reads a run an inline executor moved
+        self.runs = runs
+        self.store: Store = engine.store
+        #: the Mesh's registry (the same dict: ``Mesh.register`` adds to it)
+        self.workflows: Mapping[str, WorkflowDefinition] = engine.workflows
+        self.clock: Callable[[], datetime] = engine.clock
+        #: passed before the first call that touches the database
+        self.gate = gate
+        #: spans of API calls (``api_call``); None when ``Mesh(telemetry=False)``
+        self.telemetry = telemetry
+        #: the largest JSON (bytes) of metadata, data and event data
+        self.max_value_bytes = max_value_bytes
 
     def _value(self, value: Any, what: str) -> Any:
         """``value`` as it will be stored, refused (nothing changes) when it cannot be."""
@@ -78,72 +83,17 @@ class OperatorActions:
         self._value(value, what)
         return value
 
-    @contextmanager
-    def _reading(self, run_id: Any) -> Iterator[tuple[Transaction, RunRecord]]:
-        """A read transaction holding the run; ``RunNotFoundError`` when there is none."""
-        rid = parse_run_id(run_id)
-        self._ready()
-        with self.store.transaction() as tx:
-            run = tx.get_run(rid)
-            if run is None:
-                raise RunNotFoundError(f"run {rid} not found")
-            yield tx, run
-
-    def _create_run(
-        self,
-        workflow: str,
-        trigger: str,
-        payload: dict[str, Any],
-        *,
-        idempotency_key: str | None = None,
-        schedule: dict[str, Any] | None = None,
-        replayed_from: str | None = None,
-        forked_from: str | None = None,
-        prefix: list[Any] | None = None,
-        source_audit: tuple[str, str] | None = None,
-        cron_tick: datetime | None = None,
-        run_id: str | None = None,
-        actor: str | None = None,
-        start_at: datetime | None = None,
-        deadline: datetime | None = None,
-        admission: dict[str, Any] | None = None,
-        debounce: Debounce | None = None,
-    ) -> Run:
-        started = create_run(
-            self._engine,
-            NewRun(
-                workflow,
-                trigger,
-                payload,
-                idempotency_key=idempotency_key,
-                schedule=schedule,
-                replayed_from=replayed_from,
-                forked_from=forked_from,
-                prefix=prefix,
-                source_audit=source_audit,
-                cron_tick=cron_tick,
-                run_id=run_id,
-                actor=actor,
-                start_at=start_at,
-                deadline=deadline,
-                admission=admission,
-                debounce=debounce,
-            ),
-        )
-        run = build_run(started.run)
-        return self._fresh(run) if started.fresh else run
-
     # ------------------------------------------------------------------ operator actions
 
     def _locked(self, ch: Any, run_id: Any) -> RunRecord:
         rid = parse_run_id(run_id)
-        run = self._engine.lock(ch, rid)
+        run = self.engine.lock(ch, rid)
         if run is None:
             raise RunNotFoundError(f"run {rid} not found")
         return run
 
     def _waiting_entry(self, ch: Any, run: RunRecord, kind: str, action: str) -> Any:
-        live = self._engine.live(ch, run)
+        live = self.engine.live(ch, run)
         if live is None:
             raise UnknownWorkflowError(
                 f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does not "
@@ -176,7 +126,6 @@ class OperatorActions:
         comment: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Run:
-        """Approve the approval the run is paused at; the workflow continues."""
         return self._decide(run_id, True, actor, comment, metadata)
 
     @api_call
@@ -188,7 +137,6 @@ class OperatorActions:
         comment: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Run:
-        """Reject the approval the run is paused at; a decision, not a failure."""
         return self._decide(run_id, False, actor, comment, metadata)
 
     def _decide(
@@ -207,8 +155,8 @@ class OperatorActions:
         self._text(actor, f"{action}: the actor")
         self._text(comment, f"{action}: the comment")
         metadata = self._value(metadata, f"{action}: the metadata")
-        self._ready()
-        with self._engine.change() as ch:
+        self.gate.ready()
+        with self.engine.change() as ch:
             run = self._locked(ch, run_id)
             live, entry = self._waiting_entry(ch, run, "approval", action)
             state.deliver_decision(
@@ -230,8 +178,8 @@ class OperatorActions:
                 metadata=metadata,
             )
             run.status = transition(run.status, RunEvent.RESUMED).value
-            self._engine.advance(ch, run, live)
-        return self._fresh(build_run(run))
+            self.engine.advance(ch, run, live)
+        return self.runs.fresh(build_run(run))
 
     @api_call
     def unblock_run(
@@ -243,13 +191,12 @@ class OperatorActions:
         metadata: dict[str, Any] | None = None,
         data: Any = None,
     ) -> Run:
-        """Resume a run paused at ``sm.pause``; the yield returns ``data``."""
         self._text(actor, "unblock_run: the actor")
         self._text(comment, "unblock_run: the comment")
         metadata = self._value(metadata, "unblock_run: the metadata")
         data = self._value(data, "unblock_run: the data")
-        self._ready()
-        with self._engine.change() as ch:
+        self.gate.ready()
+        with self.engine.change() as ch:
             run = self._locked(ch, run_id)
             live, entry = self._waiting_entry(ch, run, "pause", "unblock_run")
             state.deliver_unblock(live.history, entry.seq, data, ch.now)
@@ -263,20 +210,19 @@ class OperatorActions:
                 metadata=metadata,
             )
             run.status = transition(run.status, RunEvent.RESUMED).value
-            self._engine.advance(ch, run, live)
-        return self._fresh(build_run(run))
+            self.engine.advance(ch, run, live)
+        return self.runs.fresh(build_run(run))
 
     @api_call
     def send_event(
         self, run_id: Any, name: str, data: Any = None, *, actor: str | None = None
     ) -> Run:
-        """Deliver an event to ``wait_for_event(name)``; buffered if the run is not waiting yet."""
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("send_event needs a non-empty event name")
         self._text(name, "send_event: the event name")
         data = self._value(data, f"send_event: the data of event {shown(name)}")
-        self._ready()
-        with self._engine.change() as ch:
+        self.gate.ready()
+        with self.engine.change() as ch:
             run = self._locked(ch, run_id)
             if run.status in TERMINAL:
                 raise InvalidTransitionError(
@@ -284,7 +230,7 @@ class OperatorActions:
                     status=run.status,
                     action="send_event",
                 )
-            live = self._engine.live(ch, run)
+            live = self.engine.live(ch, run)
             entry = None
             if live is not None and run.status != "suspended":
                 entry = state.deliver_event(live.history, name, data, ch.now)
@@ -299,8 +245,8 @@ class OperatorActions:
                 assert live is not None
                 ch.touched(run.id, entry)
                 ch.audit(run.id, "event_received", step=name, actor=actor)
-                self._engine.advance(ch, run, live)
-        return self._fresh(build_run(run))
+                self.engine.advance(ch, run, live)
+        return self.runs.fresh(build_run(run))
 
     @api_call
     def cancel_run(
@@ -311,11 +257,10 @@ class OperatorActions:
         reason: str | None = None,
         compensate: bool = False,
     ) -> Run:
-        """Cancel a run; a step in flight finishes first (status ``cancelling``)."""
         self._text(actor, "cancel_run: the actor")
         self._text(reason, "cancel_run: the reason")
-        self._ready()
-        with self._engine.change() as ch:
+        self.gate.ready()
+        with self.engine.change() as ch:
             run = self._locked(ch, run_id)
             if run.status in TERMINAL or run.status == "cancelling":
                 raise InvalidTransitionError(
@@ -326,15 +271,14 @@ class OperatorActions:
             # Attached child runs are cancelled first (with their compensations); the run
             # stays cancelling until they have ended (see runtime/composition.py).
             composition.request_cancel(
-                self._engine, ch, run, actor=actor, reason=reason, compensate=compensate
+                self.engine, ch, run, actor=actor, reason=reason, compensate=compensate
             )
-        return self._fresh(build_run(run))
+        return self.runs.fresh(build_run(run))
 
     @api_call
     def resume_run(self, run_id: Any, *, actor: str | None = None) -> Run:
-        """Re-activate a suspended run (after the workflow code was fixed)."""
-        self._ready()
-        with self._engine.change() as ch:
+        self.gate.ready()
+        with self.engine.change() as ch:
             run = self._locked(ch, run_id)
             if run.status != "suspended":
                 raise InvalidTransitionError(
@@ -342,12 +286,12 @@ class OperatorActions:
                     status=run.status,
                     action="resume_run",
                 )
-            self._engine.evict(run.id)
+            self.engine.evict(run.id)
             ch.audit(run.id, "resumed", actor=actor)
             run.status = transition(run.status, RunEvent.RESUMED).value
             run.error = None
             run.reason = None
-            live = self._engine.live(ch, run)
+            live = self.engine.live(ch, run)
             if live is None:
                 raise UnknownWorkflowError(
                     f"run {run.id} belongs to workflow {run.workflow!r}, which this Mesh does "
@@ -358,20 +302,19 @@ class OperatorActions:
                 )
             # Children that ended while it was suspended told it then (and were ignored).
             composition.settle(ch, run, live.history)
-            self._engine.advance(ch, run, live)
-        return self._fresh(build_run(run))
+            self.engine.advance(ch, run, live)
+        return self.runs.fresh(build_run(run))
 
     @api_call
     def replay_run(
         self, run_id: Any, *, allow_irreversible: bool = False, actor: str | None = None
     ) -> Run:
-        """Start a new run of the same workflow, trigger and stored payload."""
-        with self._reading(run_id) as (tx, source):
+        with self.runs.reading(run_id) as (tx, source):
             entries = tx.load_entries(source.id)
             # The replay's children are new runs: their irreversible steps would repeat.
             children = composition.children_replay_blockers(tx, entries)
         rid = source.id
-        self._workflow(source.workflow)
+        registered_workflow(self.workflows, source.workflow)
         blocked = replay_blockers(entries) + children
         if blocked and allow_irreversible is not True:
             raise UnsafeReplayError(
@@ -380,22 +323,23 @@ class OperatorActions:
                 "replay_run(..., allow_irreversible=True)",
                 steps=blocked,
             )
-        return self._create_run(
-            source.workflow,
-            source.trigger,
-            source.payload,
-            schedule=source.schedule,
-            replayed_from=source.id,
-            source_audit=("replayed", source.id),
-            actor=actor,
+        return self.runs.create(
+            NewRun(
+                source.workflow,
+                source.trigger,
+                source.payload,
+                schedule=source.schedule,
+                replayed_from=source.id,
+                source_audit=("replayed", source.id),
+                actor=actor,
+            )
         )
 
     @api_call
     def fork_run(self, run_id: Any, *, at_seq: int, actor: str | None = None) -> Run:
-        """A new run that reuses the source's recorded results before ``at_seq``."""
-        with self._reading(run_id) as (tx, source):
+        with self.runs.reading(run_id) as (tx, source):
             entries = tx.load_entries(source.id)
-        self._workflow(source.workflow)
+        registered_workflow(self.workflows, source.workflow)
         if not isinstance(at_seq, int) or not 0 <= at_seq <= len(entries):
             raise InvalidArgumentError(
                 f"fork_run at_seq must be between 0 and {len(entries)}, got {shown(at_seq)}"
@@ -415,15 +359,17 @@ class OperatorActions:
             copy = entry.copy()
             copy.set_compensation(None)
             prefix.append(copy)
-        return self._create_run(
-            source.workflow,
-            source.trigger,
-            source.payload,
-            schedule=source.schedule,
-            forked_from=source.id,
-            prefix=prefix,
-            source_audit=("forked", source.id),
-            actor=actor,
+        return self.runs.create(
+            NewRun(
+                source.workflow,
+                source.trigger,
+                source.payload,
+                schedule=source.schedule,
+                forked_from=source.id,
+                prefix=prefix,
+                source_audit=("forked", source.id),
+                actor=actor,
+            )
         )
 
     # ------------------------------------------------------------------ retention
@@ -436,15 +382,6 @@ class OperatorActions:
         batch_size: int = 500,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete finished runs last updated before a cutoff, with everything recorded
-        for them (history, attempts, audit events, buffered events, jobs).
-
-        ``older_than`` is an age (``timedelta``, measured from this Mesh's clock) or a
-        timezone-aware cutoff ``datetime``. Only terminal statuses may be pruned. Runs go
-        in batches of ``batch_size``, each its own short transaction, so no lock is held
-        for long; ``progress(total_so_far)`` is called after each batch. Returns how many
-        runs were deleted.
-        """
         if isinstance(older_than, datetime):
             if older_than.tzinfo is None:
                 raise InvalidArgumentError("prune(older_than=...) needs a timezone-aware datetime")
@@ -481,7 +418,7 @@ class OperatorActions:
         if not chosen:
             raise InvalidArgumentError("prune needs at least one status")
         count(batch_size, what="prune batch_size")
-        self._ready()
+        self.gate.ready()
         total = 0
         while True:
             with self.store.transaction() as tx:
@@ -490,7 +427,7 @@ class OperatorActions:
             if not ids:
                 break
             for rid in ids:
-                self._engine.discard(rid)
+                self.engine.discard(rid)
             total += deleted
             if progress is not None:
                 progress(total)

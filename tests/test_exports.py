@@ -150,7 +150,7 @@ MESH_METHODS = [
     "worker",
 ]
 
-# Every method has an ``_async`` twin (SPEC section 17, squidmesh/async_api.py).
+# Every method has an ``_async`` twin (SPEC section 17, declared in squidmesh/mesh.py).
 MESH_ASYNC_METHODS = [f"{name}_async" for name in MESH_METHODS]
 
 

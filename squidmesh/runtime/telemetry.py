@@ -31,11 +31,12 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from importlib import metadata
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from squidmesh.runtime.events import ActivationSpan, LifecycleEvent, Sealed
+from squidmesh.storage.base import Store
 
-__all__ = ["LOGGERS", "Telemetry", "api_call", "fields_of"]
+__all__ = ["LOGGERS", "Telemetry", "Traced", "api_call", "fields_of"]
 
 #: Every logger of the package, and what it logs (docs/observability.md shows this table;
 #: tests/telemetry checks that the package uses no other).
@@ -481,7 +482,7 @@ class Telemetry:
 
     @contextlib.contextmanager
     def api_span(
-        self, name: str, mesh: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, name: str, store: Store, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Iterator[Any]:
         """``squidmesh.<method>``: a child of the caller's current span; a call on an
         existing run without one joins the run's trace (and links to it otherwise)."""
@@ -496,7 +497,7 @@ class Telemetry:
             workflow = kwargs.get("workflow", args[0] if args else None)
             attributes["squidmesh.workflow"] = str(getattr(workflow, "name", workflow))
         else:
-            carrier, rid = _stored_context(mesh, run_id)
+            carrier, rid = _stored_context(store, run_id)
             if rid is not None:
                 attributes["squidmesh.run_id"] = rid
                 run_context = self._run_context(rid, carrier)
@@ -540,7 +541,7 @@ def _measure(instruments: _Instruments, event: LifecycleEvent) -> None:
         )
 
 
-def _stored_context(mesh: Any, run_id: Any) -> tuple[Mapping[str, str] | None, str | None]:
+def _stored_context(store: Store, run_id: Any) -> tuple[Mapping[str, str] | None, str | None]:
     """The trace context stored with ``run_id`` (one read; nothing when it cannot be had:
     the call itself then reports the problem)."""
     try:
@@ -548,7 +549,7 @@ def _stored_context(mesh: Any, run_id: Any) -> tuple[Mapping[str, str] | None, s
     except (ValueError, TypeError, AttributeError):
         return None, None
     try:
-        with mesh.store.transaction() as tx:
+        with store.transaction() as tx:
             run = tx.get_run(rid)
     except Exception:
         return None, rid
@@ -561,17 +562,32 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def api_call(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[Any, _P], _R]:
+class Traced(Protocol):
+    """What ``api_call`` uses of the object whose methods it traces."""
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """Where the spans go; None when ``Mesh(telemetry=False)``."""
+
+    @property
+    def store(self) -> Store:
+        """Where a call on an existing run finds the trace context stored with it."""
+
+
+_T = TypeVar("_T", bound=Traced)
+
+
+def api_call(method: Callable[Concatenate[_T, _P], _R]) -> Callable[Concatenate[_T, _P], _R]:
     """A span per call of a ``Mesh`` method that changes a run (``squidmesh.<name>``);
     a plain call when telemetry is off or no SDK is configured."""
     name = method.__name__
 
     @functools.wraps(method)
-    def traced(self: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        telemetry: Telemetry | None = getattr(self, "_telemetry", None)
+    def traced(self: _T, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        telemetry = self.telemetry
         if telemetry is None or not telemetry.tracing:
             return method(self, *args, **kwargs)
-        with telemetry.api_span(name, self, args, kwargs) as span:
+        with telemetry.api_span(name, self.store, args, kwargs) as span:
             result = method(self, *args, **kwargs)
             telemetry.describe(span, result)
             return result

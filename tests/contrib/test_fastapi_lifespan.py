@@ -68,7 +68,7 @@ def test_without_migrate_or_worker_it_only_closes(tmp_path: Path) -> None:
             assert (await mesh.explain_run_async(run.id)).reason == "pending_dispatch"
 
     asyncio.run(app_lifetime())
-    assert mesh._async_pool is None  # closed
+    assert mesh._async.pool is None  # closed
 
 
 def test_a_failed_startup_leaves_nothing_running(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_a_failed_startup_leaves_nothing_running(tmp_path: Path) -> None:
 
     with pytest.raises(sm.SchemaOutOfDateError, match="migrate"):
         asyncio.run(app_lifetime())
-    assert mesh._workers == [] and mesh._async_pool is None
+    assert mesh._workers == [] and mesh._async.pool is None
 
 
 def test_fastapi_runs_it_as_the_apps_lifespan(tmp_path: Path) -> None:
@@ -104,4 +104,4 @@ def test_fastapi_runs_it_as_the_apps_lifespan(tmp_path: Path) -> None:
     with TestClient(app) as client:
         run_id = client.post("/echo").json()["id"]
         assert mesh.inspect_run(run_id).status == "pending"
-    assert mesh._async_pool is None
+    assert mesh._async.pool is None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-# The ``_async`` twins of every Mesh method (squidmesh/async_api.py, SPEC section 17):
+# The ``_async`` twins of every Mesh method (squidmesh/mesh.py, on the pool of
+# squidmesh/async_api.py; SPEC section 17):
 # - each twin takes exactly its sync method's parameters (pinned by signature);
 # - each one works, end to end, on PostgreSQL: results and errors come back as the sync
 #   method's would;
@@ -20,7 +21,7 @@ import pytest
 from pydantic import BaseModel
 
 import squidmesh as sm
-from squidmesh.async_api import DEFAULT_ASYNC_THREADS, AsyncMeshMethods
+from squidmesh.async_api import DEFAULT_ASYNC_THREADS
 from tests.support import postgres
 from tests.test_exports import MESH_METHODS
 
@@ -72,7 +73,7 @@ def test_every_public_method_has_a_twin_with_the_same_parameters() -> None:
         assert list(mine.parameters.values()) == list(theirs.parameters.values()), name
         assert mine.return_annotation == theirs.return_annotation, name
         assert twin.__doc__ and f"[`{name}`][squidmesh.Mesh.{name}]" in twin.__doc__, name
-    twins = {n for n in vars(AsyncMeshMethods) if n.endswith("_async") and n[0] != "_"}
+    twins = {n for n in vars(sm.Mesh) if n.endswith("_async") and n[0] != "_"}
     assert twins == {f"{name}_async" for name in MESH_METHODS}
 
 
@@ -86,7 +87,7 @@ def test_a_mesh_used_only_synchronously_starts_no_thread() -> None:
     mesh = sm.Mesh("memory://", workflows=[gated])
     try:
         mesh.start_run(gated, {"n": 2})
-        assert mesh._async_pool is None
+        assert mesh._async.pool is None
         # The pool's threads are "squidmesh-async_<n>" (the async steps' loop thread,
         # "squidmesh-async-steps", belongs to whatever ran an async step before).
         assert not [t for t in threading.enumerate() if t.name.startswith("squidmesh-async_")]
@@ -218,7 +219,7 @@ def test_every_twin_works_end_to_end(pg_mesh: sm.Mesh) -> None:
         else:
             raise AssertionError("the worker did not take the run to its approval")
         await mesh.close_async()
-        assert mesh._workers == [] and mesh._async_pool is None
+        assert mesh._workers == [] and mesh._async.pool is None
 
     asyncio.run(scenario())
 
