@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from squidmesh.core.flow import declared_queues
 from squidmesh.core.records import Job
@@ -205,10 +205,10 @@ class Worker:
         for job in jobs:
             with self._lock:
                 self._in_flight[int(job.id or 0)] = job
-            self._pool.submit(self._perform, job)
+            self._pool.submit(self._perform, job, now)
         return len(jobs)
 
-    def _perform(self, job: Job) -> None:
+    def _perform(self, job: Job, claimed_at: datetime | None = None) -> None:
         current: Job | None = job
         while current is not None:
             key = int(current.id or 0)
@@ -219,6 +219,8 @@ class Worker:
                 self.lease_seconds,
                 eager=not self._stopping.is_set(),
                 draining=self._stopping,
+                # the claim chose this job fairly at that time (not the steps after it)
+                claimed_at=claimed_at if current is job else None,
             )
             try:
                 # The engine deletes the job row when it records the outcome, and may hand
