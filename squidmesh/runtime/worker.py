@@ -287,9 +287,17 @@ class Worker:
     def _wait_for_work(self) -> None:
         timeout = self.poll_interval
         if self.in_flight < self.concurrency:
+            # Queued work held back by a rate reopens at a time the database knows: sleep
+            # until then (nothing else would wake this worker: no job is written when a
+            # window reopens).
+            rated = {n: q for n, q in declared_queues().items() if q.rate is not None}
             try:
                 with self.runner.store.transaction() as tx:
                     next_at = tx.next_job_time()
+                    if rated:
+                        reopens = tx.rate_reopens(rated, self.runner.clock())
+                        if reopens is not None and (next_at is None or reopens < next_at):
+                            next_at = reopens
             except StorageError:
                 next_at = None
             if next_at is not None:

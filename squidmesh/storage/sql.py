@@ -732,6 +732,21 @@ class SqlTransaction:
         ahead = self.connection.execute(self._q.queue_ahead, {**params, "now": now}).scalar()
         return int(ahead or 0) + 1
 
+    @translated("find when a rate-limited queue reopens")
+    def rate_reopens(self, queues: Mapping[str, Queue], now: datetime) -> datetime | None:
+        found: datetime | None = None
+        for name in sorted(queues):
+            rate = queues[name].rate
+            if rate is None:
+                continue
+            since = t.utc(now) - timedelta(seconds=rate.per)
+            params = {"queue": name, "since": since, "now": now}
+            count, oldest = self.connection.execute(self._q.rate_window, params).one()
+            if oldest is not None and int(count or 0) >= rate.limit:
+                reopens = t.utc(oldest) + timedelta(seconds=rate.per)
+                found = reopens if found is None else min(found, reopens)
+        return found
+
     @translated("count a queue's starts")
     def queue_starts(self, queue: str, since: datetime) -> int:
         params = {"queue": queue, "since": since}
