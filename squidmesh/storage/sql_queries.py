@@ -444,7 +444,7 @@ class Queries:
             starts.c.queue == b("queue"), starts.c.at > b("since", type_=t.UtcDateTime())
         )
         # A rate-limited queue's window, when claimable work of the queue waits: how many
-        # starts it holds and the oldest (``rate_reopens``; no work waiting: no rows).
+        # starts it holds and the oldest (``rate_reopens``; no work waiting: a count of 0).
         self.rate_window = sa.select(
             sa.func.count(), sa.func.min(starts.c.at, type_=t.UtcDateTime())
         ).where(
