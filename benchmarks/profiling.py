@@ -55,14 +55,14 @@ class _ProfiledWorker(Worker):
         #: set after the warm-up: only jobs claimed from then on are profiled
         self.profiling = False
 
-    def _perform(self, job: Any) -> None:
+    def _perform(self, job: Any, claimed_at: Any = None) -> None:
         if not self.profiling:
-            super()._perform(job)
+            super()._perform(job, claimed_at)
             return
         profile = self.profile
         profile.enable()
         try:
-            super()._perform(job)
+            super()._perform(job, claimed_at)
         finally:
             profile.disable()
 

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from squidmesh.core import contracts, state
@@ -59,7 +59,7 @@ from squidmesh.storage.base import HOLDING, PARKED_UNTIL, JobWrite, RunRecord, T
 from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
-__all__ = ["LOST_LIMIT", "JobRunner", "Lease"]
+__all__ = ["FAIR_RECHECK_SECONDS", "LOST_LIMIT", "JobRunner", "Lease"]
 
 log = logging.getLogger("squidmesh")
 
@@ -76,29 +76,18 @@ INFRA_BACKOFF_MAX = 30.0
 #: a job for a workflow this process does not have waits this long, doubling each time
 POSTPONE_FIRST = 5.0
 POSTPONE_MAX = 300.0
+#: a worker carrying a queue slot from one step of a run to the next asks the database
+#: whether waiting work has a better claim to it (another key, a higher priority) at
+#: most this often (seconds of the database clock): asking at every step put a round
+#: trip on the run's critical path (benchmarks/README.md, B7). A step longer than this
+#: is asked about every time; a waiting key's wait grows by at most this much.
+FAIR_RECHECK_SECONDS = 0.25
+#: slots whose last fairness check is remembered, at most (older ones are dropped first)
+_FAIR_REMEMBERED = 4096
 #: a transactional step that finished inside its own job's transaction
 _LANDED = object()
 _NO_RETRY = Retry()
 TERMINAL_RUN_STATUSES = ("completed", "failed", "cancelled")
-
-
-def _inherits_slot(ch: Change, data: dict[str, Any], finished: Job | None) -> bool:
-    """Whether a queued step (its job ``data``) may take over the slot of ``finished``:
-    same queue and key, a queue this process knows with no rate limit, the finished
-    job's row is the one the next step's job will replace (the last the change deletes),
-    and no waiting work of the queue has a better claim to the slot (another key: fair
-    rotation; a higher priority)."""
-    deleting = ch.batch.jobs_delete
-    if finished is None or finished.id is None or not deleting or deleting[-1] != finished.id:
-        return False
-    held = finished.data or {}
-    if held.get("queue") != data["queue"] or held.get("flow_key") != data["flow_key"]:
-        return False
-    queue = declared_queues().get(str(data["queue"]))
-    if queue is None or queue.rate is not None:
-        return False
-    key = data["flow_key"] if isinstance(data["flow_key"], str) else None
-    return not ch.tx.others_waiting(queue.name, key, int(data["priority"] or 0), ch.now)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +101,9 @@ class Lease:
     #: the worker's stop event: once set (draining), begin nothing further, even for a
     #: job that started before the worker was asked to stop
     draining: threading.Event | None = None
+    #: when the claim that leased this job judged it the fairest to take (its queue's
+    #: slot needs no other check until ``FAIR_RECHECK_SECONDS`` later); None: unknown
+    claimed_at: datetime | None = None
 
 
 class TransactionalStepFailed(Exception):
@@ -139,6 +131,10 @@ class JobRunner:
         self.invoker.on_overrun = self._record_overrun
         #: the attempts running in this process (heartbeats, heartbeat_timeout)
         self.running = RunningAttempts()
+        #: slot (the id of the job row carrying it) -> when it was last judged fair to
+        #: keep; a passed slot keeps its row id (``JobWrite.replaces``)
+        self._fair_at: dict[int, datetime] = {}
+        self._fair_lock = threading.Lock()
 
     def _owner(self, lease: Lease | None) -> str | None:
         if lease is not None:
@@ -167,6 +163,43 @@ class JobRunner:
             self._perform_compensate(job, lease)
             return None
         raise ValueError(f"job kind {job.kind!r} is not handled by the engine")
+
+    def _inherits_slot(
+        self, ch: Change, data: dict[str, Any], finished: Job | None, lease: Lease
+    ) -> bool:
+        """Whether a queued step (its job ``data``) may take over the slot of ``finished``:
+        same queue and key, a queue this process knows with no rate limit, the finished
+        job's row is the one the next step's job will replace (the last the change
+        deletes), and no waiting work of the queue has a better claim to the slot
+        (another key: fair rotation; a higher priority). That last question goes to the
+        database only when the slot was last judged fair (by its claim or by an earlier
+        check) more than ``FAIR_RECHECK_SECONDS`` ago."""
+        deleting = ch.batch.jobs_delete
+        if finished is None or finished.id is None or not deleting or deleting[-1] != finished.id:
+            return False
+        slot = finished.id
+        with self._fair_lock:
+            judged = self._fair_at.pop(slot, None) or lease.claimed_at
+        held = finished.data or {}
+        if held.get("queue") != data["queue"] or held.get("flow_key") != data["flow_key"]:
+            return False
+        queue = declared_queues().get(str(data["queue"]))
+        if queue is None or queue.rate is not None:
+            return False
+        if judged is None or (ch.now - judged).total_seconds() >= FAIR_RECHECK_SECONDS:
+            key = data["flow_key"] if isinstance(data["flow_key"], str) else None
+            if ch.tx.others_waiting(queue.name, key, int(data["priority"] or 0), ch.now):
+                return False
+            judged = ch.now
+        with self._fair_lock:
+            if len(self._fair_at) >= _FAIR_REMEMBERED:
+                # Slots whose runs ended without a next step: forget the oldest half.
+                for old in sorted(self._fair_at, key=self._fair_at.__getitem__)[
+                    : _FAIR_REMEMBERED // 2
+                ]:
+                    del self._fair_at[old]
+            self._fair_at[slot] = judged
+        return True
 
     def _finish_job(self, ch: Change, job: Job, lease: Lease | None) -> None:
         if lease is not None and job.id is not None:
@@ -270,12 +303,11 @@ class JobRunner:
         seq = int(job.seq if job.seq is not None else -1)
         begun = self.engine.begun.pop(int(job.id), None) if job.id is not None else None
         if begun is None:
-            with self.engine.change() as ch:
-                prepared = self._begin_step(ch, job, lease, seq)
+            prepared, eager_job = self._begin(job, lease, seq)
             if prepared is None:
                 return None
             if prepared is _LANDED:  # a transactional step, finished in that transaction
-                return ch.eager_job
+                return eager_job
             assert isinstance(prepared, BegunStep)
             begun = prepared
         run, entry, definition = begun.run, begun.entry, begun.definition
@@ -385,6 +417,24 @@ class JobRunner:
                     raise
         return None
 
+    def _begin(
+        self, job: Job, lease: Lease | None, seq: int
+    ) -> tuple[BegunStep | object | None, Job | None]:
+        """Begin a claimed step job's attempt: like a landing, without the run's lock when
+        this process holds the run in its cache (one round trip on PostgreSQL, the
+        version check standing in for the lock; a claimed queued step begins every run
+        on a queue), and under the lock when that is refused or the cache cannot tell."""
+        attempts = (True, False) if lease is not None and self.engine.batches_jobs else (False,)
+        for optimistic in attempts:
+            try:
+                with self.engine.change(optimistic=optimistic) as ch:
+                    prepared = self._begin_step(ch, job, lease, seq)
+                return prepared, ch.eager_job
+            except (NeedsLock, ConcurrentChangeError):
+                if not optimistic:
+                    raise
+        return None, None
+
     def _begin_step(
         self, ch: Change, job: Job, lease: Lease | None, seq: int
     ) -> BegunStep | object | None:
@@ -404,6 +454,10 @@ class JobRunner:
         if entry.kind != "step":
             self._finish_job(ch, job, lease)
             return None
+        if ch.optimistic and (
+            entry.status == "running" or run.status == RunStatus.CANCELLING.value
+        ):
+            raise NeedsLock()  # judging a lost attempt or ending a cancel reads under the lock
         if entry.status == "running" and entry.attempts == job.attempt:
             # The job came back while its attempt is still marked running. If the process
             # running it is alive (a broker redelivered early, or a duplicate), starting
@@ -442,6 +496,8 @@ class JobRunner:
         run.status = transition(run.status, RunEvent.STEP_STARTED).value
         owner = self._owner(lease)
         if definition is not None and definition.transaction:
+            if ch.optimistic:
+                raise NeedsLock()  # the host's writes need a transaction of their own
             # Host writes and the step's completion share this transaction: a failure
             # rolls both back, and the failure is then recorded in a new transaction.
             running = self.running.start(
@@ -558,7 +614,7 @@ class JobRunner:
             if definition is None or definition.transaction or entry.status != "pending":
                 return
             data = step_job_data(entry)
-            if data is not None and not _inherits_slot(ch, data, finished):
+            if data is not None and not self._inherits_slot(ch, data, finished, lease):
                 return  # a queued step waits for a slot: a claim begins it
             del ch.jobs[index]
             number = state.begin_attempt(entry, ch.now)

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from squidmesh.core.flow import declared_queues
 from squidmesh.core.records import Job
@@ -209,10 +209,10 @@ class Worker:
         for job in jobs:
             with self._lock:
                 self._in_flight[int(job.id or 0)] = job
-            self._pool.submit(self._perform, job)
+            self._pool.submit(self._perform, job, now)
         return len(jobs) >= free
 
-    def _perform(self, job: Job) -> None:
+    def _perform(self, job: Job, claimed_at: datetime | None = None) -> None:
         current: Job | None = job
         while current is not None:
             key = int(current.id or 0)
@@ -223,6 +223,8 @@ class Worker:
                 self.lease_seconds,
                 eager=not self._stopping.is_set(),
                 draining=self._stopping,
+                # the claim chose this job fairly at that time (not the steps after it)
+                claimed_at=claimed_at if current is job else None,
             )
             try:
                 # The engine deletes the job row when it records the outcome, and may hand
@@ -289,9 +291,17 @@ class Worker:
     def _wait_for_work(self) -> None:
         timeout = self.poll_interval
         if self.in_flight < self.concurrency:
+            # Queued work held back by a rate reopens at a time the database knows: sleep
+            # until then (nothing else would wake this worker: no job is written when a
+            # window reopens).
+            rated = {n: q for n, q in declared_queues().items() if q.rate is not None}
             try:
                 with self.runner.store.transaction() as tx:
                     next_at = tx.next_job_time()
+                    if rated:
+                        reopens = tx.rate_reopens(rated, self.runner.clock())
+                        if reopens is not None and (next_at is None or reopens < next_at):
+                            next_at = reopens
             except StorageError:
                 next_at = None
             if next_at is not None:

@@ -359,6 +359,13 @@ class Transaction(Protocol):
         """How many attempts of a rate-limited queue started after ``since`` (as far as
         the claims' record of starts reaches: they forget starts older than the window)."""
 
+    def rate_reopens(self, queues: Mapping[str, Queue], now: datetime) -> datetime | None:
+        """When the first of ``queues`` held back by its rate may start an attempt again:
+        of the rate-limited queues with claimable work waiting and ``rate.limit`` starts
+        within the window ending at ``now``, the earliest time the oldest of those starts
+        leaves its window. None when no queue waits on its rate. (A worker that found
+        nothing to claim sleeps until then rather than until its next poll.)"""
+
     def renew_lease(
         self,
         job_ids: Sequence[int],
@@ -397,7 +404,8 @@ class Transaction(Protocol):
     def next_job_time(self) -> datetime | None:
         """The earliest run_at among unclaimed jobs of no queue (None when there are
         none). Queued jobs wait for a slot, not a time: a worker is woken when one
-        frees (the change that ends an attempt wakes workers) or by its polling."""
+        frees (the change that ends an attempt wakes workers) or by its polling; work
+        held back by a rate waits for ``rate_reopens``."""
 
     def load_jobs(self, run_id: str) -> list[QueuedJob]:
         """The jobs of one run, in claim order (run_at, id)."""

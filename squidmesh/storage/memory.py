@@ -662,6 +662,28 @@ class InMemoryTransaction:
         starts = self._read("queue_starts").flow_starts
         return sum(1 for name, at in starts if name == queue and at > since)
 
+    def rate_reopens(self, queues: Mapping[str, Queue], now: datetime) -> datetime | None:
+        now = utc(now)
+        data = self._read("rate_reopens")
+        waiting: set[str] = set()
+        for row in data.jobs.values():
+            flow = _flow(row)
+            if flow is None or flow[0] not in queues or row.run_at > now:
+                continue
+            if row.lease_until is None or row.lease_until <= now:
+                waiting.add(flow[0])
+        found: datetime | None = None
+        for name in sorted(waiting):
+            rate = queues[name].rate
+            if rate is None:
+                continue
+            since = now - timedelta(seconds=rate.per)
+            starts = [at for queue, at in data.flow_starts if queue == name and at > since]
+            if len(starts) >= rate.limit:
+                reopens = min(starts) + timedelta(seconds=rate.per)
+                found = reopens if found is None else min(found, reopens)
+        return found
+
     def renew_lease(
         self,
         job_ids: Sequence[int],

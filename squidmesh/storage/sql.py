@@ -86,12 +86,28 @@ PRUNE_CHANCE = 0.01
 _CONFIGURED = "squidmesh_sqlite_configured"
 
 
+#: connections squidmesh's own PostgreSQL engine keeps open once opened, and how many
+#: more it may open at a peak (``create_engine``)
+PG_POOL_SIZE = 20
+PG_POOL_OVERFLOW = 20
+
+
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine for a squidmesh URL; ``postgres(ql)://`` means psycopg 3."""
+    """An engine for a squidmesh URL; ``postgres(ql)://`` means psycopg 3.
+
+    On PostgreSQL the pool keeps up to ``PG_POOL_SIZE`` connections: a worker's job
+    threads, its claim loop, heartbeat and sweeper (and the async pool) each hold one
+    while in a transaction. SQLAlchemy's default (5 kept, 15 at most) closed every
+    connection returned above 5 busy and opened it again a moment later, a backend
+    forked each time (B7: 179 connections for 2,000 steps), and made a 16th thread wait
+    for one. Only connections opened at a peak are kept."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix) :]
             break
+    if url.startswith("postgresql"):
+        kwargs.setdefault("pool_size", PG_POOL_SIZE)
+        kwargs.setdefault("max_overflow", PG_POOL_OVERFLOW)
     return sa.create_engine(url, **kwargs)
 
 
@@ -801,6 +817,21 @@ class SqlTransaction:
         params = {"queue": found[0], "priority": found[1], "run_at": found[2], "id": job_id}
         ahead = self.connection.execute(self._q.queue_ahead, {**params, "now": now}).scalar()
         return int(ahead or 0) + 1
+
+    @translated("find when a rate-limited queue reopens")
+    def rate_reopens(self, queues: Mapping[str, Queue], now: datetime) -> datetime | None:
+        found: datetime | None = None
+        for name in sorted(queues):
+            rate = queues[name].rate
+            if rate is None:
+                continue
+            since = t.utc(now) - timedelta(seconds=rate.per)
+            params = {"queue": name, "since": since, "now": now}
+            count, oldest = self.connection.execute(self._q.rate_window, params).one()
+            if oldest is not None and int(count or 0) >= rate.limit:
+                reopens = t.utc(oldest) + timedelta(seconds=rate.per)
+                found = reopens if found is None else min(found, reopens)
+        return found
 
     @translated("count a queue's starts")
     def queue_starts(self, queue: str, since: datetime) -> int:

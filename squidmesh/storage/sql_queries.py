@@ -460,6 +460,15 @@ class Queries:
         self.queue_starts = sa.select(sa.func.count()).where(
             starts.c.queue == b("queue"), starts.c.at > b("since", type_=t.UtcDateTime())
         )
+        # A rate-limited queue's window, when claimable work of the queue waits: how many
+        # starts it holds and the oldest (``rate_reopens``; no work waiting: a count of 0).
+        self.rate_window = sa.select(
+            sa.func.count(), sa.func.min(starts.c.at, type_=t.UtcDateTime())
+        ).where(
+            starts.c.queue == b("queue"),
+            starts.c.at > b("since", type_=t.UtcDateTime()),
+            sa.exists().where(jobs.c.queue == b("queue"), ready),
+        )
         served = t.flow_keys
         self.flow_served = sa.select(served.c.queue, served.c.flow_key, served.c.served_at).where(
             served.c.queue.in_(names), served.c.flow_key.in_(b("keys", expanding=True))

@@ -82,7 +82,9 @@ def console(
         Route("/workflows", bind(pages.workflows_page), methods=["GET"], name="workflows"),
         Route("/workflows/{name}", bind(pages.workflow_page), methods=["GET"], name="workflow"),
         Route("/workflows/{name}/start", bind(actions.start_run), methods=["POST"], name="start"),
+        Route("/queues", bind(pages.queues_page), methods=["GET"], name="queues"),
         Route("/live/runs", bind(pages.runs_live), methods=["GET"], name="runs_live"),
+        Route("/live/queues", bind(pages.queues_live), methods=["GET"], name="queues_live"),
         Route("/live/runs/{run_id}", bind(pages.run_live), methods=["GET"], name="run_live"),
         Route("/static/{name}", static, methods=["GET"], name="static"),
     ]

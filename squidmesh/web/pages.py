@@ -25,7 +25,7 @@ from squidmesh.types import RunStatus
 from squidmesh.web import forms, graph, present, security
 from squidmesh.web.base import Console, live_json, region_hash, version_of
 
-__all__ = ["RunsQuery", "run_regions", "runs_regions", "workflow_values"]
+__all__ = ["RunsQuery", "queues_regions", "run_regions", "runs_regions", "workflow_values"]
 
 PAGE_SIZES = (20, 50, 100, 200)
 SEARCH_FIELDS = {
@@ -417,6 +417,58 @@ async def workflows_page(console: Console, request: Request) -> Response:
         ]
         values = {**ctx, "nav": "workflows", "rows": rows, "live_url": ""}
         return console.page(request, "workflows.html", values, token=token, new_token=new)
+
+    return await run_in_threadpool(build)
+
+
+# --------------------------------------------------------------------------- queues
+
+
+def _rate_text(rate: Mapping[str, float] | None) -> str | None:
+    if rate is None:
+        return None
+    per = rate["per"]
+    return f"{int(rate['limit']):,} per {int(per) if per == int(per) else per}s"
+
+
+def queues_regions(console: Console, ctx: dict[str, Any]) -> dict[str, str]:
+    """The live region of the queues page: ``mesh.queues()`` as a table."""
+    rows = [
+        {
+            "state": state,
+            "rate": _rate_text(state.rate),
+            "keyed": any(k.key is not None for k in state.keys),
+        }
+        for state in console.mesh.queues()
+    ]
+    return {"queues": console.render("queues/_table.html", **ctx, rows=rows)}
+
+
+async def queues_page(console: Console, request: Request) -> Response:
+    who = await console.who(request)
+    token, new = security.csrf_token(request)
+    ctx = console.context(request, who, token)
+
+    def build() -> Response:
+        values = {
+            **ctx,
+            "nav": "queues",
+            "regions": marked(queues_regions(console, ctx)),
+            "live_url": f"{ctx['base']}/live/queues",
+        }
+        return console.page(request, "queues/page.html", values, token=token, new_token=new)
+
+    return await run_in_threadpool(build)
+
+
+async def queues_live(console: Console, request: Request) -> Response:
+    who = await console.who(request)
+    token, _ = security.csrf_token(request)
+    ctx = console.context(request, who, token)
+
+    def build() -> Response:
+        regions = queues_regions(console, ctx)
+        return live_json(region_hash("".join(regions.values())), regions)
 
     return await run_in_threadpool(build)
 

@@ -129,6 +129,27 @@ def test_rate_counts_starts_in_a_window_shared_by_claimers(store: Store) -> None
     assert len(claim(store, {q.name: q}, worker="w2", now=T0 + timedelta(seconds=10))) == 3
 
 
+def test_rate_reopens_when_the_oldest_start_leaves_a_full_window(store: Store) -> None:
+    q = sm.Queue("reopens", rate=sm.Rate(2, per=10))
+    other = sm.Queue("reopens-idle", rate=sm.Rate(1, per=5))
+    queues = {q.name: q, other.name: other}
+    insert(store, *(queued(f"r{i}", q.name) for i in range(3)))
+    with store.transaction() as tx:
+        assert tx.rate_reopens(queues, T0) is None  # nothing started: nothing held back
+    assert len(claim(store, {q.name: q}, limit=1)) == 1
+    with store.transaction() as tx:
+        assert tx.rate_reopens(queues, T0 + timedelta(seconds=1)) is None  # room for one
+    assert len(claim(store, {q.name: q}, limit=1, now=T0 + timedelta(seconds=4))) == 1
+    with store.transaction() as tx:
+        # Full; the start at T0 leaves the window at T0+10, and the claim takes one then.
+        assert tx.rate_reopens(queues, T0 + timedelta(seconds=5)) == T0 + timedelta(seconds=10)
+    assert claim(store, {q.name: q}, now=T0 + timedelta(seconds=9)) == []
+    assert len(claim(store, {q.name: q}, now=T0 + timedelta(seconds=10))) == 1
+    with store.transaction() as tx:
+        # The last waiting job was taken: a full window holds nothing back any more.
+        assert tx.rate_reopens(queues, T0 + timedelta(seconds=11)) is None
+
+
 def test_limits_are_validated() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(sm.DefinitionError, match="concurrency must be a positive integer"):

@@ -121,3 +121,28 @@ def test_a_session_that_fails_to_take_its_lock_is_closed_at_once(
         assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     finally:
         store.close()
+
+
+def test_a_busy_process_keeps_its_postgresql_connections(pg_migrated_url: str) -> None:
+    # A worker's 16 job threads, its claim loop, heartbeat and sweeper may all be in a
+    # transaction at once: none waits for the pool, and the connections opened at that
+    # peak stay open for the next one instead of being closed and opened again (each a
+    # backend PostgreSQL forks).
+    import contextlib
+
+    import sqlalchemy as sa
+
+    from squidmesh.storage import open_store
+
+    store = open_store(pg_migrated_url)
+    opened: list[object] = []
+    engine = store.engine.engine  # type: ignore[attr-defined]
+    sa.event.listen(engine.pool, "connect", lambda dbapi, record: opened.append(dbapi))
+    try:
+        for _ in range(3):
+            with contextlib.ExitStack() as peak:
+                for _ in range(20):
+                    peak.enter_context(store.transaction())
+        assert len(opened) == 20
+    finally:
+        store.close()

@@ -19,7 +19,8 @@ import pytest
 from pydantic import BaseModel
 
 import squidmesh as sm
-from tests.runtime.support import MeshFactory
+from squidmesh.runtime.perform import FAIR_RECHECK_SECONDS, Lease
+from tests.runtime.support import MeshFactory, claim_all
 
 PAIR = sm.Queue("test-flow-pair", concurrency=2, key_concurrency=1)
 STATE: dict[str, Any] = {}
@@ -283,6 +284,79 @@ def test_a_step_over_its_queue_s_rate_is_rate_limited(mesh_factory: MeshFactory)
     mesh_factory.clock.advance(60)
     mesh.drain()
     assert mesh.inspect_run(run.id).result == 3
+
+
+# A worker carries a slot from one step of a run to the next (no claim in between); it
+# yields it to waiting work with a better claim (another key) once the slot was last
+# judged fair FAIR_RECHECK_SECONDS ago, so a waiting key's wait stays bounded.
+SINGLE = sm.Queue("test-flow-single", concurrency=1)
+TURNS: dict[str, Any] = {"order": [], "tick": 0.0}
+
+
+@sm.step(queue=SINGLE, key=lambda who, n: who)
+def turn(who: str, n: int) -> int:
+    TURNS["order"].append(f"{who}{n}")
+    TURNS["clock"].advance(TURNS["tick"])  # how long the step took, on the test's clock
+    return n
+
+
+@sm.workflow
+def three_turns() -> Any:
+    total = 0
+    for n in (1, 2, 3):
+        total += yield turn(who="a", n=n)
+    return total
+
+
+@sm.workflow
+def one_turn() -> Any:
+    return (yield turn(who="b", n=1))
+
+
+def _work_like_a_worker(mesh: sm.Mesh, clock: Any) -> None:
+    """Claim one job at a time with the queue known and run it with a lease, each
+    step's successor at once when the slot passes (as a worker thread does)."""
+    while True:
+        now = clock()
+        with mesh.store.transaction() as tx:
+            jobs = tx.claim_jobs(
+                now=now,
+                limit=1,
+                worker="test-worker",
+                lease_until=now + timedelta(minutes=5),
+                queues={SINGLE.name: SINGLE},
+            )
+        if not jobs:
+            return
+        job: sm.Job | None = jobs[0]
+        lease = Lease("test-worker", 300, claimed_at=now)
+        while job is not None:
+            job = mesh.runner.perform(job, lease)
+            lease = Lease("test-worker", 300)
+
+
+@pytest.mark.parametrize(
+    ("tick", "order"),
+    [
+        # steps faster than the recheck: the slot passes through the run's steps
+        (0.0, ["a1", "a2", "a3", "b1"]),
+        # a step as long as the recheck: the next one asks, and key b goes first
+        (None, ["a1", "b1", "a2", "a3"]),
+    ],
+)
+def test_a_passed_slot_yields_to_another_key_once_judged_again(
+    mesh_factory: MeshFactory, tick: float | None, order: list[str]
+) -> None:
+    TURNS.update(order=[], clock=mesh_factory.clock)
+    TURNS["tick"] = FAIR_RECHECK_SECONDS if tick is None else tick
+    mesh = mesh_factory([three_turns, one_turn], executor="database")
+    a = mesh.start_run(three_turns)
+    b = mesh.start_run(one_turn)
+    for activation in claim_all(mesh.store, mesh_factory.clock()):  # a1 and b1 wait
+        mesh.runner.perform(activation, Lease("test-worker", 300, eager=False))
+    _work_like_a_worker(mesh, mesh_factory.clock)
+    assert TURNS["order"] == order
+    assert (mesh.inspect_run(a.id).result, mesh.inspect_run(b.id).result) == (6, 1)
 
 
 # --------------------------------------------------------------------------- run queues

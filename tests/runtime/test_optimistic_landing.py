@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import squidmesh as sm
 from squidmesh.runtime.perform import Lease
 from tests.runtime.support import MeshFactory, claim_all
@@ -102,3 +104,77 @@ def test_an_approval_elsewhere_is_not_lost(mesh_factory: MeshFactory) -> None:
     done = worker_mesh.inspect_run(run.id)
     assert done.status is sm.RunStatus.COMPLETED
     assert done.result == [True, 2]
+
+
+@sm.workflow
+def two_branches():
+    a, b = yield sm.join(first(), meddled())
+    return a + b
+
+
+def _statements(mesh: sm.Mesh) -> tuple[list[str], Callable[[], None]]:
+    """The SQL ``mesh``'s store sends from now on, and how to stop recording."""
+    import sqlalchemy as sa
+
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(" ".join(statement.split()))
+
+    engine = mesh.store.engine.engine  # type: ignore[attr-defined]
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return sent, lambda: sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_claimed_step_of_a_cached_run_begins_without_locking_the_run(
+    sql_mesh_factory: MeshFactory,
+) -> None:
+    # The activation begins one branch eagerly; the other waits for a claim. A worker
+    # holding the run in its cache begins it with the write alone (its version check
+    # standing in for the lock): every queued step on a flow-control queue starts so.
+    HOOK.clear()
+    mesh = sql_mesh_factory([two_branches], executor="database")
+    run = mesh.start_run(two_branches)
+    lease = Lease("test-worker", 300)
+    (activation,) = claim_all(mesh.store, sql_mesh_factory.clock())
+    eager = mesh.runner.perform(activation, lease)
+    assert eager is not None
+    assert mesh.runner.perform(eager, lease) is None  # the join waits for the other branch
+    (claimed,) = claim_all(mesh.store, sql_mesh_factory.clock())
+    sent, stop = _statements(mesh)
+    try:
+        assert mesh.runner.perform(claimed, lease) is None
+    finally:
+        stop()
+    assert mesh.inspect_run(run.id).result == 3
+    # Not read, not locked: the run row is only written (by the begin and the landing).
+    reads = [s for s in sent if s.startswith("SELECT") and "squidmesh_runs." in s]
+    assert reads == [], reads
+
+
+def test_a_claimed_step_of_a_run_cancelled_elsewhere_does_not_begin(
+    mesh_factory: MeshFactory,
+) -> None:
+    # The cache says the run is running; another Mesh cancelled it after the claim. The
+    # begin's version check refuses, the begin is redone under the lock, and the step
+    # never starts.
+    HOOK.clear()
+    worker_mesh = mesh_factory([two_branches], executor="database")
+    operator_mesh = mesh_factory([two_branches], executor="database")
+    run = worker_mesh.start_run(two_branches)
+    lease = Lease("test-worker", 300)
+    (activation,) = claim_all(worker_mesh.store, mesh_factory.clock())
+    eager = worker_mesh.runner.perform(activation, lease)
+    assert eager is not None
+    assert worker_mesh.runner.perform(eager, lease) is None
+    (claimed,) = claim_all(worker_mesh.store, mesh_factory.clock())
+    operator_mesh.cancel_run(run.id, actor="ops", reason="stop")
+    HOOK[:] = [lambda: pytest.fail("a step of a cancelled run began")]
+    try:
+        worker_mesh.runner.perform(claimed, lease)
+    finally:
+        HOOK.clear()
+    done = worker_mesh.inspect_run(run.id, include_history=True)
+    assert done.status is sm.RunStatus.CANCELLED
+    attempts = {s.name: len(s.attempts) for s in done.step_runs or ()}
+    assert (attempts["first"], attempts["meddled"]) == (1, 0)

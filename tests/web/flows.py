@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -74,3 +75,27 @@ def rocket():
 
 
 ALL = [review, waiter, buggy, rocket]
+
+
+#: flow control for the queues page: 2 charges at once, 1 per customer, 30 a minute
+CHARGES = sm.Queue("charges", concurrency=2, key_concurrency=1, rate=sm.Rate(30, per=60))
+#: set to let the charges the browser test holds running finish
+RELEASE = threading.Event()
+
+
+@sm.step(queue=CHARGES, key=lambda customer, cents: customer)
+def charge(customer: str, cents: int) -> int:
+    RELEASE.wait(30)
+    return cents
+
+
+@sm.workflow
+def billing():
+    charged = yield sm.join(
+        *[charge(customer, cents) for customer, cents in (("acme", 5), ("acme", 7), ("bolt", 3))]
+    )
+    return sum(charged)
+
+
+#: workflows with queued steps (kept apart from ALL: their steps need the database executor)
+QUEUED = [billing]

@@ -113,7 +113,9 @@ class Site:
     """The Mesh on a fresh PostgreSQL database, its worker, and the served console."""
 
     def __init__(self, database_url: str) -> None:
-        self.mesh = sm.Mesh(postgres.sqlalchemy_url(database_url), workflows=flows.ALL)
+        self.mesh = sm.Mesh(
+            postgres.sqlalchemy_url(database_url), workflows=[*flows.ALL, *flows.QUEUED]
+        )
         self.mesh.migrate()
         self.mesh.worker(poll_interval=0.2, concurrency=2)
         host = Starlette(
@@ -388,6 +390,33 @@ def test_read_only_console(site: Site, page: Page) -> None:
     page.goto(f"{site.url}/view/workflows/review")
     expect(page.locator("[data-action]")).to_have_count(0)
     assert site.mesh.inspect_run(run.id).status is sm.RunStatus.PAUSED
+
+
+def test_the_queues_page_follows_slots_taken_and_freed(
+    site: Site, page: Page, shots: Shots
+) -> None:
+    # The worker's two threads take both slots of "charges" (one per customer); acme's
+    # second charge waits for its key. The charges hold their slots until released.
+    flows.RELEASE.clear()
+    try:
+        run = site.mesh.start_run(flows.billing)
+        page.goto(f"{site.url}/ops/")
+        page.get_by_role("link", name="Queues").click()
+        expect(page).to_have_url(re.compile(r"/ops/queues$"))
+        expect(page.get_by_role("link", name="Queues")).to_have_attribute("aria-current", "page")
+        row = page.locator('[data-queue="charges"]')
+        expect(row.locator("[data-running]")).to_have_text("2 of 2")
+        expect(row.locator("[data-waiting]")).to_have_text("1")
+        expect(row.locator("[data-limits]")).to_contain_text("per key 1")
+        row.locator("summary").click()
+        expect(row.locator('[data-key="acme"] td').nth(2)).to_have_text("1")  # waiting
+        shots.take(page, "queues")
+    finally:
+        flows.RELEASE.set()
+    site.wait(run.id, "completed")
+    # The live region follows: every slot freed, nothing waiting.
+    expect(row.locator("[data-running]")).to_have_text("0 of 2")
+    expect(row.locator("[data-waiting]")).to_have_text("0")
 
 
 def test_phone_width_and_dark_mode(site: Site, browser: Browser, shots: Shots) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 # browser): what each page shows, its test hooks, filters, search and paging, the
 # live endpoints, mounting under a path.
 import re
+from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
 
@@ -256,6 +257,57 @@ def test_workflows_pages_list_triggers_counts_forms_and_graphs(env: Console) -> 
     assert 'type="date"' in page and "default: computed when the run starts" in page
     assert set(nodes(page).values()) == {"declared"}
     assert client.get("/workflows/nobody").status_code == 404
+
+
+# --------------------------------------------------------------------------- queues
+
+
+def test_queues_page_shows_each_queue_s_running_waiting_limits_and_keys(
+    env: Console, tmp_path: Any
+) -> None:
+    # Queued steps wait for a claim (the database executor): the activation makes three
+    # charges wait; a claim that knows the queue takes what its limits allow.
+    worker = sm.Mesh(
+        f"sqlite:///{tmp_path / 'console.db'}",
+        workflows=flows.QUEUED,
+        executor=sm.DatabaseExecutor(),
+        clock=env.clock,
+    )
+    try:
+        worker.start_run(flows.billing)
+        assert worker.drain(limit=1) == 1  # the activation
+        now = env.clock()
+        with worker.store.transaction() as tx:
+            taken = tx.claim_jobs(
+                now=now,
+                limit=10,
+                worker="a-worker",
+                lease_until=now + timedelta(minutes=5),
+                queues={flows.CHARGES.name: flows.CHARGES},
+            )
+        assert len(taken) == 2  # one per customer
+        client = env.client()
+        page = client.get("/queues").text
+        (row,) = [a for a in Hooks(page).with_attr("data-queue") if a["data-queue"] == "charges"]
+        assert row == {"data-queue": "charges"}
+        row_html = page.split('data-queue="charges"', 1)[1].split("\n</tr>", 1)[0]
+        cells = {
+            label: " ".join(re.sub(r"<[^>]+>", " ", text).split())
+            for label, text in re.findall(r'<td data-label="(\w+)"[^>]*>(.*?)</td>', row_html, re.S)
+        }
+        assert cells["Running"] == "2 of 2"  # both slots taken (one per customer)
+        assert cells["Waiting"] == "1"  # acme's second charge: its key is at its limit
+        assert cells["Limits"] == (
+            "concurrency 2 per key 1 rate 30 per 60s: 2 started in the window"
+        )
+        keys = [a["data-key"] for a in Hooks(page).with_attr("data-key")]
+        assert keys == ["acme", "bolt"]
+        assert 'aria-current="page">Queues</a>' in page
+        live = client.get("/live/queues").json()
+        assert set(live["regions"]) == {"queues"}
+        assert f'data-hash="{live["regions"]["queues"]["hash"]}"' in page
+    finally:
+        worker.close()
 
 
 # --------------------------------------------------------------------------- live

@@ -4,6 +4,7 @@ from __future__ import annotations
 # Every figure comes from the host table ``step_log``, whose rows carry the database's
 # clock (``clock_timestamp()``): overlaps of [start, done] intervals and starts per
 # window, never the test's wall clock.
+import itertools
 import signal
 
 from tests.support.waiting import wait_for
@@ -104,6 +105,32 @@ def test_rate_limit_counts_starts_across_worker_processes(
     print(f"\n20 starts at 5/s took {span:.2f}s; busiest 0.9s window: {busiest}")
     assert busiest <= 5
     assert span >= 2.9  # 20 starts, 5 per second: 4 windows at least
+
+
+def test_a_worker_held_back_by_a_rate_wakes_when_the_window_reopens(
+    database: Database, workers: Workers, mesh_on
+) -> None:
+    # One worker polling every 30 s: nothing is written when a rate window reopens, so
+    # only the worker's own knowledge of when it does can start the next five in time.
+    workers.start("--no-scheduler", "--poll-interval", "30", concurrency=4)
+    client = mesh_on()
+    run = client.start_run("rated", {"count": 15})
+    _finish(database, str(run.id), workers, timeout=60)
+    # Per window of 5 starts (5 per second): its first start, by the database's clock.
+    firsts = [
+        float(at)
+        for (at,) in database.query(
+            "SELECT extract(epoch FROM at) FROM (SELECT at, row_number() OVER "
+            "(ORDER BY at, id) AS n FROM step_log WHERE name = 'rated' AND phase = 'start') x "
+            "WHERE mod(n, 5) = 1 ORDER BY at"
+        )
+    ]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(firsts)]
+    print(f"\nseconds between the windows' first starts: {gaps}")
+    assert len(gaps) == 2
+    # Each window waited for the one before to end (the limit held), and not for the
+    # poll: the worker slept until the window reopened.
+    assert all(0.9 <= gap < 5 for gap in gaps), gaps
 
 
 def test_a_killed_worker_s_slots_come_back_when_its_leases_expire(
