@@ -86,10 +86,10 @@ class Mesh:
 
             store = open_store(url, engine=engine, schema=schema)
         self.store: Store = store
+        self.executor: Executor = executor if executor is not None else DatabaseExecutor()
         self.workflows: dict[str, WorkflowDefinition] = {}
         for wf in workflows:
             self.register(wf)
-        self.executor: Executor = executor if executor is not None else DatabaseExecutor()
         # On PostgreSQL every process reads the database's clock (through a measured
         # offset), so timers, retries and leases agree across machines.
         self.clock = clock or (
@@ -171,6 +171,16 @@ class Mesh:
         for trigger in workflow.triggers:
             if isinstance(trigger, CronTrigger):
                 _validate_cron(workflow, trigger)
+        if workflow.queue is not None and not capabilities_of(self.executor).jobs_in_table:
+            # A broker would start every run at once: the queue's limits would not hold,
+            # and nothing would say so.
+            raise DefinitionError(
+                f"workflow {workflow.name} is on queue {workflow.queue.name!r}, whose limits "
+                "hold where squidmesh's workers claim jobs from its jobs table; executor "
+                f"{type(self.executor).__name__} hands jobs to a broker, which would start "
+                "its runs without them. Run queued workflows with the default executor "
+                "(squidmesh worker / mesh.worker()) or drop queue="
+            )
         self.workflows[workflow.name] = workflow
 
     def migrate(self) -> list[str]:

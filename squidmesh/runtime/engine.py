@@ -197,9 +197,12 @@ def step_job_data(entry: Entry) -> dict[str, Any] | None:
     return dict(flow) if isinstance(flow, dict) else None
 
 
-def _stamp_flow(ch: Change) -> None:
+def _stamp_flow(ch: Change, *, unlimited: set[str] | None) -> None:
     """Give each step job of a queued call its queue, key and priority (``Job.data``),
-    wherever in the change it was made."""
+    wherever in the change it was made. ``unlimited`` is not None when the executor
+    hands jobs to a broker, whose workers start them without a queue's limits: that is
+    said once per queue (a step's queue is known only when it is called), and the
+    queues said are added to it."""
     for index, job in enumerate(ch.jobs):
         if job.kind != "step" or job.data is not None or job.run_id is None or job.seq is None:
             continue
@@ -215,6 +218,18 @@ def _stamp_flow(ch: Change) -> None:
         data = step_job_data(entry)
         if data is not None:
             ch.jobs[index] = dataclasses.replace(job, data=data)
+            queue = str(data.get("queue"))
+            if unlimited is not None and queue not in unlimited:
+                unlimited.add(queue)
+                log.warning(
+                    "run %s: step %s is on queue %r, but this Mesh's executor hands jobs "
+                    "to a broker, which runs them without the queue's limits (they hold "
+                    "where squidmesh's workers claim jobs from its jobs table: use the "
+                    "default executor for queued steps)",
+                    job.run_id,
+                    entry.name,
+                    queue,
+                )
 
 
 class Engine:
@@ -250,6 +265,10 @@ class Engine:
         self.begun: dict[int, BegunStep] = {}
         #: called after a commit that produced jobs (wakes this process's workers)
         self.wakers: list[Callable[[], None]] = []
+        #: the queues of steps this engine handed to a broker, which runs them without
+        #: their limits (said once each in the log); None when the executor's jobs are
+        #: claimed from the jobs table, where the limits hold
+        self.unlimited_queues: set[str] | None = None if self.capabilities.jobs_in_table else set()
         #: testing hooks (``squidmesh.testing``); none in production
         self.hooks = hooks if hooks is not None else EngineHooks()
 
@@ -336,7 +355,7 @@ class Engine:
                     if q.worker == HOLDING and q.job.id is not None
                 )
         if ch.jobs:
-            _stamp_flow(ch)
+            _stamp_flow(ch, unlimited=self.unlimited_queues)
         if ch.jobs and self.batches_jobs:
             # The default executor's jobs are rows of this very batch.
             batch.jobs_insert.extend(JobWrite(job) for job in ch.jobs)

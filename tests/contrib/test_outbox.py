@@ -143,3 +143,54 @@ def test_import_squidmesh_imports_no_broker_library() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+BROKERED = sm.Queue("outbox-brokered", concurrency=1)
+
+
+@sm.step(queue=BROKERED)
+def limited(x: int) -> int:
+    return x + 1
+
+
+@sm.workflow(queue=sm.Queue("outbox-runs", concurrency=1))
+def queued_runs():
+    return (yield double(1))
+
+
+@sm.workflow
+def queued_steps():
+    return (yield limited(1))
+
+
+def test_a_queued_workflow_is_refused_by_a_broker_executor() -> None:
+    # A broker starts whatever it is handed: a queue's limit would not hold, silently.
+    with pytest.raises(sm.DefinitionError) as refused:
+        sm.Mesh("memory://", workflows=[queued_runs], executor=ListBroker())
+    message = str(refused.value)
+    assert "queued_runs" in message and "'outbox-runs'" in message
+    assert "ListBroker" in message and "default executor" in message
+    mesh = sm.Mesh("memory://", executor=ListBroker())
+    with pytest.raises(sm.DefinitionError):
+        mesh.register(queued_runs)
+    assert "queued_runs" not in mesh.workflows
+    mesh.close()
+
+
+def test_a_queued_step_through_a_broker_is_said_to_run_without_its_limit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A step's queue is known only when the step is called: the run goes on (the broker
+    # runs it), and the log says, once per queue, that the limit does not hold.
+    broker = ListBroker()
+    with sm.Mesh(
+        f"sqlite:///{tmp_path / 'sm.db'}", workflows=[queued_steps], executor=broker
+    ) as mesh:
+        with caplog.at_level(logging.WARNING, logger="squidmesh"):
+            first = mesh.start_run(queued_steps)
+            second = mesh.start_run(queued_steps)
+            broker.deliver_all(mesh)
+        assert [mesh.inspect_run(r.id).result for r in (first, second)] == [2, 2]
+    warnings = [r.getMessage() for r in caplog.records if "outbox-brokered" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "without the queue's limits" in warnings[0] and "step limited" in warnings[0]
