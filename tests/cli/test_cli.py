@@ -23,6 +23,8 @@ import pytest
 
 import squidmesh as sm
 from examples.ring_errand import ring_errand
+from squidmesh.demo import T0 as DEMO_T0
+from squidmesh.demo import app as demo_app
 from squidmesh.storage.base import SCHEMA_VERSION
 from squidmesh.storage.sql_migrate import migrations
 from squidmesh.testing import replay
@@ -623,9 +625,8 @@ def test_worker_runs_jobs_and_drains_on_sigterm(pg_database_url: str) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    began = time.monotonic()
-    demo = cli(None, "--database-url", f"sqlite:///{tmp_path / 'demo.db'}", "demo", app=None)
-    elapsed = time.monotonic() - began
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    demo = cli(None, "--database-url", url, "demo", app=None)
     assert demo.code == 0, demo.err
     assert "approve_run(actor='elrond'" in demo.out
     assert "paused_for_approval" in demo.out
@@ -645,4 +646,18 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # the closing hint says that drain (or a worker) moves the run on, with the commands
     assert "squidmesh drain" in demo.out and "squidmesh worker" in demo.out
     assert "squidmesh migrate" in demo.out
-    assert elapsed < 3.0, elapsed
+    # The errand's 5 s sleep and the 1 s retry backoff took no real time: the demo kept
+    # its run, and every time in it is on the virtual clock the demo moves by hand.
+    with demo_app(url) as kept:
+        (run,) = kept.list_runs()
+        history = kept.inspect_run(run.id, include_history=True)
+    at = {s.name: s for s in history.step_runs or ()}
+
+    def virtual(seconds: float) -> str:
+        return (DEMO_T0 + timedelta(seconds=seconds)).isoformat()
+
+    assert run.created_at == DEMO_T0
+    assert (at["sleep"].started_at, at["sleep"].completed_at) == (virtual(0), virtual(5))
+    # approved 60 s (virtual) after the pause; attempt 2 one backoff second after attempt 1
+    assert [a.started_at for a in at["cross_moria"].attempts] == [virtual(65), virtual(66)]
+    assert run.status == "completed" and run.updated_at == DEMO_T0 + timedelta(seconds=66)

@@ -1013,43 +1013,104 @@ def test_open_store_picks_the_implementation(
 # --------------------------------------------------------------------------- locking
 
 
-def _wait_until_blocked(store: Store, started: threading.Event) -> None:
-    """Return once the second locker is waiting for the lock."""
-    assert started.wait(10)
-    if store.dialect != "postgresql":
-        time.sleep(0.2)  # no lock table to look at: give it time to try
-        return
-    # Evidence, not a guess: PostgreSQL reports the backend as waiting on a lock.
-    assert isinstance(store, SqlStore)
-    deadline = time.monotonic() + 10
-    with store.engine.connect() as conn:
-        while time.monotonic() < deadline:
-            waiting = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%'"
+class _BlockingCalls:
+    """Which threads have entered the call that takes a run's write lock, read from the
+    store itself: PostgreSQL's ``pg_stat_activity`` (a backend waiting on a lock in the
+    ``FOR NO KEY UPDATE`` of ``lock_run``), SQLite's statement trace (the connection
+    began executing ``BEGIN IMMEDIATE``, where writers queue), the in-memory store's lock
+    (a thread called ``acquire``). Evidence that the call was made, not a guess that some
+    time was enough for it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entered: list[tuple[int, str]] = []
+        self._undo: list[Any] = []
+        if isinstance(store, InMemoryStore):
+            real_lock = store._lock
+            entered = self.entered
+
+            class ObservedLock:
+                def __enter__(self) -> None:
+                    entered.append((threading.get_ident(), "acquire"))
+                    real_lock.acquire()
+
+                def __exit__(self, *exc: object) -> None:
+                    real_lock.release()
+
+            store._lock = ObservedLock()  # type: ignore[assignment]
+            self._undo.append(lambda: setattr(store, "_lock", real_lock))
+        elif store.dialect == "sqlite":
+            assert isinstance(store, SqlStore)
+            traced: list[Any] = []
+
+            def trace(dbapi: Any, record: object, proxy: object) -> None:
+                dbapi.set_trace_callback(
+                    lambda sql: self.entered.append((threading.get_ident(), sql))
                 )
-            ).scalar()
-            conn.rollback()
-            if waiting:
-                return
-            time.sleep(0.01)
-    raise AssertionError("the second lock_run never blocked")
+                traced.append(dbapi)
+
+            engine = store._raw_engine
+            # At checkout, before the store's "begin" listener issues BEGIN IMMEDIATE.
+            sa.event.listen(engine, "checkout", trace)
+
+            def undo() -> None:
+                sa.event.remove(engine, "checkout", trace)
+                for dbapi in traced:
+                    dbapi.set_trace_callback(None)
+
+            self._undo.append(undo)
+
+    def close(self) -> None:
+        for undo in self._undo:
+            undo()
+
+    def wait_until_entered(self, thread: threading.Thread) -> None:
+        """Return once ``thread`` is inside the blocking call."""
+        if self.store.dialect == "postgresql":
+            self._wait_for_pg_lock_wait()
+            return
+        expected = "acquire" if isinstance(self.store, InMemoryStore) else "BEGIN IMMEDIATE"
+        deadline = time.monotonic() + 10
+        while (thread.ident, expected) not in self.entered:
+            assert time.monotonic() < deadline, f"the second writer never ran {expected}"
+            assert thread.is_alive(), "the second writer finished without blocking"
+            time.sleep(0.005)
+
+    def _wait_for_pg_lock_wait(self) -> None:
+        assert isinstance(self.store, SqlStore)
+        deadline = time.monotonic() + 10
+        with self.store.engine.connect() as conn:
+            while time.monotonic() < deadline:
+                waiting = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%'"
+                    )
+                ).scalar()
+                conn.rollback()
+                if waiting:
+                    return
+                time.sleep(0.01)
+        raise AssertionError("the second lock_run never blocked")
 
 
 def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> None:
-    holding, second_started = threading.Event(), threading.Event()
-    stamps: dict[str, float] = {}
+    # The second writer enters its transaction and lock_run while the first holds the
+    # run's lock; the store shows it has entered the call that takes the lock (above).
+    # It must not get the run before the first commits, and must then read the first
+    # one's change: ordering proven through the data, not by timing.
+    holding = threading.Event()
+    returned: list[str] = []
     seen: list[str] = []
     errors: list[BaseException] = []
 
     def second() -> None:
         try:
             assert holding.wait(10)
-            second_started.set()
             with store.transaction() as tx:
                 locked = tx.lock_run(run.id)
-                stamps["second_locked"] = time.monotonic()
+                returned.append("lock_run")
                 assert locked is not None
                 seen.append(locked.status)
                 locked.status = locked.status + "+second"
@@ -1057,23 +1118,24 @@ def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> N
         except BaseException as exc:
             errors.append(exc)
 
+    calls = _BlockingCalls(store)
     thread = threading.Thread(target=second)
-    thread.start()
     try:
+        thread.start()
         with store.transaction() as tx:
             locked = tx.lock_run(run.id)
             assert locked is not None
             holding.set()
-            _wait_until_blocked(store, second_started)
-            assert "second_locked" not in stamps
+            calls.wait_until_entered(thread)
+            assert returned == []  # still waiting for the lock the first writer holds
             locked.status = "first"
             tx.update_run(locked)
-            stamps["first_committing"] = time.monotonic()
     finally:
         holding.set()
         thread.join(30)
+        calls.close()
     assert not errors
-    assert stamps["second_locked"] >= stamps["first_committing"]
+    assert returned == ["lock_run"]
     assert seen == ["first"]  # the second writer read the first one's committed change
     with store.transaction() as tx:
         final = tx.get_run(run.id)

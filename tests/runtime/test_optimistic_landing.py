@@ -4,6 +4,8 @@ from __future__ import annotations
 # write itself checks the run's version. These tests make another Mesh (another cache,
 # as another process would be) change the run while the step runs, and check the
 # landing notices and lands again under the lock instead of overwriting that change.
+# Which path a change took is read at the Store port: ``lock_run`` is the lock, and an
+# optimistic landing never calls it.
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 import squidmesh as sm
 from squidmesh.runtime.perform import Lease
+from squidmesh.storage.base import RunRecord
 from tests.runtime.support import MeshFactory, claim_all
 
 HOOK: list[Callable[[], Any]] = []
@@ -41,6 +44,22 @@ def three_steps():
     return a + b + c
 
 
+def locks_taken(mesh: sm.Mesh, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The run ids ``lock_run`` is called for, in order, from here on (every Mesh of the
+    test: their transactions are of the same class)."""
+    with mesh.store.transaction() as tx:
+        transaction_class = type(tx)
+    real = transaction_class.lock_run
+    locked: list[str] = []
+
+    def lock_run(self: Any, run_id: str) -> RunRecord | None:
+        locked.append(run_id)
+        return real(self, run_id)
+
+    monkeypatch.setattr(transaction_class, "lock_run", lock_run)
+    return locked
+
+
 def run_with_lease(mesh: sm.Mesh, factory: MeshFactory) -> None:
     """Drive jobs as a worker does: a lease, so landings are optimistic and eager."""
     lease = Lease("test-worker", 300)
@@ -54,24 +73,62 @@ def run_with_lease(mesh: sm.Mesh, factory: MeshFactory) -> None:
                 nxt = mesh.runner.perform(nxt, lease)
 
 
-def test_uncontended_run_lands_optimistically(mesh_factory: MeshFactory) -> None:
+def test_uncontended_run_lands_optimistically(
+    mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     HOOK.clear()
     mesh = mesh_factory([three_steps], executor="database")
     run = mesh.start_run(three_steps)
+    locked = locks_taken(mesh, monkeypatch)
     run_with_lease(mesh, mesh_factory)
     done = mesh.inspect_run(run.id, include_history=True)
     assert done.status is sm.RunStatus.COMPLETED
     assert done.result == 6
     assert [len(s.attempts) for s in done.step_runs or ()] == [1, 1, 1]
+    # The activation locked the run once; the three steps' outcomes landed on the
+    # cached row, checked by version, without taking the lock again.
+    assert locked == [str(run.id)]
+
+
+def test_a_worker_runs_a_sequential_run_from_one_claim(mesh_factory: MeshFactory) -> None:
+    # Eager continuation: the transaction that records a step's outcome also begins the
+    # next step and hands its job straight back to the worker, leased to it. The run's
+    # only claimed job is its activation; no step job is ever up for claiming.
+    HOOK.clear()
+    mesh = mesh_factory([three_steps], executor="database")
+    run = mesh.start_run(three_steps)
+    lease = Lease("test-worker", 300)
+    claimed = claim_all(mesh.store, mesh_factory.clock())
+    assert [(j.kind, j.run_id) for j in claimed] == [("activate", str(run.id))]
+    handed_back: list[tuple[str, int | None]] = []
+    nxt: sm.Job | None = claimed[0]
+    while nxt is not None:
+        nxt = mesh.runner.perform(nxt, lease)
+        if nxt is not None:
+            handed_back.append((nxt.kind, nxt.seq))
+            assert nxt.run_id == str(run.id)
+            # Begun and leased to this worker: another worker's claim does not get it.
+            assert claim_all(mesh.store, mesh_factory.clock()) == []
+    done = mesh.inspect_run(run.id, include_history=True)
+    assert done.status is sm.RunStatus.COMPLETED and done.result == 6
+    step_seqs = [s.seq for s in done.step_runs or () if s.kind == "step"]
+    assert handed_back == [("step", seq) for seq in step_seqs] and len(step_seqs) == 3
+    assert claim_all(mesh.store, mesh_factory.clock()) == []  # no job left behind
 
 
 def test_a_cancel_from_elsewhere_during_the_step_is_not_overwritten(
-    mesh_factory: MeshFactory,
+    mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker_mesh = mesh_factory([three_steps], executor="database")
     operator_mesh = mesh_factory([three_steps], executor="database")
     run = worker_mesh.start_run(three_steps)
-    HOOK[:] = [lambda: operator_mesh.cancel_run(run.id, actor="ops", reason="stop")]
+    locked = locks_taken(worker_mesh, monkeypatch)
+
+    def cancel_elsewhere() -> None:
+        operator_mesh.cancel_run(run.id, actor="ops", reason="stop")
+        locked.append("cancelled elsewhere")
+
+    HOOK[:] = [cancel_elsewhere]
     try:
         run_with_lease(worker_mesh, mesh_factory)
     finally:
@@ -85,9 +142,14 @@ def test_a_cancel_from_elsewhere_during_the_step_is_not_overwritten(
     assert all(name != "third" for name, _ in names)
     types = [e.type for e in done.audit_events or ()]
     assert types.count("cancel_requested") == 1 and types.count("cancelled") == 1
+    # The version check fired: the landing of `meddled`, tried without the lock, was
+    # refused and made again under it (the one lock after the cancel committed).
+    assert locked[locked.index("cancelled elsewhere") + 1 :] == [str(run.id)]
 
 
-def test_an_approval_elsewhere_is_not_lost(mesh_factory: MeshFactory) -> None:
+def test_an_approval_elsewhere_is_not_lost(
+    mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @sm.workflow(name="gate_and_step")
     def gate_and_step():
         decision, value = yield sm.join(sm.approval("ok"), meddled())
@@ -96,7 +158,13 @@ def test_an_approval_elsewhere_is_not_lost(mesh_factory: MeshFactory) -> None:
     worker_mesh = mesh_factory([gate_and_step], executor="database")
     operator_mesh = mesh_factory([gate_and_step], executor="database")
     run = worker_mesh.start_run(gate_and_step)
-    HOOK[:] = [lambda: operator_mesh.approve_run(run.id, actor="ops")]
+    locked = locks_taken(worker_mesh, monkeypatch)
+
+    def approve_elsewhere() -> None:
+        operator_mesh.approve_run(run.id, actor="ops")
+        locked.append("approved elsewhere")
+
+    HOOK[:] = [approve_elsewhere]
     try:
         run_with_lease(worker_mesh, mesh_factory)
     finally:
@@ -104,6 +172,8 @@ def test_an_approval_elsewhere_is_not_lost(mesh_factory: MeshFactory) -> None:
     done = worker_mesh.inspect_run(run.id)
     assert done.status is sm.RunStatus.COMPLETED
     assert done.result == [True, 2]
+    # The landing of `meddled` was refused by the version check and made under the lock.
+    assert locked[locked.index("approved elsewhere") + 1 :] == [str(run.id)]
 
 
 @sm.workflow

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 # Real ``squidmesh worker`` processes on one PostgreSQL database: many workers without
 # duplicate or lost work, SIGKILL mid-step (lease expiry and redelivery), SIGTERM drain.
+import re
 import signal
 import time
 
@@ -140,7 +141,13 @@ def test_sigterm_drains_the_step_in_flight_and_claims_nothing_new(
     wait_for(lambda: _log(database, rid, "slow"), 30, "the slow step to start")
 
     worker.signal(signal.SIGTERM)
-    time.sleep(0.3)  # the handler has run: from here on the worker must take nothing new
+    # The worker logs this once its claim loop has ended, before it waits for the step in
+    # flight: from here on it must take nothing new.
+    wait_for(
+        lambda: re.search(r"worker \S+ draining 1 job\(s\) in flight", worker.output()),
+        30,
+        "the worker to stop claiming and drain its one job",
+    )
     late = client.start_run("sequential")
     late_id = str(late.id)
     assert worker.wait(30) == 0, worker.output()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,39 +19,114 @@ from tests.worker import apps
 from tests.worker.conftest import Database
 
 
-def _first_step_at(db: Database, run_id: str) -> float | None:
-    at = db.scalar("SELECT extract(epoch FROM min(at)) FROM step_log WHERE run_id = %s", (run_id,))
-    return None if at is None else float(at)
+def _first_step_at(db: Database, run_id: str) -> datetime | None:
+    """When the run's first step began, by the database's clock (``step_log.at``)."""
+    at: datetime | None = db.scalar("SELECT min(at) FROM step_log WHERE run_id = %s", (run_id,))
+    return at
+
+
+def _listening_sessions(db: Database) -> int:
+    """Sessions of this database that have run a LISTEN and sit idle (listening)."""
+    return int(
+        db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle' AND query LIKE 'LISTEN %'"
+        )
+    )
+
+
+class WatchedWake(threading.Event):
+    """The worker's wake-up event (``Worker._wake``), watched by the test: how often it
+    was set, and whether the claim loop is parked in ``wait()`` with no wake-up pending.
+    Only the claim loop waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watch = threading.Lock()
+        self.sets = 0
+        self._waiting = 0
+
+    def set(self) -> None:
+        with self._watch:
+            self.sets += 1
+            super().set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._watch:
+            self._waiting += 1
+        try:
+            return super().wait(timeout)
+        finally:
+            with self._watch:
+                self._waiting -= 1
+
+    def idle(self) -> bool:
+        """The claim loop is waiting and nothing has woken it since it began to."""
+        with self._watch:
+            return self._waiting > 0 and not self.is_set()
+
+
+def watched_worker(mesh: sm.Mesh, **options: Any) -> tuple[Worker, WatchedWake]:
+    worker = Worker(mesh.runner, scheduler=False, concurrency=2, **options)
+    wake = worker._wake = WatchedWake()
+    return worker.start(), wake
+
+
+POLL_NEVER = 30.0
 
 
 def test_idle_worker_wakes_on_notify_not_on_its_poll_interval(database: Database, mesh_on) -> None:
     worker_mesh = mesh_on()
-    worker = worker_mesh.worker(poll_interval=30, scheduler=False, concurrency=2)
-    time.sleep(1.0)  # idle: LISTEN is up, the loop sleeps for up to 30 s
-    # Another Mesh (think: the web process): its commits reach the worker only by NOTIFY.
-    client = mesh_on()
-    before = time.time()
-    run_id = str(client.start_run("sequential").id)
-    started = wait_for(lambda: _first_step_at(database, run_id), 10, "the first step to start")
-    latency = started - before
-    print(f"\nNOTIFY wake-up latency (poll interval 30 s): {latency * 1000:.0f} ms")
-    assert latency < 5.0
-    wait_for(lambda: client.inspect_run(run_id).status == "completed", 10, "the run to complete")
-    assert worker.performed >= 1 and worker.failures == 0
+    worker, wake = watched_worker(worker_mesh, poll_interval=POLL_NEVER)
+    try:
+        wait_for(lambda: _listening_sessions(database) == 1, 20, "the worker's LISTEN session")
+        # Its first wake-up is the listener's, right after LISTEN (for jobs committed
+        # before): once the loop has taken it and is parked again, only a NOTIFY (or the
+        # 30 s poll) can wake it.
+        wait_for(lambda: wake.sets >= 1 and wake.idle(), 20, "the worker to go idle")
+        # Another Mesh (think: the web process): its commits reach the worker only by NOTIFY.
+        client = mesh_on()
+        before: datetime = database.scalar("SELECT clock_timestamp()")
+        run_id = str(client.start_run("sequential").id)
+        started = wait_for(lambda: _first_step_at(database, run_id), 20, "the first step")
+        # Both ends by the database's clock: commit of the run to its first step.
+        latency = (started - before).total_seconds()
+        print(f"\nNOTIFY wake-up latency (poll interval 30 s): {latency * 1000:.0f} ms")
+        assert latency < POLL_NEVER / 3, latency
+        wait_for(lambda: client.inspect_run(run_id).status == "completed", 20, "the run")
+        assert worker.performed >= 1 and worker.failures == 0
+    finally:
+        worker.stop(timeout=10)
 
 
 def test_without_listen_an_idle_worker_waits_for_its_poll(database: Database, mesh_on) -> None:
     # The control for the test above: the same idle worker with LISTEN off does not see a
     # run committed by another Mesh until its poll interval comes round.
+    poll = 3.0
     worker_mesh = mesh_on()
-    worker = Worker(worker_mesh.runner, poll_interval=30, scheduler=False, listen=False).start()
+    worker, wake = watched_worker(worker_mesh, poll_interval=poll, listen=False)
     try:
-        time.sleep(0.5)
+        # Alive: a run of its own Mesh wakes it in-process, and it runs it.
+        mine = str(worker_mesh.start_run("sequential").id)
+        wait_for(lambda: worker_mesh.inspect_run(mine).status == "completed", 20, "own run")
+        # Then it goes idle: parked in its poll wait, nothing pending (its last step's
+        # log row was written before, so the poll is due no sooner than `poll` after it).
+        wait_for(wake.idle, 20, "the worker to go idle")
+        assert _listening_sessions(database) == 0
+        last_own: datetime = database.scalar(
+            "SELECT max(at) FROM step_log WHERE run_id = %s", (mine,)
+        )
         client = mesh_on()
-        run_id = str(client.start_run("sequential").id)
-        time.sleep(2.0)
-        assert _first_step_at(database, run_id) is None
-        assert client.inspect_run(run_id).status == "pending"
+        theirs = str(client.start_run("sequential").id)
+        started = wait_for(
+            lambda: _first_step_at(database, theirs), poll + 20, "the poll to find their run"
+        )
+        # By the database's clock: the commit did not wake it; its poll did.
+        waited = (started - last_own).total_seconds()
+        print(f"\nwithout LISTEN, another Mesh's run began {waited:.2f}s after going idle")
+        assert waited >= poll - 0.05, waited
+        wait_for(lambda: client.inspect_run(theirs).status == "completed", 20, "their run")
+        assert worker.failures == 0
     finally:
         worker.stop(timeout=10)
 
