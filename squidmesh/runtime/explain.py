@@ -168,10 +168,15 @@ def _scheduled_start(run: RunRecord, jobs: Sequence[QueuedJob], now: datetime | 
     the microsecond: comparing with ``now`` alone would call it scheduled whenever the
     caller's clock estimate lags the one that created the run (PostgreSQL's clock seen
     from two processes, or re-measured in one)."""
+    # A job given back after its performing failed is due again later as a retry of
+    # the dispatch (``_dispatch_retry``), not as a start someone asked to have later.
     starts = [
         q.job.run_at
         for q in jobs
-        if q.job.kind == "activate" and job_deadline(q.job.data) is None and q.job.run_at
+        if q.job.kind == "activate"
+        and job_deadline(q.job.data) is None
+        and q.job.run_at
+        and not q.failures
     ]
     if now is None or not starts:
         return None
@@ -179,6 +184,20 @@ def _scheduled_start(run: RunRecord, jobs: Sequence[QueuedJob], now: datetime | 
     if first <= run.created_at or first <= now:
         return None
     return first.isoformat()
+
+
+def _dispatch_retry(jobs: Sequence[QueuedJob]) -> dict[str, Any]:
+    """Why a pending run's first activation has not happened yet when a worker tried
+    and failed: when it is tried again, how often it failed, the last error."""
+    failed = [q for q in jobs if q.job.kind == "activate" and q.failures and q.worker != PARKED]
+    if not failed:
+        return {}
+    latest = max(failed, key=lambda q: q.failures)
+    return {
+        "retry_at": latest.job.run_at.isoformat() if latest.job.run_at else None,
+        "failures": latest.failures,
+        "last_error": latest.last_error,
+    }
 
 
 def explain(
@@ -283,6 +302,7 @@ def explain(
         actions = ["cancel_run"]
     elif status is RunStatus.PENDING:
         reason = "pending_dispatch"
+        details = _dispatch_retry(jobs)
         actions = ["wait_for_step", "cancel_run"]
     elif status is RunStatus.PAUSED and entry is not None:
         # A join may wait on a person and on a timer or step at once: name the person's.

@@ -199,6 +199,34 @@ def test_a_run_started_now_is_never_called_scheduled_by_a_lagging_clock(
     assert mesh.explain_run(run.id).reason == "pending_dispatch"
 
 
+def test_a_start_given_back_after_a_failure_is_not_called_scheduled(
+    mesh_factory: MeshFactory,
+) -> None:
+    # A worker whose activation raised (the database went away, say) gives the job back
+    # due a little later: that is a retry of the dispatch, not a start someone asked to
+    # have later, and explain_run says why the run waits.
+    mesh = mesh_factory([quick], executor="database")
+    run = mesh.start_run(quick)
+    (activation,) = claim_all(mesh.store, mesh_factory.clock())
+    with mesh.store.transaction() as tx:
+        tx.release_job(
+            int(activation.id or 0),
+            run_at=mesh_factory.clock() + timedelta(seconds=4),
+            failure="OperationalError: the connection was lost",
+            park_after=10,
+        )
+    why = mesh.explain_run(run.id)
+    assert (why.status, why.reason) == ("pending", "pending_dispatch")
+    assert why.details == {
+        "retry_at": (mesh_factory.clock() + timedelta(seconds=4)).isoformat(),
+        "failures": 1,
+        "last_error": "OperationalError: the connection was lost",
+    }
+    mesh_factory.clock.advance(4)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).status == "completed"
+
+
 def test_a_run_active_at_its_deadline_is_cancelled_with_compensation(
     mesh_factory: MeshFactory,
 ) -> None:
