@@ -360,11 +360,14 @@ class Transaction(Protocol):
         the claims' record of starts reaches: they forget starts older than the window)."""
 
     def rate_reopens(self, queues: Mapping[str, Queue], now: datetime) -> datetime | None:
-        """When the first of ``queues`` held back by its rate may start an attempt again:
-        of the rate-limited queues with claimable work waiting and ``rate.limit`` starts
-        within the window ending at ``now``, the earliest time the oldest of those starts
-        leaves its window. None when no queue waits on its rate. (A worker that found
-        nothing to claim sleeps until then rather than until its next poll.)"""
+        """When a rate-limited queue among ``queues`` may next have room it has not now:
+        of those with claimable work waiting and starts within the window ending at
+        ``now``, the earliest time the oldest of those starts leaves its window. None
+        when no such queue has work waiting or starts in its window. (A worker that found
+        nothing to claim sleeps until then rather than until its next poll. A window not
+        full counts too: the claim that found it full may have read a clock a moment
+        behind this one; waking at each start's expiry is at most ``rate.limit`` wake-ups
+        per window, never a busy loop.)"""
 
     def renew_lease(
         self,

@@ -679,7 +679,7 @@ class InMemoryTransaction:
                 continue
             since = now - timedelta(seconds=rate.per)
             starts = [at for queue, at in data.flow_starts if queue == name and at > since]
-            if len(starts) >= rate.limit:
+            if starts:
                 reopens = min(starts) + timedelta(seconds=rate.per)
                 found = reopens if found is None else min(found, reopens)
         return found

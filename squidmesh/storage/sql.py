@@ -828,7 +828,7 @@ class SqlTransaction:
             since = t.utc(now) - timedelta(seconds=rate.per)
             params = {"queue": name, "since": since, "now": now}
             count, oldest = self.connection.execute(self._q.rate_window, params).one()
-            if oldest is not None and int(count or 0) >= rate.limit:
+            if oldest is not None and int(count or 0) > 0:
                 reopens = t.utc(oldest) + timedelta(seconds=rate.per)
                 found = reopens if found is None else min(found, reopens)
         return found

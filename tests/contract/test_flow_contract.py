@@ -138,7 +138,9 @@ def test_rate_reopens_when_the_oldest_start_leaves_a_full_window(store: Store) -
         assert tx.rate_reopens(queues, T0) is None  # nothing started: nothing held back
     assert len(claim(store, {q.name: q}, limit=1)) == 1
     with store.transaction() as tx:
-        assert tx.rate_reopens(queues, T0 + timedelta(seconds=1)) is None  # room for one
+        # Room for one; had a claim found it full, by a clock a moment behind, the start
+        # at T0 leaving the window is when to look again.
+        assert tx.rate_reopens(queues, T0 + timedelta(seconds=1)) == T0 + timedelta(seconds=10)
     assert len(claim(store, {q.name: q}, limit=1, now=T0 + timedelta(seconds=4))) == 1
     with store.transaction() as tx:
         # Full; the start at T0 leaves the window at T0+10, and the claim takes one then.
