@@ -39,6 +39,15 @@ class Database:
         rows = self.query(sql, params)
         return rows[0][0] if rows else None
 
+    def listening_sessions(self) -> int:
+        """Sessions of this database that have run a LISTEN and sit idle (listening)."""
+        return int(
+            self.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle' AND query LIKE 'LISTEN %'"
+            )
+        )
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -55,9 +55,13 @@ def test_concurrency_and_key_concurrency_hold_across_worker_processes(
     database: Database, workers: Workers, mesh_on
 ) -> None:
     # Four processes of one thread each: every slot is held by another process, and
-    # there is one thread more than the queue allows.
+    # there is one thread more than the queue allows. All four listen before the run
+    # starts, so its NOTIFY reaches each; a process that finds the queue full looks
+    # again at its poll (a slot freed in another process wakes nobody), hence a short
+    # one: the limit must be reached, not only held.
     for _ in range(4):
-        workers.start("--no-scheduler", concurrency=1)
+        workers.start("--no-scheduler", "--poll-interval", "0.2", concurrency=1)
+    wait_for(lambda: database.listening_sessions() == 4, 60, "the workers' LISTEN sessions")
     client = mesh_on()
     run = client.start_run("gated", {"keys": {"flood": 30, "few": 3}, "seconds": 0.1})
     _finish(database, str(run.id), workers)

@@ -25,16 +25,6 @@ def _first_step_at(db: Database, run_id: str) -> datetime | None:
     return at
 
 
-def _listening_sessions(db: Database) -> int:
-    """Sessions of this database that have run a LISTEN and sit idle (listening)."""
-    return int(
-        db.scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND state = 'idle' AND query LIKE 'LISTEN %'"
-        )
-    )
-
-
 class WatchedWake(threading.Event):
     """The worker's wake-up event (``Worker._wake``), watched by the test: how often it
     was set, and whether the claim loop is parked in ``wait()`` with no wake-up pending.
@@ -79,7 +69,7 @@ def test_idle_worker_wakes_on_notify_not_on_its_poll_interval(database: Database
     worker_mesh = mesh_on()
     worker, wake = watched_worker(worker_mesh, poll_interval=POLL_NEVER)
     try:
-        wait_for(lambda: _listening_sessions(database) == 1, 20, "the worker's LISTEN session")
+        wait_for(lambda: database.listening_sessions() == 1, 20, "the worker's LISTEN session")
         # Its first wake-up is the listener's, right after LISTEN (for jobs committed
         # before): once the loop has taken it and is parked again, only a NOTIFY (or the
         # 30 s poll) can wake it.
@@ -112,7 +102,7 @@ def test_without_listen_an_idle_worker_waits_for_its_poll(database: Database, me
         # Then it goes idle: parked in its poll wait, nothing pending (its last step's
         # log row was written before, so the poll is due no sooner than `poll` after it).
         wait_for(wake.idle, 20, "the worker to go idle")
-        assert _listening_sessions(database) == 0
+        assert database.listening_sessions() == 0
         last_own: datetime = database.scalar(
             "SELECT max(at) FROM step_log WHERE run_id = %s", (mine,)
         )
