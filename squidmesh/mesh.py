@@ -137,13 +137,7 @@ class Mesh:
             telemetry=self._telemetry,
             max_value_bytes=max_value_bytes,
         )
-        self._operator = OperatorActions(
-            self._engine,
-            self._runs,
-            gate=self.schema_gate,
-            telemetry=self._telemetry,
-            max_value_bytes=max_value_bytes,
-        )
+        self._operator = OperatorActions(self._runs)
         self._workers: list[Worker] = []
         if capabilities_of(self.executor).binds:
             cast(Binds, self.executor).bind(self)  # last: the Mesh is whole now

@@ -47,28 +47,21 @@ class OperatorActions:
     """Everything a person (or a tool) does to a run (each method is the body of the
     ``Mesh`` method of the same name, which documents it)."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        runs: RunClient,
-        *,
-        gate: SchemaGate,
-        telemetry: Telemetry | None,
-        max_value_bytes: int | None,
-    ) -> None:
-        self.engine = engine
-        #: reads runs, starts replays and forks, re-reads a run an inline executor moved
+    def __init__(self, runs: RunClient) -> None:
+        #: reads runs, starts replays and forks, re-reads a run an inline executor moved;
+        #: its engine, schema gate, telemetry and value limit are the operator's too
         self.runs = runs
-        self.store: Store = engine.store
+        self.engine: Engine = runs.engine
+        self.store: Store = runs.store
         #: the Mesh's registry (the same dict: ``Mesh.register`` adds to it)
-        self.workflows: Mapping[str, WorkflowDefinition] = engine.workflows
-        self.clock: Callable[[], datetime] = engine.clock
+        self.workflows: Mapping[str, WorkflowDefinition] = runs.workflows
+        self.clock: Callable[[], datetime] = runs.clock
         #: passed before the first call that touches the database
-        self.gate = gate
+        self.gate: SchemaGate = runs.gate
         #: spans of API calls (``api_call``); None when ``Mesh(telemetry=False)``
-        self.telemetry = telemetry
+        self.telemetry: Telemetry | None = runs.telemetry
         #: the largest JSON (bytes) of metadata, data and event data
-        self.max_value_bytes = max_value_bytes
+        self.max_value_bytes: int | None = runs.max_value_bytes
 
     def _value(self, value: Any, what: str) -> Any:
         """``value`` as it will be stored, refused (nothing changes) when it cannot be."""

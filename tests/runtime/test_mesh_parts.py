@@ -57,7 +57,7 @@ def parts() -> Iterator[Parts]:
     engine = Engine(store, {reviewed.name: reviewed}, DatabaseExecutor(), local_now)
     gate = SchemaGate(store, auto_migrate=True)
     runs = RunClient(engine, gate=gate, telemetry=None, max_value_bytes=1_000)
-    operator = OperatorActions(engine, runs, gate=gate, telemetry=None, max_value_bytes=1_000)
+    operator = OperatorActions(runs)
     runner = Runner(engine, fire_cron=runs.fire_cron, schedule=lambda stop: None)
     yield Parts(engine, runs, operator, runner)
     runner.close()
