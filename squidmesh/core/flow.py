@@ -188,6 +188,19 @@ def job_deadline(data: Mapping[str, Any] | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def with_start_at(data: Mapping[str, Any] | None, start: datetime) -> dict[str, Any]:
+    """The data of a first activation that was asked to start at ``start`` (``delay=``,
+    ``start_at=``, a debounce window): the job's ``run_at`` alone cannot say so, since a
+    worker that gives the job back after an error moves it later too."""
+    return {**(data or {}), "start_at": start.isoformat()}
+
+
+def job_start_at(data: Mapping[str, Any] | None) -> str | None:
+    """The start an activation job was asked to wait for (ISO 8601), or None."""
+    found = (data or {}).get("start_at")
+    return found if isinstance(found, str) else None
+
+
 def _aware(value: Any, what: str) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidArgumentError(

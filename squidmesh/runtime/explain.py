@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from squidmesh.core.definition import StepPolicy
-from squidmesh.core.flow import DEADLINE_EXCEEDED, job_deadline
+from squidmesh.core.flow import DEADLINE_EXCEEDED, job_start_at
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, ErrorRecord
 from squidmesh.runtime.queues import QueueState
@@ -164,19 +164,14 @@ def _queue_counts(state: QueueState) -> dict[str, Any]:
 
 def _scheduled_start(run: RunRecord, jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
     """When a pending run starts (ISO 8601), if it was started for later and that is
-    still ahead. An immediate start's first activation is due at the run's creation, to
-    the microsecond: comparing with ``now`` alone would call it scheduled whenever the
-    caller's clock estimate lags the one that created the run (PostgreSQL's clock seen
-    from two processes, or re-measured in one)."""
-    # A job given back after its performing failed is due again later as a retry of
-    # the dispatch (``_dispatch_retry``), not as a start someone asked to have later.
+    still ahead. The start asked for is recorded in the activation's data: its
+    ``run_at`` also moves when a worker gives the job back after an error, and an
+    immediate start's ``run_at`` may look ahead to a caller whose clock estimate lags
+    the one that created the run."""
     starts = [
-        q.job.run_at
+        datetime.fromisoformat(start)
         for q in jobs
-        if q.job.kind == "activate"
-        and job_deadline(q.job.data) is None
-        and q.job.run_at
-        and not q.failures
+        if q.job.kind == "activate" and (start := job_start_at(q.job.data)) is not None
     ]
     if now is None or not starts:
         return None

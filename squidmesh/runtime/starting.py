@@ -12,7 +12,13 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from squidmesh.core.flow import Debounce, deadline_job_data, debounce_job_data, debounced_start
+from squidmesh.core.flow import (
+    Debounce,
+    deadline_job_data,
+    debounce_job_data,
+    debounced_start,
+    with_start_at,
+)
 from squidmesh.core.records import Job
 from squidmesh.runtime.engine import Change, Engine
 from squidmesh.storage.base import RunRecord
@@ -105,6 +111,8 @@ def create_run(engine: Engine, new: NewRun) -> Started:
         # A run of a workflow-level queue starts when a claim admits this job (its
         # slot: see runtime/perform.py).
         first = max(start_at or ch.now, ch.now)
+        if first > ch.now:
+            admission = with_start_at(admission, first)
         ch.jobs.append(Job("activate", run.id, run_at=first, data=admission))
         if new.deadline is not None:
             # Fires at the deadline: a run still active then is cancelled.
@@ -126,8 +134,8 @@ def _debounce_again(
     run: RunRecord | None = ch.tx.lock_run(found.job.run_id)
     if run is None or run.status != RunStatus.PENDING.value:
         return None
-    data = dict(found.job.data or {})
-    start = debounced_start(data, debounce.seconds, ch.now)
+    start = debounced_start(found.job.data or {}, debounce.seconds, ch.now)
+    data = with_start_at(found.job.data, start)
     run.payload = payload
     run.version += 1
     run.updated_at = ch.now

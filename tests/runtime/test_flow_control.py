@@ -227,6 +227,44 @@ def test_a_start_given_back_after_a_failure_is_not_called_scheduled(
     assert mesh.inspect_run(run.id).status == "completed"
 
 
+def test_a_start_given_back_after_a_transient_error_is_not_called_scheduled(
+    mesh_factory: MeshFactory,
+) -> None:
+    # A transient error (a lost connection, a concurrent change) gives the activation
+    # back without counting a failure, due a little later: still not a start someone
+    # asked to have later (seen in CI: a web app explaining a run it had just started
+    # said "scheduled_start").
+    mesh = mesh_factory([quick], executor="database")
+    run = mesh.start_run(quick)
+    (activation,) = claim_all(mesh.store, mesh_factory.clock())
+    with mesh.store.transaction() as tx:
+        tx.release_job(
+            int(activation.id or 0),
+            run_at=mesh_factory.clock() + timedelta(seconds=1),
+            failure=None,
+            park_after=10,
+        )
+    assert mesh.explain_run(run.id).reason == "pending_dispatch"
+    # A start asked for later is scheduled until then; once due and given back the
+    # same way, it waits for its dispatch.
+    later = mesh.start_run(quick, delay=30)
+    assert mesh.explain_run(later.id).reason == "scheduled_start"
+    mesh_factory.clock.advance(30)
+    for job in claim_all(mesh.store, mesh_factory.clock()):
+        with mesh.store.transaction() as tx:
+            tx.release_job(
+                int(job.id or 0),
+                run_at=mesh_factory.clock() + timedelta(seconds=1),
+                failure=None,
+                park_after=10,
+            )
+    assert mesh.explain_run(later.id).reason == "pending_dispatch"
+    mesh_factory.clock.advance(1)
+    mesh.drain()
+    assert mesh.inspect_run(run.id).status == "completed"
+    assert mesh.inspect_run(later.id).status == "completed"
+
+
 def test_a_run_active_at_its_deadline_is_cancelled_with_compensation(
     mesh_factory: MeshFactory,
 ) -> None:
