@@ -21,7 +21,7 @@ from benchmarks import flows
 from benchmarks.common import Databases, Measure, median
 from benchmarks.harness import open_mesh
 from squidmesh.runtime.replaying import run_history, run_interpreter
-from squidmesh.storage.base import RunRecord
+from squidmesh.storage.base import RunRecord, WriteBatch
 from squidmesh.testing import WorkflowTester
 
 __all__ = ["run"]
@@ -51,8 +51,7 @@ def _store_history(mesh: Any, n: int) -> str:
         version=n + 1,
     )
     with mesh.store.transaction() as tx:
-        tx.insert_run(run)
-        tx.insert_entries(run.id, entries)
+        tx.write(WriteBatch(runs_insert=[run], entries_insert=[(run.id, e) for e in entries]))
     return run.id
 
 

@@ -28,7 +28,7 @@ from squidmesh.core.records import Job
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.executors import BoundMesh, ExecutorCapabilities
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import Store, Transaction
+from squidmesh.storage.base import JobWrite, Store, Transaction, WriteBatch
 from squidmesh.storage.sql_queries import job_from_row
 
 __all__ = ["OUTBOX_LEASE", "MeshRegistry", "Outbox", "due_at", "load_mesh", "payload"]
@@ -75,7 +75,8 @@ class Outbox:
 
     def enqueue(self, jobs: Sequence[Job], *, connection: Transaction) -> None:
         if jobs:
-            connection.insert_jobs(jobs, worker=self.worker, lease_until=OUTBOX_LEASE)
+            held = [JobWrite(j, worker=self.worker, lease_until=OUTBOX_LEASE) for j in jobs]
+            connection.write(WriteBatch(jobs_insert=held))
 
     def after_commit(self) -> None:
         # The change is committed: a broker outage must neither look like its failure to
@@ -127,7 +128,7 @@ class Outbox:
                 except Exception as exc:
                     failure = exc
                     break
-                tx.delete_job(int(job.id or 0))
+                tx.write(WriteBatch(jobs_delete=[int(job.id or 0)]))
                 sent += 1
         if failure is not None:
             raise failure

@@ -163,7 +163,7 @@ def _start(
         parent_run_id=run.id,
         parent_seq=None if detached else entry.seq,
     )
-    ch.tx.insert_run(record)
+    ch.batch.runs_insert.append(record)
     ch.audit(
         rid,
         "run_started",
@@ -511,7 +511,7 @@ def continue_as_new(ch: Change, run: RunRecord, act: Activation) -> None:
         parent_seq=run.parent_seq,
         continued_from_run_id=run.id,
     )
-    ch.tx.insert_run(record)
+    ch.batch.runs_insert.append(record)
     ch.audit(rid, "run_started", metadata={"trigger": run.trigger, "continued_from_run_id": run.id})
     # The next run waits for the queue again, under the same key and priority: the slot
     # this run held (its admission job, a holder row or still the claimed job when the

@@ -155,6 +155,18 @@ class Change:
         that concurrent changes decided on its old version fail their version check."""
         self.forced.add(run.id)
 
+    def replace_payload(self, run: RunRecord, payload: dict[str, Any]) -> None:
+        """Give the locked pending ``run`` a new input (a start within its debounce
+        window). The payload is fixed for a run's state changes, so it travels in a
+        batch section of its own; the run is written with a new version, so a change
+        decided on the old input fails its check."""
+        run.payload = payload
+        self.batch.payloads.append((run.id, payload))
+        before = self.read.get(run.id)
+        if before is not None:
+            before.payload = payload
+        self.force_write(run)
+
     def inserted(self, run_id: str, entries: list[Entry]) -> None:
         bucket = self.new.setdefault(run_id, {})
         for entry in entries:

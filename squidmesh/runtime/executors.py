@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from squidmesh.core.records import Job
-from squidmesh.storage.base import Store, Transaction
+from squidmesh.storage.base import JobWrite, Store, Transaction, WriteBatch
 
 __all__ = [
     "AfterCommit",
@@ -107,7 +107,7 @@ class DatabaseExecutor:
 
     def enqueue(self, jobs: Sequence[Job], *, connection: Transaction) -> None:
         if jobs:
-            connection.insert_jobs(jobs)
+            connection.write(WriteBatch(jobs_insert=[JobWrite(job) for job in jobs]))
 
 
 class InlineExecutor(DatabaseExecutor):

@@ -55,7 +55,14 @@ from squidmesh.runtime.engine import (
     step_job_data,
 )
 from squidmesh.runtime.replaying import run_history
-from squidmesh.storage.base import HOLDING, PARKED_UNTIL, JobWrite, RunRecord, Transaction
+from squidmesh.storage.base import (
+    HOLDING,
+    PARKED_UNTIL,
+    JobWrite,
+    RunRecord,
+    Transaction,
+    WriteBatch,
+)
 from squidmesh.storage.sql_errors import is_transient
 from squidmesh.types import RunStatus
 
@@ -757,7 +764,8 @@ class JobRunner:
                     "overran_by_seconds": overrun.overran_by,
                 },
             )
-            tx.save_attempt(run_id, seq, dataclasses.replace(mine, error=error.to_json()))
+            noted = dataclasses.replace(mine, error=error.to_json())
+            tx.write(WriteBatch(attempts=[(run_id, seq, noted)]))
 
     def retry_after_infrastructure_error(
         self, job: Job, exc: BaseException, lease: Lease | None

@@ -20,7 +20,7 @@ from squidmesh.runtime.executors import capabilities_of
 from squidmesh.runtime.perform import JobRunner, Lease, TransactionalStepFailed
 from squidmesh.runtime.presence import Presence
 from squidmesh.runtime.sweeper import Sweeper
-from squidmesh.storage.base import Store
+from squidmesh.storage.base import Store, WriteBatch
 from squidmesh.storage.sql_errors import is_transient
 
 __all__ = ["DRAIN_LEASE_SECONDS", "CronFirer", "Runner"]
@@ -79,7 +79,8 @@ class Runner:
             )
             if lease is not None and job.id is not None:
                 with self.store.transaction() as tx:
-                    tx.delete_job(job.id)  # the tick's run is idempotent: no harm if twice
+                    # the tick's run is idempotent: no harm if twice
+                    tx.write(WriteBatch(jobs_delete=[job.id]))
             return None
         jobs = self.jobs
         try:

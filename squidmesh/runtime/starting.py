@@ -21,7 +21,7 @@ from squidmesh.core.flow import (
 )
 from squidmesh.core.records import Job
 from squidmesh.runtime.engine import Change, Engine
-from squidmesh.storage.base import RunRecord
+from squidmesh.storage.base import JobWrite, RunRecord
 from squidmesh.types import RunStatus
 
 __all__ = ["NewRun", "Started", "create_run"]
@@ -72,7 +72,7 @@ def create_run(engine: Engine, new: NewRun) -> Started:
                 return Started(existing, fresh=False)
         if new.debounce is not None:
             marker = f"{new.workflow}:{new.trigger}:{new.debounce.key}"
-            pending = _debounce_again(ch, marker, new.debounce, new.payload)
+            pending = _debounce_again(engine, ch, marker, new.debounce, new.payload)
             if pending is not None:
                 engine.evict(pending.id)
                 return Started(pending)
@@ -92,12 +92,12 @@ def create_run(engine: Engine, new: NewRun) -> Started:
             forked_from_run_id=new.forked_from,
             trace_context=engine.events.trace_context(),
         )
-        ch.tx.insert_run(run)
+        ch.batch.runs_insert.append(run)
         ch.events.run_created(run, ch.now)
         if new.cron_tick is not None:
             ch.tx.add_cron_tick(new.workflow, new.trigger, new.cron_tick, run.id)
         if new.prefix:
-            ch.tx.insert_entries(run.id, new.prefix)
+            ch.inserted(run.id, list(new.prefix))
         started: dict[str, Any] = {"trigger": new.trigger}
         if start_at is not None:
             started["start_at"] = start_at.isoformat()
@@ -123,7 +123,7 @@ def create_run(engine: Engine, new: NewRun) -> Started:
 
 
 def _debounce_again(
-    ch: Change, marker: str, debounce: Debounce, payload: dict[str, Any]
+    engine: Engine, ch: Change, marker: str, debounce: Debounce, payload: dict[str, Any]
 ) -> RunRecord | None:
     """A start within a debounce window: the pending run of ``marker`` takes the new
     payload and starts at the window's end (bounded by max_wait); None when there is
@@ -131,14 +131,12 @@ def _debounce_again(
     found = ch.tx.find_debounced(marker)
     if found is None or found.job.id is None or found.job.run_id is None:
         return None
-    run: RunRecord | None = ch.tx.lock_run(found.job.run_id)
+    run = engine.lock(ch, found.job.run_id)
     if run is None or run.status != RunStatus.PENDING.value:
         return None
     start = debounced_start(found.job.data or {}, debounce.seconds, ch.now)
     data = with_start_at(found.job.data, start)
-    run.payload = payload
-    run.version += 1
-    run.updated_at = ch.now
-    ch.tx.update_run(run)
-    ch.tx.replace_job(found.job.id, dataclasses.replace(found.job, run_at=start, data=data))
+    ch.replace_payload(run, payload)
+    job = dataclasses.replace(found.job, run_at=start, data=data)
+    ch.batch.jobs_insert.append(JobWrite(job, replaces=found.job.id))
     return run

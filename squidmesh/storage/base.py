@@ -157,7 +157,13 @@ class WriteBatch:
     caller's transaction rolls back; on PostgreSQL the single statement applies nothing).
     """
 
+    #: runs created by this change (written whole, first: the other sections may name
+    #: them); a duplicate id or idempotency key fails the write with ``ConflictError``
+    runs_insert: list[RunRecord] = dataclasses.field(default_factory=list)
     runs: list[RunRecord] = dataclasses.field(default_factory=list)
+    #: (run id, payload): a pending run whose input a later start replaced (a debounce
+    #: window); the payload is not one of ``RUN_MUTABLE_FIELDS``, which every step sends
+    payloads: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
     #: (run id, version) of runs this change read but did not write: the write fails
     #: like a version conflict unless each is still at that version (a change made
     #: without the run's lock proves its judgement this way)
@@ -172,7 +178,9 @@ class WriteBatch:
 
     def __bool__(self) -> bool:
         return bool(
-            self.runs
+            self.runs_insert
+            or self.runs
+            or self.payloads
             or self.guards
             or self.entries_insert
             or self.entries_update
@@ -191,18 +199,18 @@ class Transaction(Protocol):
         """The SQLAlchemy ``Connection`` of this transaction (None in memory)."""
 
     def write(self, batch: WriteBatch) -> list[Job]:
-        """Apply a batch; returns the inserted jobs with their ids, in batch order."""
+        """Apply a batch; returns the inserted jobs with their ids, in batch order.
+
+        The one way runs, history entries, attempts, audit events and jobs are written
+        (each store has one implementation of each write, held to the same behaviour by
+        the contract suite); the other methods read, claim, lease, or keep workers,
+        events, cron ticks and pruning."""
 
     # runs ------------------------------------------------------------------
-    def insert_run(self, run: RunRecord) -> None: ...
-
     def get_run(self, run_id: str) -> RunRecord | None: ...
 
     def lock_run(self, run_id: str) -> RunRecord | None:
         """Read a run and hold its lock until the transaction ends."""
-
-    def update_run(self, run: RunRecord) -> None:
-        """Write every field of ``run`` (matched by id)."""
 
     def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None: ...
 
@@ -257,19 +265,11 @@ class Transaction(Protocol):
     def load_entries(self, run_id: str) -> list[Entry]:
         """Every history entry of a run, ordered by seq, in one read."""
 
-    def insert_entries(self, run_id: str, entries: Sequence[Entry]) -> None: ...
-
-    def update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
-        """Overwrite the mutable fields of existing entries (matched by run_id, seq)."""
-
     def load_published(self, run_id: str) -> dict[str, Any]:
         """The values the run recorded with ``sm.publish``: the latest per name, names in
         the order they were first published. Reads only the run's publish entries."""
 
     # attempts --------------------------------------------------------------
-    def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
-        """Insert or replace attempt ``attempt.number`` of the entry at ``seq``."""
-
     def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
         """Attempts by seq, each list ordered by attempt number."""
 
@@ -279,8 +279,6 @@ class Transaction(Protocol):
         """Set the heartbeat of attempt ``number`` if it is still running; True if it was."""
 
     # audit -----------------------------------------------------------------
-    def add_audit(self, run_id: str, event: AuditEvent) -> None: ...
-
     def load_audit(self, run_id: str) -> list[AuditEvent]:
         """Oldest first, in insertion order."""
 
@@ -293,27 +291,6 @@ class Transaction(Protocol):
     def delete_events(self, run_id: str, ids: Sequence[int]) -> None: ...
 
     # jobs (the database executor's queue) ----------------------------------
-    def insert_jobs(
-        self,
-        jobs: Sequence[Job],
-        *,
-        worker: str | None = None,
-        lease_until: datetime | None = None,
-    ) -> list[Job]:
-        """Store jobs; returns them with their ids. With ``worker`` the jobs are stored
-        already leased to it (and no other worker is woken)."""
-
-    def replace_job(
-        self,
-        job_id: int,
-        job: Job,
-        *,
-        worker: str | None = None,
-        lease_until: datetime | None = None,
-    ) -> Job | None:
-        """Make the job ``job_id`` into ``job`` (same id, failures forgotten), leased like
-        ``insert_jobs``; returns it stored, or None when there is no job ``job_id``."""
-
     def claim_jobs(
         self,
         *,
@@ -401,8 +378,6 @@ class Transaction(Protocol):
 
     def database_time(self) -> datetime | None:
         """The database server's clock, or None for stores without one of their own."""
-
-    def delete_job(self, job_id: int) -> None: ...
 
     def next_job_time(self) -> datetime | None:
         """The earliest run_at among unclaimed jobs of no queue (None when there are

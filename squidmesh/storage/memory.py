@@ -251,10 +251,63 @@ class InMemoryTransaction:
             raise StorageError(f"cannot {what}: run {run_id} does not exist")
 
     def write(self, batch: WriteBatch) -> list[Job]:
-        return write_batch(self, batch)
+        """The batch through the finer-grained writes below (PostgreSQL and SQLite have
+        their own: ``pg_write``, ``sqlite_write``; the contract suite holds all three to
+        the same behaviour). A failing write leaves the transaction to roll back."""
+        for run in batch.runs_insert:
+            self._insert_run(run)
+        for run_id, version in batch.guards:
+            current = self.get_run(run_id)
+            if current is None or current.version != version:
+                raise ConcurrentChangeError(
+                    f"run {run_id} was changed concurrently; retry the change"
+                )
+        for run in batch.runs:
+            current = self.get_run(run.id)
+            if current is None or current.version != run.version - 1:
+                raise ConcurrentChangeError(
+                    f"run {run.id} was changed concurrently; retry the change"
+                )
+            self._update_run(
+                dataclasses.replace(current, **{f: getattr(run, f) for f in RUN_MUTABLE_FIELDS})
+            )
+        for run_id, payload in batch.payloads:
+            current = self.get_run(run_id)
+            if current is None:
+                raise StorageError(f"cannot set the payload of run {run_id}: it does not exist")
+            self._update_run(dataclasses.replace(current, payload=payload))
+        for run_id, entries in _by_run(batch.entries_insert).items():
+            self._insert_entries(run_id, entries)
+        for run_id, entries in _by_run(batch.entries_update).items():
+            self._update_entries(run_id, entries)
+        for run_id, seq, attempt in batch.attempts:
+            self._save_attempt(run_id, seq, attempt)
+        for run_id, event in batch.audits:
+            self._add_audit(run_id, event)
+        for job_id in batch.jobs_delete:
+            self._delete_job(job_id)
+        inserted: list[Job] = []
+        for write in batch.jobs_insert:
+            if write.replaces is None:
+                inserted.extend(
+                    self._insert_jobs(
+                        [write.job], worker=write.worker, lease_until=write.lease_until
+                    )
+                )
+                continue
+            replaced = self._replace_job(
+                write.replaces, write.job, worker=write.worker, lease_until=write.lease_until
+            )
+            if replaced is None:
+                raise ConcurrentChangeError(
+                    f"job {write.replaces} of run {write.job.run_id} is gone: another worker "
+                    "finished it; retry the change"
+                )
+            inserted.append(replaced)
+        return inserted
 
     # runs ------------------------------------------------------------------
-    def insert_run(self, run: RunRecord) -> None:
+    def _insert_run(self, run: RunRecord) -> None:
         data = self._write("insert_run")
         if run.id in data.runs:
             raise ConflictError(f"cannot insert run {run.id}: a run with that id exists")
@@ -271,7 +324,7 @@ class InMemoryTransaction:
         row = self._read("lock_run").runs.get(run_id)
         return None if row is None else _RUNS.unpack(row)
 
-    def update_run(self, run: RunRecord) -> None:
+    def _update_run(self, run: RunRecord) -> None:
         data = self._write("update_run")
         old = data.runs.get(run.id)
         if old is None:
@@ -403,7 +456,7 @@ class InMemoryTransaction:
         rows = self._read("load_entries").entries.get(run_id, {})
         return [_ENTRIES.unpack(rows[seq]) for seq in sorted(rows)]
 
-    def insert_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
+    def _insert_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
         data = self._write("insert_entries")
         if not entries:
             return
@@ -419,7 +472,7 @@ class InMemoryTransaction:
             fresh[row["seq"]] = row
         rows.update(fresh)
 
-    def update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
+    def _update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
         data = self._write("update_entries")
         if not entries:
             return
@@ -440,7 +493,7 @@ class InMemoryTransaction:
         return published
 
     # attempts --------------------------------------------------------------
-    def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
+    def _save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
         data = self._write("save_attempt")
         self._require_run(data, run_id, "save an attempt")
         data.attempts.setdefault(run_id, {})[(seq, attempt.number)] = _ATTEMPTS.pack(attempt)
@@ -463,7 +516,7 @@ class InMemoryTransaction:
         return found
 
     # audit -----------------------------------------------------------------
-    def add_audit(self, run_id: str, event: AuditEvent) -> None:
+    def _add_audit(self, run_id: str, event: AuditEvent) -> None:
         data = self._write("add_audit")
         self._require_run(data, run_id, "add an audit event")
         data.audit.setdefault(run_id, []).append(_AUDIT.pack(event))
@@ -494,7 +547,7 @@ class InMemoryTransaction:
                 del events[event_id]
 
     # jobs ------------------------------------------------------------------
-    def insert_jobs(
+    def _insert_jobs(
         self,
         jobs: Sequence[Job],
         *,
@@ -509,7 +562,7 @@ class InMemoryTransaction:
             stored.append(row.job())
         return stored
 
-    def replace_job(
+    def _replace_job(
         self,
         job_id: int,
         job: Job,
@@ -740,7 +793,7 @@ class InMemoryTransaction:
     def database_time(self) -> datetime | None:
         return None
 
-    def delete_job(self, job_id: int) -> None:
+    def _delete_job(self, job_id: int) -> None:
         self._write("delete_job").jobs.pop(job_id, None)
 
     def next_job_time(self) -> datetime | None:
@@ -914,51 +967,8 @@ if TYPE_CHECKING:
     _check: Store = InMemoryStore()
 
 
-def write_batch(tx: InMemoryTransaction, batch: WriteBatch) -> list[Job]:
-    """``Transaction.write`` from the finer-grained methods (PostgreSQL and SQLite have
-    their own: ``pg_write``, ``sqlite_write``; the contract suite holds all three to the
-    same behaviour)."""
-    for run_id, version in batch.guards:
-        current = tx.get_run(run_id)
-        if current is None or current.version != version:
-            raise ConcurrentChangeError(f"run {run_id} was changed concurrently; retry the change")
-    for run in batch.runs:
-        current = tx.get_run(run.id)
-        if current is None or current.version != run.version - 1:
-            raise ConcurrentChangeError(f"run {run.id} was changed concurrently; retry the change")
-        tx.update_run(
-            dataclasses.replace(current, **{f: getattr(run, f) for f in RUN_MUTABLE_FIELDS})
-        )
+def _by_run(rows: Sequence[tuple[str, Entry]]) -> dict[str, list[Entry]]:
     by_run: dict[str, list[Entry]] = {}
-    for run_id, entry in batch.entries_insert:
+    for run_id, entry in rows:
         by_run.setdefault(run_id, []).append(entry)
-    for run_id, entries in by_run.items():
-        tx.insert_entries(run_id, entries)
-    by_run = {}
-    for run_id, entry in batch.entries_update:
-        by_run.setdefault(run_id, []).append(entry)
-    for run_id, entries in by_run.items():
-        tx.update_entries(run_id, entries)
-    for run_id, seq, attempt in batch.attempts:
-        tx.save_attempt(run_id, seq, attempt)
-    for run_id, event in batch.audits:
-        tx.add_audit(run_id, event)
-    for job_id in batch.jobs_delete:
-        tx.delete_job(job_id)
-    inserted: list[Job] = []
-    for write in batch.jobs_insert:
-        if write.replaces is None:
-            inserted.extend(
-                tx.insert_jobs([write.job], worker=write.worker, lease_until=write.lease_until)
-            )
-            continue
-        replaced = tx.replace_job(
-            write.replaces, write.job, worker=write.worker, lease_until=write.lease_until
-        )
-        if replaced is None:
-            raise ConcurrentChangeError(
-                f"job {write.replaces} of run {write.job.run_id} is gone: another worker "
-                "finished it; retry the change"
-            )
-        inserted.append(replaced)
-    return inserted
+    return by_run

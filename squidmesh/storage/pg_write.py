@@ -17,7 +17,7 @@ arrays planned and started every node on each call and cost the client more to a
 its arrays; a pipeline of plain statements cost the client more still.
 
 SQLite applies the same batch statement by statement (``storage/sqlite_write.py``), the
-in-memory store with its own methods (``write_batch`` in ``storage/memory.py``); the
+in-memory store with its own methods (``InMemoryTransaction.write``); the
 contract suite (``tests/contract/test_write_contract.py``) runs every write on all three.
 """
 

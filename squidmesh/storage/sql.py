@@ -47,10 +47,6 @@ from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
     ALL_STATUSES,
     CHUNK,
-    attempt_params,
-    audit_params,
-    entry_params,
-    entry_update_params,
     job_from_row,
     queries_for,
     run_from_row,
@@ -62,22 +58,6 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["SqlStore", "SqlTransaction", "create_engine"]
-
-
-def _job_params(
-    job: Job, worker: str | None, lease_until: datetime | None, now: datetime
-) -> dict[str, Any]:
-    return {
-        "kind": job.kind,
-        "run_id": job.run_id,
-        "seq": job.seq,
-        "attempt": job.attempt,
-        "run_at": job.run_at or now,
-        "data": job.data,
-        "created_at": now,
-        "worker": worker,
-        "lease_until": lease_until,
-    }
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -368,10 +348,6 @@ class SqlTransaction:
         return self._conn
 
     # runs ------------------------------------------------------------------
-    @translated("insert a run")
-    def insert_run(self, run: RunRecord) -> None:
-        self.connection.execute(self._q.insert_run, run_params(run))
-
     @translated("read a run")
     def get_run(self, run_id: str) -> RunRecord | None:
         row = self.connection.execute(self._q.get_run, {"id": run_id}).first()
@@ -381,13 +357,6 @@ class SqlTransaction:
     def lock_run(self, run_id: str) -> RunRecord | None:
         row = self.connection.execute(self._q.lock_run, {"id": run_id}).first()
         return None if row is None else run_from_row(row)
-
-    @translated("update a run")
-    def update_run(self, run: RunRecord) -> None:
-        params = run_params(run)
-        params["b_id"] = params.pop("id")
-        if self.connection.execute(self._q.update_run, params).rowcount != 1:
-            raise StorageError(f"cannot update run {run.id}: it does not exist")
 
     @translated("find a run by idempotency key")
     def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None:
@@ -491,24 +460,6 @@ class SqlTransaction:
         rows = self.connection.execute(self._q.load_entries, {"run_id": run_id})
         return [Entry(*row) for row in rows]
 
-    @translated("insert history entries")
-    def insert_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
-        if entries:
-            params = [entry_params(run_id, entry) for entry in entries]
-            self.connection.execute(self._q.insert_entries, params)
-
-    @translated("update history entries")
-    def update_entries(self, run_id: str, entries: Sequence[Entry]) -> None:
-        if not entries:
-            return
-        params = [entry_update_params(run_id, entry) for entry in entries]
-        updated = self.connection.execute(self._q.update_entries, params).rowcount
-        if updated != len(params):
-            raise StorageError(
-                f"cannot update history of run {run_id}: "
-                f"{len(params) - updated} of the entries do not exist"
-            )
-
     @translated("load published values")
     def load_published(self, run_id: str) -> dict[str, Any]:
         published: dict[str, Any] = {}
@@ -517,10 +468,6 @@ class SqlTransaction:
         return published
 
     # attempts --------------------------------------------------------------
-    @translated("save an attempt")
-    def save_attempt(self, run_id: str, seq: int, attempt: Attempt) -> None:
-        self.connection.execute(self._q.save_attempt, attempt_params(run_id, seq, attempt))
-
     @translated("record a heartbeat")
     def record_heartbeat(
         self, run_id: str, seq: int, number: int, heartbeat: dict[str, Any]
@@ -536,10 +483,6 @@ class SqlTransaction:
         return found
 
     # audit -----------------------------------------------------------------
-    @translated("add an audit event")
-    def add_audit(self, run_id: str, event: AuditEvent) -> None:
-        self.connection.execute(self._q.add_audit, audit_params(run_id, event))
-
     @translated("load audit events")
     def load_audit(self, run_id: str) -> list[AuditEvent]:
         rows = self.connection.execute(self._q.load_audit, {"run_id": run_id})
@@ -565,6 +508,19 @@ class SqlTransaction:
     # batches ---------------------------------------------------------------
     @translated("write a state change")
     def write(self, batch: WriteBatch) -> list[Job]:
+        if batch.runs_insert or batch.payloads:
+            # Run creation and debounced input, not a step's path: plain statements
+            # ahead of the rest of the batch, in the same transaction.
+            if self._autocommit:
+                raise StorageError(
+                    "a change that creates runs or replaces a payload needs a transaction "
+                    "(Store.transaction() without autocommit=True)"
+                )
+            self._insert_runs(batch.runs_insert)
+            self._set_payloads(batch.payloads)
+            batch = dataclasses.replace(batch, runs_insert=[], payloads=[])
+            if not batch:
+                return []
         if self._sqlite_writer is not None:  # in-process: statements on the driver's cursor
             lite = cast(sqlite3.Connection, self.connection.connection.driver_connection)
             return self._sqlite_writer.write(lite, batch)
@@ -587,6 +543,18 @@ class SqlTransaction:
         assert row is not None
         return pg_write.stored_jobs(batch, row[0], now)
 
+    @translated("insert a run")
+    def _insert_runs(self, runs: Sequence[RunRecord]) -> None:
+        if runs:
+            self.connection.execute(self._q.insert_run, [run_params(r) for r in runs])
+
+    @translated("replace a run's payload")
+    def _set_payloads(self, payloads: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        for run_id, payload in payloads:
+            given = {"b_id": run_id, "payload": payload}
+            if self.connection.execute(self._q.set_payload, given).rowcount != 1:
+                raise StorageError(f"cannot set the payload of run {run_id}: it does not exist")
+
     def _pg_driver(self) -> psycopg.Connection[Any]:
         """The psycopg connection of this transaction: the SQLAlchemy connection's, or,
         without BEGIN/COMMIT and before any other statement, a pooled one taken for the
@@ -605,58 +573,6 @@ class SqlTransaction:
         return cast("psycopg.Connection[Any]", self._raw.driver_connection)
 
     # jobs ------------------------------------------------------------------
-    @translated("replace a job")
-    def replace_job(
-        self,
-        job_id: int,
-        job: Job,
-        *,
-        worker: str | None = None,
-        lease_until: datetime | None = None,
-    ) -> Job | None:
-        now = datetime.now(timezone.utc)
-        params = _job_params(job, worker, lease_until, now)
-        params["b_id"] = job_id
-        if self.connection.execute(self._q.replace_job, params).rowcount != 1:
-            return None
-        if self._notify_sql is not None and worker is None:
-            self.connection.exec_driver_sql(self._notify_sql)
-        return dataclasses.replace(job, id=job_id, run_at=t.utc(job.run_at or now))
-
-    @translated("insert jobs")
-    def insert_jobs(
-        self,
-        jobs: Sequence[Job],
-        *,
-        worker: str | None = None,
-        lease_until: datetime | None = None,
-    ) -> list[Job]:
-        if not jobs:
-            return []
-        now = datetime.now(timezone.utc)
-        params = [_job_params(job, worker, lease_until, now) for job in jobs]
-        conn = self.connection
-        if len(params) == 1:
-            ids = [conn.execute(self._q.insert_job, params[0]).scalar_one()]
-        else:
-            ids = list(conn.execute(self._q.insert_jobs, params).scalars())
-        if self._notify_sql is not None and worker is None:
-            # Delivered at commit, so a woken worker finds the jobs. Jobs leased at insert
-            # (eager continuation) are already someone's: waking others would be waste.
-            conn.exec_driver_sql(self._notify_sql)
-        return [
-            Job(
-                kind=job.kind,
-                run_id=job.run_id,
-                seq=job.seq,
-                attempt=job.attempt,
-                run_at=t.utc(job.run_at or now),
-                data=job.data,
-                id=job_id,
-            )
-            for job, job_id in zip(jobs, ids, strict=True)
-        ]
-
     @translated("claim jobs")
     def claim_jobs(
         self,
@@ -905,10 +821,6 @@ class SqlTransaction:
             return None
         found: datetime = self.connection.execute(self._q.database_time).scalar_one()
         return found
-
-    @translated("delete a job")
-    def delete_job(self, job_id: int) -> None:
-        self.connection.execute(self._q.delete_job, {"id": job_id})
 
     @translated("find the next job time")
     def next_job_time(self) -> datetime | None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -49,37 +49,6 @@ def run_from_row(row: Sequence[Any]) -> RunRecord:
     return RunRecord(*row)
 
 
-def entry_params(run_id: str, entry: Entry) -> dict[str, Any]:
-    params = {
-        col: getattr(entry, name) for col, name in zip(_ENTRY_COLUMNS, _ENTRY_FIELDS, strict=True)
-    }
-    params["run_id"] = run_id
-    return params
-
-
-def entry_update_params(run_id: str, entry: Entry) -> dict[str, Any]:
-    params = {
-        col: getattr(entry, name) for col, name in zip(_ENTRY_COLUMNS, _ENTRY_FIELDS, strict=True)
-    }
-    # The key columns are matched through b_* parameters, not written.
-    params["b_run_id"] = run_id
-    params["b_seq"] = params.pop("seq")
-    return params
-
-
-def attempt_params(run_id: str, seq: int, attempt: Attempt) -> dict[str, Any]:
-    params = {name: getattr(attempt, name) for name in _ATTEMPT_FIELDS}
-    params["run_id"] = run_id
-    params["seq"] = seq
-    return params
-
-
-def audit_params(run_id: str, event: AuditEvent) -> dict[str, Any]:
-    params = {name: getattr(event, name) for name in _AUDIT_FIELDS}
-    params["run_id"] = run_id
-    return params
-
-
 def job_from_row(row: Sequence[Any]) -> Job:
     # Column order of Queries.job_columns.
     return Job(
@@ -110,7 +79,9 @@ class Queries:
         # NO KEY UPDATE: serializes writers of the run without blocking the foreign-key
         # checks of rows inserted for it (those take KEY SHARE locks on the run).
         self.lock_run = self.get_run.with_for_update(key_share=True) if pg else self.get_run
-        self.update_run = sa.update(runs).where(runs.c.id == b("b_id"))
+        self.set_payload = (
+            sa.update(runs).where(runs.c.id == b("b_id")).values(payload=b("payload", type_=t.JSON))
+        )
         # Id-prefix lookup as a primary-key range: id >= :low AND id < :high.
         self.run_ids_in_range = (
             sa.select(runs.c.id)
@@ -149,27 +120,14 @@ class Queries:
             if pg
             else None
         )
-        self.insert_entries = sa.insert(entries)
         # Published state: the run's publish entries (a range of the primary key).
         self.load_published = (
             sa.select(entries.c.name, entries.c.result)
             .where(entries.c.run_id == b("run_id"), entries.c.kind == "publish")
             .order_by(entries.c.seq)
         )
-        self.update_entries = sa.update(entries).where(
-            entries.c.run_id == b("b_run_id"), entries.c.seq == b("b_seq")
-        )
 
         attempts = t.attempts
-        insert = postgresql.insert if pg else sqlite.insert
-        upsert = insert(attempts)
-        self.save_attempt = upsert.on_conflict_do_update(
-            index_elements=[attempts.c.run_id, attempts.c.seq, attempts.c.number],
-            set_={
-                name: upsert.excluded[name]
-                for name in ("status", "error", "started_at", "finished_at", "worker", "heartbeat")
-            },
-        )
         self.record_heartbeat = (
             sa.update(attempts)
             .where(
@@ -187,7 +145,6 @@ class Queries:
         )
 
         audit = t.audit_events
-        self.add_audit = sa.insert(audit)
         self.load_audit = (
             sa.select(*[audit.c[name] for name in _AUDIT_FIELDS])
             .where(audit.c.run_id == b("run_id"))
@@ -213,12 +170,6 @@ class Queries:
             jobs.c.attempt,
             jobs.c.run_at,
             jobs.c.data,
-        )
-        self.insert_job = sa.insert(jobs).returning(jobs.c.id)
-        self.insert_jobs = sa.insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
-        # A job carried on in place (``Transaction.replace_job``): its failures start over.
-        self.replace_job = (
-            sa.update(jobs).where(jobs.c.id == b("b_id")).values(failures=0, last_error=None)
         )
         now = b("now", type_=t.UtcDateTime())
         lease = {"worker": b("w"), "lease_until": b("until", type_=t.UtcDateTime())}
@@ -310,7 +261,6 @@ class Queries:
             .where(workers.c.id == b("b_id"))
             .values(stopped_at=b("at", type_=t.UtcDateTime()))
         )
-        self.delete_job = sa.delete(jobs).where(jobs.c.id == b("id"))
         # A leased job becomes claimable again when its lease runs out.
         claimable_at = sa.case(
             (

@@ -26,6 +26,7 @@ from tests.cli.test_cli import (
     one_error_line,
     to_council,
 )
+from tests.support import writes
 
 BARE = None  # no --app: a bare Mesh on --database-url
 
@@ -151,7 +152,8 @@ def test_run_ids_accept_unique_prefixes(db: str, mesh: sm.Mesh) -> None:
             "abcdef12-0000-4000-8000-000000000001",
             "abcdef12-0000-4000-8000-000000000002",
         ):
-            tx.insert_run(
+            writes.insert_run(
+                tx,
                 RunRecord(
                     id=twin,
                     workflow="doomed",
@@ -160,7 +162,7 @@ def test_run_ids_accept_unique_prefixes(db: str, mesh: sm.Mesh) -> None:
                     payload={},
                     created_at=mesh.clock(),
                     updated_at=mesh.clock(),
-                )
+                ),
             )
 
     shown = cli(db, "runs", "explain", run_id[:8], "--json")

@@ -15,6 +15,7 @@ import pytest
 import squidmesh as sm
 from squidmesh.core.records import Job
 from squidmesh.storage.base import Store
+from tests.support import writes
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 LEASE = T0 + timedelta(seconds=30)
@@ -45,13 +46,13 @@ def claim(
 
 def insert(store: Store, *jobs: Job) -> list[Job]:
     with store.transaction() as tx:
-        return tx.insert_jobs(list(jobs))
+        return writes.insert_jobs(tx, list(jobs))
 
 
 def finish(store: Store, *jobs: Job) -> None:
     with store.transaction() as tx:
         for job in jobs:
-            tx.delete_job(int(job.id or 0))
+            writes.delete_job(tx, int(job.id or 0))
 
 
 def test_queued_jobs_wait_for_a_claim_that_knows_their_queue(store: Store) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from squidmesh.core.records import Job
 from squidmesh.storage.base import Store
+from tests.support import writes
 
 
 def test_one_leader_at_a_time_and_the_next_once_it_lets_go(store: Store) -> None:
@@ -47,7 +48,7 @@ def test_a_committed_job_wakes_a_listener(store: Store) -> None:
         # while no one listened); the next only from a commit.
         assert woken.acquire(timeout=30)
         with store.transaction() as tx:
-            tx.insert_jobs([Job("activate", None)])
+            writes.insert_jobs(tx, [Job("activate", None)])
         assert woken.acquire(timeout=30)
     finally:
         stopping.set()

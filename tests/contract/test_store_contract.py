@@ -32,13 +32,14 @@ from squidmesh.storage.base import (
     SCHEMA_VERSION,
     RunRecord,
     Store,
+    WriteBatch,
     run_id_prefix,
     run_id_prefix_range,
 )
 from squidmesh.storage.memory import InMemoryStore
 from squidmesh.storage.sql import SqlStore, create_engine
 from tests.contract.conftest import SQL_KINDS, pg_engine
-from tests.support import postgres
+from tests.support import postgres, writes
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 NESTED = {"a": {"b": [1, 2.5, None, True, {"c": "ünï©ødé ✓"}]}, "empty": {}, "n": None}
@@ -115,7 +116,7 @@ def full_entry(seq: int, **fields: Any) -> Entry:
 def add_runs(store: Store, *runs: RunRecord) -> None:
     with store.transaction() as tx:
         for run in runs:
-            tx.insert_run(run)
+            writes.insert_run(tx, run)
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ def test_values_are_stored_as_json(store: Store) -> None:
 
 def test_non_json_values_are_a_storage_error(store: Store) -> None:
     with pytest.raises(StorageError), store.transaction() as tx:
-        tx.insert_run(run_record(payload={"x": object()}))
+        writes.insert_run(tx, run_record(payload={"x": object()}))
     with store.transaction() as tx:
         assert tx.list_runs() == []
 
@@ -208,23 +209,21 @@ def test_missing_runs_read_as_none(store: Store) -> None:
         assert tx.load_events("nope") == []
 
 
-def test_update_run_writes_every_field(store: Store, run: RunRecord) -> None:
-    changed = dataclasses.replace(full_run(run.id), created_at=run.created_at)
+def test_a_new_payload_replaces_the_old_one_and_nothing_else(store: Store, run: RunRecord) -> None:
+    # A start within a debounce window gives the pending run a new input.
     with store.transaction() as tx:
-        tx.update_run(changed)
+        tx.write(WriteBatch(payloads=[(run.id, {"to": "elsewhere", "n": [1, 2]})]))
     with store.transaction() as tx:
-        assert tx.get_run(run.id) == changed
-        changed.status = "completed"
-        changed.result = None
-        changed.error = None
-        tx.update_run(changed)
-    with store.transaction() as tx:
-        assert tx.get_run(run.id) == changed
+        got = tx.get_run(run.id)
+    assert got is not None and got.payload == {"to": "elsewhere", "n": [1, 2]}
+    assert dataclasses.replace(got, payload=run.payload) == run
 
 
-def test_update_of_a_missing_run_is_a_storage_error(store: Store) -> None:
+def test_a_payload_for_a_missing_run_writes_nothing(store: Store, run: RunRecord) -> None:
     with pytest.raises(StorageError, match="does not exist"), store.transaction() as tx:
-        tx.update_run(run_record())
+        tx.write(WriteBatch(payloads=[(str(uuid.uuid4()), {})], audits=[(run.id, AuditEvent("x"))]))
+    with store.transaction() as tx:
+        assert tx.load_audit(run.id) == []
 
 
 def test_returned_records_are_copies(store: Store, run: RunRecord) -> None:
@@ -234,7 +233,7 @@ def test_returned_records_are_copies(store: Store, run: RunRecord) -> None:
         got.payload["to"] = "changed"
         got.current_steps.append("x")
         entries = [full_entry(0)]
-        tx.insert_entries(run.id, entries)
+        writes.insert_entries(tx, run.id, entries)
         entries[0].meta["x"] = 1
         loaded = tx.load_entries(run.id)
         loaded[0].meta["y"] = 2
@@ -253,7 +252,7 @@ def test_find_run_by_key(store: Store) -> None:
         assert tx.find_run_by_key("other", "k1") == other_workflow
         assert tx.find_run_by_key("ring_errand", "k2") is None
     with pytest.raises(ConflictError), store.transaction() as tx:
-        tx.insert_run(run_record(idempotency_key="k1"))
+        writes.insert_run(tx, run_record(idempotency_key="k1"))
 
 
 def test_list_children_finds_the_runs_a_run_started_oldest_first(store: Store) -> None:
@@ -281,7 +280,8 @@ def test_load_published_gives_the_latest_value_of_each_name(store: Store, run: R
     other = run_record()
     add_runs(store, other)
     with store.transaction() as tx:
-        tx.insert_entries(
+        writes.insert_entries(
+            tx,
             run.id,
             [
                 published(0, "progress", {"done": 0, "of": 10}),
@@ -291,7 +291,7 @@ def test_load_published_gives_the_latest_value_of_each_name(store: Store, run: R
                 published(4, "none", None),
             ],
         )
-        tx.insert_entries(other.id, [published(0, "progress", "someone else's")])
+        writes.insert_entries(tx, other.id, [published(0, "progress", "someone else's")])
     with store.transaction() as tx:
         found = tx.load_published(run.id)
         assert found == {
@@ -325,7 +325,7 @@ def test_a_run_continued_as_new_records_its_successor(store: Store) -> None:
 
 def test_duplicate_run_id_is_a_conflict(store: Store, run: RunRecord) -> None:
     with pytest.raises(ConflictError) as caught, store.transaction() as tx:
-        tx.insert_run(run_record(run.id))
+        writes.insert_run(tx, run_record(run.id))
     assert "insert" in str(caught.value)
 
 
@@ -561,9 +561,9 @@ def test_entries_round_trip_in_seq_order(store: Store, run: RunRecord) -> None:
     minimal = Entry(seq=1, kind="sleep", name="nap")
     nulls = Entry(seq=2, kind="step", name="n", input=None, result=None, meta={})
     with store.transaction() as tx:
-        tx.insert_entries(run.id, [full_entry(3), minimal])
-        tx.insert_entries(run.id, [full_entry(0), nulls])
-        tx.insert_entries(run.id, [])
+        writes.insert_entries(tx, run.id, [full_entry(3), minimal])
+        writes.insert_entries(tx, run.id, [full_entry(0), nulls])
+        writes.insert_entries(tx, run.id, [])
     with store.transaction() as tx:
         assert tx.load_entries(run.id) == [full_entry(0), minimal, nulls, full_entry(3)]
 
@@ -572,7 +572,7 @@ def test_entry_json_values_of_every_shape(store: Store, run: RunRecord) -> None:
     values: list[Any] = [0, -1.5, "", "日本語", True, False, [], {}, [None], NESTED, 10**15]
     entries = [Entry(seq=i, kind="step", name="v", result=v, input=v) for i, v in enumerate(values)]
     with store.transaction() as tx:
-        tx.insert_entries(run.id, entries)
+        writes.insert_entries(tx, run.id, entries)
     with store.transaction() as tx:
         loaded = tx.load_entries(run.id)
     assert [e.result for e in loaded] == values
@@ -581,26 +581,28 @@ def test_entry_json_values_of_every_shape(store: Store, run: RunRecord) -> None:
 
 def test_update_entries_overwrites(store: Store, run: RunRecord) -> None:
     with store.transaction() as tx:
-        tx.insert_entries(run.id, [Entry(seq=0, kind="step", name="a"), Entry(1, "step", "b")])
+        writes.insert_entries(
+            tx, run.id, [Entry(seq=0, kind="step", name="a"), Entry(1, "step", "b")]
+        )
     updated = [full_entry(0, name="a", parent=None), full_entry(1, name="b", error=None)]
     with store.transaction() as tx:
-        tx.update_entries(run.id, updated)
-        tx.update_entries(run.id, [])
+        writes.update_entries(tx, run.id, updated)
+        writes.update_entries(tx, run.id, [])
     with store.transaction() as tx:
         assert tx.load_entries(run.id) == updated
 
 
 def test_entry_key_violations_are_storage_errors(store: Store, run: RunRecord) -> None:
     with store.transaction() as tx:
-        tx.insert_entries(run.id, [Entry(0, "step", "a")])
+        writes.insert_entries(tx, run.id, [Entry(0, "step", "a")])
     with pytest.raises(ConflictError), store.transaction() as tx:
-        tx.insert_entries(run.id, [Entry(1, "step", "b"), Entry(0, "step", "a")])
+        writes.insert_entries(tx, run.id, [Entry(1, "step", "b"), Entry(0, "step", "a")])
     # A run that does not exist is no duplicate: a StorageError, but no conflict.
     with pytest.raises(StorageError) as caught, store.transaction() as tx:
-        tx.insert_entries(str(uuid.uuid4()), [Entry(0, "step", "a")])
+        writes.insert_entries(tx, str(uuid.uuid4()), [Entry(0, "step", "a")])
     assert not isinstance(caught.value, ConflictError)
     with pytest.raises(StorageError), store.transaction() as tx:
-        tx.update_entries(run.id, [Entry(0, "step", "a"), Entry(5, "step", "missing")])
+        writes.update_entries(tx, run.id, [Entry(0, "step", "a"), Entry(5, "step", "missing")])
     with store.transaction() as tx:
         assert tx.load_entries(run.id) == [Entry(0, "step", "a")]
 
@@ -611,18 +613,18 @@ def test_entry_key_violations_are_storage_errors(store: Store, run: RunRecord) -
 def test_attempts_insert_replace_and_load(store: Store, run: RunRecord) -> None:
     failed = Attempt(1, "failed", {"type": "E", "details": NESTED}, "2024-05-01T12:00:00", "x")
     with store.transaction() as tx:
-        tx.save_attempt(run.id, 3, Attempt(2, "running", started_at="s2"))
-        tx.save_attempt(run.id, 3, Attempt(1, "running", started_at="s1"))
-        tx.save_attempt(run.id, 0, Attempt(1, "completed"))
+        writes.save_attempt(tx, run.id, 3, Attempt(2, "running", started_at="s2"))
+        writes.save_attempt(tx, run.id, 3, Attempt(1, "running", started_at="s1"))
+        writes.save_attempt(tx, run.id, 0, Attempt(1, "completed"))
     with store.transaction() as tx:
-        tx.save_attempt(run.id, 3, failed)  # replaces attempt 1 of seq 3
+        writes.save_attempt(tx, run.id, 3, failed)  # replaces attempt 1 of seq 3
     with store.transaction() as tx:
         assert tx.load_attempts(run.id) == {
             0: [Attempt(1, "completed")],
             3: [failed, Attempt(2, "running", started_at="s2")],
         }
     with pytest.raises(StorageError), store.transaction() as tx:
-        tx.save_attempt(str(uuid.uuid4()), 0, Attempt(1, "running"))
+        writes.save_attempt(tx, str(uuid.uuid4()), 0, Attempt(1, "running"))
 
 
 def test_audit_events_keep_insertion_order(store: Store, run: RunRecord) -> None:
@@ -633,9 +635,9 @@ def test_audit_events_keep_insertion_order(store: Store, run: RunRecord) -> None
     ]
     with store.transaction() as tx:
         for event in events[:2]:
-            tx.add_audit(run.id, event)
+            writes.add_audit(tx, run.id, event)
     with store.transaction() as tx:
-        tx.add_audit(run.id, events[2])
+        writes.add_audit(tx, run.id, events[2])
         assert tx.load_audit(run.id) == events
 
 
@@ -673,15 +675,16 @@ def test_buffered_events_add_load_delete(store: Store, run: RunRecord) -> None:
 def test_insert_jobs_returns_ids_and_defaults_run_at(store: Store, run: RunRecord) -> None:
     before = datetime.now(timezone.utc)
     with store.transaction() as tx:
-        assert tx.insert_jobs([]) == []
-        jobs = tx.insert_jobs(
+        assert writes.insert_jobs(tx, []) == []
+        jobs = writes.insert_jobs(
+            tx,
             [
                 Job("activate", run.id),
                 Job("step", run.id, seq=2, attempt=3, run_at=T0, data={"n": NESTED}),
                 Job("cron", data={"workflow": "w"}),
-            ]
+            ],
         )
-        (single,) = tx.insert_jobs([Job("compensate", run.id, seq=1)])
+        (single,) = writes.insert_jobs(tx, [Job("compensate", run.id, seq=1)])
     after = datetime.now(timezone.utc)
     ids = [job.id for job in jobs]
     assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 3
@@ -696,13 +699,14 @@ def test_insert_jobs_returns_ids_and_defaults_run_at(store: Store, run: RunRecor
 def test_claim_takes_due_jobs_in_order_and_respects_leases(store: Store) -> None:
     with store.transaction() as tx:
         assert tx.claim_jobs(now=T0, limit=10, worker="w1", lease_until=T0) == []
-        late, early, future, also_early = tx.insert_jobs(
+        late, early, future, also_early = writes.insert_jobs(
+            tx,
             [
                 Job("activate", "r1", run_at=T0 - timedelta(seconds=1)),
                 Job("activate", "r2", run_at=T0 - timedelta(seconds=9)),
                 Job("activate", "r3", run_at=T0 + timedelta(seconds=60)),
                 Job("activate", "r4", run_at=T0 - timedelta(seconds=9)),
-            ]
+            ],
         )
     lease = T0 + timedelta(seconds=30)
     with store.transaction() as tx:
@@ -728,7 +732,9 @@ def test_claim_takes_due_jobs_in_order_and_respects_leases(store: Store) -> None
 
 def test_renew_lease_only_for_the_lease_holder(store: Store) -> None:
     with store.transaction() as tx:
-        a, b = tx.insert_jobs([Job("activate", "r1", run_at=T0), Job("activate", "r2", run_at=T0)])
+        a, b = writes.insert_jobs(
+            tx, [Job("activate", "r1", run_at=T0), Job("activate", "r2", run_at=T0)]
+        )
         tx.claim_jobs(now=T0, limit=10, worker="w1", lease_until=T0 + timedelta(seconds=10))
     assert a.id is not None and b.id is not None
     with store.transaction() as tx:
@@ -744,11 +750,12 @@ def test_renew_lease_only_for_the_lease_holder(store: Store) -> None:
 def test_delete_job_and_next_job_time(store: Store) -> None:
     with store.transaction() as tx:
         assert tx.next_job_time() is None
-        a, b = tx.insert_jobs(
+        a, b = writes.insert_jobs(
+            tx,
             [
                 Job("activate", "r1", run_at=T0 + timedelta(seconds=5)),
                 Job("activate", "r2", run_at=T0),
-            ]
+            ],
         )
         assert tx.next_job_time() == T0
     assert a.id is not None and b.id is not None
@@ -756,10 +763,10 @@ def test_delete_job_and_next_job_time(store: Store) -> None:
         tx.claim_jobs(now=T0, limit=1, worker="w", lease_until=T0 + timedelta(seconds=30))
         # the leased job is claimable again at its lease end; the other one earlier
         assert tx.next_job_time() == T0 + timedelta(seconds=5)
-        tx.delete_job(a.id)
+        writes.delete_job(tx, a.id)
         assert tx.next_job_time() == T0 + timedelta(seconds=30)
-        tx.delete_job(b.id)
-        tx.delete_job(b.id)  # deleting twice is harmless
+        writes.delete_job(tx, b.id)
+        writes.delete_job(tx, b.id)  # deleting twice is harmless
         assert tx.next_job_time() is None
 
 
@@ -767,13 +774,14 @@ def test_count_ready_jobs_counts_due_unleased_jobs(store: Store) -> None:
     # The squidmesh.jobs.ready gauge: the backlog no worker has claimed yet.
     with store.transaction() as tx:
         assert tx.count_ready_jobs(T0) == 0
-        *_, parked = tx.insert_jobs(
+        *_, parked = writes.insert_jobs(
+            tx,
             [
                 Job("activate", "r1", run_at=T0 - timedelta(seconds=1)),
                 Job("activate", "r2", run_at=T0 + timedelta(seconds=60)),
                 Job("activate", "r3", run_at=T0 - timedelta(seconds=5)),
                 Job("activate", "r4", run_at=T0 - timedelta(seconds=9)),
-            ]
+            ],
         )
         assert tx.count_ready_jobs(T0) == 3
     assert parked.id is not None
@@ -790,7 +798,7 @@ def test_count_ready_jobs_counts_due_unleased_jobs(store: Store) -> None:
 
 def test_concurrent_claimers_never_share_a_job(store: Store) -> None:
     with store.transaction() as tx:
-        tx.insert_jobs([Job("activate", f"r{i}", run_at=T0) for i in range(200)])
+        writes.insert_jobs(tx, [Job("activate", f"r{i}", run_at=T0) for i in range(200)])
     start = threading.Barrier(4)
     taken: list[list[int]] = [[] for _ in range(4)]
     errors: list[BaseException] = []
@@ -831,7 +839,7 @@ def test_cron_ticks_fire_once(store: Store) -> None:
         tx.add_cron_tick("other", "nightly", T0 + timedelta(days=9), "r4")
     # the same tick again violates the unique constraint (rolling back its run)
     with pytest.raises(ConflictError), store.transaction() as tx:
-        tx.insert_run(run_record())
+        writes.insert_run(tx, run_record())
         tx.add_cron_tick("w", "nightly", T0.astimezone(timezone(timedelta(hours=2))), "r5")
     with store.transaction() as tx:
         assert tx.last_cron_tick("w", "nightly") == T0 + timedelta(days=1)
@@ -843,11 +851,11 @@ def test_delete_runs_removes_everything_recorded_for_them(store: Store) -> None:
     add_runs(store, doomed, kept)
     for rec in (doomed, kept):
         with store.transaction() as tx:
-            tx.insert_entries(rec.id, [full_entry(0), full_entry(1)])
-            tx.save_attempt(rec.id, 0, Attempt(1, "completed"))
-            tx.add_audit(rec.id, AuditEvent("run_started"))
+            writes.insert_entries(tx, rec.id, [full_entry(0), full_entry(1)])
+            writes.save_attempt(tx, rec.id, 0, Attempt(1, "completed"))
+            writes.add_audit(tx, rec.id, AuditEvent("run_started"))
             tx.add_event(rec.id, "e", 1, T0)
-            tx.insert_jobs([Job("activate", rec.id, run_at=T0)])
+            writes.insert_jobs(tx, [Job("activate", rec.id, run_at=T0)])
     kept_state = dump(store)[kept.id]
     with store.transaction() as tx:
         assert tx.delete_runs([doomed.id, doomed.id, str(uuid.uuid4())]) == 1
@@ -858,7 +866,7 @@ def test_delete_runs_removes_everything_recorded_for_them(store: Store) -> None:
     with store.transaction() as tx:
         assert tx.load_entries(doomed.id) == [] and tx.load_attempts(doomed.id) == {}
         assert tx.load_audit(doomed.id) == [] and tx.load_events(doomed.id) == []
-        tx.insert_run(run_record(idempotency_key="again"))  # the key is free again
+        writes.insert_run(tx, run_record(idempotency_key="again"))  # the key is free again
 
 
 def test_find_prunable_picks_old_runs_of_the_given_statuses(store: Store) -> None:
@@ -926,31 +934,31 @@ def test_an_exception_rolls_everything_back(store: Store) -> None:
     rec = run_record()
     add_runs(store, rec)
     with store.transaction() as tx:
-        tx.insert_entries(rec.id, [full_entry(0)])
-        tx.save_attempt(rec.id, 0, Attempt(1, "running"))
+        writes.insert_entries(tx, rec.id, [full_entry(0)])
+        writes.save_attempt(tx, rec.id, 0, Attempt(1, "running"))
         event_id = tx.add_event(rec.id, "e", {"x": 1}, T0)
-        (job,) = tx.insert_jobs([Job("activate", rec.id, run_at=T0)])
+        (job,) = writes.insert_jobs(tx, [Job("activate", rec.id, run_at=T0)])
         tx.add_cron_tick("w", "c", T0, rec.id)
     keys = (("w", "c"), ("w", "d"))
     before = dump(store, keys)
     assert job.id is not None
     with pytest.raises(Boom), store.transaction() as tx:
-        tx.insert_run(full_run())
+        writes.insert_run(tx, full_run())
         locked = tx.lock_run(rec.id)
         assert locked is not None
         locked.status = "failed"
-        tx.update_run(locked)
-        tx.insert_entries(rec.id, [full_entry(1)])
-        tx.update_entries(rec.id, [full_entry(0, status="failed")])
-        tx.save_attempt(rec.id, 0, Attempt(1, "failed"))
-        tx.save_attempt(rec.id, 1, Attempt(1, "running"))
-        tx.add_audit(rec.id, AuditEvent("cancelled"))
+        writes.update_run(tx, locked)
+        writes.insert_entries(tx, rec.id, [full_entry(1)])
+        writes.update_entries(tx, rec.id, [full_entry(0, status="failed")])
+        writes.save_attempt(tx, rec.id, 0, Attempt(1, "failed"))
+        writes.save_attempt(tx, rec.id, 1, Attempt(1, "running"))
+        writes.add_audit(tx, rec.id, AuditEvent("cancelled"))
         tx.add_event(rec.id, "f", None, T0)
         tx.delete_events(rec.id, [event_id])
-        tx.insert_jobs([Job("step", rec.id, seq=1, attempt=1, run_at=T0)])
+        writes.insert_jobs(tx, [Job("step", rec.id, seq=1, attempt=1, run_at=T0)])
         tx.claim_jobs(now=T0, limit=5, worker="w", lease_until=T0 + timedelta(hours=1))
         tx.renew_lease([job.id], "w", T0 + timedelta(hours=2))
-        tx.delete_job(job.id)
+        writes.delete_job(tx, job.id)
         tx.add_cron_tick("w", "d", T0, "r")
         tx.delete_runs([rec.id])
         raise Boom("the caller's own error propagates unchanged")
@@ -960,8 +968,8 @@ def test_an_exception_rolls_everything_back(store: Store) -> None:
 def test_a_storage_error_inside_a_transaction_rolls_it_back(store: Store) -> None:
     rec = run_record()
     with pytest.raises(StorageError), store.transaction() as tx:
-        tx.insert_run(rec)
-        tx.insert_run(rec)
+        writes.insert_run(tx, rec)
+        writes.insert_run(tx, rec)
     with store.transaction() as tx:
         assert tx.get_run(rec.id) is None
 
@@ -977,7 +985,7 @@ def test_in_memory_store_logs_calls_and_resets() -> None:
     store = InMemoryStore()
     rec = run_record()
     with store.transaction() as tx:
-        tx.insert_run(rec)
+        writes.insert_run(tx, rec)
         tx.get_run(rec.id)
     assert store.calls == ["transaction", "insert_run", "get_run"]
     assert store.transaction().__enter__().connection is None
@@ -1114,7 +1122,7 @@ def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> N
                 assert locked is not None
                 seen.append(locked.status)
                 locked.status = locked.status + "+second"
-                tx.update_run(locked)
+                writes.update_run(tx, locked)
         except BaseException as exc:
             errors.append(exc)
 
@@ -1129,7 +1137,7 @@ def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> N
             calls.wait_until_entered(thread)
             assert returned == []  # still waiting for the lock the first writer holds
             locked.status = "first"
-            tx.update_run(locked)
+            writes.update_run(tx, locked)
     finally:
         holding.set()
         thread.join(30)
@@ -1263,7 +1271,7 @@ def test_driver_errors_become_storage_errors_with_the_dbapi_cause(sql_store: Sql
     add_runs(sql_store, rec)
     with pytest.raises(StorageError, match="could not insert a run") as caught:
         with sql_store.transaction() as tx:
-            tx.insert_run(rec)
+            writes.insert_run(tx, rec)
     cause = caught.value.__cause__
     if sql_store.dialect == "postgresql":
         assert isinstance(cause, psycopg.errors.UniqueViolation)
@@ -1278,7 +1286,7 @@ def test_host_writes_share_the_transaction(sql_store: SqlStore) -> None:
         conn.exec_driver_sql("CREATE TABLE host_orders (id INTEGER PRIMARY KEY)")
     rec = run_record()
     with pytest.raises(Boom), sql_store.transaction() as tx:
-        tx.insert_run(rec)
+        writes.insert_run(tx, rec)
         tx.connection.exec_driver_sql("INSERT INTO host_orders (id) VALUES (1)")
         raise Boom
     # the caller's own SQLAlchemy errors are not translated
@@ -1368,9 +1376,9 @@ def test_a_custom_schema_holds_everything(pg_database_url: str) -> None:
         listener.execute('LISTEN "sm_custom_jobs"')
         rec = run_record()
         with store.transaction() as tx:
-            tx.insert_run(rec)
-            tx.insert_entries(rec.id, [full_entry(0)])
-            tx.insert_jobs([Job("activate", rec.id)])
+            writes.insert_run(tx, rec)
+            writes.insert_entries(tx, rec.id, [full_entry(0)])
+            writes.insert_jobs(tx, [Job("activate", rec.id)])
             # NOTIFY is delivered at commit, not before
             assert list(listener.notifies(timeout=0.2, stop_after=1)) == []
         assert [n.channel for n in listener.notifies(timeout=10, stop_after=1)] == [

@@ -23,7 +23,7 @@ from squidmesh.storage import tables as t
 from squidmesh.storage.base import SCHEMA_VERSION
 from squidmesh.storage.sql import SqlStore, create_engine
 from tests.contract.conftest import SQL_KINDS, pg_engine
-from tests.support import postgres
+from tests.support import postgres, writes
 
 RUN = "8c1f3a52-0a0b-4c1e-9d0e-2f4b5a6c7d8e"
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
@@ -147,7 +147,7 @@ def test_upgrading_keeps_every_row_and_every_id(old_store: SqlStore) -> None:
         assert [(e.name, e.data) for e in tx.load_events(RUN)] == [("parcel", {"id": 9})]
         queued = tx.load_jobs(RUN)
         assert [(q.job.seq, q.failures) for q in queued] == [(1, 0), (2, 0)]
-        fresh = tx.insert_jobs([Job("activate", RUN, run_at=T0)])
+        fresh = writes.insert_jobs(tx, [Job("activate", RUN, run_at=T0)])
     assert fresh[0].id == 4  # 3 was used before the upgrade
 
     with old_store.engine.connect() as conn:

@@ -19,10 +19,11 @@ import pytest
 import sqlalchemy as sa
 
 from squidmesh.core.records import Attempt, AuditEvent, Job
-from squidmesh.errors import ConcurrentChangeError, StorageError
+from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
 from squidmesh.storage.base import JobWrite, RunRecord, Store, WriteBatch
 from squidmesh.storage.sql import SqlStore
 from tests.contract.test_store_contract import T0, add_runs, dump, full_entry, run_record
+from tests.support import writes
 
 LATER = T0 + timedelta(minutes=1)
 
@@ -53,8 +54,8 @@ def started(store: Store) -> tuple[RunRecord, Job]:
     run = run_record(status="running")
     add_runs(store, run)
     with store.transaction() as tx:
-        tx.insert_entries(run.id, [full_entry(1, status="running", result=None)])
-        (job,) = tx.insert_jobs([Job("step", run.id, 1, 1, run_at=T0)])
+        writes.insert_entries(tx, run.id, [full_entry(1, status="running", result=None)])
+        (job,) = writes.insert_jobs(tx, [Job("step", run.id, 1, 1, run_at=T0)])
     return run, job
 
 
@@ -92,6 +93,61 @@ def test_a_batch_writes_every_section(
         assert tx.load_attempts(run.id) == {1: [attempt]}
         assert tx.load_audit(run.id) == [audit]
     assert queued(store, run.id) == [(job.id, 2, "w1"), (jobs[1].id, 3, None)]
+
+
+def test_a_batch_creates_a_run_with_what_it_starts_with(store: Store) -> None:
+    # Starting a run is one write: the run, its first entries, audit event and job.
+    run = run_record(idempotency_key="order-7")
+    first = full_entry(0, status="running", result=None)
+    (job,) = write(
+        store,
+        WriteBatch(
+            runs_insert=[run],
+            entries_insert=[(run.id, first)],
+            audits=[(run.id, AuditEvent("run_started"))],
+            jobs_insert=[JobWrite(Job("activate", run.id, run_at=T0))],
+        ),
+    )
+    with store.transaction() as tx:
+        assert tx.get_run(run.id) == run
+        assert tx.find_run_by_key(run.workflow, "order-7") == run
+        assert tx.load_entries(run.id) == [first]
+        assert [a.type for a in tx.load_audit(run.id)] == ["run_started"]
+    assert queued(store, run.id) == [(job.id, None, None)]
+
+
+def test_a_run_created_twice_is_a_conflict_and_writes_nothing(store: Store) -> None:
+    # Two starts with one idempotency key race: the second write fails as a conflict
+    # (the caller then returns the run the first created), leaving nothing behind.
+    first = run_record(idempotency_key="order-7")
+    write(store, WriteBatch(runs_insert=[first]))
+    before = dump(store)
+    for again in (run_record(idempotency_key="order-7"), dataclasses.replace(first, payload={})):
+        with pytest.raises(ConflictError):
+            write(
+                store,
+                WriteBatch(
+                    runs_insert=[again],
+                    audits=[(again.id, AuditEvent("run_started"))],
+                    jobs_insert=[JobWrite(Job("activate", again.id, run_at=T0))],
+                ),
+            )
+        assert dump(store) == before
+
+
+def test_creating_a_run_needs_a_transaction(sql_store: SqlStore) -> None:
+    # Without one, PostgreSQL would commit the run's insert and the rest of the batch
+    # apart; SQLite always opens one (BEGIN IMMEDIATE), so the batch goes through.
+    run = run_record()
+    if sql_store.dialect == "postgresql":
+        with pytest.raises(StorageError, match="needs a transaction"):
+            write(sql_store, WriteBatch(runs_insert=[run]), autocommit=True)
+        expected = None
+    else:
+        write(sql_store, WriteBatch(runs_insert=[run]), autocommit=True)
+        expected = run
+    with sql_store.transaction() as tx:
+        assert tx.get_run(run.id) == expected
 
 
 def test_only_the_fields_a_change_alters_are_written(
@@ -173,7 +229,7 @@ def test_carrying_on_a_job_that_is_gone_writes_nothing(
 ) -> None:
     run, job = started
     with store.transaction() as tx:
-        tx.delete_job(ident(job))  # another worker finished it
+        writes.delete_job(tx, ident(job))  # another worker finished it
     before = dump(store)
     batch = WriteBatch(
         runs=[advanced(run)],
@@ -262,7 +318,7 @@ def test_a_write_reads_rows_by_key_however_many_are_stored(pg_migrated_url: str)
     others = [run_record() for _ in range(300)]
     add_runs(setup, run, *others)
     with setup.transaction() as tx:
-        tx.insert_entries(run.id, [full_entry(seq) for seq in range(3000)])
+        writes.insert_entries(tx, run.id, [full_entry(seq) for seq in range(3000)])
     setup.close()
     with psycopg.connect(pg_migrated_url, autocommit=True) as conn:
         conn.execute("ANALYZE squidmesh.squidmesh_runs")
@@ -311,7 +367,7 @@ def test_a_connection_that_wrote_without_a_transaction_goes_back_transactional(
         write(store, WriteBatch(runs=[advanced(run)]), autocommit=True)
         other = run_record()
         with pytest.raises(RuntimeError), store.transaction() as tx:
-            tx.insert_run(other)
+            writes.insert_run(tx, other)
             raise RuntimeError("the change fails after its first write")
         with store.transaction() as tx:
             assert tx.get_run(other.id) is None

@@ -110,7 +110,9 @@ def test_a_job_survives_a_broker_outage_in_the_outbox(
         relay = CeleryExecutor(up, queue=queue)
         with sm.Mesh(contrib_database, workflows=[flows.parcel], executor=relay) as mesh:
             assert relay.relay_pending() == 1
-            assert relay.pending() == []
+            # The relayed job left the outbox (the worker may already have put the run's
+            # next step there, relayed by its own process).
+            assert job.id not in {j.id for j in relay.pending()}
             assert_parcel_completed(wait_for_run(mesh, run.id, worker), "rope")
             assert wait_until(lambda: not job_rows(contrib_database), 5)
     finally:

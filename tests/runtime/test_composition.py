@@ -13,6 +13,7 @@ import pytest
 import squidmesh as sm
 from tests.runtime import family, flows
 from tests.runtime.support import MeshFactory, fails_unchanged, peek_jobs
+from tests.support import writes
 
 ACTIVE = {"pending", "running", "retrying", "paused", "cancelling"}
 
@@ -300,8 +301,8 @@ def test_a_parent_suspended_while_its_child_ended_settles_on_resume(
     with mesh.store.transaction() as tx:
         record = tx.lock_run(str(run.id))
         assert record is not None
-        record.status, record.version = "suspended", record.version + 1
-        tx.update_run(record)
+        record.status = "suspended"
+        writes.update_run(tx, record)
     mesh.runner.engine.evict(str(run.id))
     mesh.approve_run(child.id, actor="ops")
     mesh.drain()

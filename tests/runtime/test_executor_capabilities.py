@@ -8,6 +8,7 @@ from typing import Any
 
 import squidmesh as sm
 from squidmesh.runtime.executors import capabilities_of
+from squidmesh.storage.base import JobWrite, WriteBatch
 
 
 @sm.step
@@ -33,7 +34,7 @@ class Recording:
 
     def enqueue(self, jobs: Sequence[sm.Job], *, connection: Any) -> None:
         self.calls.append("enqueue")
-        connection.insert_jobs(jobs)
+        connection.write(WriteBatch(jobs_insert=[JobWrite(job) for job in jobs]))
 
     def after_commit(self) -> None:
         self.calls.append("after_commit")

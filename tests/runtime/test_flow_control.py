@@ -199,6 +199,21 @@ def test_a_run_started_now_is_never_called_scheduled_by_a_lagging_clock(
     assert mesh.explain_run(run.id).reason == "pending_dispatch"
 
 
+def give_back(
+    mesh_factory: MeshFactory, mesh: sm.Mesh, seconds: float, failure: str | None
+) -> None:
+    """Claim every due job and give it back due ``seconds`` later, as a worker whose
+    performing raised does (``failure`` None: a transient error, not counted)."""
+    for job in claim_all(mesh.store, mesh_factory.clock()):
+        with mesh.store.transaction() as tx:
+            tx.release_job(
+                int(job.id or 0),
+                run_at=mesh_factory.clock() + timedelta(seconds=seconds),
+                failure=failure,
+                park_after=10,
+            )
+
+
 def test_a_start_given_back_after_a_failure_is_not_called_scheduled(
     mesh_factory: MeshFactory,
 ) -> None:
@@ -207,14 +222,7 @@ def test_a_start_given_back_after_a_failure_is_not_called_scheduled(
     # have later, and explain_run says why the run waits.
     mesh = mesh_factory([quick], executor="database")
     run = mesh.start_run(quick)
-    (activation,) = claim_all(mesh.store, mesh_factory.clock())
-    with mesh.store.transaction() as tx:
-        tx.release_job(
-            int(activation.id or 0),
-            run_at=mesh_factory.clock() + timedelta(seconds=4),
-            failure="OperationalError: the connection was lost",
-            park_after=10,
-        )
+    give_back(mesh_factory, mesh, 4, "OperationalError: the connection was lost")
     why = mesh.explain_run(run.id)
     assert (why.status, why.reason) == ("pending", "pending_dispatch")
     assert why.details == {
@@ -236,28 +244,14 @@ def test_a_start_given_back_after_a_transient_error_is_not_called_scheduled(
     # said "scheduled_start").
     mesh = mesh_factory([quick], executor="database")
     run = mesh.start_run(quick)
-    (activation,) = claim_all(mesh.store, mesh_factory.clock())
-    with mesh.store.transaction() as tx:
-        tx.release_job(
-            int(activation.id or 0),
-            run_at=mesh_factory.clock() + timedelta(seconds=1),
-            failure=None,
-            park_after=10,
-        )
+    give_back(mesh_factory, mesh, 1, None)
     assert mesh.explain_run(run.id).reason == "pending_dispatch"
     # A start asked for later is scheduled until then; once due and given back the
     # same way, it waits for its dispatch.
     later = mesh.start_run(quick, delay=30)
     assert mesh.explain_run(later.id).reason == "scheduled_start"
     mesh_factory.clock.advance(30)
-    for job in claim_all(mesh.store, mesh_factory.clock()):
-        with mesh.store.transaction() as tx:
-            tx.release_job(
-                int(job.id or 0),
-                run_at=mesh_factory.clock() + timedelta(seconds=1),
-                failure=None,
-                park_after=10,
-            )
+    give_back(mesh_factory, mesh, 1, None)
     assert mesh.explain_run(later.id).reason == "pending_dispatch"
     mesh_factory.clock.advance(1)
     mesh.drain()

@@ -11,6 +11,7 @@ import pytest
 
 import squidmesh as sm
 from tests.runtime.support import T0, MeshFactory, fails_unchanged
+from tests.support import writes
 
 
 @sm.step(retry=sm.Retry(max_attempts=2))
@@ -88,7 +89,7 @@ def test_prune_deletes_only_old_finished_runs(mesh_factory: MeshFactory) -> None
     ]
     # A stale job left behind for a finished run goes with it.
     with mesh.store.transaction() as tx:
-        tx.insert_jobs([sm.Job("activate", str(old_done.id), run_at=T0)])
+        writes.insert_jobs(tx, [sm.Job("activate", str(old_done.id), run_at=T0)])
 
     # Day 10: recent runs, finished or not; one old sleeper is still sleeping.
     mesh_factory.clock.advance(10 * DAY)

@@ -10,6 +10,7 @@ import pytest
 import squidmesh as sm
 from squidmesh.runtime.sweeper import Sweeper
 from tests.runtime.support import MeshFactory, crash
+from tests.support import writes
 
 
 class WorkerDied(BaseException):
@@ -87,7 +88,7 @@ def _lose_jobs(mesh: sm.Mesh, run_id: Any) -> int:
     with mesh.store.transaction() as tx:
         queued = tx.load_jobs(str(run_id))
         for row in queued:
-            tx.delete_job(int(row.job.id or 0))
+            writes.delete_job(tx, int(row.job.id or 0))
     return len(queued)
 
 
