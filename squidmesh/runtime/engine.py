@@ -287,14 +287,17 @@ class Engine:
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
-    def change(self, *, optimistic: bool = False) -> Iterator[Change]:
-        """One transaction; jobs are enqueued inside it, logs emitted after commit."""
+    def change(self, *, optimistic: bool = False, one_write: bool = False) -> Iterator[Change]:
+        """One transaction; jobs are enqueued inside it, logs emitted after commit.
+
+        ``one_write``: the change only reads, then writes one batch (starting a run)."""
         ch: Change | None = None
         try:
             # A change made without the run's lock writes one batch and nothing else, so
             # it needs no explicit transaction (the batch checks and commits as a whole),
             # unless an executor of its own enqueues jobs in it too.
-            with self.store.transaction(autocommit=optimistic and self.batches_jobs) as tx:
+            single = (optimistic or one_write) and self.batches_jobs
+            with self.store.transaction(autocommit=single) as tx:
                 ch = Change(
                     tx=tx, now=self.clock(), optimistic=optimistic, events=self.events.recorder()
                 )

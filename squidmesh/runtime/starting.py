@@ -65,7 +65,11 @@ def create_run(engine: Engine, new: NewRun) -> Started:
     """Start ``new`` in one change (or return the run its idempotency key or debounce
     key already names)."""
     admission, start_at = new.admission, new.start_at
-    with engine.change() as ch:
+    # A plain start reads (its idempotency key) and then writes one batch: on
+    # PostgreSQL one call, without BEGIN/COMMIT. A debounce locks the pending run and
+    # a cron tick writes its own row: those keep the transaction.
+    one_write = new.debounce is None and new.cron_tick is None
+    with engine.change(one_write=one_write) as ch:
         if new.idempotency_key is not None:
             existing = ch.tx.find_run_by_key(new.workflow, new.idempotency_key)
             if existing is not None:

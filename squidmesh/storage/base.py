@@ -51,7 +51,7 @@ HOLDING = "holding"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 @dataclasses.dataclass

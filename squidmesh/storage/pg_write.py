@@ -32,12 +32,23 @@ from typing import Any
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RUN_MUTABLE_FIELDS, JobWrite, WriteBatch
+from squidmesh.storage.base import RUN_MUTABLE_FIELDS, JobWrite, RunRecord, WriteBatch
 
-__all__ = ["SECTIONS", "WRITE_FUNCTION", "stored_jobs", "write_call", "write_params"]
+__all__ = [
+    "CREATE_FUNCTION",
+    "SECTIONS",
+    "WRITE_FUNCTION",
+    "stored_jobs",
+    "write_call",
+    "write_params",
+]
 
 #: the database function applying a document (``{schema}.`` goes in front)
 WRITE_FUNCTION = "squidmesh_write_v3"
+#: the one that first inserts new runs (whole rows), then applies the rest like
+#: ``WRITE_FUNCTION`` (migration 0009): starting a run is one call too
+CREATE_FUNCTION = "squidmesh_create_v1"
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
 
 _ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
 #: Entry fields by column (the column ``ord`` holds ``Entry.order``: ORDER is reserved)
@@ -88,16 +99,28 @@ SECTIONS = (
 )
 
 
-def write_call(schema: str) -> str:
-    """The statement calling the write function of ``schema`` (positional parameters)."""
-    params = ", ".join(["%s::json"] * len(SECTIONS) + ["%s"])
-    return f"SELECT {schema}.{WRITE_FUNCTION}({params})"
+def write_call(schema: str, *, creates: bool = False) -> str:
+    """The statement calling the write function of ``schema`` (positional parameters);
+    with ``creates``, the function that inserts new runs first (their rows lead)."""
+    function = CREATE_FUNCTION if creates else WRITE_FUNCTION
+    params = ", ".join(["%s::json"] * (len(SECTIONS) + creates) + ["%s"])
+    return f"SELECT {schema}.{function}({params})"
+
+
+def _new_run(run: RunRecord) -> dict[str, Any]:
+    row = {name: getattr(run, name) for name in _RUN_FIELDS}
+    row["created_at"], row["updated_at"] = _iso(run.created_at), _iso(run.updated_at)
+    return row
 
 
 def write_params(batch: WriteBatch, channel: str, now: datetime) -> tuple[str | None, ...]:
-    """The parameters of ``write_call`` for ``batch``: each section as JSON text, or
-    None when the batch has none; ``channel`` is the NOTIFY channel to wake when the
-    batch writes a job anyone may claim (None otherwise)."""
+    """The parameters of ``write_call`` for ``batch``: the new runs when it creates any
+    (``write_call(creates=True)``), then each section as JSON text, or None when the
+    batch has none; ``channel`` is the NOTIFY channel to wake when the batch writes a
+    job anyone may claim (None otherwise). ``batch.payloads`` is not sent here."""
+    created: tuple[str, ...] = ()
+    if batch.runs_insert:
+        created = (json.dumps([_new_run(r) for r in batch.runs_insert], allow_nan=False),)
     sections: dict[str, list[Any]] = {}
     if batch.guards:
         sections["guards"] = [{"id": run_id, "version": v} for run_id, v in batch.guards]
@@ -136,6 +159,7 @@ def write_params(batch: WriteBatch, channel: str, now: datetime) -> tuple[str | 
     # No ``default=``: every datetime is converted above, so anything else that is not
     # JSON is a bug to hear about, not a value to stringify.
     return (
+        *created,
         *(
             None if name not in sections else json.dumps(sections[name], allow_nan=False)
             for name in SECTIONS

@@ -29,7 +29,7 @@ from squidmesh.core.flow import Queue
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
-from squidmesh.errors import StorageError
+from squidmesh.errors import ConflictError, StorageError
 from squidmesh.storage import flow_claim, liveness, pg_write, sql_migrate
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import (
@@ -50,7 +50,6 @@ from squidmesh.storage.sql_queries import (
     job_from_row,
     queries_for,
     run_from_row,
-    run_params,
 )
 from squidmesh.storage.sqlite_write import SqliteWriter
 
@@ -148,6 +147,9 @@ class SqlStore:
         self._sqlite_writer = SqliteWriter() if dialect == "sqlite" else None
         #: PostgreSQL writes a state change with one call (SQLite statement by statement)
         self._write_sql = pg_write.write_call(self.schema) if dialect == "postgresql" else None
+        self._create_sql = (
+            pg_write.write_call(self.schema, creates=True) if dialect == "postgresql" else None
+        )
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
@@ -263,6 +265,7 @@ class SqlTransaction:
     __slots__ = (
         "_autocommit",
         "_conn",
+        "_create_sql",
         "_notify_sql",
         "_q",
         "_raw",
@@ -277,6 +280,7 @@ class SqlTransaction:
         self._q = store.queries
         self._notify_sql = store._notify_sql
         self._write_sql = store._write_sql
+        self._create_sql = store._create_sql
         self._sqlite_writer = store._sqlite_writer
         self._conn: sa.Connection | None = None
         #: the pooled connection a transaction without BEGIN/COMMIT wrote its batch on,
@@ -506,25 +510,38 @@ class SqlTransaction:
             self.connection.execute(self._q.delete_events, {"run_id": run_id, "ids": chunk})
 
     # batches ---------------------------------------------------------------
-    @translated("write a state change")
     def write(self, batch: WriteBatch) -> list[Job]:
-        if batch.runs_insert or batch.payloads:
-            # Run creation and debounced input, not a step's path: plain statements
-            # ahead of the rest of the batch, in the same transaction.
+        try:
+            return self._write(batch)
+        except ConflictError as exc:
+            if not batch.runs_insert:
+                raise
+            ids = ", ".join(run.id for run in batch.runs_insert)
+            raise ConflictError(
+                f"could not create run {ids}: a run with that id (or workflow and "
+                f"idempotency key) exists; nothing of the change was written ({exc})"
+            ) from exc.__cause__
+
+    @translated("write a state change")
+    def _write(self, batch: WriteBatch) -> list[Job]:
+        if batch.payloads:
+            # A debounced start's new input, not a step's path: a plain statement ahead
+            # of the rest of the batch, in the same transaction.
             if self._autocommit:
                 raise StorageError(
-                    "a change that creates runs or replaces a payload needs a transaction "
+                    "a change that replaces a run's payload needs a transaction "
                     "(Store.transaction() without autocommit=True)"
                 )
-            self._insert_runs(batch.runs_insert)
             self._set_payloads(batch.payloads)
-            batch = dataclasses.replace(batch, runs_insert=[], payloads=[])
+            batch = dataclasses.replace(batch, payloads=[])
             if not batch:
                 return []
         if self._sqlite_writer is not None:  # in-process: statements on the driver's cursor
             lite = cast(sqlite3.Connection, self.connection.connection.driver_connection)
             return self._sqlite_writer.write(lite, batch)
-        assert self._write_sql is not None  # PostgreSQL: one call of the write function
+        # PostgreSQL: one call of the write function (of the one creating runs first)
+        sql = self._create_sql if batch.runs_insert else self._write_sql
+        assert sql is not None
         now = datetime.now(timezone.utc)
         params = pg_write.write_params(batch, self._store.notify_channel, now)
         # Straight to psycopg: the call is the whole hot path of a step, and SQLAlchemy's
@@ -534,7 +551,7 @@ class SqlTransaction:
 
         driver = self._pg_driver()
         try:
-            row = driver.execute(self._write_sql, params).fetchone()
+            row = driver.execute(sql, params).fetchone()
         except (psycopg.Error, TypeError, ValueError) as exc:
             if self._raw is not None and driver.broken:
                 self._raw.invalidate(exc)  # not back into the pool
@@ -542,11 +559,6 @@ class SqlTransaction:
             raise storage_error("write a state change", exc) from exc
         assert row is not None
         return pg_write.stored_jobs(batch, row[0], now)
-
-    @translated("insert a run")
-    def _insert_runs(self, runs: Sequence[RunRecord]) -> None:
-        if runs:
-            self.connection.execute(self._q.insert_run, [run_params(r) for r in runs])
 
     @translated("replace a run's payload")
     def _set_payloads(self, payloads: Sequence[tuple[str, dict[str, Any]]]) -> None:

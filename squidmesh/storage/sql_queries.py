@@ -41,10 +41,6 @@ UNFINISHED = tuple(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
 CHUNK = 500
 
 
-def run_params(run: RunRecord) -> dict[str, Any]:
-    return {name: getattr(run, name) for name in _RUN_FIELDS}
-
-
 def run_from_row(row: Sequence[Any]) -> RunRecord:
     return RunRecord(*row)
 
@@ -74,7 +70,6 @@ class Queries:
         # Column order equals RunRecord's fields, so a row is RunRecord(*row).
         run_columns = [runs.c[name] for name in _RUN_FIELDS]
         select_run = sa.select(*run_columns)
-        self.insert_run = sa.insert(runs)
         self.get_run = select_run.where(runs.c.id == b("id"))
         # NO KEY UPDATE: serializes writers of the run without blocking the foreign-key
         # checks of rows inserted for it (those take KEY SHARE locks on the run).

@@ -81,6 +81,8 @@ class SqliteWriter:
         audit_cols = [c.name for c in t.audit_events.columns if c.name != "id"]
 
         self._run = _Row(t.runs, (*RUN_MUTABLE_FIELDS, "id"))
+        run_cols = [c.name for c in t.runs.columns]
+        self._run_new = _Row(t.runs, run_cols)
         self._entry_new = _Row(t.entries, entry_cols)
         self._entry_set = _Row(t.entries, (*entry_values, "run_id", "seq"))
         self._attempt = _Row(t.attempts, attempt_cols)
@@ -91,6 +93,9 @@ class SqliteWriter:
         def sets(columns: Sequence[str]) -> str:
             return ", ".join(f"{c} = ?" for c in columns)
 
+        self.run_insert_sql = (
+            f"INSERT INTO squidmesh_runs ({', '.join(run_cols)}) VALUES ({_marks(len(run_cols))})"
+        )
         self.guard_sql = "SELECT version FROM squidmesh_runs WHERE id = ?"
         self.run_sql = (
             f"UPDATE squidmesh_runs SET {sets(RUN_MUTABLE_FIELDS)} WHERE id = ? AND version = ?"
@@ -126,6 +131,10 @@ class SqliteWriter:
         their ids, in batch order."""
         cur = conn.cursor()
         try:
+            if batch.runs_insert:
+                cur.executemany(
+                    self.run_insert_sql, [self._run_new.of(r) for r in batch.runs_insert]
+                )
             for run_id, version in batch.guards:
                 row = cur.execute(self.guard_sql, (run_id,)).fetchone()
                 if row is None or row[0] != version:

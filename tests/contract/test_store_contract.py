@@ -326,7 +326,7 @@ def test_a_run_continued_as_new_records_its_successor(store: Store) -> None:
 def test_duplicate_run_id_is_a_conflict(store: Store, run: RunRecord) -> None:
     with pytest.raises(ConflictError) as caught, store.transaction() as tx:
         writes.insert_run(tx, run_record(run.id))
-    assert "insert" in str(caught.value)
+    assert f"run {run.id}" in str(caught.value)
 
 
 def test_list_runs_newest_first_with_filters(store: Store) -> None:
@@ -1269,7 +1269,7 @@ def test_migrations_create_exactly_tables_py(
 def test_driver_errors_become_storage_errors_with_the_dbapi_cause(sql_store: SqlStore) -> None:
     rec = run_record()
     add_runs(sql_store, rec)
-    with pytest.raises(StorageError, match="could not insert a run") as caught:
+    with pytest.raises(StorageError, match=f"could not create run {rec.id}") as caught:
         with sql_store.transaction() as tx:
             writes.insert_run(tx, rec)
     cause = caught.value.__cause__

@@ -95,8 +95,10 @@ def test_a_batch_writes_every_section(
     assert queued(store, run.id) == [(job.id, 2, "w1"), (jobs[1].id, 3, None)]
 
 
-def test_a_batch_creates_a_run_with_what_it_starts_with(store: Store) -> None:
-    # Starting a run is one write: the run, its first entries, audit event and job.
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+def test_a_batch_creates_a_run_with_what_it_starts_with(store: Store, autocommit: bool) -> None:
+    # Starting a run is one write: the run, its first entries, audit event and job (on
+    # PostgreSQL one call, so it needs no transaction around it).
     run = run_record(idempotency_key="order-7")
     first = full_entry(0, status="running", result=None)
     (job,) = write(
@@ -107,6 +109,7 @@ def test_a_batch_creates_a_run_with_what_it_starts_with(store: Store) -> None:
             audits=[(run.id, AuditEvent("run_started"))],
             jobs_insert=[JobWrite(Job("activate", run.id, run_at=T0))],
         ),
+        autocommit=autocommit,
     )
     with store.transaction() as tx:
         assert tx.get_run(run.id) == run
@@ -116,7 +119,10 @@ def test_a_batch_creates_a_run_with_what_it_starts_with(store: Store) -> None:
     assert queued(store, run.id) == [(job.id, None, None)]
 
 
-def test_a_run_created_twice_is_a_conflict_and_writes_nothing(store: Store) -> None:
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+def test_a_run_created_twice_is_a_conflict_and_writes_nothing(
+    store: Store, autocommit: bool
+) -> None:
     # Two starts with one idempotency key race: the second write fails as a conflict
     # (the caller then returns the run the first created), leaving nothing behind.
     first = run_record(idempotency_key="order-7")
@@ -131,23 +137,27 @@ def test_a_run_created_twice_is_a_conflict_and_writes_nothing(store: Store) -> N
                     audits=[(again.id, AuditEvent("run_started"))],
                     jobs_insert=[JobWrite(Job("activate", again.id, run_at=T0))],
                 ),
+                autocommit=autocommit,
             )
         assert dump(store) == before
 
 
-def test_creating_a_run_needs_a_transaction(sql_store: SqlStore) -> None:
-    # Without one, PostgreSQL would commit the run's insert and the rest of the batch
+def test_replacing_a_payload_needs_a_transaction(sql_store: SqlStore) -> None:
+    # Without one, PostgreSQL would commit the payload and the rest of the batch
     # apart; SQLite always opens one (BEGIN IMMEDIATE), so the batch goes through.
     run = run_record()
+    add_runs(sql_store, run)
+    batch = WriteBatch(payloads=[(run.id, {"to": "elsewhere"})])
     if sql_store.dialect == "postgresql":
         with pytest.raises(StorageError, match="needs a transaction"):
-            write(sql_store, WriteBatch(runs_insert=[run]), autocommit=True)
-        expected = None
+            write(sql_store, batch, autocommit=True)
+        expected = run.payload
     else:
-        write(sql_store, WriteBatch(runs_insert=[run]), autocommit=True)
-        expected = run
+        write(sql_store, batch, autocommit=True)
+        expected = {"to": "elsewhere"}
     with sql_store.transaction() as tx:
-        assert tx.get_run(run.id) == expected
+        stored = tx.get_run(run.id)
+    assert stored is not None and stored.payload == expected
 
 
 def test_only_the_fields_a_change_alters_are_written(

@@ -248,3 +248,45 @@ def test_a_claimed_step_of_a_run_cancelled_elsewhere_does_not_begin(
     assert done.status is sm.RunStatus.CANCELLED
     attempts = {s.name: len(s.attempts) for s in done.step_runs or ()}
     assert (attempts["first"], attempts["meddled"]) == (1, 0)
+
+
+def _driver_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What psycopg is asked to do from now on: each statement (its first words), each
+    COMMIT. psycopg sends BEGIN itself before the first statement of a transaction, so
+    a change made without one commits nothing."""
+    import psycopg
+
+    calls: list[str] = []
+    execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
+
+    def traced_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(" ".join(str(query).split()[:2]))
+        return execute(self, query, *args, **kwargs)
+
+    def traced_commit(self: Any) -> None:
+        if self.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            calls.append("COMMIT")  # else there is nothing to commit, and none is sent
+        commit(self)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", traced_execute)
+    monkeypatch.setattr(psycopg.Connection, "commit", traced_commit)
+    return calls
+
+
+def test_a_start_is_one_call_without_a_transaction(
+    pg_mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Starting a run writes its row, first job and audit event in one statement (the
+    # create function): no BEGIN, no COMMIT, one round trip. A start with an
+    # idempotency key reads the key first, still without a transaction.
+    mesh = pg_mesh_factory([two_branches], executor="database")
+    mesh.start_run(two_branches)  # warm: the schema check, the pool
+    calls = _driver_calls(monkeypatch)
+    run = mesh.start_run(two_branches)
+    assert calls == ["SELECT squidmesh.squidmesh_create_v1(%s::json,"], calls
+    calls.clear()
+    keyed = mesh.start_run(two_branches, idempotency_key="k-1")
+    assert [c.split()[0] for c in calls] == ["SELECT", "SELECT"], calls
+    monkeypatch.undo()
+    assert mesh.drain() > 0
+    assert mesh.inspect_run(run.id).result == mesh.inspect_run(keyed.id).result == 3

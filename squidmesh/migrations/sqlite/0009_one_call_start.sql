@@ -1,0 +1,5 @@
+-- squidmesh schema version 9 (SQLite): nothing to change.
+--
+-- PostgreSQL gains squidmesh_create_v1, which starts a run in one call. SQLite runs
+-- in-process and inserts the run statement by statement in the same transaction
+-- (squidmesh/storage/sqlite_write.py); the version keeps the dialects in step.
