@@ -195,15 +195,19 @@ class Worker:
         if free <= 0:
             return False
         now = self.runner.clock()
-        with self.runner.store.transaction() as tx:
+        # flow control: only when this process declared queues (the plain claim of
+        # unqueued jobs is unchanged otherwise)
+        queues = declared_queues() or None
+        # The plain claim is one statement (UPDATE ... RETURNING), atomic by itself: on
+        # PostgreSQL it needs no BEGIN/COMMIT around it. The queue-aware claim counts
+        # and leases under a lock, in a transaction.
+        with self.runner.store.transaction(autocommit=queues is None) as tx:
             jobs = tx.claim_jobs(
                 now=now,
                 limit=free,
                 worker=self.owner,
                 lease_until=now + timedelta(seconds=self.lease_seconds),
-                # flow control: only when this process declared queues (the plain claim
-                # of unqueued jobs is unchanged otherwise)
-                queues=declared_queues() or None,
+                queues=queues,
             )
         assert self._pool is not None
         for job in jobs:

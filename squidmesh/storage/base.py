@@ -309,7 +309,8 @@ class Transaction(Protocol):
         leased jobs of the queue (and of each key) below ``concurrency`` (and
         ``key_concurrency``), attempt starts within the last ``rate.per`` seconds below
         ``rate.limit``; the best first by priority, keys in fair rotation. Without
-        ``queues`` (no queue declared) the claim is the plain one of unqueued jobs."""
+        ``queues`` (no queue declared) the claim is the plain one of unqueued jobs, a
+        single statement: it needs no transaction around it (``autocommit=True``)."""
 
     def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
         """Whether a claimable job of ``queue`` waits that a claim could prefer to one of

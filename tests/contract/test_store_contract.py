@@ -796,7 +796,10 @@ def test_count_ready_jobs_counts_due_unleased_jobs(store: Store) -> None:
         assert tx.count_ready_jobs(T0 + timedelta(days=365 * 100)) == 3
 
 
-def test_concurrent_claimers_never_share_a_job(store: Store) -> None:
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+def test_concurrent_claimers_never_share_a_job(store: Store, autocommit: bool) -> None:
+    # Workers that declare no queue claim without a transaction around the claim (one
+    # statement on PostgreSQL): it must hold the same guarantee.
     with store.transaction() as tx:
         writes.insert_jobs(tx, [Job("activate", f"r{i}", run_at=T0) for i in range(200)])
     start = threading.Barrier(4)
@@ -807,7 +810,7 @@ def test_concurrent_claimers_never_share_a_job(store: Store) -> None:
         try:
             start.wait()
             while True:
-                with store.transaction() as tx:
+                with store.transaction(autocommit=autocommit) as tx:
                     got = tx.claim_jobs(
                         now=T0, limit=7, worker=f"w{slot}", lease_until=T0 + timedelta(hours=1)
                     )
