@@ -50,16 +50,38 @@ from squidmesh.storage.base import (
     Transaction,
     WriteBatch,
 )
-from squidmesh.types import RunStatus
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
-__all__ = ["BegunStep", "Change", "Engine", "EngineHooks", "Live", "NeedsLock", "step_job_data"]
+__all__ = [
+    "ACTIVE",
+    "ADVANCING",
+    "STEP_RUNNABLE",
+    "BegunStep",
+    "Change",
+    "Engine",
+    "EngineHooks",
+    "Live",
+    "NeedsLock",
+    "step_job_data",
+]
 
 log = logging.getLogger("squidmesh")
 workflow_log = logging.getLogger("squidmesh.workflow")
 
-ACTIVE = frozenset({"pending", "running", "retrying", "paused", "cancelling"})
+#: statuses of a run whose interpreter is worth keeping (it moves again)
+ACTIVE = frozenset(
+    {
+        RunStatus.PENDING,
+        RunStatus.RUNNING,
+        RunStatus.RETRYING,
+        RunStatus.PAUSED,
+        RunStatus.CANCELLING,
+    }
+)
 # A step may run while the run is paused: a join can wait on an approval and a step at once.
-STEP_RUNNABLE = frozenset({"running", "retrying", "paused", "cancelling"})
+STEP_RUNNABLE = ACTIVE - {RunStatus.PENDING}
+#: statuses in which an activation advances the workflow (cancelling only settles)
+ADVANCING = ACTIVE - {RunStatus.CANCELLING}
 
 
 class NeedsLock(Exception):
@@ -362,7 +384,7 @@ class Engine:
             run.version += 1
             run.updated_at = ch.now
             batch.runs.append(run)
-            if run.status in ("completed", "failed", "cancelled") and self._queued(run):
+            if run.status in TERMINAL_STATUSES and self._queued(run):
                 # The run ends: the slot of its workflow-level queue goes with it.
                 batch.jobs_delete.extend(
                     q.job.id

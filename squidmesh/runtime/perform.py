@@ -46,6 +46,7 @@ from squidmesh.errors import (
 from squidmesh.runtime import composition, invoke
 from squidmesh.runtime.attempts import RunningAttempt, RunningAttempts
 from squidmesh.runtime.engine import (
+    ADVANCING,
     STEP_RUNNABLE,
     BegunStep,
     Change,
@@ -286,7 +287,7 @@ class JobRunner:
                 if live is None or not self.engine.in_flight(live):
                     self.engine.finish_cancel(ch, run, live)
                 return None
-            if run.status not in ("pending", "running", "retrying", "paused"):
+            if run.status not in ADVANCING:
                 return None
             live = self.engine.live(ch, run)
             if live is None:
@@ -607,7 +608,7 @@ class JobRunner:
         no rate: the finished job's row becomes the next step's, so the slot passes from
         one step of the run to the next and no count grows. Otherwise it waits for a
         claim."""
-        if lease is None or not lease.eager or run.status != "running":
+        if lease is None or not lease.eager or run.status != RunStatus.RUNNING:
             return
         if lease.draining is not None and lease.draining.is_set():
             return

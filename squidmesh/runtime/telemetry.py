@@ -35,6 +35,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from squidmesh.runtime.events import ActivationSpan, LifecycleEvent, Sealed
 from squidmesh.storage.base import Store
+from squidmesh.types import RunStatus
 
 __all__ = ["LOGGERS", "Telemetry", "Traced", "api_call", "fields_of"]
 
@@ -109,9 +110,9 @@ def _log_event(event: LifecycleEvent) -> None:
     else:
         logger = run_log
         level = logging.INFO
-        if kind == "run.transition" and event.status == "failed":
+        if kind == "run.transition" and event.status == RunStatus.FAILED:
             level = logging.ERROR
-        elif kind == "run.transition" and event.status == "suspended":
+        elif kind == "run.transition" and event.status == RunStatus.SUSPENDED:
             level = logging.WARNING
         elif kind == "run.compensation" and event.outcome == "failed":
             level = logging.ERROR
