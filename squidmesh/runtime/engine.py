@@ -157,6 +157,8 @@ class Change:
     logs: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
     #: each locked run as it was read, so a change that decided nothing writes nothing
     read: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
+    #: histories read with a run's lock (its interpreter was not cached at that version)
+    histories: dict[str, list[Entry]] = dataclasses.field(default_factory=dict)
     #: every write of this change, applied in one ``tx.write`` just before commit
     batch: WriteBatch = dataclasses.field(default_factory=WriteBatch)
     #: an eagerly begun step: its index in batch.jobs_insert and what it needs to run
@@ -506,7 +508,17 @@ class Engine:
                     raise NeedsLock()
                 found: RunRecord | None = _copy_run(slot.run)
         else:
-            found = ch.tx.lock_run(run_id)
+            # The history comes with the lock (one round trip on PostgreSQL) unless the
+            # cached interpreter is at the run's version.
+            with self._cache_lock:
+                slot = self._cache.get(run_id)
+                known = slot.version if slot is not None and slot.live is not None else None
+            locked = ch.tx.lock_run_with_history(run_id, known)
+            found = None
+            if locked is not None:
+                found, history = locked
+                if history is not None:
+                    ch.histories[run_id] = history
         if found is not None:
             ch.runs[found.id] = found
             ch.read[found.id] = _copy_run(found)
@@ -526,7 +538,10 @@ class Engine:
             if workflow is None:
                 return None
             interpreter = run_interpreter(run, workflow, max_value_bytes=self.max_value_bytes)
-            live = Live(interpreter, run_history(run, ch.tx.load_entries(run.id)))
+            entries = ch.histories.pop(run.id, None)
+            if entries is None:
+                entries = ch.tx.load_entries(run.id)
+            live = Live(interpreter, run_history(run, entries))
         ch.lives[run.id] = live
         return live
 

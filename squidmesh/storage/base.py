@@ -212,6 +212,13 @@ class Transaction(Protocol):
     def lock_run(self, run_id: str) -> RunRecord | None:
         """Read a run and hold its lock until the transaction ends."""
 
+    def lock_run_with_history(
+        self, run_id: str, known_version: int | None
+    ) -> tuple[RunRecord, list[Entry] | None] | None:
+        """``lock_run``, and the run's history as ``load_entries`` would read it after the
+        lock is held, unless the run is at ``known_version`` (the caller has that
+        history): then None for it. On PostgreSQL one round trip (BEGIN included)."""
+
     def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None: ...
 
     def list_children(self, parent_run_id: str, limit: int | None = None) -> list[RunRecord]:

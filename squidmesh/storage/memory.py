@@ -350,6 +350,14 @@ class InMemoryTransaction:
             )
         data.keys[key] = run.id
 
+    def lock_run_with_history(
+        self, run_id: str, known_version: int | None
+    ) -> tuple[RunRecord, list[Entry] | None] | None:
+        run = self.lock_run(run_id)
+        if run is None:
+            return None
+        return run, None if run.version == known_version else self.load_entries(run_id)
+
     def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None:
         data = self._read("find_run_by_key")
         run_id = data.keys.get((workflow, idempotency_key))

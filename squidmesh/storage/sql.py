@@ -42,6 +42,7 @@ from squidmesh.storage.base import (
     iter_chunks,
     run_id_prefix_range,
 )
+from squidmesh.storage.pg_reads import LockedReads
 from squidmesh.storage.sessions import EveryoneLeads, PgLeadership, PgWakeups, advisory_key
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
@@ -150,6 +151,8 @@ class SqlStore:
         self._create_sql = (
             pg_write.write_call(self.schema, creates=True) if dialect == "postgresql" else None
         )
+        #: PostgreSQL reads a run's lock and history in one round trip
+        self.locked_reads = LockedReads(self.schema) if dialect == "postgresql" else None
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
@@ -361,6 +364,41 @@ class SqlTransaction:
     def lock_run(self, run_id: str) -> RunRecord | None:
         row = self.connection.execute(self._q.lock_run, {"id": run_id}).first()
         return None if row is None else run_from_row(row)
+
+    def lock_run_with_history(
+        self, run_id: str, known_version: int | None
+    ) -> tuple[RunRecord, list[Entry] | None] | None:
+        reads = self._store.locked_reads
+        if reads is None:  # SQLite: in the process, two statements cost nothing more
+            run = self.lock_run(run_id)
+            if run is None:
+                return None
+            return run, None if run.version == known_version else self.load_entries(run_id)
+        import psycopg  # loaded already: the engine's driver
+
+        driver = self._pg_driver()
+        params = {"id": run_id, "known": known_version}
+        try:
+            if isinstance(driver, psycopg.Connection):
+                # Pipelined: BEGIN, the lock and the history travel together. The history
+                # is its own statement, so its snapshot is taken once the lock is held: it
+                # sees what a writer this one waited for committed.
+                with driver.pipeline():
+                    locked = driver.execute(reads.lock, params)
+                    history = driver.execute(reads.history, params)
+            else:  # a connection some host lends (Django): the same, one after the other
+                locked = driver.execute(reads.lock, params)
+                history = driver.execute(reads.history, params)
+            row, found = locked.fetchone(), history.fetchone()
+        except (psycopg.Error, TypeError, ValueError) as exc:
+            if self._raw is not None and driver.broken:
+                self._raw.invalidate(exc)
+                self._raw = None
+            raise storage_error("lock a run", exc) from exc
+        if row is None:
+            return None
+        document = found[0] if found is not None else None
+        return reads.run(row), None if document is None else reads.entries(document)
 
     @translated("find a run by idempotency key")
     def find_run_by_key(self, workflow: str, idempotency_key: str) -> RunRecord | None:

@@ -1153,6 +1153,65 @@ def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> N
     assert final is not None and final.status == "first+second"
 
 
+def test_a_run_locked_with_its_history(store: Store, run: RunRecord) -> None:
+    fresh = run_record()
+    add_runs(store, fresh)
+    with store.transaction() as tx:
+        writes.insert_entries(tx, run.id, [full_entry(0), full_entry(1)])
+    with store.transaction() as tx:
+        assert tx.lock_run_with_history(run.id, None) == (run, [full_entry(0), full_entry(1)])
+        # the caller holds the history of this version: only the run
+        assert tx.lock_run_with_history(run.id, run.version) == (run, None)
+        assert tx.lock_run_with_history(run.id, run.version - 1) == (
+            run,
+            [full_entry(0), full_entry(1)],
+        )
+        assert tx.lock_run_with_history(fresh.id, None) == (fresh, [])
+        assert tx.lock_run_with_history(str(uuid.uuid4()), None) is None
+
+
+def test_a_run_locked_with_its_history_sees_what_the_writer_it_waited_for_wrote(
+    store: Store, run: RunRecord
+) -> None:
+    # The second change asks for the lock while the first holds it, knowing the run's
+    # old version. Once the first commits (a new version, a new entry), the second must
+    # get both: a history read with the snapshot of before the wait would lack the
+    # entry (and judge the old version current).
+    holding = threading.Event()
+    got: list[Any] = []
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            assert holding.wait(10)
+            with store.transaction() as tx:
+                got.append(tx.lock_run_with_history(run.id, run.version))
+        except BaseException as exc:
+            errors.append(exc)
+
+    calls = _BlockingCalls(store)
+    thread = threading.Thread(target=second)
+    try:
+        thread.start()
+        with store.transaction() as tx:
+            locked = tx.lock_run(run.id)
+            assert locked is not None
+            holding.set()
+            calls.wait_until_entered(thread)
+            assert got == []  # still waiting for the lock
+            locked.status = "first"
+            writes.update_run(tx, locked)
+            writes.insert_entries(tx, run.id, [full_entry(0)])
+    finally:
+        holding.set()
+        thread.join(30)
+        calls.close()
+    assert not errors
+    ((after, history),) = got
+    assert (after.status, after.version) == ("first", run.version + 1)
+    assert history == [full_entry(0)]
+
+
 # --------------------------------------------------------------------------- databases only
 
 
