@@ -401,7 +401,8 @@ class Engine:
             ch.jobs_written = True
         if not batch:
             return
-        inserted = ch.tx.write(batch)
+        # Final unless an executor of its own enqueues the jobs after it (see change()).
+        inserted = ch.tx.write(batch, final=not ch.jobs or ch.jobs_written)
         if ch.eager is not None:
             index, begun = ch.eager
             stored = inserted[index]

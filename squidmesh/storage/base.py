@@ -198,8 +198,10 @@ class Transaction(Protocol):
     def connection(self) -> Any:
         """The SQLAlchemy ``Connection`` of this transaction (None in memory)."""
 
-    def write(self, batch: WriteBatch) -> list[Job]:
+    def write(self, batch: WriteBatch, *, final: bool = False) -> list[Job]:
         """Apply a batch; returns the inserted jobs with their ids, in batch order.
+        ``final``: nothing else is sent in this transaction after it, so a store may
+        commit together with it (PostgreSQL pipelines the COMMIT: one round trip).
 
         The one way runs, history entries, attempts, audit events and jobs are written
         (each store has one implementation of each write, held to the same behaviour by

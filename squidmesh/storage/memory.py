@@ -250,7 +250,7 @@ class InMemoryTransaction:
         if run_id not in data.runs:
             raise StorageError(f"cannot {what}: run {run_id} does not exist")
 
-    def write(self, batch: WriteBatch) -> list[Job]:
+    def write(self, batch: WriteBatch, *, final: bool = False) -> list[Job]:
         """The batch through the finer-grained writes below (PostgreSQL and SQLite have
         their own: ``pg_write``, ``sqlite_write``; the contract suite holds all three to
         the same behaviour). A failing write leaves the transaction to roll back."""

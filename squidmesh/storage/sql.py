@@ -265,6 +265,10 @@ def _give_back(raw: PoolProxiedConnection) -> None:
 class SqlTransaction:
     """One connection and one database transaction; use as ``with store.transaction()``."""
 
+    #: the transaction is squidmesh's own, committed by ``__exit__`` (a host's commits
+    #: on its own terms: ``_DjangoTransaction``)
+    owns_commit = True
+
     __slots__ = (
         "_autocommit",
         "_conn",
@@ -548,9 +552,9 @@ class SqlTransaction:
             self.connection.execute(self._q.delete_events, {"run_id": run_id, "ids": chunk})
 
     # batches ---------------------------------------------------------------
-    def write(self, batch: WriteBatch) -> list[Job]:
+    def write(self, batch: WriteBatch, *, final: bool = False) -> list[Job]:
         try:
-            return self._write(batch)
+            return self._write(batch, final)
         except ConflictError as exc:
             if not batch.runs_insert:
                 raise
@@ -561,7 +565,7 @@ class SqlTransaction:
             ) from exc.__cause__
 
     @translated("write a state change")
-    def _write(self, batch: WriteBatch) -> list[Job]:
+    def _write(self, batch: WriteBatch, final: bool) -> list[Job]:
         if batch.payloads:
             # A debounced start's new input, not a step's path: a plain statement ahead
             # of the rest of the batch, in the same transaction.
@@ -589,7 +593,16 @@ class SqlTransaction:
 
         driver = self._pg_driver()
         try:
-            row = driver.execute(sql, params).fetchone()
+            if final and self._commits_with_write(driver):
+                # The transaction's last statement: its COMMIT travels with it (the
+                # commit at the end of the transaction then finds nothing to do). A
+                # failing write skips the COMMIT, and the transaction rolls back.
+                with driver.pipeline():
+                    cursor = driver.execute(sql, params)
+                    driver.execute("COMMIT")
+                row = cursor.fetchone()
+            else:
+                row = driver.execute(sql, params).fetchone()
         except (psycopg.Error, TypeError, ValueError) as exc:
             if self._raw is not None and driver.broken:
                 self._raw.invalidate(exc)  # not back into the pool
@@ -604,6 +617,19 @@ class SqlTransaction:
             given = {"b_id": run_id, "payload": payload}
             if self.connection.execute(self._q.set_payload, given).rowcount != 1:
                 raise StorageError(f"cannot set the payload of run {run_id}: it does not exist")
+
+    def _commits_with_write(self, driver: object) -> bool:
+        """Whether the final write may carry the COMMIT: this transaction opened the
+        connection's transaction itself (a host's, like Django's atomic block, commits
+        on its own terms), with BEGIN/COMMIT, on a psycopg connection of its pool."""
+        import psycopg
+
+        return (
+            self.owns_commit
+            and not self._autocommit
+            and self._conn is not None
+            and isinstance(driver, psycopg.Connection)
+        )
 
     def _pg_driver(self) -> psycopg.Connection[Any]:
         """The psycopg connection of this transaction: the SQLAlchemy connection's, or,

@@ -33,9 +33,11 @@ def advanced(run: RunRecord, **fields: Any) -> RunRecord:
     return dataclasses.replace(run, version=run.version + 1, updated_at=LATER, **fields)
 
 
-def write(store: Store, batch: WriteBatch, *, autocommit: bool = False) -> list[Job]:
+def write(
+    store: Store, batch: WriteBatch, *, autocommit: bool = False, final: bool = False
+) -> list[Job]:
     with store.transaction(autocommit=autocommit) as tx:
-        return tx.write(batch)
+        return tx.write(batch, final=final)
 
 
 def ident(job: Job) -> int:
@@ -59,9 +61,11 @@ def started(store: Store) -> tuple[RunRecord, Job]:
     return run, job
 
 
+# final: the transaction's last write, which PostgreSQL sends with its COMMIT
+@pytest.mark.parametrize("final", [False, True], ids=["then-commit", "final"])
 @pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
 def test_a_batch_writes_every_section(
-    store: Store, started: tuple[RunRecord, Job], autocommit: bool
+    store: Store, started: tuple[RunRecord, Job], autocommit: bool, final: bool
 ) -> None:
     run, job = started
     moved = advanced(run, current_steps=["two"], waiting_on=[2], result={"so": "far"})
@@ -80,7 +84,7 @@ def test_a_batch_writes_every_section(
         ],
     )
 
-    jobs = write(store, batch, autocommit=autocommit)
+    jobs = write(store, batch, autocommit=autocommit, final=final)
 
     # The job carrying on keeps the row of the one it replaces; the new one gets an id.
     carried, fresh = jobs
@@ -175,9 +179,11 @@ def test_only_the_fields_a_change_alters_are_written(
     assert (stored.payload, stored.workflow) == (run.payload, run.workflow)
 
 
+# final: the transaction's last write, which PostgreSQL sends with its COMMIT
+@pytest.mark.parametrize("final", [False, True], ids=["then-commit", "final"])
 @pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
 def test_a_version_conflict_writes_nothing(
-    store: Store, started: tuple[RunRecord, Job], autocommit: bool
+    store: Store, started: tuple[RunRecord, Job], autocommit: bool, final: bool
 ) -> None:
     run, job = started
     write(store, WriteBatch(runs=[advanced(run)]))  # someone else's change: version 1
@@ -189,7 +195,7 @@ def test_a_version_conflict_writes_nothing(
         jobs_insert=[JobWrite(Job("step", run.id, 2, 1, run_at=LATER))],
     )
     with pytest.raises(ConcurrentChangeError):
-        write(store, stale, autocommit=autocommit)
+        write(store, stale, autocommit=autocommit, final=final)
     assert dump(store) == before
 
 

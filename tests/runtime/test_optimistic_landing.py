@@ -264,9 +264,10 @@ def test_a_claimed_step_of_a_run_cancelled_elsewhere_does_not_begin(
 
 
 def _driver_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What psycopg is asked to do from now on: each statement (its first words), each
-    COMMIT. psycopg sends BEGIN itself before the first statement of a transaction, so
-    a change made without one commits nothing."""
+    """What psycopg is asked to do from now on: each statement (its first words), and
+    ``commit()`` for each commit of an open transaction. psycopg sends BEGIN itself
+    before the first statement of a transaction, so a change made without one commits
+    nothing."""
     import psycopg
 
     calls: list[str] = []
@@ -278,7 +279,7 @@ def _driver_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def traced_commit(self: Any) -> None:
         if self.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            calls.append("COMMIT")  # else there is nothing to commit, and none is sent
+            calls.append("commit()")  # else there is nothing to commit, and none is sent
         commit(self)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", traced_execute)
@@ -303,3 +304,37 @@ def test_a_start_is_one_call_without_a_transaction(
     monkeypatch.undo()
     assert mesh.drain() > 0
     assert mesh.inspect_run(run.id).result == mesh.inspect_run(keyed.id).result == 3
+
+
+@sm.workflow
+def gated():
+    yield sm.approval("go")
+    return (yield first())
+
+
+def test_a_locked_change_sends_its_commit_with_its_write(
+    pg_mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An approval from a process that does not hold the run: BEGIN, the lock and the
+    # history travel together (one round trip), then the write with the COMMIT (one
+    # more): the transaction's own commit finds nothing left to do.
+    worker = pg_mesh_factory([gated], executor="database")
+    run = worker.start_run(gated)
+    worker.drain()
+    operator = pg_mesh_factory([gated], executor="database")
+    assert operator.inspect_run(run.id).status is sm.RunStatus.PAUSED
+    calls = _driver_calls(monkeypatch)
+    operator.approve_run(run.id, actor="ops")
+    statements = [
+        c for c in calls if c.startswith(("SELECT id,", "SELECT CASE", "SELECT squidmesh."))
+    ]
+    assert statements == [
+        "SELECT id,",
+        "SELECT CASE",
+        "SELECT squidmesh.squidmesh_write_v3(%s::json,",
+    ], calls
+    assert calls[calls.index(statements[-1]) + 1] == "COMMIT", calls
+    assert "commit()" not in calls, calls
+    monkeypatch.undo()
+    worker.drain()
+    assert worker.inspect_run(run.id).result == 1

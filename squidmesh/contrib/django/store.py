@@ -240,6 +240,8 @@ class _DjangoTransaction(SqlTransaction):
     """A squidmesh transaction inside ``transaction.atomic()`` on Django's connection."""
 
     __slots__ = ("_alias", "_atomic")
+    #: Django's atomic block commits, maybe as a savepoint inside the host's transaction
+    owns_commit = False
 
     def __init__(self, store: DjangoStore) -> None:
         super().__init__(store)
