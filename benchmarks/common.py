@@ -150,25 +150,36 @@ _direct_listeners: list[Callable[[str, bool], None]] = []
 
 
 def _install_direct_writes() -> None:
-    """squidmesh sends a state change's write on PostgreSQL straight to psycopg
-    (``SqlTransaction.write``), past SQLAlchemy's events: wrap it once so the counters see
-    those statements too."""
+    """squidmesh sends a state change's write, and a run's locked read with its history,
+    on PostgreSQL straight to psycopg (``SqlTransaction.write``,
+    ``lock_run_with_history``), past SQLAlchemy's events: wrap them once so the counters
+    see those statements too."""
     from squidmesh.storage.sql import SqlTransaction
 
     original = SqlTransaction.write
     if getattr(original, "_bench_wrapped", False):
         return
+    original_lock = SqlTransaction.lock_run_with_history
 
-    def write(self: Any, batch: Any) -> Any:
+    def write(self: Any, batch: Any, **options: Any) -> Any:
         sql_text = self._write_sql
         if sql_text is not None:  # PostgreSQL (SQLite writes on its driver's cursor)
             own = self._conn is None  # no SQLAlchemy connection: a pooled one, autocommit
             for listener in list(_direct_listeners):
                 listener(sql_text, own)
-        return original(self, batch)
+        return original(self, batch, **options)
+
+    def lock_run_with_history(self: Any, run_id: str, known: int | None) -> Any:
+        reads = self._store.locked_reads
+        if reads is not None:  # PostgreSQL: two statements, pipelined
+            for listener in list(_direct_listeners):
+                listener(reads.lock, False)
+                listener(reads.history, False)
+        return original_lock(self, run_id, known)
 
     write._bench_wrapped = True  # type: ignore[attr-defined]
     SqlTransaction.write = write  # type: ignore[method-assign]
+    SqlTransaction.lock_run_with_history = lock_run_with_history  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -259,7 +270,9 @@ class SqlCounter:
 
         psycopg sends BEGIN before the first statement of a transaction (one round trip)
         and COMMIT/ROLLBACK at its end (one more); an autocommit block sends neither.
-        Each statement (an executemany is pipelined) is counted as one round trip.
+        Each statement (an executemany is pipelined) is counted as one round trip. What
+        squidmesh pipelines (a locked read with its history; BEGIN with it; a final
+        write with its COMMIT) is counted as if sent apart: an upper bound.
         """
         total = sum(self.statements.values())
         transactions = self.commits + self.rollbacks
