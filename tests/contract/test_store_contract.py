@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from squidmesh.storage.base import (
     SCHEMA_VERSION,
     RunRecord,
     Store,
+    Transaction,
     WriteBatch,
     run_id_prefix,
     run_id_prefix_range,
@@ -1106,31 +1108,30 @@ class _BlockingCalls:
         raise AssertionError("the second lock_run never blocked")
 
 
-def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> None:
-    # The second writer enters its transaction and lock_run while the first holds the
-    # run's lock; the store shows it has entered the call that takes the lock (above).
-    # It must not get the run before the first commits, and must then read the first
-    # one's change: ordering proven through the data, not by timing.
+def race_for_the_lock(
+    store: Store,
+    run: RunRecord,
+    second: Callable[[], None],
+    first_writes: Callable[[Transaction, RunRecord], None],
+    waiting: Callable[[], bool],
+) -> None:
+    """``second`` (in a thread) asks for ``run``'s lock while a first change holds it.
+    Once the store shows it has entered the call that takes the lock (above) and
+    ``waiting()`` holds, the first change writes with ``first_writes`` and commits.
+    Ordering is then proven through the data, not by timing. Fails with what ``second``
+    raised."""
     holding = threading.Event()
-    returned: list[str] = []
-    seen: list[str] = []
     errors: list[BaseException] = []
 
-    def second() -> None:
+    def run_second() -> None:
         try:
             assert holding.wait(10)
-            with store.transaction() as tx:
-                locked = tx.lock_run(run.id)
-                returned.append("lock_run")
-                assert locked is not None
-                seen.append(locked.status)
-                locked.status = locked.status + "+second"
-                writes.update_run(tx, locked)
+            second()
         except BaseException as exc:
             errors.append(exc)
 
     calls = _BlockingCalls(store)
-    thread = threading.Thread(target=second)
+    thread = threading.Thread(target=run_second)
     try:
         thread.start()
         with store.transaction() as tx:
@@ -1138,14 +1139,35 @@ def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> N
             assert locked is not None
             holding.set()
             calls.wait_until_entered(thread)
-            assert returned == []  # still waiting for the lock the first writer holds
-            locked.status = "first"
-            writes.update_run(tx, locked)
+            assert waiting()  # still waiting for the lock the first change holds
+            first_writes(tx, locked)
     finally:
         holding.set()
         thread.join(30)
         calls.close()
-    assert not errors
+    assert not errors, errors
+
+
+def test_lock_run_serializes_writers_of_a_run(store: Store, run: RunRecord) -> None:
+    # The second writer must not get the run before the first commits, and must then
+    # read the first one's change.
+    returned: list[str] = []
+    seen: list[str] = []
+
+    def second() -> None:
+        with store.transaction() as tx:
+            locked = tx.lock_run(run.id)
+            returned.append("lock_run")
+            assert locked is not None
+            seen.append(locked.status)
+            locked.status = locked.status + "+second"
+            writes.update_run(tx, locked)
+
+    def first(tx: Transaction, locked: RunRecord) -> None:
+        locked.status = "first"
+        writes.update_run(tx, locked)
+
+    race_for_the_lock(store, run, second, first, waiting=lambda: returned == [])
     assert returned == ["lock_run"]
     assert seen == ["first"]  # the second writer read the first one's committed change
     with store.transaction() as tx:
@@ -1177,36 +1199,18 @@ def test_a_run_locked_with_its_history_sees_what_the_writer_it_waited_for_wrote(
     # old version. Once the first commits (a new version, a new entry), the second must
     # get both: a history read with the snapshot of before the wait would lack the
     # entry (and judge the old version current).
-    holding = threading.Event()
     got: list[Any] = []
-    errors: list[BaseException] = []
 
     def second() -> None:
-        try:
-            assert holding.wait(10)
-            with store.transaction() as tx:
-                got.append(tx.lock_run_with_history(run.id, run.version))
-        except BaseException as exc:
-            errors.append(exc)
-
-    calls = _BlockingCalls(store)
-    thread = threading.Thread(target=second)
-    try:
-        thread.start()
         with store.transaction() as tx:
-            locked = tx.lock_run(run.id)
-            assert locked is not None
-            holding.set()
-            calls.wait_until_entered(thread)
-            assert got == []  # still waiting for the lock
-            locked.status = "first"
-            writes.update_run(tx, locked)
-            writes.insert_entries(tx, run.id, [full_entry(0)])
-    finally:
-        holding.set()
-        thread.join(30)
-        calls.close()
-    assert not errors
+            got.append(tx.lock_run_with_history(run.id, run.version))
+
+    def first(tx: Transaction, locked: RunRecord) -> None:
+        locked.status = "first"
+        writes.update_run(tx, locked)
+        writes.insert_entries(tx, run.id, [full_entry(0)])
+
+    race_for_the_lock(store, run, second, first, waiting=lambda: got == [])
     ((after, history),) = got
     assert (after.status, after.version) == ("first", run.version + 1)
     assert history == [full_entry(0)]
