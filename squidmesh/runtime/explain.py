@@ -162,7 +162,7 @@ def _queue_counts(state: QueueState) -> dict[str, Any]:
     }
 
 
-def _scheduled_start(run: RunRecord, jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
+def _scheduled_start(jobs: Sequence[QueuedJob], now: datetime | None) -> str | None:
     """When a pending run starts (ISO 8601), if it was started for later and that is
     still ahead. The start asked for is recorded in the activation's data: its
     ``run_at`` also moves when a worker gives the job back after an error, and an
@@ -176,9 +176,7 @@ def _scheduled_start(run: RunRecord, jobs: Sequence[QueuedJob], now: datetime | 
     if now is None or not starts:
         return None
     first = min(starts)
-    if first <= run.created_at or first <= now:
-        return None
-    return first.isoformat()
+    return first.isoformat() if first > now else None
 
 
 def _dispatch_retry(jobs: Sequence[QueuedJob]) -> dict[str, Any]:
@@ -279,7 +277,7 @@ def explain(
         reason = "debouncing"
         details = debouncing
         actions = ["wait_for_timer", "cancel_run"]
-    elif status is RunStatus.PENDING and (start := _scheduled_start(run, jobs, now)) is not None:
+    elif status is RunStatus.PENDING and (start := _scheduled_start(jobs, now)) is not None:
         reason = "scheduled_start"
         details = {"start_at": start}
         actions = ["wait_for_timer", "cancel_run"]

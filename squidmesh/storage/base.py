@@ -24,9 +24,12 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.core.replay import BufferedEvent
 
 __all__ = [
+    "ENTRY_COLUMNS",
+    "ENTRY_FIELDS",
     "HOLDING",
     "PARKED",
     "PARKED_UNTIL",
+    "RUN_FIELDS",
     "RUN_FIXED_FIELDS",
     "RUN_MUTABLE_FIELDS",
     "SCHEMA_VERSION",
@@ -121,6 +124,13 @@ class JobWrite:
     #: a run step after step keeps one row instead of deleting and inserting one per step)
     replaces: int | None = None
 
+
+#: A run row's columns: RunRecord's fields, in order (so a selected row is RunRecord(*row)).
+RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
+#: Entry's fields in declaration order, and the column each is stored in, in the same
+#: order (``ord`` holds ``order``: ORDER is reserved), so a selected row is Entry(*row).
+ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
+ENTRY_COLUMNS = tuple("ord" if name == "order" else name for name in ENTRY_FIELDS)
 
 #: The fields of a run its state changes alter. The others (what it runs, with what,
 #: where it came from, when it was made) are fixed when the run is created: a change does

@@ -11,21 +11,16 @@ before the wait: the run at its new version beside its old history.)
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from squidmesh.core.history import Entry
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RunRecord
+from squidmesh.storage.base import ENTRY_COLUMNS, RUN_FIELDS, RunRecord
 
 __all__ = ["LockedReads"]
 
-#: a run row's columns are RunRecord's fields, in order (tables.py; a contract test)
-_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
-#: an entry's columns in Entry field order (``ord`` holds ``order``: ORDER is reserved)
-_ENTRY_COLUMNS = tuple("ord" if f.name == "order" else f.name for f in dataclasses.fields(Entry))
-_TIMES = tuple(i for i, name in enumerate(_RUN_FIELDS) if name in ("created_at", "updated_at"))
+_TIMES = tuple(i for i, name in enumerate(RUN_FIELDS) if name in ("created_at", "updated_at"))
 
 
 class LockedReads:
@@ -35,13 +30,13 @@ class LockedReads:
         runs, entries = f"{schema}.squidmesh_runs", f"{schema}.squidmesh_entries"
         #: the run, locked as ``lock_run`` locks it (not blocking foreign-key checks)
         self.lock = (
-            f"SELECT {', '.join(_RUN_FIELDS)} FROM {runs} WHERE id = %(id)s FOR NO KEY UPDATE"
+            f"SELECT {', '.join(RUN_FIELDS)} FROM {runs} WHERE id = %(id)s FOR NO KEY UPDATE"
         )
         #: its history as one JSON document (NULL when the caller knows this version)
         self.history = (
             f"SELECT CASE WHEN (SELECT version FROM {runs} WHERE id = %(id)s) "
             "IS DISTINCT FROM %(known)s::integer THEN (SELECT COALESCE(json_agg("
-            f"json_build_array({', '.join(_ENTRY_COLUMNS)}) ORDER BY seq), '[]'::json) "
+            f"json_build_array({', '.join(ENTRY_COLUMNS)}) ORDER BY seq), '[]'::json) "
             f"FROM {entries} WHERE run_id = %(id)s) END"
         )
 

@@ -32,7 +32,15 @@ from typing import Any
 from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RUN_MUTABLE_FIELDS, JobWrite, RunRecord, WriteBatch
+from squidmesh.storage.base import (
+    ENTRY_COLUMNS,
+    ENTRY_FIELDS,
+    RUN_FIELDS,
+    RUN_MUTABLE_FIELDS,
+    JobWrite,
+    RunRecord,
+    WriteBatch,
+)
 
 __all__ = [
     "CREATE_FUNCTION",
@@ -48,11 +56,7 @@ WRITE_FUNCTION = "squidmesh_write_v3"
 #: the one that first inserts new runs (whole rows), then applies the rest like
 #: ``WRITE_FUNCTION`` (migration 0009): starting a run is one call too
 CREATE_FUNCTION = "squidmesh_create_v1"
-_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
 
-_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
-#: Entry fields by column (the column ``ord`` holds ``Entry.order``: ORDER is reserved)
-_ENTRY_KEYS = tuple("ord" if name == "order" else name for name in _ENTRY_FIELDS)
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
 _AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
 
@@ -62,7 +66,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _entry(run_id: str, entry: Entry) -> dict[str, Any]:
-    row = {key: getattr(entry, name) for key, name in zip(_ENTRY_KEYS, _ENTRY_FIELDS, strict=True)}
+    row = {key: getattr(entry, name) for key, name in zip(ENTRY_COLUMNS, ENTRY_FIELDS, strict=True)}
     row["run_id"] = run_id
     return row
 
@@ -108,7 +112,7 @@ def write_call(schema: str, *, creates: bool = False) -> str:
 
 
 def _new_run(run: RunRecord) -> dict[str, Any]:
-    row = {name: getattr(run, name) for name in _RUN_FIELDS}
+    row = {name: getattr(run, name) for name in RUN_FIELDS}
     row["created_at"], row["updated_at"] = _iso(run.created_at), _iso(run.updated_at)
     return row
 

@@ -395,10 +395,7 @@ class SqlTransaction:
                 history = driver.execute(reads.history, params)
             row, found = locked.fetchone(), history.fetchone()
         except (psycopg.Error, TypeError, ValueError) as exc:
-            if self._raw is not None and driver.broken:
-                self._raw.invalidate(exc)
-                self._raw = None
-            raise storage_error("lock a run", exc) from exc
+            raise self._driver_failed(driver, "lock a run", exc) from exc
         if row is None:
             return None
         document = found[0] if found is not None else None
@@ -604,10 +601,7 @@ class SqlTransaction:
             else:
                 row = driver.execute(sql, params).fetchone()
         except (psycopg.Error, TypeError, ValueError) as exc:
-            if self._raw is not None and driver.broken:
-                self._raw.invalidate(exc)  # not back into the pool
-                self._raw = None
-            raise storage_error("write a state change", exc) from exc
+            raise self._driver_failed(driver, "write a state change", exc) from exc
         assert row is not None
         return pg_write.stored_jobs(batch, row[0], now)
 
@@ -617,6 +611,16 @@ class SqlTransaction:
             given = {"b_id": run_id, "payload": payload}
             if self.connection.execute(self._q.set_payload, given).rowcount != 1:
                 raise StorageError(f"cannot set the payload of run {run_id}: it does not exist")
+
+    def _driver_failed(
+        self, driver: psycopg.Connection[Any], action: str, exc: Exception
+    ) -> StorageError:
+        """The error of a statement sent straight to psycopg; a broken pooled connection
+        taken for it does not go back into the pool."""
+        if self._raw is not None and driver.broken:
+            self._raw.invalidate(exc)
+            self._raw = None
+        return storage_error(action, exc)
 
     def _commits_with_write(self, driver: object) -> bool:
         """Whether the final write may carry the COMMIT: this transaction opened the

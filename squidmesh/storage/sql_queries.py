@@ -18,19 +18,14 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from squidmesh.core.history import Entry
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import HOLDING, PARKED, RunRecord
+from squidmesh.storage.base import ENTRY_COLUMNS, HOLDING, PARKED, RUN_FIELDS, RunRecord
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["Queries", "queries_for"]
 
-_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
-# Entry fields in declaration order, so a selected row is Entry(*row).
-_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
-_ENTRY_COLUMNS = tuple("ord" if name == "order" else name for name in _ENTRY_FIELDS)
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
 _AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
 
@@ -68,7 +63,7 @@ class Queries:
         b = sa.bindparam
 
         # Column order equals RunRecord's fields, so a row is RunRecord(*row).
-        run_columns = [runs.c[name] for name in _RUN_FIELDS]
+        run_columns = [runs.c[name] for name in RUN_FIELDS]
         select_run = sa.select(*run_columns)
         self.get_run = select_run.where(runs.c.id == b("id"))
         # NO KEY UPDATE: serializes writers of the run without blocking the foreign-key
@@ -95,7 +90,7 @@ class Queries:
         self.list_children_limited = self.list_children.limit(b("n"))
 
         self.load_entries = (
-            sa.select(*[entries.c[col] for col in _ENTRY_COLUMNS])
+            sa.select(*[entries.c[col] for col in ENTRY_COLUMNS])
             .where(entries.c.run_id == b("run_id"))
             .order_by(entries.c.seq)
         )
@@ -107,7 +102,7 @@ class Queries:
             sa.select(
                 sa.func.json_agg(
                     aggregate_order_by(
-                        sa.func.json_build_array(*[entries.c[col] for col in _ENTRY_COLUMNS]),
+                        sa.func.json_build_array(*[entries.c[col] for col in ENTRY_COLUMNS]),
                         entries.c.seq,
                     )
                 )

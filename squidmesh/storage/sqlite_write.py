@@ -29,13 +29,19 @@ from sqlalchemy.dialects import sqlite
 from squidmesh.core.records import Job
 from squidmesh.errors import ConcurrentChangeError, StorageError
 from squidmesh.storage import tables as t
-from squidmesh.storage.base import RUN_MUTABLE_FIELDS, JobWrite, WriteBatch
+from squidmesh.storage.base import (
+    ENTRY_COLUMNS,
+    ENTRY_FIELDS,
+    RUN_MUTABLE_FIELDS,
+    JobWrite,
+    WriteBatch,
+)
 
 __all__ = ["SqliteWriter"]
 
 _DIALECT = sqlite.dialect()
 #: Entry fields by column (the column ``ord`` holds ``Entry.order``: ORDER is reserved)
-_FIELD = {"ord": "order"}
+_FIELD = {c: f for c, f in zip(ENTRY_COLUMNS, ENTRY_FIELDS, strict=True) if c != f}
 #: the job columns a change writes (``failures`` and ``last_error`` start over)
 _JOB_COLUMNS = ("kind", "run_id", "seq", "attempt", "run_at", "data", "worker", "lease_until")
 
