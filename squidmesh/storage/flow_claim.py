@@ -27,12 +27,14 @@ from typing import Any
 
 from squidmesh.core.flow import Queue
 
-__all__ = ["NO_KEY", "PRUNE_SERVED_AFTER", "Waiting", "all_full", "plan"]
+__all__ = ["NO_KEY", "PRUNE_CHANCE", "PRUNE_SERVED_AFTER", "Waiting", "all_full", "plan"]
 
 #: how the calls of no key appear in ``squidmesh_flow_keys`` (its key is never NULL)
 NO_KEY = ""
 #: keys not served for this long are forgotten (they rank as never served)
 PRUNE_SERVED_AFTER = timedelta(days=1)
+#: the share of SQL claims that also forget such keys (the memory store at each claim)
+PRUNE_CHANCE = 0.01
 _NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

@@ -42,12 +42,17 @@ from squidmesh.storage.base import (
     iter_chunks,
     run_id_prefix_range,
 )
+from squidmesh.storage.pg_flow import PgFlowClaim
 from squidmesh.storage.pg_reads import LockedReads
 from squidmesh.storage.sessions import EveryoneLeads, PgLeadership, PgWakeups, advisory_key
 from squidmesh.storage.sql_errors import driver_error, storage_error, translated
 from squidmesh.storage.sql_queries import (
     ALL_STATUSES,
     CHUNK,
+    claimed_jobs,
+    flow_forgets,
+    flow_grants,
+    flow_heads,
     job_from_row,
     queries_for,
     run_from_row,
@@ -62,7 +67,6 @@ __all__ = ["SqlStore", "SqlTransaction", "create_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: the share of queue-aware claims that also prune keys not served for a day
-PRUNE_CHANCE = 0.01
 _CONFIGURED = "squidmesh_sqlite_configured"
 
 
@@ -153,6 +157,13 @@ class SqlStore:
         )
         #: PostgreSQL reads a run's lock and history in one round trip
         self.locked_reads = LockedReads(self.schema) if dialect == "postgresql" else None
+        #: PostgreSQL claims queued jobs in three round trips (SQLite statement by
+        #: statement, ``SqlTransaction._claim_queued``)
+        self.flow_claim = (
+            PgFlowClaim(self.queries, engine.dialect, self.schema)
+            if dialect == "postgresql"
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.dialect} {self._raw_engine.url!r} schema={self.schema}>"
@@ -665,6 +676,17 @@ class SqlTransaction:
     ) -> list[Job]:
         if limit <= 0:
             return []
+        if queues and self._store.flow_claim is not None:
+            # PostgreSQL: the queue-aware claim and the plain one pipelined together
+            return self._store.flow_claim.claim(
+                self._pg_driver(),
+                now=now,
+                limit=limit,
+                worker=worker,
+                lease_until=lease_until,
+                queues=queues,
+                failed=self._driver_failed,
+            )
         queued: list[Job] = []
         if queues:
             queued = self._claim_queued(now, limit, worker, lease_until, queues)
@@ -681,86 +703,48 @@ class SqlTransaction:
         lease_until: datetime,
         queues: Mapping[str, Queue],
     ) -> list[Job]:
-        """The queue-aware claim (``squidmesh/storage/flow_claim.py``): serialized across
-        claimers (a transaction advisory lock on PostgreSQL; SQLite's write lock), so
-        what it counts stays true until it commits its leases."""
+        """The queue-aware claim on SQLite (``squidmesh/storage/flow_claim.py``),
+        serialized across claimers by the database's write lock, so what it counts stays
+        true until it commits its leases. PostgreSQL's: ``storage/pg_flow.py``."""
         conn, q = self.connection, self._q
         names = sorted(queues)
-
-        def count_running() -> dict[tuple[str, str | None], int]:
-            rows = conn.execute(q.flow_running, {"names": names, "now": now})
-            return {(row[0], row[1]): int(row[2]) for row in rows}
-
-        if q.dialect == "postgresql":
-            # Nothing claimable, or every queue full? Then there is nothing to take: say
-            # so in one read, without queueing for the lock (a full queue is the common
-            # case under load). Counted again under the lock before anything is taken.
-            before_lock: dict[tuple[str, str | None], int] = {}
-            ready = 0
-            for counted in conn.execute(q.flow_counts, {"names": names, "now": now}):
-                before_lock[(counted[0], counted[1])] = int(counted[2] or 0)
-                ready += int(counted[3] or 0)
-            if not ready or flow_claim.all_full(queues, before_lock):
-                return []
-            conn.execute(q.flow_lock, {"key": f"squidmesh-flow:{self._store.schema}"})
-        elif not conn.execute(q.flow_any, {"names": names, "now": now}).scalar():
+        if not conn.execute(q.flow_any, {"names": names, "now": now}).scalar():
             return []
-        running = count_running()
+        rows = conn.execute(q.flow_running, {"names": names, "now": now})
+        running = {(row[0], row[1]): int(row[2]) for row in rows}
         rated = [name for name in names if queues[name].rate is not None]
-        for name in rated:
-            window = queues[name].rate
-            assert window is not None
-            before = t.utc(now) - timedelta(seconds=window.per)
-            conn.execute(q.flow_forget_starts, {"queue": name, "before": before})
+        for forget in flow_forgets(queues, rated, t.utc(now)):
+            conn.execute(q.flow_forget_starts, forget)
         starts = (
             {row[0]: int(row[1]) for row in conn.execute(q.flow_starts, {"names": rated})}
             if rated
             else {}
         )
-        stale = t.utc(now) - timedelta(seconds=liveness.STALE_LEASE_SECONDS)
-        rows: dict[int, Any] = {}
-        waiting: list[flow_claim.Waiting] = []
-        for row in conn.execute(q.flow_waiting, {"names": names, "now": now, "n": limit}):
-            holder, until = row[7], row[8]
-            if until is not None and until > stale and self._owner_lives(holder):
-                continue  # an expired lease whose owner still lives: not taken over
-            rows[row[0]] = row
-            waiting.append(
-                flow_claim.Waiting(row[0], row[9], row[10], int(row[11] or 0), t.utc(row[5]))
-            )
-        if not waiting:
-            return []
         at = t.utc(now)
-        if random.random() < PRUNE_CHANCE:  # keys a day unserved rank as never served
+        if random.random() < flow_claim.PRUNE_CHANCE:
             conn.execute(q.flow_forget_keys, {"before": at - flow_claim.PRUNE_SERVED_AFTER})
-        keys = sorted({w.key or flow_claim.NO_KEY for w in waiting})
-        served: dict[tuple[str, str | None], datetime] = {}
-        for name, key, when in conn.execute(q.flow_served, {"names": names, "keys": keys}):
-            served[(name, key if key != flow_claim.NO_KEY else None)] = t.utc(when)
+        heads = flow_heads(
+            conn.execute(q.flow_waiting, {"names": names, "now": now, "n": limit}),
+            stale=at - timedelta(seconds=liveness.STALE_LEASE_SECONDS),
+            owner_lives=liveness.alive_here,
+        )
         chosen = flow_claim.plan(
-            waiting, running=running, starts=starts, served=served, queues=queues, limit=limit
+            heads.waiting,
+            running=running,
+            starts=starts,
+            served=heads.served,
+            queues=queues,
+            limit=limit,
         )
         if not chosen:
             return []
         ids = [item.id for item in chosen]
         conn.execute(q.flow_lease, {"ids": ids, "w": worker, "until": lease_until, "now": now})
-        begun = [{"queue": w.queue, "at": at} for w in chosen if queues[w.queue].rate is not None]
+        begun, turns = flow_grants(chosen, queues, at)
         if begun:
             conn.execute(q.flow_add_starts, begun)
-        turns = {(w.queue, w.key or flow_claim.NO_KEY) for w in chosen}
-        conn.execute(
-            q.flow_serve,
-            [{"queue": name, "flow_key": key, "served_at": at} for name, key in sorted(turns)],
-        )
-        return [job_from_row(rows[i]) for i in ids]
-
-    def _owner_lives(self, owner: str | None) -> bool:
-        if owner is None:
-            return False
-        if self._q.dialect != "postgresql":
-            return liveness.alive_here(owner)
-        key = liveness.ADVISORY_PREFIX + owner
-        return not self.connection.execute(self._q.owner_gone, {"key": key}).scalar_one()
+        conn.execute(q.flow_serve, turns)
+        return [heads.jobs[i] for i in ids]
 
     def _claim_plain(
         self, now: datetime, limit: int, worker: str, lease_until: datetime
@@ -780,8 +764,7 @@ class SqlTransaction:
             if rows:
                 lease = {"ids": [row[0] for row in rows], "w": worker, "until": lease_until}
                 conn.execute(q.lease_jobs, lease)
-        # RETURNING gives no order; claim order is (run_at, id).
-        return sorted((job_from_row(row) for row in rows), key=_job_order)
+        return claimed_jobs(rows)
 
     @translated("look for other waiting work of a queue")
     def others_waiting(self, queue: str, key: str | None, priority: int, now: datetime) -> bool:
@@ -892,8 +875,7 @@ class SqlTransaction:
             return liveness.alive_here(owner)
         # Taking the owner's lock succeeds only when no session holds it (held until
         # this transaction ends, which is harmless: the owner is gone).
-        key = liveness.ADVISORY_PREFIX + owner
-        return not self.connection.execute(self._q.owner_gone, {"key": key}).scalar_one()
+        return not self.connection.execute(self._q.owner_gone, {"owner": owner}).scalar_one()
 
     @translated("read the database's clock")
     def database_time(self) -> datetime | None:
@@ -978,11 +960,6 @@ class SqlTransaction:
                 conn.execute(statement, {"ids": chunk})
             deleted += conn.execute(self._q.delete_run_rows, {"ids": chunk}).rowcount
         return deleted
-
-
-def _job_order(job: Job) -> tuple[datetime, int]:
-    assert job.run_at is not None and job.id is not None
-    return (job.run_at, job.id)
 
 
 if TYPE_CHECKING:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,13 +19,23 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from squidmesh.core.flow import Queue
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import ENTRY_COLUMNS, HOLDING, PARKED, RUN_FIELDS, RunRecord
+from squidmesh.storage.flow_claim import NO_KEY, Waiting
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
-__all__ = ["Queries", "queries_for"]
+__all__ = [
+    "FlowHeads",
+    "Queries",
+    "claimed_jobs",
+    "flow_forgets",
+    "flow_grants",
+    "flow_heads",
+    "queries_for",
+]
 
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
 _AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
@@ -36,21 +47,96 @@ UNFINISHED = tuple(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
 CHUNK = 500
 
 
+def _owner_gone(worker: Any) -> Any:
+    """PostgreSQL: whether the owner ``worker`` names is gone (its advisory lock is
+    free: ``squidmesh/storage/liveness.py``). A free lock is taken until the
+    transaction ends, which is harmless: its owner is gone."""
+    return sa.func.pg_try_advisory_xact_lock(
+        sa.func.hashtextextended(sa.literal(liveness.ADVISORY_PREFIX) + worker, 0)
+    )
+
+
+@dataclasses.dataclass
+class FlowHeads:
+    """The rows of ``Queries.flow_waiting`` a queue-aware claim may take."""
+
+    waiting: list[Waiting] = dataclasses.field(default_factory=list)
+    #: when each (queue, key) of them last had a turn (absent: never, or forgotten)
+    served: dict[tuple[str, str | None], datetime] = dataclasses.field(default_factory=dict)
+    jobs: dict[int, Job] = dataclasses.field(default_factory=dict)
+
+
+def flow_heads(
+    rows: Iterable[Sequence[Any]], *, stale: datetime, owner_lives: Callable[[str], bool]
+) -> FlowHeads:
+    """The heads of ``rows`` (``Queries.flow_waiting``), without the jobs whose lease
+    expired after ``stale`` and whose owner lives (``takeable`` false on PostgreSQL;
+    asked of ``owner_lives`` where the database leaves it NULL)."""
+    heads = FlowHeads()
+    for row in rows:
+        holder, until, takeable = row[7], row[8], row[13]
+        if takeable is None and until is not None:
+            takeable = t.utc(until) <= stale or not owner_lives(holder)
+        if takeable is False:
+            continue  # an expired lease whose owner still lives: not taken over
+        queue, key = row[9], row[10]
+        heads.waiting.append(Waiting(row[0], queue, key, int(row[11] or 0), t.utc(row[5])))
+        if row[12] is not None:
+            heads.served[(queue, key)] = t.utc(row[12])
+        heads.jobs[row[0]] = job_from_row(row)
+    return heads
+
+
+def flow_forgets(
+    queues: Mapping[str, Queue], rated: Iterable[str], now: datetime
+) -> list[dict[str, Any]]:
+    """The parameters of ``Queries.flow_forget_starts`` for the ``rated`` queues:
+    the starts before each one's window are forgotten."""
+    forgets = []
+    for name in rated:
+        rate = queues[name].rate
+        assert rate is not None
+        forgets.append({"queue": name, "before": now - timedelta(seconds=rate.per)})
+    return forgets
+
+
+def flow_grants(
+    chosen: Sequence[Waiting], queues: Mapping[str, Queue], at: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a claim records of the jobs it ``chosen`` at ``at``: the starts of
+    rate-limited queues (``Queries.flow_add_starts``), and each (queue, key)'s turn
+    (``Queries.flow_serve``, in a fixed order so concurrent claims lock rows alike)."""
+    begun = [{"queue": w.queue, "at": at} for w in chosen if queues[w.queue].rate is not None]
+    turns = sorted({(w.queue, w.key or NO_KEY) for w in chosen})
+    return begun, [{"queue": q, "flow_key": k, "served_at": at} for q, k in turns]
+
+
 def run_from_row(row: Sequence[Any]) -> RunRecord:
     return RunRecord(*row)
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
-    # Column order of Queries.job_columns.
+    # Column order of Queries.job_columns; run_at made UTC here too, for the rows
+    # psycopg returns directly (``storage/pg_flow.py``).
     return Job(
         kind=row[1],
         run_id=row[2],
         seq=row[3],
         attempt=row[4],
-        run_at=row[5],
+        run_at=t.utc(row[5]),
         data=row[6],
         id=row[0],
     )
+
+
+def claimed_jobs(rows: Iterable[Sequence[Any]]) -> list[Job]:
+    """The jobs of a claim's rows in claim order, (run_at, id): RETURNING gives none."""
+    return sorted((job_from_row(row) for row in rows), key=_claim_order)
+
+
+def _claim_order(job: Job) -> tuple[datetime, int]:
+    assert job.run_at is not None and job.id is not None
+    return (job.run_at, job.id)
 
 
 class Queries:
@@ -169,9 +255,7 @@ class Queries:
             # (the owner is gone: see squidmesh/storage/liveness.py), or it went stale;
             # never because the owner's clock, or ours, says so. ``now`` is the caller's
             # clock, which on PostgreSQL is the database's (squidmesh/runtime/clock.py).
-            owner_gone = sa.func.pg_try_advisory_xact_lock(
-                sa.func.hashtextextended(sa.literal(liveness.ADVISORY_PREFIX) + jobs.c.worker, 0)
-            )
+            owner_gone = _owner_gone(jobs.c.worker)
             stale = now - sa.func.make_interval(
                 0, 0, 0, 0, 0, 0, sa.literal(liveness.STALE_LEASE_SECONDS)
             )
@@ -199,9 +283,7 @@ class Queries:
             self.flow_lock = sa.select(
                 sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(b("key"), 0))
             )
-            self.owner_gone = sa.select(
-                sa.func.pg_try_advisory_xact_lock(sa.func.hashtextextended(b("key"), 0))
-            )
+            self.owner_gone = sa.select(_owner_gone(b("owner")))
             self.database_time = sa.select(sa.func.clock_timestamp(type_=t.UtcDateTime()))
         else:
             # SQLite: the transaction already holds the database write lock. Owners are
@@ -263,8 +345,15 @@ class Queries:
             jobs.c.queue.is_(None)
         )
         # Flow control (squidmesh/storage/flow_claim.py): what the queue-aware claim
-        # counts and chooses from, for the queues named in "names".
-        names: Any = b("names", expanding=True)
+        # counts and chooses from, for the queues named in "names". PostgreSQL sends the
+        # claim's statements through psycopg's pipeline (``storage/pg_flow.py``): lists
+        # travel there as one array parameter, not expanded into one per item.
+
+        def among(column: Any, name: str) -> Any:
+            if pg:
+                return column == sa.any_(b(name, type_=sa.ARRAY(column.type)))
+            return column.in_(b(name, expanding=True))
+
         # Held by no live lease, and due as well: a job a claim may take now. Leased: a
         # slot of its queue (parked jobs hold no slot).
         free = sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now)
@@ -275,7 +364,7 @@ class Queries:
         self.flow_running = (
             sa.select(jobs.c.queue, jobs.c.flow_key, sa.func.count())
             .where(
-                jobs.c.queue.in_(names),
+                among(jobs.c.queue, "names"),
                 leased,
             )
             .group_by(jobs.c.queue, jobs.c.flow_key)
@@ -284,7 +373,7 @@ class Queries:
         # declared but hold no work, so the queue-aware claim costs one short query)
         self.flow_any = sa.select(
             sa.exists().where(
-                jobs.c.queue.in_(names),
+                among(jobs.c.queue, "names"),
                 ready,
             )
         )
@@ -296,7 +385,7 @@ class Queries:
                 sa.func.sum(sa.case((leased, 1), else_=0)),
                 sa.func.sum(sa.case((ready, 1), else_=0)),
             )
-            .where(jobs.c.queue.in_(names))
+            .where(among(jobs.c.queue, "names"))
             .group_by(jobs.c.queue, jobs.c.flow_key)
         )
         # Claimable work of a queue a claim could prefer (``others_waiting``): of another
@@ -340,13 +429,39 @@ class Queries:
                 rank,
             )
             .where(
-                jobs.c.queue.in_(names),
+                among(jobs.c.queue, "names"),
                 ready,
             )
             .subquery("ranked")
         )
-        self.flow_waiting = sa.select(*[c for c in ranked.c if c.name != "rank"]).where(
-            ranked.c.rank <= b("n")
+        served = t.flow_keys
+        # Each head also carries when its key last had a turn (NULL: never, or
+        # forgotten), and on PostgreSQL whether it may be taken: a lease that expired
+        # but is not stale yet is taken over only from an owner that is gone (its
+        # advisory lock free, as in the plain claim); SQLite asks in the process.
+        if pg:
+            stale = b("stale", type_=t.UtcDateTime())
+            takeable: Any = sa.case(
+                (
+                    sa.and_(ranked.c.lease_until.is_not(None), ranked.c.lease_until > stale),
+                    _owner_gone(ranked.c.worker),
+                ),
+                else_=sa.true(),
+            )
+        else:
+            takeable = sa.null()
+        turn = sa.and_(
+            served.c.queue == ranked.c.queue,
+            served.c.flow_key == sa.func.coalesce(ranked.c.flow_key, NO_KEY),
+        )
+        self.flow_waiting = (
+            sa.select(
+                *[c for c in ranked.c if c.name != "rank"],
+                served.c.served_at,
+                takeable.label("takeable"),
+            )
+            .select_from(ranked.outerjoin(served, turn))
+            .where(ranked.c.rank <= b("n"))
         )
         starts = t.flow_starts
         self.flow_forget_starts = sa.delete(starts).where(
@@ -354,10 +469,12 @@ class Queries:
         )
         self.flow_starts = (
             sa.select(starts.c.queue, sa.func.count())
-            .where(starts.c.queue.in_(names))
+            .where(among(starts.c.queue, "names"))
             .group_by(starts.c.queue)
         )
-        self.flow_add_starts = sa.insert(starts)
+        self.flow_add_starts = sa.insert(starts).values(
+            queue=b("queue"), at=b("at", type_=t.UtcDateTime())
+        )
         self.queue_stats = (
             sa.select(
                 jobs.c.queue,
@@ -409,14 +526,14 @@ class Queries:
             starts.c.at > b("since", type_=t.UtcDateTime()),
             sa.exists().where(jobs.c.queue == b("queue"), ready),
         )
-        served = t.flow_keys
-        self.flow_served = sa.select(served.c.queue, served.c.flow_key, served.c.served_at).where(
-            served.c.queue.in_(names), served.c.flow_key.in_(b("keys", expanding=True))
-        )
         self.flow_forget_keys = sa.delete(served).where(
             served.c.served_at < b("before", type_=t.UtcDateTime())
         )
-        upsert = sqlite_insert(served) if not pg else pg_insert(served)
+        upsert = (sqlite_insert(served) if not pg else pg_insert(served)).values(
+            queue=b("queue"),
+            flow_key=b("flow_key"),
+            served_at=b("served_at", type_=t.UtcDateTime()),
+        )
         self.flow_serve = upsert.on_conflict_do_update(
             index_elements=[served.c.queue, served.c.flow_key],
             set_={"served_at": upsert.excluded.served_at},
@@ -424,7 +541,7 @@ class Queries:
         self.flow_lease = (
             sa.update(jobs)
             .where(
-                jobs.c.id.in_(b("ids", expanding=True)),
+                among(jobs.c.id, "ids"),
                 free,
             )
             .values(lease)

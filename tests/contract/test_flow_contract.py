@@ -7,14 +7,22 @@ the queues' limits takes them only within those limits, counted across claimers
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
 
 import squidmesh as sm
 from squidmesh.core.records import Job
+from squidmesh.storage import liveness
 from squidmesh.storage.base import Store
+from squidmesh.storage.sql import SqlStore
+from tests.contract.conftest import pg_engine
 from tests.support import writes
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -84,6 +92,46 @@ def test_concurrency_counts_leased_jobs_of_every_claimer(store: Store) -> None:
     # (and the plain job, whose lease expired as well, is taken again).
     assert len([j for j in again if j.data]) == 3
     assert [j.id for j in again if not j.data] == [plain[0].id]
+
+
+@contextlib.contextmanager
+def alive(store: Store, owner: str) -> Iterator[None]:
+    """``owner`` lives while this is open, as each store tells: registered in this
+    process (memory, SQLite) and holding its advisory lock on a session (PostgreSQL)."""
+    session = None
+    if isinstance(store, SqlStore) and store.dialect == "postgresql":
+        url = store.engine.url.set(drivername="postgresql")
+        session = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        key = liveness.ADVISORY_PREFIX + owner
+        session.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+    liveness.held(owner)
+    try:
+        yield
+    finally:
+        liveness.release(owner)
+        if session is not None:
+            session.close()
+
+
+def test_an_expired_lease_of_a_queue_is_taken_over_only_from_an_owner_that_is_gone(
+    store: Store,
+) -> None:
+    q = sm.Queue("takeover", concurrency=5)
+    host = socket.gethostname()
+    lives, dies = (f"{host}:{os.getpid()}:{name}" for name in ("lives", "dies"))
+    [kept] = insert(store, queued("kept", "takeover"))
+    with alive(store, lives):
+        assert claim(store, {q.name: q}, worker=lives) == [kept]
+        [lost] = insert(store, queued("lost", "takeover"))
+        with alive(store, dies):
+            assert claim(store, {q.name: q}, worker=dies) == [lost]
+        # Both leases have expired (T0+30); only the owner that is gone loses its job.
+        later = T0 + timedelta(seconds=60)
+        assert claim(store, {q.name: q}, worker="w2", now=later) == [lost]
+        # A lease left unrenewed past the stale bound is taken even from a live owner
+        # (and w2's, whose owner is not alive here).
+        stale = LEASE + timedelta(seconds=liveness.STALE_LEASE_SECONDS + 1)
+        assert claim(store, {q.name: q}, worker="w3", now=stale) == [kept, lost]
 
 
 def test_key_concurrency_and_fair_rotation_across_keys(store: Store) -> None:
@@ -188,3 +236,70 @@ def test_others_waiting_sees_other_keys_and_higher_priorities(store: Store) -> N
     claim(store, {"none": sm.Queue("none")})
     with store.transaction() as tx:
         assert not tx.others_waiting("none", "k", 0, T0)  # leased: not waiting
+
+
+def _round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the client waits for the server on from now on: each statement sent on
+    its own (its first words), each pipeline (however many statements it carries), and
+    ``commit()`` for each commit of an open transaction."""
+    trips: list[str] = []
+    inside = [0]
+    execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
+    pipeline = psycopg.Connection.pipeline
+
+    def traced_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if not inside[0]:
+            trips.append(" ".join(str(query).split()[:2]))
+        return execute(self, query, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def traced_pipeline(self: Any) -> Iterator[Any]:
+        trips.append("pipeline")
+        inside[0] += 1
+        try:
+            with pipeline(self) as p:
+                yield p
+        finally:
+            inside[0] -= 1
+
+    def traced_commit(self: Any) -> None:
+        if self.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            trips.append("commit()")
+        commit(self)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", traced_execute)
+    monkeypatch.setattr(psycopg.Connection, "pipeline", traced_pipeline)
+    monkeypatch.setattr(psycopg.Connection, "commit", traced_commit)
+    return trips
+
+
+@pytest.mark.postgres
+def test_the_queue_aware_claim_is_three_round_trips_and_its_commit_on_postgresql(
+    pg_migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A queued run's first step waits for this claim, and in a busy worker every round
+    # trip is also a wait for the interpreter lock: the first look alone, then the
+    # counts under the lock, then the leases with the plain claim, each pipelined.
+    store = SqlStore(pg_engine(pg_migrated_url), owns_engine=True)
+    try:
+        _three_round_trips(store, monkeypatch)
+    finally:
+        store.close()
+
+
+def _three_round_trips(sql_store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    q = sm.Queue("rt", concurrency=2, rate=sm.Rate(10, per=60))
+    jobs = insert(sql_store, *(queued(f"r{i}", "rt", key=f"k{i}") for i in range(3)))
+    plain = insert(sql_store, Job("activate", "p", run_at=T0))
+    trips = _round_trips(monkeypatch)
+    got = claim(sql_store, {q.name: q})
+    assert [j.id for j in got] == [jobs[0].id, jobs[1].id, plain[0].id]
+    assert trips == ["SELECT squidmesh.squidmesh_jobs.queue,", "pipeline", "pipeline", "commit()"]
+    # With every slot of the queue taken, the first look ends the queued part.
+    trips.clear()
+    assert claim(sql_store, {q.name: q}) == []
+    assert trips == [
+        "SELECT squidmesh.squidmesh_jobs.queue,",
+        "UPDATE squidmesh.squidmesh_jobs",
+        "commit()",
+    ]
