@@ -26,6 +26,8 @@ from squidmesh.core.replay import BufferedEvent
 __all__ = [
     "ENTRY_COLUMNS",
     "ENTRY_FIELDS",
+    "ENTRY_MUTABLE_COLUMNS",
+    "ENTRY_MUTABLE_FIELDS",
     "HOLDING",
     "PARKED",
     "PARKED_UNTIL",
@@ -54,7 +56,7 @@ HOLDING = "holding"
 PARKED_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 #: The schema version this code expects; migrations bring a database up to it.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 @dataclasses.dataclass
@@ -132,6 +134,27 @@ RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
 ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
 ENTRY_COLUMNS = tuple("ord" if name == "order" else name for name in ENTRY_FIELDS)
 
+#: The fields of a history entry later changes alter: its outcome and progress. The
+#: others (what was called: kind, name, input, parent, loc; when it was recorded) are
+#: fixed when the entry is inserted, and an update writes these fields only, so a
+#: finished step does not send its input again (schema 10).
+ENTRY_MUTABLE_FIELDS = (
+    "status",
+    "result",
+    "error",
+    "order",
+    "attempts",
+    "meta",
+    "compensation",
+    "wake_at",
+    "started_at",
+    "completed_at",
+)
+#: their columns, in the same order
+ENTRY_MUTABLE_COLUMNS = tuple(
+    dict(zip(ENTRY_FIELDS, ENTRY_COLUMNS, strict=True))[name] for name in ENTRY_MUTABLE_FIELDS
+)
+
 #: The fields of a run its state changes alter. The others (what it runs, with what,
 #: where it came from, when it was made) are fixed when the run is created: a change does
 #: not send them again (``Transaction.write`` writes these fields only).
@@ -179,6 +202,8 @@ class WriteBatch:
     #: without the run's lock proves its judgement this way)
     guards: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     entries_insert: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
+    #: entries stored already: only their ``ENTRY_MUTABLE_FIELDS`` are written (each
+    #: must exist, else ``StorageError``)
     entries_update: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)
     attempts: list[tuple[str, int, Attempt]] = dataclasses.field(default_factory=list)
     audits: list[tuple[str, AuditEvent]] = dataclasses.field(default_factory=list)

@@ -25,6 +25,7 @@ from squidmesh.core.replay import BufferedEvent
 from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
 from squidmesh.storage import flow_claim, liveness
 from squidmesh.storage.base import (
+    ENTRY_MUTABLE_FIELDS,
     HOLDING,
     PARKED,
     PARKED_UNTIL,
@@ -489,7 +490,12 @@ class InMemoryTransaction:
         if missing:
             raise StorageError(f"cannot update history of run {run_id}: no entries {missing}")
         for entry in entries:
-            rows[entry.seq] = _ENTRIES.pack(entry)
+            # its outcome and progress only: what the call recorded stays as inserted
+            # (a new row: the one stored may be shared with the transaction's snapshot)
+            packed = _ENTRIES.pack(entry)
+            row = dict(rows[entry.seq])
+            row.update((name, packed[name]) for name in ENTRY_MUTABLE_FIELDS)
+            rows[entry.seq] = row
 
     def load_published(self, run_id: str) -> dict[str, Any]:
         rows = self._read("load_published").entries.get(run_id, {})

@@ -9,7 +9,8 @@ raises and applies nothing. Being one statement, it is all or nothing even witho
 explicit transaction, so a change made of one batch commits in a single round trip
 (``Store.transaction(autocommit=True)``).
 
-A run carries only its ``RUN_MUTABLE_FIELDS``. Sections are separate parameters
+A run carries only its ``RUN_MUTABLE_FIELDS``, an updated entry only its
+``ENTRY_MUTABLE_FIELDS`` (migration 0010). Sections are separate parameters
 because a ``json`` value is parsed again at every ``->``: picking them out of one
 document cost a third of the function's time. The alternatives measured against
 this (``benchmarks/README.md``): one statement of data-modifying CTEs over ``unnest``
@@ -35,6 +36,8 @@ from squidmesh.storage import tables as t
 from squidmesh.storage.base import (
     ENTRY_COLUMNS,
     ENTRY_FIELDS,
+    ENTRY_MUTABLE_COLUMNS,
+    ENTRY_MUTABLE_FIELDS,
     RUN_FIELDS,
     RUN_MUTABLE_FIELDS,
     JobWrite,
@@ -68,6 +71,16 @@ def _iso(value: datetime | None) -> str | None:
 def _entry(run_id: str, entry: Entry) -> dict[str, Any]:
     row = {key: getattr(entry, name) for key, name in zip(ENTRY_COLUMNS, ENTRY_FIELDS, strict=True)}
     row["run_id"] = run_id
+    return row
+
+
+def _entry_update(run_id: str, entry: Entry) -> dict[str, Any]:
+    """An entry's outcome and progress, by its key: what an update writes (schema 10)."""
+    row = {
+        key: getattr(entry, name)
+        for key, name in zip(ENTRY_MUTABLE_COLUMNS, ENTRY_MUTABLE_FIELDS, strict=True)
+    }
+    row["run_id"], row["seq"] = run_id, entry.seq
     return row
 
 
@@ -139,7 +152,7 @@ def write_params(batch: WriteBatch, channel: str, now: datetime) -> tuple[str | 
     if batch.entries_insert:
         sections["entries_insert"] = [_entry(r, e) for r, e in batch.entries_insert]
     if batch.entries_update:
-        sections["entries_update"] = [_entry(r, e) for r, e in batch.entries_update]
+        sections["entries_update"] = [_entry_update(r, e) for r, e in batch.entries_update]
     if batch.attempts:
         attempts = []
         for run_id, seq, attempt in batch.attempts:

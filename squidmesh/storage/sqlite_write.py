@@ -32,6 +32,7 @@ from squidmesh.storage import tables as t
 from squidmesh.storage.base import (
     ENTRY_COLUMNS,
     ENTRY_FIELDS,
+    ENTRY_MUTABLE_COLUMNS,
     RUN_MUTABLE_FIELDS,
     JobWrite,
     WriteBatch,
@@ -81,7 +82,6 @@ class SqliteWriter:
 
     def __init__(self) -> None:
         entry_cols = [c.name for c in t.entries.columns]
-        entry_values = [c for c in entry_cols if c not in ("run_id", "seq")]
         attempt_cols = [c.name for c in t.attempts.columns]
         attempt_values = [c for c in attempt_cols if c not in ("run_id", "seq", "number")]
         audit_cols = [c.name for c in t.audit_events.columns if c.name != "id"]
@@ -90,7 +90,7 @@ class SqliteWriter:
         run_cols = [c.name for c in t.runs.columns]
         self._run_new = _Row(t.runs, run_cols)
         self._entry_new = _Row(t.entries, entry_cols)
-        self._entry_set = _Row(t.entries, (*entry_values, "run_id", "seq"))
+        self._entry_set = _Row(t.entries, (*ENTRY_MUTABLE_COLUMNS, "run_id", "seq"))
         self._attempt = _Row(t.attempts, attempt_cols)
         self._audit = _Row(t.audit_events, audit_cols)
         self._job = _Row(t.jobs, (*_JOB_COLUMNS, "created_at"))
@@ -111,7 +111,8 @@ class SqliteWriter:
             f"VALUES ({_marks(len(entry_cols))})"
         )
         self.entry_update_sql = (
-            f"UPDATE squidmesh_entries SET {sets(entry_values)} WHERE run_id = ? AND seq = ?"
+            f"UPDATE squidmesh_entries SET {sets(ENTRY_MUTABLE_COLUMNS)} "
+            "WHERE run_id = ? AND seq = ?"
         )
         self.attempt_sql = (
             f"INSERT INTO squidmesh_attempts ({', '.join(attempt_cols)}) "

@@ -581,12 +581,16 @@ def test_entry_json_values_of_every_shape(store: Store, run: RunRecord) -> None:
     assert [type(e.result) for e in loaded] == [type(v) for v in values]
 
 
-def test_update_entries_overwrites(store: Store, run: RunRecord) -> None:
-    with store.transaction() as tx:
-        writes.insert_entries(
-            tx, run.id, [Entry(seq=0, kind="step", name="a"), Entry(1, "step", "b")]
-        )
+def test_update_entries_overwrites_their_outcome(store: Store, run: RunRecord) -> None:
     updated = [full_entry(0, name="a", parent=None), full_entry(1, name="b", error=None)]
+    # as each was recorded when called (what test_write_contract shows an update keeps)
+    called = [
+        Entry(e.seq, e.kind, e.name, input=e.input, parent=e.parent, loc=e.loc) for e in updated
+    ]
+    for entry, done in zip(called, updated, strict=True):
+        entry.created_at = done.created_at
+    with store.transaction() as tx:
+        writes.insert_entries(tx, run.id, called)
     with store.transaction() as tx:
         writes.update_entries(tx, run.id, updated)
         writes.update_entries(tx, run.id, [])

@@ -20,7 +20,13 @@ import sqlalchemy as sa
 
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
-from squidmesh.storage.base import JobWrite, RunRecord, Store, WriteBatch
+from squidmesh.storage.base import (
+    ENTRY_MUTABLE_FIELDS,
+    JobWrite,
+    RunRecord,
+    Store,
+    WriteBatch,
+)
 from squidmesh.storage.sql import SqlStore
 from tests.contract.test_store_contract import T0, add_runs, dump, full_entry, run_record
 from tests.support import writes
@@ -177,6 +183,47 @@ def test_only_the_fields_a_change_alters_are_written(
     assert stored is not None
     assert (stored.status, stored.version) == ("completed", 1)
     assert (stored.payload, stored.workflow) == (run.payload, run.workflow)
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+def test_an_entry_update_writes_its_outcome_and_keeps_what_was_called(
+    store: Store, started: tuple[RunRecord, Job], autocommit: bool
+) -> None:
+    run, _ = started
+    # What the call recorded (kind, name, input, parent, loc, created_at) is fixed when
+    # the entry is inserted: an update writes the outcome and progress only, so a
+    # finished step does not send its input again.
+    recorded = full_entry(1, status="running", result=None)
+    done = full_entry(
+        1,
+        status="completed",
+        result={"n": 1},
+        error=None,
+        order=7,
+        attempts=3,
+        meta={"lost": 1},
+        compensation=None,
+        wake_at=None,
+        started_at="2024-05-01T12:00:03+00:00",
+        completed_at="2024-05-01T12:00:04+00:00",
+    )
+    assert {
+        f.name
+        for f in dataclasses.fields(done)
+        if getattr(done, f.name) != getattr(recorded, f.name)
+    } == set(ENTRY_MUTABLE_FIELDS)
+    other_call = dataclasses.replace(
+        done,
+        kind="event",
+        name="other",
+        input={"big": "x" * 10_000},
+        parent=5,
+        loc="elsewhere.py:1",
+        created_at="2030-01-01T00:00:00+00:00",
+    )
+    write(store, WriteBatch(entries_update=[(run.id, other_call)]), autocommit=autocommit)
+    with store.transaction() as tx:
+        assert tx.load_entries(run.id) == [done]
 
 
 # final: the transaction's last write, which PostgreSQL sends with its COMMIT

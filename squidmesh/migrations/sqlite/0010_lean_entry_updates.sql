@@ -1,0 +1,6 @@
+-- squidmesh schema version 10 (SQLite): nothing to change.
+--
+-- PostgreSQL's write function updates only an entry's outcome and progress
+-- (ENTRY_MUTABLE_FIELDS in squidmesh/storage/base.py). SQLite's update statement is
+-- built in the process from the same list (squidmesh/storage/sqlite_write.py); the
+-- version keeps the dialects in step.
