@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import sqlite3
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -213,6 +214,13 @@ class _Hold:
         self.owner = owner
         self._conninfo = conninfo
         self._conn: Any = None
+        # The presence thread may renew while the Mesh closes: a renewal that ends
+        # after the release must not take the owner back (a session nobody would
+        # close, and an owner that looks alive to every claimer). The lock guards the
+        # flag and the connection only, never a call to the server: closing a Mesh
+        # does not wait on a renewal stuck in a network partition.
+        self._lock = threading.Lock()
+        self._released = False
         liveness.held(owner)
         self.renew()
 
@@ -221,12 +229,19 @@ class _Hold:
             return
         import psycopg
 
-        if self._conn is not None:
+        with self._lock:
+            if self._released:
+                return
+            current = self._conn
+        if current is not None:
             try:
-                self._conn.execute("SELECT 1")
+                current.execute("SELECT 1")
                 return
             except psycopg.Error:
-                self._close()
+                with self._lock:
+                    if self._conn is current:
+                        self._conn = None
+                _close(current)
         conn = None
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
@@ -243,19 +258,26 @@ class _Hold:
             if conn is not None:
                 conn.close()
             raise StorageError(f"could not hold worker {self.owner} alive: {exc}") from exc
-        self._conn = conn
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
+        with self._lock:
+            if not self._released:
+                self._conn, conn = conn, None
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass  # closing ends the session, which is all that is needed
+            _close(conn)  # released meanwhile: the owner stays let go
 
     def release(self) -> None:
-        liveness.release(self.owner)
-        self._close()
+        with self._lock:
+            self._released = True
+            liveness.release(self.owner)
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            _close(conn)
+
+
+def _close(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass  # closing ends the session, which is all that is needed
 
 
 def _give_back(raw: PoolProxiedConnection) -> None:

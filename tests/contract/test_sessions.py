@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 
 import pytest
@@ -29,6 +31,21 @@ def test_one_leader_at_a_time_and_the_next_once_it_lets_go(store: Store) -> None
     finally:
         first.release()
         second.release()
+
+
+def test_a_released_hold_stays_released_when_a_renewal_comes_late(store: Store) -> None:
+    # The presence thread renews a hold while the Mesh closes: the renewal may run
+    # after the release. It must not take the owner back (its leases would look alive
+    # to every claimer, and on PostgreSQL its session would be left open).
+    owner = f"{socket.gethostname()}:{os.getpid()}:late-renewal"
+    holding = store.hold(owner)
+    with store.transaction() as tx:
+        assert tx.owner_alive(owner)
+    holding.release()
+    holding.renew()
+    with store.transaction() as tx:
+        assert not tx.owner_alive(owner)
+    holding.release()  # twice is harmless
 
 
 def test_a_committed_job_wakes_a_listener(store: Store) -> None:
