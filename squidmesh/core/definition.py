@@ -95,20 +95,30 @@ class StepPolicy:
         return not self.irreversible and self.compensatable
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref,
-            "retry": {
+        """The policy as recorded: its ``ref``, then only what differs from the
+        defaults (``from_json`` gives the rest back). Every step entry carries it in
+        its ``meta``, with each write and in each history load: the defaults spelled
+        out were most of an entry's JSON, and most of what a cold resume parsed."""
+        recorded: dict[str, Any] = {"ref": self.ref}
+        if self.max_attempts != 1 or self.backoff is not None or self.non_retryable:
+            recorded["retry"] = {
                 "max_attempts": self.max_attempts,
                 "backoff": self.backoff.to_json() if self.backoff else None,
                 "non_retryable": list(self.non_retryable),
-            },
-            "timeout": self.timeout,
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "compensate": self.compensate,
-            "irreversible": self.irreversible,
-            "compensatable": self.compensatable,
-            "transaction": self.transaction,
-        }
+            }
+        if self.timeout is not None:
+            recorded["timeout"] = self.timeout
+        if self.heartbeat_timeout is not None:
+            recorded["heartbeat_timeout"] = self.heartbeat_timeout
+        if self.compensate is not None:
+            recorded["compensate"] = self.compensate
+        if self.irreversible:
+            recorded["irreversible"] = True
+        if not self.compensatable:
+            recorded["compensatable"] = False
+        if self.transaction:
+            recorded["transaction"] = True
+        return recorded
 
     @classmethod
     def from_json(cls, meta: Mapping[str, Any]) -> StepPolicy:

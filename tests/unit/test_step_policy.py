@@ -31,7 +31,7 @@ def book(seat: str) -> str:
     return seat
 
 
-def test_a_step_records_its_policy_in_the_json_shape_entries_always_had() -> None:
+def test_a_step_records_what_differs_from_the_defaults_in_the_shape_entries_always_had() -> None:
     recorded = book.policy().to_json()
     assert recorded == {
         "ref": f"{__name__}:book",
@@ -43,12 +43,29 @@ def test_a_step_records_its_policy_in_the_json_shape_entries_always_had() -> Non
         "timeout": 30.0,
         "heartbeat_timeout": 5.0,
         "compensate": f"{__name__}:_unbook",
-        "irreversible": False,
-        "compensatable": True,
-        "transaction": False,
     }
     # The retry part is what the definition's Retry has always written.
     assert recorded["retry"] == book.retry.to_json()
+    # A step of every default records where its function is, and nothing else.
+    assert _unbook_step.policy().to_json() == {"ref": f"{__name__}:_unbook_step"}
+    flags = sm.step(irreversible=True, compensatable=False, transaction=True)(_flagged)
+    assert flags.policy().to_json() == {
+        "ref": f"{__name__}:_flagged",
+        "irreversible": True,
+        "compensatable": False,
+        "transaction": True,
+    }
+    for step in (book, _unbook_step, flags):
+        assert StepPolicy.from_json(step.policy().to_json()) == step.policy()
+
+
+@sm.step
+def _unbook_step() -> None:
+    return None
+
+
+def _flagged() -> None:
+    return None
 
 
 def test_a_recorded_policy_reads_back_the_same_beside_the_other_meta_keys() -> None:
