@@ -18,7 +18,9 @@ pipeline the claim is:
    together. The COMMIT follows with the transaction.
 
 The statements are ``sql_queries.Queries``' (SQLite runs the same ones through
-SQLAlchemy), compiled once for psycopg in the store's schema.
+SQLAlchemy), compiled once for psycopg in the store's schema. Each goes through a cursor
+of its own, not ``Connection.execute``: a connection a host lends (Django's) gives its
+cursors psycopg's own loaders, where the connection's read times in the host's zone.
 """
 
 from __future__ import annotations
@@ -124,29 +126,31 @@ class PgFlowClaim:
         # 1: the first look, without the lock
         leased: dict[tuple[str, str | None], int] = {}
         ready = 0
-        for name, key, held, claimable in driver.execute(
+        for name, key, held, claimable in driver.cursor().execute(
             self._counts.text, self._counts.params(names=names, now=now)
         ):
             leased[(name, key)] = int(held or 0)
             ready += int(claimable or 0)
         if not ready or flow_claim.all_full(queues, leased):
-            return claimed_jobs(driver.execute(self._plain.text, plain))
+            return claimed_jobs(driver.cursor().execute(self._plain.text, plain))
         # 2: under the lock, what the limits depend on and the heads waiting
         rated = [name for name in names if queues[name].rate is not None]
         stale = now - timedelta(seconds=liveness.STALE_LEASE_SECONDS)
         with driver.pipeline():
-            driver.execute(self._lock.text, self._lock.params(key=self._lock_key))
-            running_rows = driver.execute(
+            driver.cursor().execute(self._lock.text, self._lock.params(key=self._lock_key))
+            running_rows = driver.cursor().execute(
                 self._running.text, self._running.params(names=names, now=now)
             )
             for forget in flow_forgets(queues, rated, now):
-                driver.execute(self._forget_starts.text, self._forget_starts.params(**forget))
+                driver.cursor().execute(
+                    self._forget_starts.text, self._forget_starts.params(**forget)
+                )
             start_rows = (
-                driver.execute(self._starts.text, self._starts.params(names=rated))
+                driver.cursor().execute(self._starts.text, self._starts.params(names=rated))
                 if rated
                 else None
             )
-            waiting_rows = driver.execute(
+            waiting_rows = driver.cursor().execute(
                 self._waiting.text,
                 self._waiting.params(names=names, now=now, n=limit, stale=stale),
             )
@@ -169,8 +173,10 @@ class PgFlowClaim:
             if ids:
                 if random.random() < flow_claim.PRUNE_CHANCE:
                     before = now - flow_claim.PRUNE_SERVED_AFTER
-                    driver.execute(self._forget_keys.text, self._forget_keys.params(before=before))
-                driver.execute(
+                    driver.cursor().execute(
+                        self._forget_keys.text, self._forget_keys.params(before=before)
+                    )
+                driver.cursor().execute(
                     self._lease.text,
                     self._lease.params(ids=ids, w=worker, until=lease_until, now=now),
                 )
@@ -184,7 +190,9 @@ class PgFlowClaim:
                         self._serve.text, [self._serve.params(**turn) for turn in turns]
                     )
             plain_rows = (
-                driver.execute(self._plain.text, {**plain, "n": left}) if left > 0 else None
+                driver.cursor().execute(self._plain.text, {**plain, "n": left})
+                if left > 0
+                else None
             )
         taken = [heads.jobs[i] for i in ids]
         return taken + (claimed_jobs(plain_rows) if plain_rows is not None else [])

@@ -274,6 +274,13 @@ class _Hold:
 
 
 def _close(conn: Any) -> None:
+    """End a hold's session. Its lock is let go first, explicitly: a backend releases
+    its locks a moment after the client hangs up, and a process that stopped must look
+    gone to the next claim at once."""
+    try:
+        conn.execute("SELECT pg_advisory_unlock_all()")
+    except Exception:
+        pass  # a broken session: the server lets go when it notices
     try:
         conn.close()
     except Exception:
@@ -416,16 +423,19 @@ class SqlTransaction:
         driver = self._pg_driver()
         params = {"id": run_id, "known": known_version}
         try:
+            # Cursors, not ``driver.execute``: a connection a host lends (Django's) gives
+            # its cursors psycopg's own loaders, where the connection's would read times
+            # in the host's time zone (``contrib/django/store.py``).
             if isinstance(driver, psycopg.Connection):
                 # Pipelined: BEGIN, the lock and the history travel together. The history
                 # is its own statement, so its snapshot is taken once the lock is held: it
                 # sees what a writer this one waited for committed.
                 with driver.pipeline():
-                    locked = driver.execute(reads.lock, params)
-                    history = driver.execute(reads.history, params)
+                    locked = driver.cursor().execute(reads.lock, params)
+                    history = driver.cursor().execute(reads.history, params)
             else:  # a connection some host lends (Django): the same, one after the other
-                locked = driver.execute(reads.lock, params)
-                history = driver.execute(reads.history, params)
+                locked = driver.cursor().execute(reads.lock, params)
+                history = driver.cursor().execute(reads.history, params)
             row, found = locked.fetchone(), history.fetchone()
         except (psycopg.Error, TypeError, ValueError) as exc:
             raise self._driver_failed(driver, "lock a run", exc) from exc

@@ -152,6 +152,52 @@ def test_orm_writes_of_a_retried_step_commit_once_with_its_success(django_projec
     assert _ledger("retried") == [("retried", 3)]  # one row: the attempt that succeeded
 
 
+def test_reads_past_sqlalchemy_keep_their_times_whatever_djangos_time_zone(
+    django_project: str,
+) -> None:
+    # Django loads timestamptz on its connection in its TIME_ZONE, naive when USE_TZ is
+    # False. The statements squidmesh sends to psycopg directly (the locked read of a
+    # run with its history, the queue-aware claim) must read times as every other
+    # read does: the same instant, aware.
+    from datetime import datetime, timedelta, timezone
+
+    from django.db import connection
+    from django.test import override_settings
+
+    import squidmesh as sm
+    from squidmesh.core.records import Job
+    from tests.support import writes
+
+    mesh = _mesh()
+    run_id = str(mesh.start_run("failing_write").id)
+    due = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    queue = sm.Queue(f"tz-{uuid.uuid4().hex[:8]}", concurrency=1)
+    with mesh.store.transaction() as tx:
+        data = {"queue": queue.name, "flow_key": None, "priority": 0}
+        writes.insert_jobs(tx, [Job("step", run_id, 0, 1, run_at=due, data=data)])
+    with override_settings(USE_TZ=False, TIME_ZONE="Asia/Tokyo"):
+        with connection.cursor() as cursor:  # Django registers its loader for that zone
+            cursor.execute("SELECT 1")
+        with mesh.store.transaction() as tx:
+            stored = tx.get_run(run_id)
+            locked = tx.lock_run_with_history(run_id, None)
+            claimed = tx.claim_jobs(
+                now=due + timedelta(seconds=1),
+                limit=1,
+                worker="tz-check",
+                lease_until=due + timedelta(minutes=1),
+                queues={queue.name: queue},
+            )
+    assert stored is not None and locked is not None
+    assert locked[0].created_at == stored.created_at
+    assert locked[0].created_at.utcoffset() == timedelta(0)
+    assert [job.run_at for job in claimed] == [due]
+    with mesh.store.transaction() as tx:
+        for job in claimed:
+            writes.delete_job(tx, int(job.id or 0))
+    _drain(mesh)
+
+
 def test_a_call_inside_the_hosts_transaction_commits_on_its_own(django_project: str) -> None:
     from django.db import transaction
 
