@@ -99,10 +99,10 @@ def alive(store: Store, owner: str) -> Iterator[None]:
     """``owner`` lives while this is open, as each store tells: registered in this
     process (memory, SQLite) and holding its advisory lock on a session (PostgreSQL)."""
     session = None
+    key = liveness.ADVISORY_PREFIX + owner
     if isinstance(store, SqlStore) and store.dialect == "postgresql":
         url = store.engine.url.set(drivername="postgresql")
         session = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
-        key = liveness.ADVISORY_PREFIX + owner
         session.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
     liveness.held(owner)
     try:
@@ -110,6 +110,9 @@ def alive(store: Store, owner: str) -> Iterator[None]:
     finally:
         liveness.release(owner)
         if session is not None:
+            # Unlocked before the session closes: a closing backend lets go of its locks
+            # a moment after the client hangs up, and the next claim must see it gone.
+            session.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
             session.close()
 
 
