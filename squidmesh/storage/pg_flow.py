@@ -158,14 +158,7 @@ class PgFlowClaim:
         starts = {row[0]: int(row[1]) for row in start_rows} if start_rows is not None else {}
         # The database said which expired leases may be taken over (``takeable``).
         heads = flow_heads(waiting_rows, stale=stale, owner_lives=_asked_of_database)
-        chosen = flow_claim.plan(
-            heads.waiting,
-            running=running,
-            starts=starts,
-            served=heads.served,
-            queues=queues,
-            limit=limit,
-        )
+        chosen = heads.choose(running=running, starts=starts, queues=queues, limit=limit)
         # 3: the leases, what they record, and plain jobs for the slots left
         ids = [item.id for item in chosen]
         left = limit - len(ids)

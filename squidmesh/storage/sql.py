@@ -760,14 +760,7 @@ class SqlTransaction:
             stale=at - timedelta(seconds=liveness.STALE_LEASE_SECONDS),
             owner_lives=liveness.alive_here,
         )
-        chosen = flow_claim.plan(
-            heads.waiting,
-            running=running,
-            starts=starts,
-            served=heads.served,
-            queues=queues,
-            limit=limit,
-        )
+        chosen = heads.choose(running=running, starts=starts, queues=queues, limit=limit)
         if not chosen:
             return []
         ids = [item.id for item in chosen]

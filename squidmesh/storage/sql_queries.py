@@ -24,7 +24,7 @@ from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.storage import liveness
 from squidmesh.storage import tables as t
 from squidmesh.storage.base import ENTRY_COLUMNS, HOLDING, PARKED, RUN_FIELDS, RunRecord
-from squidmesh.storage.flow_claim import NO_KEY, Waiting
+from squidmesh.storage.flow_claim import NO_KEY, Waiting, plan
 from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = [
@@ -64,6 +64,25 @@ class FlowHeads:
     #: when each (queue, key) of them last had a turn (absent: never, or forgotten)
     served: dict[tuple[str, str | None], datetime] = dataclasses.field(default_factory=dict)
     jobs: dict[int, Job] = dataclasses.field(default_factory=dict)
+
+    def choose(
+        self,
+        *,
+        running: Mapping[tuple[str, str | None], int],
+        starts: Mapping[str, int],
+        queues: Mapping[str, Queue],
+        limit: int,
+    ) -> list[Waiting]:
+        """The heads to take (``flow_claim.plan``), given the jobs of each (queue, key)
+        running and the starts within each rate window."""
+        return plan(
+            self.waiting,
+            running=running,
+            starts=starts,
+            served=self.served,
+            queues=queues,
+            limit=limit,
+        )
 
 
 def flow_heads(
