@@ -67,7 +67,6 @@ __all__ = ["SqlStore", "SqlTransaction", "create_engine"]
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: the share of queue-aware claims that also prune keys not served for a day
 _CONFIGURED = "squidmesh_sqlite_configured"
 
 

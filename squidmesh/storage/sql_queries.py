@@ -463,7 +463,8 @@ class Queries:
             takeable: Any = sa.case(
                 (
                     sa.and_(ranked.c.lease_until.is_not(None), ranked.c.lease_until > stale),
-                    _owner_gone(ranked.c.worker),
+                    # a lease naming no holder has nobody alive behind it
+                    sa.func.coalesce(_owner_gone(ranked.c.worker), sa.true()),
                 ),
                 else_=sa.true(),
             )
