@@ -33,7 +33,8 @@ __all__ = ["NO_KEY", "PRUNE_CHANCE", "PRUNE_SERVED_AFTER", "Waiting", "all_full"
 NO_KEY = ""
 #: keys not served for this long are forgotten (they rank as never served)
 PRUNE_SERVED_AFTER = timedelta(days=1)
-#: the share of SQL claims that also forget such keys (the memory store at each claim)
+#: the share of SQL claims that also delete such keys (the memory store drops them at
+#: every claim)
 PRUNE_CHANCE = 0.01
 _NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
