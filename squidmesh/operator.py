@@ -351,6 +351,7 @@ class OperatorActions:
                 )
             copy = entry.copy()
             copy.set_compensation(None)
+            state.end_attempt(copy)  # its attempts are the source run's, not the fork's
             prefix.append(copy)
         return self.runs.create(
             NewRun(

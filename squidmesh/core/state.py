@@ -20,17 +20,22 @@ from squidmesh.errors import NonRetryable, RetryLater, UnstorableValueError
 from squidmesh.types import EntryStatus, RunStatus
 
 __all__ = [
+    "RUNNING_WORKER",
     "Attempt",
+    "attempt_of",
     "begin_attempt",
     "complete_attempt",
     "deliver_decision",
     "deliver_event",
     "deliver_unblock",
     "due_entries",
+    "end_attempt",
     "fail_attempt",
     "fire_due",
+    "needs_running_row",
     "record_compensation",
     "waiting_status",
+    "with_unended_attempts",
 ]
 
 _PENDING = EntryStatus.PENDING.value
@@ -43,8 +48,19 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
-def begin_attempt(entry: Entry, now: datetime) -> int:
-    """Mark a pending step running and return the new attempt number."""
+#: ``Entry.meta`` key naming the worker that runs a step's first attempt, from its start
+#: until it ends (see ``attempt_of``)
+RUNNING_WORKER = "worker"
+
+
+def begin_attempt(entry: Entry, now: datetime, worker: str | None = None) -> int:
+    """Mark a pending step running and return the new attempt number.
+
+    A first attempt is recorded by its entry alone until it ends (``attempts`` of 1,
+    ``started_at``, and ``RUNNING_WORKER`` in its meta, naming ``worker`` or None): its
+    attempt row is written once, when it ends, which spares every step a row write. A
+    later attempt starts at another time than the entry's ``started_at``, so the caller
+    records it running as a row of its own (``needs_running_row``)."""
     if entry.kind != "step" or entry.status != _PENDING:
         raise ValueError(f"entry {entry.seq} ({entry.label()}) is {entry.status}, not pending")
     entry.status = _RUNNING
@@ -52,7 +68,59 @@ def begin_attempt(entry: Entry, now: datetime) -> int:
     entry.wake_at = None
     if entry.started_at is None:
         entry.started_at = _iso(now)
+    if entry.attempts == 1:
+        entry.meta[RUNNING_WORKER] = worker
     return entry.attempts
+
+
+def needs_running_row(number: int) -> bool:
+    """Whether attempt ``number``, begun, is recorded running by a row of its own."""
+    return number != 1
+
+
+def end_attempt(entry: Entry) -> None:
+    """The entry's first attempt ended, and its row says so from now on (or the entry is
+    a copy, whose attempts belong to the run it was copied from)."""
+    entry.meta.pop(RUNNING_WORKER, None)
+
+
+def _unended_first(entry: Entry) -> Attempt:
+    worker = entry.meta.get(RUNNING_WORKER)
+    return Attempt(
+        1, _RUNNING, None, entry.started_at, worker=worker if isinstance(worker, str) else None
+    )
+
+
+def attempt_of(entry: Entry, stored: list[Attempt], number: int) -> Attempt | None:
+    """Attempt ``number`` of ``entry``'s step: its row (from ``stored``), or, for a
+    first attempt that has none, the running attempt its entry records
+    (``begin_attempt``).
+
+    An attempt that ends gets a row (completed, failed, or lost) and leaves its entry
+    (``end_attempt``), so a first attempt its entry still records never ended: it runs,
+    or ran on after its branch was cancelled or its run moved on, as its running row
+    said when that row was written at the start."""
+    found = next((a for a in stored if a.number == number), None)
+    if found is None and number == 1 and RUNNING_WORKER in entry.meta:
+        return _unended_first(entry)
+    return found
+
+
+def with_unended_attempts(
+    entries: list[Entry], stored: dict[int, list[Attempt]]
+) -> dict[int, list[Attempt]]:
+    """A run's attempts by seq, each list ordered by number (``Transaction.load_attempts``
+    gives ``stored``), with each first attempt that has no row yet as its entry records
+    it (``attempt_of``). Every reader of a run's attempts goes through here."""
+    found = dict(stored)
+    for entry in entries:
+        tries = found.get(entry.seq, [])
+        if tries and tries[0].number == 1:
+            continue
+        first = attempt_of(entry, tries, 1)
+        if first is not None:
+            found[entry.seq] = [first, *tries]
+    return found
 
 
 def complete_attempt(
@@ -63,6 +131,7 @@ def complete_attempt(
     where = f" (run {history.run_id}, seq {seq})" if history.run_id else f" (seq {seq})"
     what = f"the result of step {history[seq].name}{where}"
     result = contracts.stored(value, what=what, max_bytes=max_bytes)
+    end_attempt(history[seq])
     return history.resolve(seq, _DONE, result=result, at=_iso(now))
 
 
@@ -77,6 +146,7 @@ def fail_attempt(
     requested = exc.after if isinstance(exc, RetryLater) else None
     decision = policy.decide(entry.attempts, retryable=retryable, requested_delay=requested)
     error = error_info(exc, retryable=retryable)
+    end_attempt(entry)
     if decision.retry:
         entry.status = _PENDING
         entry.error = error.to_json()

@@ -116,7 +116,7 @@ class BegunStep:
     run: RunRecord
     entry: Entry
     definition: StepDefinition[Any, Any] | None
-    #: the attempt's number, and when it started (ISO 8601, as its attempt row says)
+    #: the attempt's number, and when it started (ISO 8601, as its attempt is recorded)
     number: int
     started: str
 

@@ -7,7 +7,7 @@ facts at a handful of named points, each a one-line call on the transaction's
 
 ==========================  ===================================================================
 ``run_created(run)``         a run row was inserted (``start_run``, ``fire_cron``, replay, fork)
-``step_started(...)``        an attempt of a step was begun (its attempt row says ``running``)
+``step_started(...)``        an attempt of a step was begun (recorded ``running``)
 ``step_ended(...)``          an attempt's outcome was recorded: completed, failed for good,
                              or failed with another attempt scheduled (``retry_in``)
 ``compensation(...)``        a rollback began (``started``), or one compensation finished

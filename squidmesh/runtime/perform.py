@@ -497,12 +497,12 @@ class JobRunner:
             self._finish_job(ch, job, lease)
             return None
         definition = self.engine.step_definition(live, entry)
-        number = state.begin_attempt(entry, ch.now)
+        owner = self._owner(lease)
+        number = state.begin_attempt(entry, ch.now, owner)
         ch.events.step_started(run, entry.name, seq, number, ch.now)
         ch.touched(run.id, entry)
         started = ch.now.isoformat()
         run.status = transition(run.status, RunEvent.STEP_STARTED).value
-        owner = self._owner(lease)
         if definition is not None and definition.transaction:
             if ch.optimistic:
                 raise NeedsLock()  # the host's writes need a transaction of their own
@@ -530,14 +530,14 @@ class JobRunner:
                 raise TransactionalStepFailed(exc) from exc
             finally:
                 self.running.finish(running)
-            ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
             self._finish_job(ch, job, lease)
             self.land(
                 ch, run, live, entry, number, started, value=result, error=None, running=running
             )
             self._continue(ch, run, live, lease, finished=job)
             return _LANDED
-        ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
+        if state.needs_running_row(number):
+            ch.attempt(run.id, seq, Attempt(number, "running", None, started, worker=owner))
         return BegunStep(run, entry, definition, number, started)
 
     def _possibly_running(
@@ -566,8 +566,7 @@ class JobRunner:
                     return True
             return self.running.has(run_id, entry.seq, number)
         # A broker's delivery: ask whether the process that began the attempt lives.
-        tries = ch.tx.load_attempts(run_id).get(entry.seq, [])
-        mine = next((a for a in tries if a.number == number), None)
+        mine = state.attempt_of(entry, ch.tx.load_attempts(run_id).get(entry.seq, []), number)
         owner = mine.worker if mine is not None else None
         if owner is None:
             return False
@@ -625,13 +624,16 @@ class JobRunner:
             if data is not None and not self._inherits_slot(ch, data, finished, lease):
                 return  # a queued step waits for a slot: a claim begins it
             del ch.jobs[index]
-            number = state.begin_attempt(entry, ch.now)
+            number = state.begin_attempt(entry, ch.now, lease.worker)
             ch.events.step_started(run, entry.name, entry.seq, number, ch.now)
             ch.touched(run.id, entry)
             started = ch.now.isoformat()
-            ch.attempt(
-                run.id, entry.seq, Attempt(number, "running", None, started, worker=lease.worker)
-            )
+            if state.needs_running_row(number):
+                ch.attempt(
+                    run.id,
+                    entry.seq,
+                    Attempt(number, "running", None, started, worker=lease.worker),
+                )
             ch.eager = (
                 len(ch.batch.jobs_insert),
                 BegunStep(run, entry, definition, number, started),
@@ -658,7 +660,8 @@ class JobRunner:
         lost = int(entry.meta.get("lost", 0)) + 1
         entry.meta["lost"] = lost
         tries = ch.tx.load_attempts(run.id).get(entry.seq, [])
-        mine = next((a for a in tries if a.number == entry.attempts), None)
+        mine = state.attempt_of(entry, tries, entry.attempts)
+        state.end_attempt(entry)
         lost_error = WorkerLost(
             f"the process running attempt {entry.attempts} of step {entry.name} "
             f"(run {run.id}, seq {entry.seq}) stopped before recording its outcome",
@@ -672,7 +675,7 @@ class JobRunner:
                 entry.attempts,
                 "failed",
                 info.to_json(),
-                entry.started_at,
+                mine.started_at if mine else entry.started_at,
                 ch.now.isoformat(),
                 worker=mine.worker if mine else None,
                 heartbeat=mine.heartbeat if mine else None,
@@ -709,7 +712,17 @@ class JobRunner:
         if pending:
             with self.engine.store.transaction() as tx:
                 for attempt, heartbeat, _ in pending:
-                    tx.record_heartbeat(attempt.run_id, attempt.seq, attempt.number, heartbeat)
+                    tx.record_heartbeat(
+                        attempt.run_id,
+                        attempt.seq,
+                        Attempt(
+                            attempt.number,
+                            "running",
+                            started_at=attempt.started_at,
+                            worker=attempt.worker,
+                            heartbeat=heartbeat,
+                        ),
+                    )
             for attempt, _, beats in pending:
                 self.running.saved(attempt, beats)
         for attempt in self.running.silent():
@@ -845,8 +858,7 @@ class JobRunner:
             # so exactly one attempt of a step ever completes.
             if ch.optimistic:
                 raise NeedsLock()  # reading the attempt's record needs the lock
-            tries = ch.tx.load_attempts(run.id).get(entry.seq, [])
-            mine = next((a for a in tries if a.number == number), None)
+            mine = state.attempt_of(entry, ch.tx.load_attempts(run.id).get(entry.seq, []), number)
             if mine is not None and mine.status == "running":
                 status = "failed" if error is not None else "completed"
                 late = Attempt(

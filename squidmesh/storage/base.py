@@ -317,10 +317,13 @@ class Transaction(Protocol):
     def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:
         """Attempts by seq, each list ordered by attempt number."""
 
-    def record_heartbeat(
-        self, run_id: str, seq: int, number: int, heartbeat: dict[str, Any]
-    ) -> bool:
-        """Set the heartbeat of attempt ``number`` if it is still running; True if it was."""
+    def record_heartbeat(self, run_id: str, seq: int, attempt: Attempt) -> bool:
+        """Save ``attempt.heartbeat``, the latest heartbeat of attempt ``attempt.number``
+        of the step at ``seq``, while that attempt runs; True if saved.
+
+        A first attempt has no row while it runs (``core.state.begin_attempt``): then
+        its running row is written, as ``attempt`` gives it. An attempt that ended keeps
+        its row unchanged, and a run without an entry at ``seq`` gets nothing."""
 
     # audit -----------------------------------------------------------------
     def load_audit(self, run_id: str) -> list[AuditEvent]:

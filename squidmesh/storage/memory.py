@@ -512,14 +512,22 @@ class InMemoryTransaction:
         self._require_run(data, run_id, "save an attempt")
         data.attempts.setdefault(run_id, {})[(seq, attempt.number)] = _ATTEMPTS.pack(attempt)
 
-    def record_heartbeat(
-        self, run_id: str, seq: int, number: int, heartbeat: dict[str, Any]
-    ) -> bool:
-        rows = self._write("record_heartbeat").attempts.get(run_id, {})
-        row = rows.get((seq, number))
-        if row is None or row["status"] != "running":
+    def record_heartbeat(self, run_id: str, seq: int, attempt: Attempt) -> bool:
+        data = self._write("record_heartbeat")
+        if seq not in data.entries.get(run_id, {}):
             return False
-        rows[(seq, number)] = {**row, "heartbeat": _encode(heartbeat, "heartbeat")}
+        rows = data.attempts.setdefault(run_id, {})
+        row = rows.get((seq, attempt.number))
+        if row is None:
+            running = dataclasses.replace(attempt, status="running", error=None, finished_at=None)
+            rows[(seq, attempt.number)] = _ATTEMPTS.pack(running)
+        elif row["status"] == "running":
+            rows[(seq, attempt.number)] = {
+                **row,
+                "heartbeat": _encode(attempt.heartbeat, "heartbeat"),
+            }
+        else:
+            return False
         return True
 
     def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:

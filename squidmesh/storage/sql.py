@@ -554,11 +554,16 @@ class SqlTransaction:
 
     # attempts --------------------------------------------------------------
     @translated("record a heartbeat")
-    def record_heartbeat(
-        self, run_id: str, seq: int, number: int, heartbeat: dict[str, Any]
-    ) -> bool:
-        params = {"b_run_id": run_id, "b_seq": seq, "b_number": number, "b_heartbeat": heartbeat}
-        return bool(self.connection.execute(self._q.record_heartbeat, params).rowcount)
+    def record_heartbeat(self, run_id: str, seq: int, attempt: Attempt) -> bool:
+        params = {
+            "b_run_id": run_id,
+            "b_seq": seq,
+            "b_number": attempt.number,
+            "b_started_at": attempt.started_at,
+            "b_worker": attempt.worker,
+            "b_heartbeat": attempt.heartbeat,
+        }
+        return self.connection.execute(self._q.record_heartbeat, params).first() is not None
 
     @translated("load attempts")
     def load_attempts(self, run_id: str) -> dict[int, list[Attempt]]:

@@ -223,16 +223,30 @@ class Queries:
         )
 
         attempts = t.attempts
-        self.record_heartbeat = (
-            sa.update(attempts)
-            .where(
-                attempts.c.run_id == b("b_run_id"),
-                attempts.c.seq == b("b_seq"),
-                attempts.c.number == b("b_number"),
-                attempts.c.status == "running",
-            )
-            .values(heartbeat=b("b_heartbeat", type_=t.JSON))
+        # A first attempt has no row while it runs: its first saved heartbeat writes its
+        # running row (for a step the run has), later ones update it while it runs.
+        running: dict[str, Any] = {
+            "run_id": b("b_run_id", type_=attempts.c.run_id.type),
+            "seq": b("b_seq", type_=sa.Integer),
+            "number": b("b_number", type_=sa.Integer),
+            "status": sa.literal("running"),
+            "started_at": b("b_started_at", type_=sa.Text),
+            "worker": b("b_worker", type_=sa.Text),
+            "heartbeat": b("b_heartbeat", type_=t.JSON),
+        }
+        beat = (sqlite_insert(attempts) if not pg else pg_insert(attempts)).from_select(
+            list(running),
+            sa.select(*running.values()).where(
+                entries.c.run_id == b("b_run_id"), entries.c.seq == b("b_seq")
+            ),
         )
+        # RETURNING tells whether a row was written (psycopg's rowcount of this upsert
+        # does not).
+        self.record_heartbeat = beat.on_conflict_do_update(
+            index_elements=[attempts.c.run_id, attempts.c.seq, attempts.c.number],
+            set_={"heartbeat": beat.excluded.heartbeat},
+            where=attempts.c.status == "running",
+        ).returning(attempts.c.number)
         self.load_attempts = (
             sa.select(attempts.c.seq, *[attempts.c[name] for name in _ATTEMPT_FIELDS])
             .where(attempts.c.run_id == b("run_id"))

@@ -633,6 +633,39 @@ def test_attempts_insert_replace_and_load(store: Store, run: RunRecord) -> None:
         writes.save_attempt(tx, str(uuid.uuid4()), 0, Attempt(1, "running"))
 
 
+def test_a_heartbeat_writes_the_running_row_of_an_attempt_that_has_none(
+    store: Store, run: RunRecord
+) -> None:
+    # A first attempt has no row while it runs: its first saved heartbeat writes one,
+    # later heartbeats update it while it runs, and an ended attempt keeps its row.
+    with store.transaction() as tx:
+        writes.insert_entries(tx, run.id, [Entry(0, "step", "a", status="running", attempts=1)])
+    beat = Attempt(1, "running", started_at="s1", worker="w1", heartbeat={"details": 1})
+    with store.transaction() as tx:
+        assert tx.record_heartbeat(run.id, 0, beat) is True
+    with store.transaction() as tx:
+        assert tx.load_attempts(run.id) == {0: [beat]}
+    later = dataclasses.replace(beat, worker="ignored", heartbeat={"details": 2})
+    with store.transaction() as tx:
+        assert tx.record_heartbeat(run.id, 0, later) is True
+    with store.transaction() as tx:
+        assert tx.load_attempts(run.id) == {
+            0: [dataclasses.replace(beat, heartbeat=later.heartbeat)]
+        }
+    ended = Attempt(1, "completed", None, "s1", "f1", worker="w1", heartbeat={"details": 2})
+    with store.transaction() as tx:
+        writes.save_attempt(tx, run.id, 0, ended)
+    with store.transaction() as tx:
+        assert (
+            tx.record_heartbeat(run.id, 0, dataclasses.replace(beat, heartbeat={"x": 3})) is False
+        )
+        # a step the run does not have gets nothing (and no error)
+        assert tx.record_heartbeat(run.id, 7, beat) is False
+        assert tx.record_heartbeat(str(uuid.uuid4()), 0, beat) is False
+    with store.transaction() as tx:
+        assert tx.load_attempts(run.id) == {0: [ended]}
+
+
 def test_audit_events_keep_insertion_order(store: Store, run: RunRecord) -> None:
     events = [
         AuditEvent("run_started", at="2024-05-01T12:00:00+00:00"),

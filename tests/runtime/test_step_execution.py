@@ -167,6 +167,90 @@ def test_a_heartbeat_is_recorded_and_explained(mesh_factory: MeshFactory) -> Non
     assert beat is not None and beat["details"] == {"rows": 3}
 
 
+@sm.step
+def waits_for_release() -> str:
+    assert STATE["release"].wait(30)
+    return "done"
+
+
+@sm.workflow
+def released() -> Any:
+    return (yield waits_for_release())
+
+
+def test_a_running_first_attempt_is_shown_from_its_entry_and_gets_its_row_when_it_ends(
+    mesh_factory: MeshFactory,
+) -> None:
+    # A step's first attempt writes its attempt row once, when it ends; while it runs,
+    # its entry records it, and every view shows it running on its worker.
+    mesh = mesh_factory([released], executor="database")
+    run = mesh.start_run(released)
+    drain = threading.Thread(target=mesh.drain)
+    drain.start()
+    try:
+        why = _wait(
+            lambda: (w := mesh.explain_run(run.id)).reason == "step_running" and w,
+            "the step to run",
+        )
+        worker = why.details["worker"]
+        assert isinstance(worker, str) and worker
+        assert why.evidence["attempt"]["status"] == "running"
+        running = mesh.inspect_run(run.id, include_history=True).step_runs
+        assert running is not None
+        (attempt,) = running[0].attempts
+        assert (attempt.number, attempt.status, attempt.worker) == (1, "running", worker)
+        assert attempt.started_at == running[0].started_at and attempt.finished_at is None
+        with mesh.store.transaction() as tx:
+            assert tx.load_attempts(str(run.id)) == {}
+    finally:
+        STATE["release"].set()
+        drain.join(30)
+    done = mesh.inspect_run(run.id, include_history=True).step_runs
+    assert done is not None
+    (ended,) = done[0].attempts
+    assert (ended.number, ended.status, ended.worker) == (1, "completed", worker)
+    assert ended.started_at == attempt.started_at and ended.finished_at is not None
+    with mesh.store.transaction() as tx:
+        assert tx.load_attempts(str(run.id)) == {0: [ended]}
+        (entry,) = tx.load_entries(str(run.id))
+    assert "worker" not in entry.meta
+
+
+@sm.workflow
+def outraced() -> Any:
+    return list((yield sm.first(waits_for_release(), sm.sleep(seconds=60))))
+
+
+def test_an_attempt_that_returns_after_its_branch_lost_records_its_late_outcome(
+    mesh_factory: MeshFactory,
+) -> None:
+    # The sleep wins while the step's first attempt runs: the branch is cancelled, and
+    # the attempt, still shown running, records its outcome when it returns at last.
+    mesh = mesh_factory([outraced], executor="database")
+    run = mesh.start_run(outraced)
+    drain = threading.Thread(target=mesh.drain)
+    drain.start()
+    try:
+        _wait(lambda: (s := _step(mesh, run.id)) and s.status == "running", "the step to run")
+        mesh_factory.clock.advance(61)
+        mesh.drain()
+        assert mesh.inspect_run(run.id).result == [1, None]
+        lost = _step(mesh, run.id)
+        assert lost is not None and lost.status == "cancelled"
+        assert [(a.number, a.status) for a in lost.attempts] == [(1, "running")]
+    finally:
+        STATE["release"].set()
+        drain.join(30)
+    late = _step(mesh, run.id)
+    assert late is not None and late.status == "cancelled"
+    assert [(a.number, a.status) for a in late.attempts] == [(1, "completed")]
+
+
+def _step(mesh: sm.Mesh, run_id: Any) -> sm.StepRun | None:
+    runs = mesh.inspect_run(run_id, include_history=True).step_runs or ()
+    return next((s for s in runs if s.name == "waits_for_release"), None)
+
+
 @sm.step(heartbeat_timeout=0.5, retry=sm.Retry(max_attempts=2))
 def goes_silent() -> str:
     call = _enter()
