@@ -142,6 +142,42 @@ class StepPolicy:
         )
 
 
+class _Arguments:
+    """A step call's arguments by name, as ``inspect.Signature.bind`` gives them (those
+    passed, in the order of the parameters).
+
+    ``bind`` costs more than the rest of a step call, and a replay makes one call per
+    recorded step: for a function whose parameters are all positional-or-keyword, a call
+    that names each at most once and every required one is bound here directly. Any
+    other function or call goes to ``bind``, for the same result or the same error."""
+
+    __slots__ = ("_known", "_names", "_required", "_signature")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self._signature = signature
+        params = list(signature.parameters.values())
+        plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+        self._names: tuple[str, ...] | None = tuple(p.name for p in params) if plain else None
+        self._known = frozenset(p.name for p in params)
+        self._required = frozenset(p.name for p in params if p.default is p.empty)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = self._names
+        if names is not None and len(args) <= len(names):
+            given = dict(zip(names, args, strict=False))
+            if kwargs:
+                if any(key in given or key not in self._known for key in kwargs):
+                    return self._bound(args, kwargs)
+                given.update(kwargs)
+                given = {name: given[name] for name in names if name in given}
+            if self._required.issubset(given):
+                return given
+        return self._bound(args, kwargs)
+
+    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._signature.bind(*args, **kwargs).arguments)
+
+
 class StepDefinition(Generic[P, R]):
     """A function wrapped by ``@sm.step``. Calling it returns a ``StepCall``; nothing runs.
 
@@ -227,6 +263,7 @@ class StepDefinition(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.ref = callable_ref(fn)
         self._signature = inspect.signature(fn)
+        self._arguments = _Arguments(self._signature)
         functools.update_wrapper(self, fn)
 
     # An async step's call yields its awaited result: the first overload matches the
@@ -241,10 +278,9 @@ class StepDefinition(Generic[P, R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> StepCall[Any]:
         try:
-            bound = self._signature.bind(*args, **kwargs)
+            arguments = self._arguments.bind(args, kwargs)
         except TypeError as exc:
             raise TypeError(f"step {self.name}: {exc}") from None
-        arguments = dict(bound.arguments)
         # The key is taken here, in the workflow's code: a key function that raises or
         # returns what is not JSON is a bug there (the run is suspended with it).
         call: StepCall[Any] = StepCall(self, arguments, self.flow(arguments))

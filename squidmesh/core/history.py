@@ -9,6 +9,7 @@ Attempts of a step are counted on the entry and stored apart; they never add pos
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -79,7 +80,15 @@ class Entry:
         return entry
 
     def copy(self) -> Entry:
-        return dataclasses.replace(self, meta=dict(self.meta))
+        # Field by field through the constructor: ``dataclasses.replace`` costs four times
+        # as much, and a replay copies every entry it feeds back.
+        copied = Entry(*_ENTRY_VALUES(self))
+        copied.meta = dict(self.meta)
+        return copied
+
+
+#: an entry's field values, in the order its constructor takes them
+_ENTRY_VALUES = operator.attrgetter(*(f.name for f in dataclasses.fields(Entry)))
 
 
 def _json(error: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -107,6 +107,55 @@ def test_wrong_arguments_raise_type_error_naming_the_step() -> None:
         pack_lembas(count=1, extra=2)  # type: ignore[call-arg]
 
 
+def _plain(a: int, b: int = 2, c: int = 3) -> None:
+    return None
+
+
+def _star(a: int, *rest: int, key: str = "k", **more: int) -> None:
+    return None
+
+
+def _positional_only(a: int, /, b: int = 2) -> None:
+    return None
+
+
+def _keyword_only(a: int, *, b: int) -> None:
+    return None
+
+
+_CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((), {}),
+    ((1,), {}),
+    ((1, 2), {}),
+    ((1, 2, 3), {}),
+    ((1, 2, 3, 4), {}),
+    ((1,), {"c": 9}),
+    ((), {"c": 9, "a": 1}),
+    ((), {"b": 5}),
+    ((1,), {"a": 1}),
+    ((1,), {"zz": 1}),
+    ((1,), {"b": 2, "key": "x", "more": 4}),
+]
+
+
+@pytest.mark.parametrize("fn", [_plain, _star, _positional_only, _keyword_only])
+def test_a_step_call_binds_its_arguments_as_signature_bind_does(fn: Any) -> None:
+    # Step calls bind plain signatures without inspect's bind (a replay makes one call
+    # per recorded step): the same arguments in the same order, or the same error.
+    step = sm.step(fn)
+    signature = inspect.signature(fn)
+    for args, kwargs in _CALLS:
+        try:
+            expected = dict(signature.bind(*args, **kwargs).arguments)
+        except TypeError as exc:
+            with pytest.raises(TypeError) as caught:
+                step(*args, **kwargs)
+            assert str(caught.value) == f"step {step.name}: {exc}"
+            continue
+        arguments = step(*args, **kwargs).arguments
+        assert list(arguments.items()) == list(expected.items()), (args, kwargs)
+
+
 def test_options_returns_a_copy_and_leaves_the_original_untouched() -> None:
     @sm.step(timeout=5)
     def pack_lembas(count: int) -> int:
