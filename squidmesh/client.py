@@ -24,7 +24,7 @@ from squidmesh.core.arguments import count, optional_count
 from squidmesh.core.contracts import json_text
 from squidmesh.core.definition import CronTrigger, WorkflowDefinition, registered_workflow
 from squidmesh.core.flow import Debounce, declared_queues, run_flow_data, start_times
-from squidmesh.core.state import with_unended_attempts
+from squidmesh.core.state import with_entry_attempts
 from squidmesh.errors import (
     ConflictError,
     InvalidArgumentError,
@@ -258,7 +258,7 @@ class RunClient:
             return build_run(
                 run,
                 entries=entries,
-                attempts=with_unended_attempts(entries, tx.load_attempts(rid)),
+                attempts=with_entry_attempts(entries, tx.load_attempts(rid)),
                 audit=tx.load_audit(rid),
                 workflow=self.workflows.get(run.workflow),
                 published=published,
@@ -285,7 +285,7 @@ class RunClient:
     def _explain(self, run_id: Any, *, depth: int) -> Explanation:
         with self.reading(run_id) as (tx, run):
             entries = tx.load_entries(run.id)
-            attempts = with_unended_attempts(entries, tx.load_attempts(run.id))
+            attempts = with_entry_attempts(entries, tx.load_attempts(run.id))
             events = len(tx.load_events(run.id))
             jobs = tx.load_jobs(run.id)
             queued = any((q.job.data or {}).get("queue") for q in jobs)

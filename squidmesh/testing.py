@@ -28,7 +28,7 @@ from squidmesh.core.definition import StepDefinition, WorkflowDefinition
 from squidmesh.core.history import Entry, History
 from squidmesh.core.records import Attempt, AuditEvent
 from squidmesh.core.replay import Activation, Interpreter
-from squidmesh.core.state import with_unended_attempts
+from squidmesh.core.state import with_entry_attempts
 from squidmesh.errors import DefinitionError, NondeterminismError
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.engine import EngineHooks
@@ -112,7 +112,7 @@ class TestRun:
             if self._snap is not None and self._snap.record.version == record.version:
                 return self._snap
             history = run_history(record, tx.load_entries(self.id))
-            attempts = with_unended_attempts(history.entries, tx.load_attempts(self.id))
+            attempts = with_entry_attempts(history.entries, tx.load_attempts(self.id))
             audit = tx.load_audit(self.id)
         if self._snap is not None:
             kept = self._snap.history

@@ -20,7 +20,7 @@ from squidmesh.errors import NonRetryable, RetryLater, UnstorableValueError
 from squidmesh.types import EntryStatus, RunStatus
 
 __all__ = [
-    "RUNNING_WORKER",
+    "ATTEMPT_WORKER",
     "Attempt",
     "attempt_of",
     "begin_attempt",
@@ -30,12 +30,13 @@ __all__ = [
     "deliver_unblock",
     "due_entries",
     "end_attempt",
+    "entry_records_success",
     "fail_attempt",
     "fire_due",
     "needs_running_row",
     "record_compensation",
     "waiting_status",
-    "with_unended_attempts",
+    "with_entry_attempts",
 ]
 
 _PENDING = EntryStatus.PENDING.value
@@ -48,17 +49,18 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
-#: ``Entry.meta`` key naming the worker that runs a step's first attempt, from its start
-#: until it ends (see ``attempt_of``)
-RUNNING_WORKER = "worker"
+#: ``Entry.meta`` key naming the worker of a step's first attempt (None when it has none)
+#: for as long as the entry is what records that attempt (see ``attempt_of``)
+ATTEMPT_WORKER = "worker"
 
 
 def begin_attempt(entry: Entry, now: datetime, worker: str | None = None) -> int:
     """Mark a pending step running and return the new attempt number.
 
-    A first attempt is recorded by its entry alone until it ends (``attempts`` of 1,
-    ``started_at``, and ``RUNNING_WORKER`` in its meta, naming ``worker`` or None): its
-    attempt row is written once, when it ends, which spares every step a row write. A
+    A first attempt is recorded by its entry alone while it runs (``attempts`` of 1,
+    ``started_at``, and ``ATTEMPT_WORKER`` in its meta, naming ``worker`` or None), and,
+    when it completes on a named worker without heartbeats, after that too
+    (``entry_records_success``): a sequential step then writes no attempt row at all. A
     later attempt starts at another time than the entry's ``started_at``, so the caller
     records it running as a row of its own (``needs_running_row``)."""
     if entry.kind != "step" or entry.status != _PENDING:
@@ -69,7 +71,7 @@ def begin_attempt(entry: Entry, now: datetime, worker: str | None = None) -> int
     if entry.started_at is None:
         entry.started_at = _iso(now)
     if entry.attempts == 1:
-        entry.meta[RUNNING_WORKER] = worker
+        entry.meta[ATTEMPT_WORKER] = worker
     return entry.attempts
 
 
@@ -78,40 +80,49 @@ def needs_running_row(number: int) -> bool:
     return number != 1
 
 
+def entry_records_success(entry: Entry, number: int) -> bool:
+    """Whether attempt ``number`` of ``entry``, which just completed, is recorded by the
+    completed entry alone: a first attempt whose entry names its worker. The caller
+    writes its row instead when it has one already (a saved heartbeat), and then calls
+    ``end_attempt``."""
+    return number == 1 and isinstance(entry.meta.get(ATTEMPT_WORKER), str)
+
+
 def end_attempt(entry: Entry) -> None:
-    """The entry's first attempt ended, and its row says so from now on (or the entry is
-    a copy, whose attempts belong to the run it was copied from)."""
-    entry.meta.pop(RUNNING_WORKER, None)
+    """The entry's first attempt is recorded by its row from now on (or the entry is a
+    copy, whose attempts belong to the run it was copied from)."""
+    entry.meta.pop(ATTEMPT_WORKER, None)
 
 
-def _unended_first(entry: Entry) -> Attempt:
-    worker = entry.meta.get(RUNNING_WORKER)
-    return Attempt(
-        1, _RUNNING, None, entry.started_at, worker=worker if isinstance(worker, str) else None
-    )
+def _first_from_entry(entry: Entry) -> Attempt:
+    worker = entry.meta.get(ATTEMPT_WORKER)
+    named = worker if isinstance(worker, str) else None
+    if entry.status == _DONE:
+        return Attempt(1, _DONE, None, entry.started_at, entry.completed_at, worker=named)
+    return Attempt(1, _RUNNING, None, entry.started_at, worker=named)
 
 
 def attempt_of(entry: Entry, stored: list[Attempt], number: int) -> Attempt | None:
     """Attempt ``number`` of ``entry``'s step: its row (from ``stored``), or, for a
-    first attempt that has none, the running attempt its entry records
-    (``begin_attempt``).
+    first attempt that has none, the attempt its entry records (``begin_attempt``).
 
-    An attempt that ends gets a row (completed, failed, or lost) and leaves its entry
-    (``end_attempt``), so a first attempt its entry still records never ended: it runs,
-    or ran on after its branch was cancelled or its run moved on, as its running row
-    said when that row was written at the start."""
+    Only its attempt completes a step's entry, so a first attempt recorded by a
+    completed entry is that completion. Any other ending (a failure, a lost or silent
+    attempt, a late outcome) writes a row and leaves the entry (``end_attempt``), so a
+    first attempt the entry of an unfinished step still records never ended: it runs,
+    or ran on after its branch was cancelled or its run moved on."""
     found = next((a for a in stored if a.number == number), None)
-    if found is None and number == 1 and RUNNING_WORKER in entry.meta:
-        return _unended_first(entry)
+    if found is None and number == 1 and ATTEMPT_WORKER in entry.meta:
+        return _first_from_entry(entry)
     return found
 
 
-def with_unended_attempts(
+def with_entry_attempts(
     entries: list[Entry], stored: dict[int, list[Attempt]]
 ) -> dict[int, list[Attempt]]:
     """A run's attempts by seq, each list ordered by number (``Transaction.load_attempts``
-    gives ``stored``), with each first attempt that has no row yet as its entry records
-    it (``attempt_of``). Every reader of a run's attempts goes through here."""
+    gives ``stored``), with each first attempt that its entry records instead of a row
+    (``attempt_of``). Every reader of a run's attempts goes through here."""
     found = dict(stored)
     for entry in entries:
         tries = found.get(entry.seq, [])
@@ -131,7 +142,6 @@ def complete_attempt(
     where = f" (run {history.run_id}, seq {seq})" if history.run_id else f" (seq {seq})"
     what = f"the result of step {history[seq].name}{where}"
     result = contracts.stored(value, what=what, max_bytes=max_bytes)
-    end_attempt(history[seq])
     return history.resolve(seq, _DONE, result=result, at=_iso(now))
 
 

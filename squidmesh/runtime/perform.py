@@ -935,13 +935,18 @@ class JobRunner:
                     run.error = info.to_json()
                 return
         else:
-            ch.attempt(
-                run.id,
-                entry.seq,
-                Attempt(
-                    number, "completed", None, started, finished, worker=worker, heartbeat=beat
-                ),
-            )
+            # A first attempt that saved no heartbeat (the only way it gets a row before
+            # it ends) is recorded by its completed entry; any other gets its row.
+            silent = running is None or running.beats == 0
+            if not (silent and state.entry_records_success(entry, number)):
+                state.end_attempt(entry)
+                ch.attempt(
+                    run.id,
+                    entry.seq,
+                    Attempt(
+                        number, "completed", None, started, finished, worker=worker, heartbeat=beat
+                    ),
+                )
             ch.events.step_ended(run, entry.name, entry.seq, number, started, finished)
             ch.touched(run.id, entry)
         if run.status == RunStatus.CANCELLING.value:

@@ -322,8 +322,9 @@ class Transaction(Protocol):
         of the step at ``seq``, while that attempt runs; True if saved.
 
         A first attempt has no row while it runs (``core.state.begin_attempt``): then
-        its running row is written, as ``attempt`` gives it. An attempt that ended keeps
-        its row unchanged, and a run without an entry at ``seq`` gets nothing."""
+        its running row is written, as ``attempt`` gives it, if the step's entry runs.
+        An attempt that ended keeps its row unchanged; a step that is not running, or
+        that the run does not have, gets no row."""
 
     # audit -----------------------------------------------------------------
     def load_audit(self, run_id: str) -> list[AuditEvent]:

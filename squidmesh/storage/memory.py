@@ -514,11 +514,12 @@ class InMemoryTransaction:
 
     def record_heartbeat(self, run_id: str, seq: int, attempt: Attempt) -> bool:
         data = self._write("record_heartbeat")
-        if seq not in data.entries.get(run_id, {}):
-            return False
         rows = data.attempts.setdefault(run_id, {})
         row = rows.get((seq, attempt.number))
         if row is None:
+            entry = data.entries.get(run_id, {}).get(seq)
+            if entry is None or entry["status"] != "running":
+                return False
             running = dataclasses.replace(attempt, status="running", error=None, finished_at=None)
             rows[(seq, attempt.number)] = _ATTEMPTS.pack(running)
         elif row["status"] == "running":

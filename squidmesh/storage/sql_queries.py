@@ -224,7 +224,8 @@ class Queries:
 
         attempts = t.attempts
         # A first attempt has no row while it runs: its first saved heartbeat writes its
-        # running row (for a step the run has), later ones update it while it runs.
+        # running row (for a step of the run that runs), later ones update it while it
+        # runs; an ended attempt's row stays as it is.
         running: dict[str, Any] = {
             "run_id": b("b_run_id", type_=attempts.c.run_id.type),
             "seq": b("b_seq", type_=sa.Integer),
@@ -237,7 +238,9 @@ class Queries:
         beat = (sqlite_insert(attempts) if not pg else pg_insert(attempts)).from_select(
             list(running),
             sa.select(*running.values()).where(
-                entries.c.run_id == b("b_run_id"), entries.c.seq == b("b_seq")
+                entries.c.run_id == b("b_run_id"),
+                entries.c.seq == b("b_seq"),
+                entries.c.status == "running",
             ),
         )
         # RETURNING tells whether a row was written (psycopg's rowcount of this upsert

@@ -639,7 +639,14 @@ def test_a_heartbeat_writes_the_running_row_of_an_attempt_that_has_none(
     # A first attempt has no row while it runs: its first saved heartbeat writes one,
     # later heartbeats update it while it runs, and an ended attempt keeps its row.
     with store.transaction() as tx:
-        writes.insert_entries(tx, run.id, [Entry(0, "step", "a", status="running", attempts=1)])
+        writes.insert_entries(
+            tx,
+            run.id,
+            [
+                Entry(0, "step", "a", status="running", attempts=1),
+                Entry(1, "step", "b", status="completed", attempts=1),
+            ],
+        )
     beat = Attempt(1, "running", started_at="s1", worker="w1", heartbeat={"details": 1})
     with store.transaction() as tx:
         assert tx.record_heartbeat(run.id, 0, beat) is True
@@ -659,7 +666,8 @@ def test_a_heartbeat_writes_the_running_row_of_an_attempt_that_has_none(
         assert (
             tx.record_heartbeat(run.id, 0, dataclasses.replace(beat, heartbeat={"x": 3})) is False
         )
-        # a step the run does not have gets nothing (and no error)
+        # a step that does not run, or that the run does not have, gets nothing
+        assert tx.record_heartbeat(run.id, 1, beat) is False
         assert tx.record_heartbeat(run.id, 7, beat) is False
         assert tx.record_heartbeat(str(uuid.uuid4()), 0, beat) is False
     with store.transaction() as tx:

@@ -98,7 +98,9 @@ def test_prune_deletes_only_old_finished_runs(mesh_factory: MeshFactory) -> None
     sleeper = mesh.start_run(sleeps)
     kept = [old_paused, new_done, new_failed, sleeper]
     before = {str(r.id): recorded(mesh_factory, r.id) for r in kept}
-    assert before[str(old_paused.id)]["events"] and before[str(sleeper.id)]["attempts"]
+    # (a first attempt that succeeds is recorded by its entry; a failed one has a row)
+    assert before[str(old_paused.id)]["events"] and before[str(new_failed.id)]["attempts"]
+    assert recorded(mesh_factory, old_failed.id)["attempts"]  # pruned below
     assert str(sleeper.id) in job_run_ids(mesh_factory)
 
     seen: list[int] = []

@@ -163,8 +163,11 @@ def test_a_heartbeat_is_recorded_and_explained(mesh_factory: MeshFactory) -> Non
     done = mesh.inspect_run(run.id, include_history=True)
     assert done.result == "done"
     assert done.step_runs is not None
-    beat = done.step_runs[0].attempts[0].heartbeat
-    assert beat is not None and beat["details"] == {"rows": 3}
+    (attempt,) = done.step_runs[0].attempts
+    assert attempt.status == "completed"
+    assert attempt.heartbeat is not None and attempt.heartbeat["details"] == {"rows": 3}
+    with mesh.store.transaction() as tx:  # its heartbeat wrote its row; its end updated it
+        assert tx.load_attempts(str(run.id)) == {0: [attempt]}
 
 
 @sm.step
@@ -178,11 +181,11 @@ def released() -> Any:
     return (yield waits_for_release())
 
 
-def test_a_running_first_attempt_is_shown_from_its_entry_and_gets_its_row_when_it_ends(
+def test_a_first_attempt_that_succeeds_is_recorded_by_its_entry_alone(
     mesh_factory: MeshFactory,
 ) -> None:
-    # A step's first attempt writes its attempt row once, when it ends; while it runs,
-    # its entry records it, and every view shows it running on its worker.
+    # A step's first attempt that succeeds without heartbeats writes no attempt row: its
+    # entry records it, and every view shows it running, then completed, on its worker.
     mesh = mesh_factory([released], executor="database")
     run = mesh.start_run(released)
     drain = threading.Thread(target=mesh.drain)
@@ -209,11 +212,10 @@ def test_a_running_first_attempt_is_shown_from_its_entry_and_gets_its_row_when_i
     assert done is not None
     (ended,) = done[0].attempts
     assert (ended.number, ended.status, ended.worker) == (1, "completed", worker)
-    assert ended.started_at == attempt.started_at and ended.finished_at is not None
+    assert ended.started_at == attempt.started_at
+    assert ended.finished_at == done[0].completed_at is not None
     with mesh.store.transaction() as tx:
-        assert tx.load_attempts(str(run.id)) == {0: [ended]}
-        (entry,) = tx.load_entries(str(run.id))
-    assert "worker" not in entry.meta
+        assert tx.load_attempts(str(run.id)) == {}
 
 
 @sm.workflow
