@@ -23,8 +23,9 @@ import psycopg
 import pytest
 
 from tests.reliability import harness
-from tests.reliability.chaos import ATTEMPTS, JOBS, RUNS, WorkerProcess
+from tests.reliability.chaos import JOBS, RUNS, WorkerProcess
 from tests.support import postgres
+from tests.support.attempts import recorded_attempts
 
 RUN_COUNT = 30
 NAP = 3.0
@@ -163,10 +164,9 @@ def test_workers_reconnect_after_restart_and_outage(tmp_path: Path) -> None:
             check.close()
         # No duplicate completion: one completed attempt per step, whatever was retried.
         completions = Counter(
-            (str(r), int(s))
-            for r, s in _query(
-                libpq_url, f"SELECT run_id, seq FROM {ATTEMPTS} WHERE status = 'completed'"
-            )
+            (r, s)
+            for r, s, _, status in recorded_attempts(url, [str(rid) for rid in run_ids.values()])
+            if status == "completed"
         )
         assert len(completions) == 3 * RUN_COUNT
         assert set(completions.values()) == {1}

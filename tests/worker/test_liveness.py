@@ -7,21 +7,15 @@ import shutil
 
 import pytest
 
+from tests.support.attempts import recorded_attempts
 from tests.support.waiting import wait_for
 from tests.worker.conftest import Database, Workers
 
 RUNS = "squidmesh.squidmesh_runs"
-ATTEMPTS = "squidmesh.squidmesh_attempts"
 
 
 def _attempts(db: Database, run_id: str) -> list[tuple[int, int, str]]:
-    return [
-        (int(seq), int(number), str(status))
-        for seq, number, status in db.query(
-            f"SELECT seq, number, status FROM {ATTEMPTS} WHERE run_id = %s ORDER BY seq, number",
-            (run_id,),
-        )
-    ]
+    return [(seq, number, status) for _, seq, number, status in recorded_attempts(db.url, [run_id])]
 
 
 def _starts(db: Database, run_id: str, name: str) -> list[int]:
