@@ -514,16 +514,15 @@ class InMemoryTransaction:
 
     def record_heartbeat(self, run_id: str, seq: int, attempt: Attempt) -> bool:
         data = self._write("record_heartbeat")
-        rows = data.attempts.setdefault(run_id, {})
-        row = rows.get((seq, attempt.number))
+        row = data.attempts.get(run_id, {}).get((seq, attempt.number))
         if row is None:
             entry = data.entries.get(run_id, {}).get(seq)
             if entry is None or entry["status"] != "running":
                 return False
             running = dataclasses.replace(attempt, status="running", error=None, finished_at=None)
-            rows[(seq, attempt.number)] = _ATTEMPTS.pack(running)
+            data.attempts.setdefault(run_id, {})[(seq, attempt.number)] = _ATTEMPTS.pack(running)
         elif row["status"] == "running":
-            rows[(seq, attempt.number)] = {
+            data.attempts[run_id][(seq, attempt.number)] = {
                 **row,
                 "heartbeat": _encode(attempt.heartbeat, "heartbeat"),
             }
