@@ -95,14 +95,15 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(url, **kwargs)
 
 
-def sqlite_begin(conn: sa.Connection) -> None:
+def _sqlite_driver(proxied: PoolProxiedConnection) -> sqlite3.Connection:
+    """The ``sqlite3`` connection of a pooled connection, set up for squidmesh: pragmas
+    once per connection, foreign keys off while it migrates."""
     # pysqlite would otherwise open transactions itself, lazily and DEFERRED: a read
     # followed by a write could then fail with "database is locked" instead of waiting.
-    proxied = conn.connection
+    driver = cast(sqlite3.Connection, proxied.driver_connection)
     if not proxied.info.get(_CONFIGURED):
-        dbapi = cast(Any, proxied.dbapi_connection)
-        dbapi.isolation_level = None
-        cursor = dbapi.cursor()
+        driver.isolation_level = None
+        cursor = driver.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA journal_mode = WAL")
@@ -111,8 +112,17 @@ def sqlite_begin(conn: sa.Connection) -> None:
             cursor.close()
         proxied.info[_CONFIGURED] = True
     if proxied.info.get(sql_migrate.SQLITE_MIGRATING):
-        cast(Any, proxied.dbapi_connection).execute("PRAGMA foreign_keys = OFF")
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+        driver.execute("PRAGMA foreign_keys = OFF")
+    return driver
+
+
+def sqlite_begin(conn: sa.Connection) -> None:
+    driver = _sqlite_driver(conn.connection)
+    # A SqlTransaction begins on the driver itself and wraps its connection in
+    # SQLAlchemy's only when a statement needs it (``SqlTransaction.connection``), whose
+    # own begin then finds the transaction open.
+    if not driver.in_transaction:
+        driver.execute("BEGIN IMMEDIATE")
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -286,6 +296,25 @@ def _close(conn: Any) -> None:
         pass  # closing ends the session, which is all that is needed
 
 
+def _end_sqlite(raw: PoolProxiedConnection, *, commit: bool) -> None:
+    """Commit (or roll back) a transaction ``SqlTransaction`` began on a SQLite driver,
+    and return the connection to the pool."""
+    driver = cast(sqlite3.Connection, raw.driver_connection)
+    try:
+        if commit:
+            try:
+                driver.commit()
+            except sqlite3.Error as error:
+                raise storage_error("commit", error) from error
+        else:
+            try:
+                driver.rollback()
+            except sqlite3.Error:
+                pass  # the caller's exception matters more; the pool resets the connection
+    finally:
+        raw.close()
+
+
 def _give_back(raw: PoolProxiedConnection) -> None:
     """Return a connection ``write`` took for a transaction without BEGIN/COMMIT to the
     pool as the pool handed it out (not in autocommit)."""
@@ -329,8 +358,9 @@ class SqlTransaction:
         self._create_sql = store._create_sql
         self._sqlite_writer = store._sqlite_writer
         self._conn: sa.Connection | None = None
-        #: the pooled connection a transaction without BEGIN/COMMIT wrote its batch on,
-        #: when it needed no SQLAlchemy connection (``write``)
+        #: the pooled connection taken without a SQLAlchemy connection: on PostgreSQL
+        #: the one a transaction without BEGIN/COMMIT wrote its batch on (``write``), on
+        #: SQLite the one the transaction began on (``_begin_sqlite``)
         self._raw: PoolProxiedConnection | None = None
 
     # the context manager ---------------------------------------------------
@@ -338,9 +368,31 @@ class SqlTransaction:
         # Without BEGIN/COMMIT there is nothing to open: the connection is taken when
         # the first statement needs one. A landing that only writes its batch then
         # costs one pooled connection and one call, not a SQLAlchemy connection too.
-        if not self._autocommit:
+        if self._sqlite_writer is not None and self.owns_commit:
+            self._begin_sqlite()
+        elif not self._autocommit:
             self._connect()
         return self
+
+    def _begin_sqlite(self) -> None:
+        """BEGIN IMMEDIATE on a pooled connection's driver, without SQLAlchemy's
+        connection: a step's transaction on SQLite only writes its batch (through the
+        driver, ``SqliteWriter``), and SQLAlchemy's connection, transaction and events
+        cost a step more than its statements (benchmarks/README.md, B6). The connection
+        is wrapped in SQLAlchemy's when a statement needs it (``connection``)."""
+        try:
+            raw = self._store.engine.raw_connection()
+        except sa.exc.SQLAlchemyError as exc:
+            raise storage_error("connect to the database", exc) from driver_error(exc)
+        try:
+            _sqlite_driver(raw).execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raw.close()
+            raise storage_error("begin a transaction", exc) from exc
+        except BaseException:
+            raw.close()
+            raise
+        self._raw = raw
 
     def _connect(self) -> sa.Connection:
         try:
@@ -367,9 +419,13 @@ class SqlTransaction:
         tb: TracebackType | None,
     ) -> None:
         raw, self._raw = self._raw, None
-        if raw is not None:
-            _give_back(raw)
         conn, self._conn = self._conn, None
+        if conn is None and raw is not None:
+            if self._sqlite_writer is not None:
+                _end_sqlite(raw, commit=exc_type is None)
+            else:
+                _give_back(raw)
+            return
         if conn is None:
             return
         try:
@@ -392,6 +448,18 @@ class SqlTransaction:
     @property
     def connection(self) -> sa.Connection:
         if self._conn is None:
+            if self._raw is not None and self._sqlite_writer is not None:
+                # SQLite's transaction, begun on the driver: SQLAlchemy's connection now
+                # holds the pooled one. Its transaction is begun at once (its begin finds
+                # the driver's open), so that its commit at the end commits the driver's.
+                conn = sa.Connection(self._store.engine, connection=self._raw)
+                self._raw = None
+                self._conn = conn
+                try:
+                    conn.begin()
+                except sa.exc.SQLAlchemyError as exc:
+                    raise storage_error("begin a transaction", exc) from driver_error(exc)
+                return conn
             if not self._autocommit or self._raw is not None:
                 raise StorageError("the transaction is not open")
             return self._connect()
@@ -623,7 +691,8 @@ class SqlTransaction:
             if not batch:
                 return []
         if self._sqlite_writer is not None:  # in-process: statements on the driver's cursor
-            lite = cast(sqlite3.Connection, self.connection.connection.driver_connection)
+            pooled = self._raw if self._raw is not None else self.connection.connection
+            lite = cast(sqlite3.Connection, pooled.driver_connection)
             return self._sqlite_writer.write(lite, batch)
         # PostgreSQL: one call of the write function (of the one creating runs first)
         sql = self._create_sql if batch.runs_insert else self._write_sql

@@ -303,6 +303,35 @@ def test_carrying_on_a_job_that_is_gone_writes_nothing(
     assert dump(store) == before
 
 
+class _Refused(Exception):
+    """The caller's own failure inside a transaction."""
+
+
+# SQLite begins a transaction on the driver and hands its connection to SQLAlchemy only
+# when a statement needs one: a batch must commit, or roll back, with the transaction
+# either way, whatever ran before it in the transaction.
+@pytest.mark.parametrize("before", ["nothing", "a read", "the connection taken"])
+@pytest.mark.parametrize("ends", ["committed", "in an error"])
+def test_a_batch_ends_with_its_transaction_whatever_ran_before_it(
+    store: Store, started: tuple[RunRecord, Job], before: str, ends: str
+) -> None:
+    run, _ = started
+    moved = advanced(run, result="moved")
+    try:
+        with store.transaction() as tx:
+            if before == "a read":
+                assert tx.get_run(run.id) == run
+            elif before == "the connection taken":
+                assert tx.connection is not None or store.dialect == "memory"
+            tx.write(WriteBatch(runs=[moved]))
+            if ends == "in an error":
+                raise _Refused
+    except _Refused:
+        pass
+    with store.transaction() as tx:
+        assert tx.get_run(run.id) == (moved if ends == "committed" else run)
+
+
 def test_of_two_changes_decided_at_one_version_exactly_one_lands(store: Store) -> None:
     run = run_record(status="running")
     add_runs(store, run)
