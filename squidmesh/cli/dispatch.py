@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from squidmesh.cli import style
 from squidmesh.cli.app import Context
+from squidmesh.cli.bench import cmd_bench
 from squidmesh.cli.complete import autocomplete
 from squidmesh.cli.errors import EXIT_FAILED, CliError, from_api
 from squidmesh.cli.parser import build_parser
@@ -71,6 +72,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "prune": cmd_prune,
     "demo": cmd_demo,
     "ui": cmd_ui,
+    "bench": cmd_bench,
 }
 
 

@@ -359,4 +359,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="run the Ring Errand end to end, keeping the run for squidmesh ui"
     )
+
+    bench = commands.add_parser(
+        "bench",
+        help="the performance bars (python -m benchmarks of a source checkout) against the "
+        "PostgreSQL server of --database-url",
+    )
+    bench.add_argument("--quick", action="store_true", help="small smoke sizes (under a minute)")
+    bench.add_argument(
+        "--only",
+        metavar="LIST",
+        help="comma-separated subset of baseline,B1,B2,B3,B4,B5,B6,B7,B8,ASYNC",
+    )
+    bench.add_argument(
+        "--output",
+        metavar="FILE",
+        help="where the JSON of every number goes (default: the checkout's "
+        "benchmarks/results/latest.json)",
+    )
+    profiling = bench.add_mutually_exclusive_group()
+    profiling.add_argument(
+        "--profile", action="store_true", help="always profile the B1 hot path afterwards"
+    )
+    profiling.add_argument(
+        "--no-profile", action="store_true", help="never profile (default: when B1/B2 miss)"
+    )
     return parser
