@@ -30,18 +30,12 @@ from squidmesh.errors import PayloadError, SquidmeshError, UnknownTriggerError
 from squidmesh.mesh import Mesh
 from squidmesh.runtime.replaying import run_history, run_interpreter
 from squidmesh.storage.base import RunRecord
+from squidmesh.types import RunStatus
 
 __all__ = ["ACTIVE_STATUSES", "DeployProblem", "DeployReport", "check_deploy"]
 
 #: The statuses of runs that a deploy can still affect (every non-terminal status).
-ACTIVE_STATUSES: tuple[str, ...] = (
-    "pending",
-    "running",
-    "retrying",
-    "paused",
-    "suspended",
-    "cancelling",
-)
+ACTIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in RunStatus if not s.is_terminal)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,11 +36,9 @@ from squidmesh.runtime.starting import NewRun
 from squidmesh.runtime.telemetry import Telemetry, api_call
 from squidmesh.runtime.views import Run, build_run
 from squidmesh.storage.base import RunRecord, Store
-from squidmesh.types import RunStatus
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["OperatorActions"]
-
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 class OperatorActions:
@@ -217,7 +215,7 @@ class OperatorActions:
         self.gate.ready()
         with self.engine.change() as ch:
             run = self._locked(ch, run_id)
-            if run.status in TERMINAL:
+            if run.status in TERMINAL_STATUSES:
                 raise InvalidTransitionError(
                     f"cannot send event {shown(name)} to run {run.id}: it is {run.status}",
                     status=run.status,
@@ -225,7 +223,7 @@ class OperatorActions:
                 )
             live = self.engine.live(ch, run)
             entry = None
-            if live is not None and run.status != "suspended":
+            if live is not None and run.status != RunStatus.SUSPENDED:
                 entry = state.deliver_event(live.history, name, data, ch.now)
             if entry is None:
                 ch.tx.add_event(run.id, name, data, ch.now)
@@ -255,7 +253,7 @@ class OperatorActions:
         self.gate.ready()
         with self.engine.change() as ch:
             run = self._locked(ch, run_id)
-            if run.status in TERMINAL or run.status == "cancelling":
+            if run.status in TERMINAL_STATUSES or run.status == RunStatus.CANCELLING:
                 raise InvalidTransitionError(
                     f"cannot cancel run {run.id}: it is already {run.status}",
                     status=run.status,
@@ -273,7 +271,7 @@ class OperatorActions:
         self.gate.ready()
         with self.engine.change() as ch:
             run = self._locked(ch, run_id)
-            if run.status != "suspended":
+            if run.status != RunStatus.SUSPENDED:
                 raise InvalidTransitionError(
                     f"cannot resume run {run.id}: it is {run.status}, not suspended",
                     status=run.status,
@@ -400,14 +398,14 @@ class OperatorActions:
         refused: list[str] = []
         for status in statuses:
             value = status.value if isinstance(status, RunStatus) else status
-            if isinstance(value, str) and value in TERMINAL:
+            if isinstance(value, str) and value in TERMINAL_STATUSES:
                 chosen.append(value)
             else:
                 refused.append(shown(value))
         if refused:
             raise InvalidArgumentError(
                 f"prune only deletes finished runs; not terminal: {', '.join(refused)} "
-                f"(allowed: {', '.join(sorted(TERMINAL))})"
+                f"(allowed: {', '.join(sorted(s.value for s in TERMINAL_STATUSES))})"
             )
         if not chosen:
             raise InvalidArgumentError("prune needs at least one status")

@@ -142,7 +142,7 @@ class TestRun:
     def reason(self) -> str | None:
         """Why a failed or suspended run stopped (None otherwise)."""
         record = self._load().record
-        return record.reason if record.status in ("failed", "suspended") else None
+        return record.reason if record.status in (RunStatus.FAILED, RunStatus.SUSPENDED) else None
 
     @property
     def history(self) -> History:

@@ -19,7 +19,7 @@ from squidmesh.types import RunStatus
 __all__ = ["DESCRIPTION", "STATUSES", "TERMINAL", "build_parser"]
 
 STATUSES = tuple(s.value for s in RunStatus)
-TERMINAL = ("completed", "cancelled", "failed")
+TERMINAL = tuple(s.value for s in RunStatus if s.is_terminal)
 
 DESCRIPTION = """\
 Operate squidmesh: migrate the database, run workers, inspect and act on runs.

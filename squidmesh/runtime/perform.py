@@ -65,7 +65,7 @@ from squidmesh.storage.base import (
     WriteBatch,
 )
 from squidmesh.storage.sql_errors import is_transient
-from squidmesh.types import RunStatus
+from squidmesh.types import TERMINAL_STATUSES, RunStatus
 
 __all__ = ["FAIR_RECHECK_SECONDS", "LOST_LIMIT", "JobRunner", "Lease"]
 
@@ -95,7 +95,6 @@ _FAIR_REMEMBERED = 4096
 #: a transactional step that finished inside its own job's transaction
 _LANDED = object()
 _NO_RETRY = Retry()
-TERMINAL_RUN_STATUSES = ("completed", "failed", "cancelled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +216,7 @@ class JobRunner:
         """The claim admitted a run of a workflow-level queue: its admission job's row
         stays, leased to ``HOLDING`` for good, as the run's slot until the run ends
         (``Engine`` deletes it in the change that ends the run)."""
-        if lease is None or job.id is None or run.status in TERMINAL_RUN_STATUSES:
+        if lease is None or job.id is None or run.status in TERMINAL_STATUSES:
             return
         if job.id in ch.batch.jobs_delete:
             ch.batch.jobs_delete.remove(job.id)
@@ -228,7 +227,7 @@ class JobRunner:
         """The run's deadline came: a run still active is cancelled as ``cancel_run(...,
         compensate=True)`` would, with reason ``deadline_exceeded`` and audit
         ``timed_out``; an ended (or already cancelling) run is left alone."""
-        if run.status in (*TERMINAL_RUN_STATUSES, "cancelling"):
+        if run.status in TERMINAL_STATUSES or run.status == RunStatus.CANCELLING:
             return
         ch.audit(run.id, "timed_out", metadata={"deadline": deadline})
         composition.request_cancel(
@@ -964,7 +963,7 @@ class JobRunner:
         seq = int(job.seq if job.seq is not None else -1)
         with self.engine.change() as ch:
             run = self.engine.lock(ch, str(job.run_id))
-            if run is None or run.status in ("completed", "failed", "cancelled", "suspended"):
+            if run is None or run.status in (*TERMINAL_STATUSES, RunStatus.SUSPENDED):
                 self._finish_job(ch, job, lease)
                 return
             live = self.engine.live(ch, run)

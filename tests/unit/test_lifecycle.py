@@ -95,3 +95,55 @@ def test_the_runtime_moves_runs_only_through_the_table() -> None:
     modules = [*PACKAGE.glob("*.py"), *(PACKAGE / "runtime").glob("*.py")]
     stray = [where for path in sorted(modules) for where in _status_assignments(path)]
     assert not stray, "run statuses assigned outside squidmesh.core.lifecycle: " + ", ".join(stray)
+
+
+_RUN_STATUSES = {s.value for s in RunStatus}
+#: values only a run has (a history entry is never retrying, paused, suspended or
+#: cancelling): a comparison with one of them is about a run whatever its variable
+_RUN_ONLY = _RUN_STATUSES - {"pending", "running", "completed", "failed", "cancelled"}
+#: the names runs are held under across the package
+_RUN_NAMES = ("run", "record")
+
+
+def _strings(node: ast.expr) -> list[str]:
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+
+
+def _spelled_statuses(path: Path) -> list[str]:
+    """Run statuses written as strings: compared with a run's ``status``, or gathered
+    into a set of their own beside ``TERMINAL_STATUSES``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        where = f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            of_run = any(
+                isinstance(s, ast.Attribute)
+                and s.attr == "status"
+                and isinstance(s.value, ast.Name)
+                and s.value.id in _RUN_NAMES
+                for s in sides
+            )
+            spelled = {v for s in sides for v in _strings(s)}
+            if (of_run and spelled & _RUN_STATUSES) or (
+                any(isinstance(s, ast.Attribute) and s.attr == "status" for s in sides)
+                and spelled & _RUN_ONLY
+            ):
+                found.append(where)
+        elif isinstance(node, ast.Assign):
+            value = node.value
+            if isinstance(value, ast.Call) and value.args:
+                value = value.args[0]
+            spelled = set(_strings(value)) if not isinstance(value, ast.Constant) else set()
+            if {s.value for s in TERMINAL_STATUSES} <= spelled <= _RUN_STATUSES:
+                found.append(where)
+    return found
+
+
+def test_run_statuses_are_spelled_once() -> None:
+    # squidmesh.types holds the statuses and the terminal set; everything else names
+    # RunStatus members and derives its sets from them, so none can drift.
+    modules = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "types.py"]
+    stray = [where for path in sorted(modules) for where in _spelled_statuses(path)]
+    assert not stray, "run statuses spelled as strings: " + ", ".join(stray)
