@@ -122,7 +122,9 @@ def sqlite_begin(conn: sa.Connection) -> None:
     # SQLAlchemy's only when a statement needs it (``SqlTransaction.connection``), whose
     # own begin then finds the transaction open.
     if not driver.in_transaction:
-        driver.execute("BEGIN IMMEDIATE")
+        # Through SQLAlchemy, so a failure (a database locked past busy_timeout) reaches
+        # the caller as SQLAlchemy's error, as every other statement's does.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

@@ -10,8 +10,10 @@ writes nothing.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 
 from squidmesh.core.records import Attempt, AuditEvent, Job
 from squidmesh.errors import ConcurrentChangeError, ConflictError, StorageError
+from squidmesh.storage import sql
 from squidmesh.storage.base import (
     ENTRY_MUTABLE_FIELDS,
     JobWrite,
@@ -27,7 +30,8 @@ from squidmesh.storage.base import (
     Store,
     WriteBatch,
 )
-from squidmesh.storage.sql import SqlStore
+from squidmesh.storage.sql import SqlStore, create_engine
+from squidmesh.storage.sql_errors import is_transient
 from tests.contract.test_store_contract import T0, add_runs, dump, full_entry, run_record
 from tests.support import writes
 
@@ -466,4 +470,34 @@ def test_a_connection_that_wrote_without_a_transaction_goes_back_transactional(
             stored = tx.get_run(run.id)
         assert stored is not None and stored.version == 1
     finally:
+        store.close()
+
+
+def test_a_sqlite_database_another_writer_holds_is_a_transient_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite transactions begin with BEGIN IMMEDIATE, which waits busy_timeout for the
+    # write lock: past it, the caller gets a StorageError a worker retries (transient),
+    # and the pooled connection is left fit for the next transaction.
+    monkeypatch.setattr(sql, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "locked.db"
+    store = SqlStore(create_engine(f"sqlite:///{path}"), owns_engine=True)
+    store.migrate()
+    run = run_record(status="running")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError) as caught:
+            with store.transaction() as tx:
+                tx.write(WriteBatch(runs_insert=[run]))
+        assert "begin a transaction" in str(caught.value)
+        assert "locked" in str(caught.value)
+        assert is_transient(caught.value)
+        blocker.rollback()
+        with store.transaction() as tx:
+            tx.write(WriteBatch(runs_insert=[run]))
+        with store.transaction() as tx:
+            assert tx.get_run(run.id) == run
+    finally:
+        blocker.close()
         store.close()
