@@ -19,7 +19,8 @@ from squidmesh.types import RunStatus
 __all__ = ["DESCRIPTION", "STATUSES", "TERMINAL", "build_parser"]
 
 STATUSES = tuple(s.value for s in RunStatus)
-TERMINAL = tuple(s.value for s in RunStatus if s.is_terminal)
+#: the order prune lists them in (its --json too)
+TERMINAL = tuple(s.value for s in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED))
 
 DESCRIPTION = """\
 Operate squidmesh: migrate the database, run workers, inspect and act on runs.

@@ -141,6 +141,12 @@ def _spelled_statuses(path: Path) -> list[str]:
     return found
 
 
+def test_the_clis_order_of_the_terminal_statuses_names_each_once() -> None:
+    from squidmesh.cli.parser import TERMINAL
+
+    assert sorted(TERMINAL) == sorted(s.value for s in TERMINAL_STATUSES)
+
+
 def test_run_statuses_are_spelled_once() -> None:
     # squidmesh.types holds the statuses and the terminal set; everything else names
     # RunStatus members and derives its sets from them, so none can drift.
