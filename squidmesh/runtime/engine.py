@@ -165,6 +165,9 @@ class Change:
     eager: tuple[int, BegunStep] | None = None
     #: that step's job once written (with its id), for the worker to run next
     eager_job: Job | None = None
+    #: when each job this change finishes was due, by id: a row carried on to the next
+    #: step keeps it (``JobRunner._continue``)
+    finishing: dict[int, datetime | None] = dataclasses.field(default_factory=dict)
     #: True once ``jobs`` went into the batch (the database executor)
     jobs_written: bool = False
     #: no lock was taken: the change must consist of its batch alone (one statement)

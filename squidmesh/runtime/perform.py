@@ -161,7 +161,10 @@ class JobRunner:
             # Before any transaction: starting the presence writes (and SQLite has one
             # writer at a time).
             self.owner()
-        self.engine.events.job_started(job.kind, job.run_at, self.engine.clock)
+        if job.id is None or job.id not in self.engine.begun:
+            # A step this worker began itself (eager continuation) never waited to be
+            # taken: only delivered jobs measure the wait for a worker.
+            self.engine.events.job_started(job.kind, job.run_at, self.engine.clock)
         if job.kind == "activate":
             return self._perform_activate(job, lease)
         if job.kind == "step":
@@ -211,6 +214,7 @@ class JobRunner:
     def _finish_job(self, ch: Change, job: Job, lease: Lease | None) -> None:
         if lease is not None and job.id is not None:
             ch.batch.jobs_delete.append(job.id)
+            ch.finishing[job.id] = job.run_at
 
     def _hold_slot(self, ch: Change, run: RunRecord, job: Job, lease: Lease | None) -> None:
         """The claim admitted a run of a workflow-level queue: its admission job's row
@@ -638,10 +642,15 @@ class JobRunner:
                 BegunStep(run, entry, definition, number, started),
             )
             # The row of the job this change finishes carries on as the next step's job.
+            # It keeps that job's due time: its run_at is indexed (the claim order), and
+            # an update that changes no indexed column is one PostgreSQL makes in place
+            # (HOT, no new index entries). A leased row's run_at is read by nothing else
+            # until its lease ends, when the oldest work is taken over first anyway.
             replaces = ch.batch.jobs_delete.pop() if ch.batch.jobs_delete else None
+            due = ch.finishing.get(replaces) if replaces is not None else None
             ch.batch.jobs_insert.append(
                 JobWrite(
-                    Job("step", run.id, entry.seq, number, run_at=ch.now, data=data),
+                    Job("step", run.id, entry.seq, number, run_at=due or ch.now, data=data),
                     lease.worker,
                     ch.now + timedelta(seconds=lease.seconds),
                     replaces=replaces,

@@ -15,6 +15,7 @@ from opentelemetry.trace import StatusCode
 
 import squidmesh as sm
 from tests.runtime.support import MeshFactory
+from tests.support.waiting import wait_for
 from tests.telemetry.conftest import Otel
 
 SHAKY: dict[str, int] = {}
@@ -253,6 +254,31 @@ def test_metrics(otel: Otel, factory: MeshFactory) -> None:
     assert {dict(p.attributes)["squidmesh.job.kind"] for p in waited} == {"activate", "step"}
     (ready,) = otel.points("squidmesh.jobs.ready")
     assert ready.value == 0
+
+
+@sm.workflow
+def chain():
+    a = yield fetch(1)
+    b = yield fetch(a)
+    return (yield fetch(b))
+
+
+def test_schedule_to_start_measures_delivered_jobs_not_steps_a_worker_began_itself(
+    otel: Otel, factory: MeshFactory
+) -> None:
+    mesh = factory([chain], executor="database")
+    run = mesh.start_run(chain)
+    factory.clock.advance(3)  # the activation waits 3 s for a worker
+    mesh.worker(concurrency=1)
+    wait_for(lambda: mesh.inspect_run(run.id).status == "completed", 30, "the run")
+
+    waited = otel.points("squidmesh.job.schedule_to_start")
+    # The worker claimed the activation after 3 s. Each step it then began in the change
+    # that recorded the one before (eager continuation) and ran at once: its job row
+    # carries the activation's due time on, which is no wait of the step's own.
+    by_kind = {dict(p.attributes)["squidmesh.job.kind"]: p for p in waited}
+    assert set(by_kind) == {"activate"}, by_kind
+    assert (by_kind["activate"].count, by_kind["activate"].max) == (1, 3.0)
 
 
 def test_telemetry_false_records_nothing(otel: Otel, factory: MeshFactory) -> None:

@@ -200,3 +200,38 @@ def test_worker_survives_transient_storage_errors_when_claiming(
     finally:
         mesh.close()
         apps.LOCAL_LOG.clear()
+
+
+def test_a_job_row_carried_on_to_the_next_step_is_updated_in_place(
+    database: Database, mesh_on: Any
+) -> None:
+    # Eager continuation hands a step's job row on to the run's next step. The row keeps
+    # its due time (run_at, indexed for the claim order) and its run, so PostgreSQL
+    # updates it in place (a HOT update: no new index entries). Counted from
+    # pg_stat_user_tables, which a session reports when it ends.
+    def updates() -> tuple[int, int]:
+        row = database.query(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE schemaname = 'squidmesh' AND relname = 'squidmesh_jobs'"
+        )[0]
+        return int(row[0]), int(row[1])
+
+    runs = 5
+    before = updates()
+    mesh = mesh_on()
+    mesh.worker(concurrency=1)
+    started = [str(mesh.start_run("sequential").id) for _ in range(runs)]
+    wait_for(
+        lambda: all(mesh.inspect_run(r).status == "completed" for r in started), 30, "the runs"
+    )
+    mesh.close()  # its sessions end and report their counters
+    # Each run: its activation's claim, then three carry-ons (activation to step one,
+    # one to two, two to three); the last step's row is deleted with the run's end.
+    after = wait_for(
+        lambda: (now := updates())[0] >= before[0] + 4 * runs and now,
+        30,
+        "the workers' sessions to report their updates",
+    )
+    updated, in_place = after[0] - before[0], after[1] - before[1]
+    # Every one of them can be in place; a full page would be the only exception.
+    assert in_place >= 0.8 * updated, (updated, in_place)
