@@ -9,6 +9,15 @@ where it matters, the encoding of each column (``bind_processor`` of the column'
 sends plain SQL, written once per store from the same tables, straight to the
 ``sqlite3`` cursor of the open transaction.
 
+SQLite rewrites an index's entry whenever an UPDATE sets one of the index's columns, even
+to the value already stored, and every index page it touches is written to the WAL at
+commit: a step that set a run's ``status`` and a carried-on job's ``run_id`` and
+``run_at`` to what they were wrote nine pages where five hold what changed. So an update
+sets the columns no index holds in one statement (the one that checks the version, or
+that the job is still there), and each indexed column in a statement of its own that
+matches only when the value differs (``IS NOT``, which compares NULLs too). PostgreSQL
+compares the values itself (a HOT update), so ``pg_write`` needs none of this.
+
 Every check of ``Transaction.write`` holds here too (the contract suite runs the same
 tests on all three stores): each run written must be at the
 version before its new one (the update names it), each guard at its version, each entry
@@ -77,6 +86,44 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
+def _indexed(table: sa.Table) -> frozenset[str]:
+    """The columns of ``table`` some index holds (its primary key aside)."""
+    return frozenset(c.name for index in table.indexes for c in index.columns)
+
+
+class _Update:
+    """An UPDATE of some columns of a table's row, by ``key`` and a check: the columns
+    no index holds in the statement that checks, each indexed one on its own and only
+    where its value differs (the module's docstring says why)."""
+
+    def __init__(self, table: sa.Table, columns: Sequence[str], *, key: str, check: str) -> None:
+        indexed = _indexed(table)
+        plain = [c for c in columns if c not in indexed]
+        self.sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in plain)} {check}"
+        self._plain = _Row(table, plain)
+        self._moved = tuple(
+            (
+                f"UPDATE {table.name} SET {c} = ? WHERE {key} = ? AND {c} IS NOT ?",
+                _Row(table, (c, key)),
+            )
+            for c in columns
+            if c in indexed
+        )
+
+    def execute(
+        self, cur: sqlite3.Cursor, record: Any, checked: Sequence[Any], **given: Any
+    ) -> bool:
+        """Update the row of ``record``; False when the check matched no row (nothing
+        was written then)."""
+        cur.execute(self.sql, (*self._plain.of(record, **given), *checked))
+        if cur.rowcount != 1:
+            return False
+        for sql, row in self._moved:
+            value, key = row.of(record, **given)
+            cur.execute(sql, (value, key, value))
+        return True
+
+
 class SqliteWriter:
     """The statements of a state change on SQLite, and how to fill them from a batch."""
 
@@ -86,7 +133,9 @@ class SqliteWriter:
         attempt_values = [c for c in attempt_cols if c not in ("run_id", "seq", "number")]
         audit_cols = [c.name for c in t.audit_events.columns if c.name != "id"]
 
-        self._run = _Row(t.runs, (*RUN_MUTABLE_FIELDS, "id"))
+        self._run = _Update(
+            t.runs, RUN_MUTABLE_FIELDS, key="id", check="WHERE id = ? AND version = ?"
+        )
         run_cols = [c.name for c in t.runs.columns]
         self._run_new = _Row(t.runs, run_cols)
         self._entry_new = _Row(t.entries, entry_cols)
@@ -94,7 +143,12 @@ class SqliteWriter:
         self._attempt = _Row(t.attempts, attempt_cols)
         self._audit = _Row(t.audit_events, audit_cols)
         self._job = _Row(t.jobs, (*_JOB_COLUMNS, "created_at"))
-        self._job_set = _Row(t.jobs, (*_JOB_COLUMNS, "created_at", "id"))
+        self._job_set = _Update(
+            t.jobs,
+            (*_JOB_COLUMNS, "created_at", "failures", "last_error"),
+            key="id",
+            check="WHERE id = ?",
+        )
 
         def sets(columns: Sequence[str]) -> str:
             return ", ".join(f"{c} = ?" for c in columns)
@@ -103,9 +157,6 @@ class SqliteWriter:
             f"INSERT INTO squidmesh_runs ({', '.join(run_cols)}) VALUES ({_marks(len(run_cols))})"
         )
         self.guard_sql = "SELECT version FROM squidmesh_runs WHERE id = ?"
-        self.run_sql = (
-            f"UPDATE squidmesh_runs SET {sets(RUN_MUTABLE_FIELDS)} WHERE id = ? AND version = ?"
-        )
         self.entry_insert_sql = (
             f"INSERT INTO squidmesh_entries ({', '.join(entry_cols)}) "
             f"VALUES ({_marks(len(entry_cols))})"
@@ -128,10 +179,6 @@ class SqliteWriter:
         self.job_insert_sql = (
             f"INSERT INTO squidmesh_jobs ({', '.join(job_cols)}) VALUES ({_marks(len(job_cols))})"
         )
-        self.job_replace_sql = (
-            f"UPDATE squidmesh_jobs SET {sets(job_cols)}, failures = 0, last_error = NULL "
-            "WHERE id = ?"
-        )
 
     def write(self, conn: sqlite3.Connection, batch: WriteBatch) -> list[Job]:
         """Apply ``batch`` inside the transaction open on ``conn``; the stored jobs, with
@@ -149,8 +196,7 @@ class SqliteWriter:
                         f"run {run_id} was changed concurrently; retry the change"
                     )
             for run in batch.runs:
-                cur.execute(self.run_sql, (*self._run.of(run), run.version - 1))
-                if cur.rowcount != 1:
+                if not self._run.execute(cur, run, (run.id, run.version - 1)):
                     raise ConcurrentChangeError(
                         f"run {run.id} was changed concurrently; retry the change"
                     )
@@ -199,8 +245,11 @@ class SqliteWriter:
             cur.execute(self.job_insert_sql, self._job.of(job, **given))
             job_id = cur.lastrowid
         else:
-            cur.execute(self.job_replace_sql, self._job_set.of(job, id=write.replaces, **given))
-            if cur.rowcount != 1:
+            # A job taking over a row starts its count of failures over.
+            replaced = self._job_set.execute(
+                cur, job, (write.replaces,), id=write.replaces, failures=0, last_error=None, **given
+            )
+            if not replaced:
                 raise ConcurrentChangeError(
                     f"job {write.replaces} of run {job.run_id} is gone: another worker "
                     "finished it; retry the change"

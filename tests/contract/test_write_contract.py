@@ -501,3 +501,49 @@ def test_a_sqlite_database_another_writer_holds_is_a_transient_storage_error(
     finally:
         blocker.close()
         store.close()
+
+
+def test_a_sqlite_update_writes_no_index_page_for_a_value_it_keeps(tmp_path: Path) -> None:
+    # SQLite rewrites an index's entry whenever an UPDATE sets one of its columns, even
+    # to the value stored, and writes every page it touched to the WAL at commit. A
+    # step keeps its run's status, and the job it carries on keeps its run and due
+    # time: those values must cost no index page. Counted in WAL frames, from the file.
+    path = tmp_path / "frames.db"
+    store = SqlStore(create_engine(f"sqlite:///{path}"), owns_engine=True)
+    wal = sqlite3.connect(path, isolation_level=None)
+    try:
+        store.migrate()
+        run = run_record(status="running")
+        add_runs(store, run)
+        with store.transaction() as tx:
+            (job,) = writes.insert_jobs(tx, [Job("step", run.id, 1, 1, run_at=T0)])
+
+        def frames(batch: WriteBatch) -> int:
+            busy = wal.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            assert busy == 0, "the test's checkpoint must empty the WAL"
+            write(store, batch)
+            return int(wal.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+        kept = advanced(run)
+        same = frames(
+            WriteBatch(
+                runs=[kept],
+                jobs_insert=[JobWrite(Job("step", run.id, 2, 1, run_at=T0), replaces=job.id)],
+            )
+        )
+        moved = frames(
+            WriteBatch(
+                runs=[advanced(kept, status="paused")],
+                jobs_insert=[JobWrite(Job("step", run.id, 3, 1, run_at=LATER), replaces=job.id)],
+            )
+        )
+        # the runs page and the jobs page; then also the pages of the indexes holding
+        # a run's status (two) and a job's due time (one)
+        assert same < moved, (same, moved)
+        with store.transaction() as tx:
+            stored = tx.get_run(run.id)
+            assert stored is not None and (stored.status, stored.version) == ("paused", 2)
+            assert [(q.job.seq, q.job.run_at) for q in tx.load_jobs(run.id)] == [(3, LATER)]
+    finally:
+        wal.close()
+        store.close()
