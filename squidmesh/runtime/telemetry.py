@@ -362,6 +362,12 @@ class Telemetry:
             self._tracer_provider = provider
         return self._tracer is not None
 
+    @property
+    def wants_progress(self) -> bool:
+        """Whether a step's start and successful end would be used: logged (their lines
+        are INFO) or measured (a meter provider is configured)."""
+        return step_log.isEnabledFor(logging.INFO) or self._meters() is not None
+
     def _meters(self) -> _Instruments | None:
         otel = _otel()
         if otel is None:

@@ -13,6 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 import squidmesh as sm
+from squidmesh.runtime.events import EventBus
+from squidmesh.runtime.telemetry import Telemetry
 from tests.runtime.support import MeshFactory
 from tests.support.waiting import wait_for
 
@@ -338,3 +340,31 @@ def test_telemetry_false_silences_the_lines_but_not_subscribers(
         "run.transition",
     ]
     assert not _lines(caplog, "squidmesh.step") and not _lines(caplog, "squidmesh.run")
+
+
+def test_step_progress_is_built_only_where_something_uses_it(
+    mesh_factory: MeshFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A step's start and successful end are the two events of every step. Only a
+    # subscriber, the INFO lines of squidmesh.step or a meter provider use them; with
+    # none of these they are not built, and a retry and a failure are still logged.
+    bus = EventBus(Telemetry(database="test"))
+    with caplog.at_level(logging.WARNING, logger="squidmesh"):
+        assert not bus.recorder().progress
+        mesh = mesh_factory([trip], executor="database")
+        run = mesh.start_run(trip)
+        mesh.drain()
+        mesh_factory.clock.advance(5)
+        mesh.drain()
+        assert mesh.inspect_run(run.id).status == "failed"
+    assert [(r.levelname, r.squidmesh["step"]) for r in _lines(caplog, "squidmesh.step")] == [  # type: ignore[attr-defined]
+        ("WARNING", "wobbly"),
+        ("ERROR", "explode"),
+    ]
+    with caplog.at_level(logging.INFO, logger="squidmesh.step"):
+        assert bus.recorder().progress
+    unsubscribe = bus.subscribe(lambda event: None)
+    assert bus.recorder().progress
+    unsubscribe()
+    assert not bus.recorder().progress
+    assert not EventBus().recorder().progress  # nothing listens at all
