@@ -14,8 +14,8 @@ to the value already stored, and every index page it touches is written to the W
 commit: a step that set a run's ``status`` and a carried-on job's ``run_id`` and
 ``run_at`` to what they were wrote nine pages where five hold what changed. So an update
 sets the columns no index holds in one statement (the one that checks the version, or
-that the job is still there), and each indexed column in a statement of its own that
-matches only when the value differs (``IS NOT``, which compares NULLs too). PostgreSQL
+that the job is still there), and the indexed ones in a second that matches only when
+one of them differs (``IS NOT``, which compares NULLs too). PostgreSQL
 compares the values itself (a HOT update), so ``pg_write`` needs none of this.
 
 Every check of ``Transaction.write`` holds here too (the contract suite runs the same
@@ -93,22 +93,24 @@ def _indexed(table: sa.Table) -> frozenset[str]:
 
 class _Update:
     """An UPDATE of some columns of a table's row, by ``key`` and a check: the columns
-    no index holds in the statement that checks, each indexed one on its own and only
-    where its value differs (the module's docstring says why)."""
+    no index holds in the statement that checks, the indexed ones in a second statement
+    that matches only where one of their values differs (the module's docstring says
+    why)."""
 
     def __init__(self, table: sa.Table, columns: Sequence[str], *, key: str, check: str) -> None:
         indexed = _indexed(table)
         plain = [c for c in columns if c not in indexed]
+        moved = [c for c in columns if c in indexed]
         self.sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in plain)} {check}"
         self._plain = _Row(table, plain)
-        self._moved = tuple(
-            (
-                f"UPDATE {table.name} SET {c} = ? WHERE {key} = ? AND {c} IS NOT ?",
-                _Row(table, (c, key)),
-            )
-            for c in columns
-            if c in indexed
+        self._moved_sql = (
+            f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in moved)} "
+            f"WHERE {key} = ? AND ({' OR '.join(f'{c} IS NOT ?' for c in moved)})"
+            if moved
+            else None
         )
+        self._moved = _Row(table, moved)
+        self._key = _Row(table, (key,))
 
     def execute(
         self, cur: sqlite3.Cursor, record: Any, checked: Sequence[Any], **given: Any
@@ -118,9 +120,9 @@ class _Update:
         cur.execute(self.sql, (*self._plain.of(record, **given), *checked))
         if cur.rowcount != 1:
             return False
-        for sql, row in self._moved:
-            value, key = row.of(record, **given)
-            cur.execute(sql, (value, key, value))
+        if self._moved_sql is not None:
+            values = self._moved.of(record, **given)
+            cur.execute(self._moved_sql, (*values, *self._key.of(record, **given), *values))
         return True
 
 
