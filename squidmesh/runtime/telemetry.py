@@ -233,6 +233,28 @@ _GAUGED: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Telemetry]] = weakref.We
 _GAUGE_LOCK = threading.Lock()
 
 
+_Made = TypeVar("_Made")
+
+
+def _from_host(provider: Any, records: str, make: Callable[[], _Made]) -> _Made | None:
+    """What ``make`` gets from the host's OpenTelemetry ``provider``, or None when it
+    raises: a misconfigured provider is the host's to fix, and costs its ``records``
+    (until another provider is set), never a run. Each provider is asked once, so this
+    is said once."""
+    try:
+        return make()
+    except Exception as exc:
+        log.warning(
+            "squidmesh: the OpenTelemetry provider %r failed (%s: %s); squidmesh records no "
+            "%s with it. Check the host's OpenTelemetry setup (docs/observability.md)",
+            provider,
+            type(exc).__name__,
+            exc,
+            records,
+        )
+        return None
+
+
 def _register_gauge(provider: Any, meter: Any, telemetry: Telemetry) -> None:
     with _GAUGE_LOCK:
         members = _GAUGED.get(provider)
@@ -357,7 +379,9 @@ class Telemetry:
             self._tracer = (
                 None
                 if isinstance(provider, otel.no_tracer)
-                else provider.get_tracer("squidmesh", self._version)
+                else _from_host(
+                    provider, "spans", lambda: provider.get_tracer("squidmesh", self._version)
+                )
             )
             self._tracer_provider = provider
         return self._tracer is not None
@@ -376,9 +400,14 @@ class Telemetry:
         if provider is not self._meter_provider:
             instruments = None
             if not _no_meter(provider):
-                meter = provider.get_meter("squidmesh", self._version)
-                instruments = _Instruments(meter)
-                _register_gauge(provider, meter, self)
+
+                def instrument() -> _Instruments:
+                    meter = provider.get_meter("squidmesh", self._version)
+                    made = _Instruments(meter)
+                    _register_gauge(provider, meter, self)
+                    return made
+
+                instruments = _from_host(provider, "metrics", instrument)
             self._instruments = instruments
             self._meter_provider = provider
         return self._instruments

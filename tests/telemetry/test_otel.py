@@ -4,19 +4,22 @@ from __future__ import annotations
 # span exporter and metric reader: one trace per run under the span current at
 # start_run, a span per step attempt (current while the step runs), per activation and
 # per API call that changes a run; ERROR status on failures; the five metrics.
+import logging
 import subprocess
 import sys
 import textwrap
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 
 import squidmesh as sm
 from tests.runtime.support import MeshFactory
 from tests.support.waiting import wait_for
-from tests.telemetry.conftest import Otel
+from tests.telemetry.conftest import Otel, reset_globals
 
 SHAKY: dict[str, int] = {}
 
@@ -364,3 +367,54 @@ def test_queue_gauge_counts_running_and_waiting_jobs(otel: Otel, factory: MeshFa
     assert states == {"running": 0, "waiting": 2}
     mesh.drain()
     assert mesh.inspect_run(run.id).result == [1, 2]
+
+
+@sm.step
+def double(n: int) -> int:
+    return n * 2
+
+
+@sm.workflow
+def plain():
+    a = yield double(1)
+    yield shaky()
+    return (yield double(a))
+
+
+class _MisconfiguredMeters(MeterProvider):
+    def get_meter(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no exporter endpoint")
+
+
+class _MisconfiguredTracers(TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no exporter endpoint")
+
+
+@pytest.mark.parametrize("records", ["metrics", "spans"])
+def test_an_opentelemetry_provider_that_fails_changes_no_run(
+    factory: MeshFactory, caplog: pytest.LogCaptureFixture, records: str
+) -> None:
+    # The host's telemetry is the host's to fix: a provider that raises costs its
+    # metrics or spans and one log line, never a step, a run or a worker's job.
+    reset_globals()
+    provider: MeterProvider | TracerProvider
+    if records == "metrics":
+        provider = _MisconfiguredMeters()
+        metrics.set_meter_provider(provider)
+    else:
+        provider = _MisconfiguredTracers()
+        trace.set_tracer_provider(provider)
+    try:
+        mesh = factory([plain], executor="database")
+        with caplog.at_level(logging.WARNING, logger="squidmesh"):
+            run = mesh.start_run(plain)
+            _run_all(mesh, factory)
+        assert mesh.inspect_run(run.id).status == "completed"
+        assert mesh.inspect_run(run.id).result == 4
+        failed = [r for r in caplog.records if "no exporter endpoint" in r.getMessage()]
+        assert len(failed) == 1, [r.getMessage() for r in caplog.records]
+        assert f"records no {records}" in failed[0].getMessage()
+    finally:
+        provider.shutdown()
+        reset_globals()
